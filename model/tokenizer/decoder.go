@@ -1,0 +1,33 @@
+package tokenizer
+
+// Decoder turns a stream of ids into text, one id at a time, never emitting
+// half a UTF-8 character: bytes of an incomplete character are held back
+// until it completes (or until it can no longer complete, when they are
+// emitted as they are). A Decoder is not safe for concurrent use.
+type Decoder struct {
+	piece func(prev, id int32) string
+	prev  int32
+	buf   []byte // held-back bytes of an incomplete character
+}
+
+func newDecoder(piece func(prev, id int32) string) *Decoder {
+	return &Decoder{piece: piece, prev: -1}
+}
+
+// Add feeds one id and returns the text that became complete.
+func (d *Decoder) Add(id int32) string {
+	d.buf = append(d.buf, d.piece(d.prev, id)...)
+	d.prev = id
+	k := utf8Pending(d.buf)
+	out := string(d.buf[:len(d.buf)-k])
+	d.buf = append(d.buf[:0], d.buf[len(d.buf)-k:]...)
+	return out
+}
+
+// Flush returns the held-back bytes (an incomplete character at the end of
+// the stream) and resets the hold.
+func (d *Decoder) Flush() string {
+	out := string(d.buf)
+	d.buf = d.buf[:0]
+	return out
+}
