@@ -1,0 +1,526 @@
+package model
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"runtime"
+	"sort"
+	"sync"
+	"sync/atomic"
+)
+
+// Batch is the tokens a forward pass computes: Tokens[i] at position Pos[i],
+// both [n], Pos strictly increasing.
+type Batch struct {
+	Tokens, Pos []int32
+}
+
+// ForwardOptions selects what Forward returns and whether it updates the cache.
+type ForwardOptions struct {
+	// Logits lists batch indices whose logits are returned (in this order).
+	Logits []int
+	// AttentionLayers lists layers whose attention is returned.
+	AttentionLayers []int
+	// AttentionSum returns, for those layers, only per-key sums over heads
+	// and queries (Attention.Sum), not the full [Heads, Queries, Keys] matrix.
+	AttentionSum bool
+	// ReturnKV returns the batch's own per-layer K (pre-RoPE) and V as a Cache
+	// with Pos = Batch.Pos.
+	ReturnKV bool
+	// Append adds the batch's KV to the cache after the pass. Cache entries
+	// whose position equals a batch position (shadowed ones) are overwritten
+	// in place; the others are appended in batch order. This modifies the
+	// cache's arrays: Clone a shared cache first.
+	Append bool
+}
+
+// Attention is the softmax attention of one layer for one pass.
+//
+// Key index: [0, C) are cache entries in cache order (C = cache.Len()),
+// [C, C+n) the batch's tokens. Masked keys (later positions, shadowed cache
+// entries) have weight 0.
+type Attention struct {
+	Heads, Queries, Keys int
+	// Weights is [Heads, Queries, Keys], nil when only sums were asked.
+	Weights []float32
+	// Sum is [Keys]: the weights summed over heads and queries.
+	Sum []float32
+}
+
+// ForwardResult is what Forward computed.
+type ForwardResult struct {
+	// Logits[i] is the [Vocab] logits of batch index opts.Logits[i].
+	Logits [][]float32
+	// Attention maps each of opts.AttentionLayers to its attention.
+	Attention map[int]*Attention
+	// KV is the batch's own KV (opts.ReturnKV), nil otherwise.
+	KV *Cache
+}
+
+// State is a batch part-way through the decoder, for callers that step layer
+// by layer (CacheBlend shrinks the batch between layers).
+type State struct {
+	Batch  Batch
+	Hidden []float32 // [n, Dim] residual stream
+	Layer  int       // next layer to run, in [0, Layers]; Layers = done
+}
+
+// StepOptions selects what Step returns.
+type StepOptions struct {
+	Attention    bool // return the layer's attention
+	AttentionSum bool // only the per-key sums (implies Attention)
+}
+
+// StepResult is what one layer produced.
+type StepResult struct {
+	// K, V are the batch's [n, KVHeads, HeadDim] K (pre-RoPE) and V at the layer.
+	K, V []float32
+	// Attention is set when asked for.
+	Attention *Attention
+}
+
+// checkBatch validates token ids and positions.
+func (m *Model) checkBatch(b Batch) error {
+	if len(b.Tokens) != len(b.Pos) {
+		return fmt.Errorf("model: batch has %d tokens and %d positions", len(b.Tokens), len(b.Pos))
+	}
+	if len(b.Tokens) == 0 {
+		return fmt.Errorf("model: empty batch")
+	}
+	for i, t := range b.Tokens {
+		if t < 0 || int(t) >= m.Config.Vocab {
+			return fmt.Errorf("%w: token %d at batch index %d, vocab [0, %d)", ErrToken, t, i, m.Config.Vocab)
+		}
+	}
+	for i, p := range b.Pos {
+		if p < 0 || int(p) >= m.Config.MaxPositions {
+			return fmt.Errorf("%w: position %d at batch index %d, model limit [0, %d)", ErrPosition, p, i, m.Config.MaxPositions)
+		}
+		if i > 0 && p <= b.Pos[i-1] {
+			return fmt.Errorf("%w: batch positions not strictly increasing (%d then %d at index %d)", ErrPosition, b.Pos[i-1], p, i)
+		}
+	}
+	return nil
+}
+
+// Embed starts a batch: the token embeddings, at layer 0.
+func (m *Model) Embed(b Batch) (*State, error) {
+	if err := m.checkBatch(b); err != nil {
+		return nil, err
+	}
+	d := m.Config.Dim
+	st := &State{
+		Batch:  Batch{Tokens: append([]int32(nil), b.Tokens...), Pos: append([]int32(nil), b.Pos...)},
+		Hidden: make([]float32, len(b.Tokens)*d),
+	}
+	for i, t := range b.Tokens {
+		copy(st.Hidden[i*d:(i+1)*d], m.tokEmb[int(t)*d:(int(t)+1)*d])
+	}
+	return st, nil
+}
+
+// Select keeps the rows (batch indices, sorted ascending) of the state.
+func (st *State) Select(rows []int) *State {
+	n := len(st.Batch.Tokens)
+	d := len(st.Hidden) / max(n, 1)
+	out := &State{Layer: st.Layer, Hidden: make([]float32, len(rows)*d),
+		Batch: Batch{Tokens: make([]int32, len(rows)), Pos: make([]int32, len(rows))}}
+	for j, r := range rows {
+		if r < 0 || r >= n || (j > 0 && r <= rows[j-1]) {
+			panic(fmt.Sprintf("model: State.Select rows %v not sorted unique in [0, %d)", rows, n))
+		}
+		out.Batch.Tokens[j] = st.Batch.Tokens[r]
+		out.Batch.Pos[j] = st.Batch.Pos[r]
+		copy(out.Hidden[j*d:(j+1)*d], st.Hidden[r*d:(r+1)*d])
+	}
+	return out
+}
+
+// Logits applies the final norm and the classifier to rows of the state
+// (nil rows: all). Returns [len(rows)][Vocab]. Rows out of range are a
+// programming error (panic); Forward validates its options first.
+func (m *Model) Logits(st *State, rows []int) [][]float32 {
+	c := m.Config
+	n := len(st.Batch.Tokens)
+	if rows == nil {
+		rows = make([]int, n)
+		for i := range rows {
+			rows[i] = i
+		}
+	}
+	if len(rows) == 0 {
+		return nil
+	}
+	x := make([]float32, len(rows)*c.Dim)
+	for j, r := range rows {
+		if r < 0 || r >= n {
+			panic(fmt.Sprintf("model: Logits row %d out of range [0, %d)", r, n))
+		}
+		rmsNorm(x[j*c.Dim:(j+1)*c.Dim], st.Hidden[r*c.Dim:(r+1)*c.Dim], m.norm, c.NormEps)
+	}
+	out := make([]float32, len(rows)*c.Vocab)
+	m.backend.MatMulT(out, x, m.cls, len(rows), c.Vocab, c.Dim)
+	res := make([][]float32, len(rows))
+	for j := range rows {
+		res[j] = out[j*c.Vocab : (j+1)*c.Vocab : (j+1)*c.Vocab]
+	}
+	return res
+}
+
+// Forward runs the batch through every layer against the cache (nil: empty).
+//
+// Each batch query at position p attends to the cache entries with position
+// <= p and to the batch tokens with position <= p (itself included). A cache
+// entry whose position equals a batch token's is shadowed by it: the fresh
+// K/V replaces the cached one for this pass. The cache is modified only with
+// opts.Append. Work is proportional to n × (cache length + n).
+func (m *Model) Forward(ctx context.Context, cache *Cache, b Batch, opts ForwardOptions) (*ForwardResult, error) {
+	c := m.Config
+	for _, i := range opts.Logits {
+		if i < 0 || i >= len(b.Tokens) {
+			return nil, fmt.Errorf("model: logits index %d outside batch [0, %d)", i, len(b.Tokens))
+		}
+	}
+	attn := map[int]bool{}
+	for _, l := range opts.AttentionLayers {
+		if l < 0 || l >= c.Layers {
+			return nil, fmt.Errorf("model: attention layer %d outside [0, %d)", l, c.Layers)
+		}
+		attn[l] = true
+	}
+	if opts.Append && cache == nil {
+		return nil, fmt.Errorf("model: Append needs a cache")
+	}
+	if err := cache.check(c); err != nil {
+		return nil, err
+	}
+	st, err := m.Embed(b)
+	if err != nil {
+		return nil, err
+	}
+	res := &ForwardResult{}
+	if len(attn) > 0 {
+		res.Attention = map[int]*Attention{}
+	}
+	var kv *Cache
+	if opts.ReturnKV || opts.Append {
+		kv = &Cache{Layers: c.Layers, KVHeads: c.KVHeads, HeadDim: c.HeadDim,
+			Pos: st.Batch.Pos, K: make([][]float32, c.Layers), V: make([][]float32, c.Layers)}
+	}
+	for l := range c.Layers {
+		r, err := m.step(ctx, cache, st, StepOptions{Attention: attn[l], AttentionSum: opts.AttentionSum})
+		if err != nil {
+			return nil, err
+		}
+		if r.Attention != nil {
+			res.Attention[l] = r.Attention
+		}
+		if kv != nil {
+			kv.K[l], kv.V[l] = r.K, r.V
+		}
+	}
+	if len(opts.Logits) > 0 {
+		res.Logits = m.Logits(st, opts.Logits)
+	}
+	if opts.Append {
+		cache.merge(kv)
+	}
+	if opts.ReturnKV {
+		res.KV = kv
+	}
+	return res, nil
+}
+
+// merge writes o into c: entries at a position c already holds are
+// overwritten in place, the others appended in o's order.
+func (c *Cache) merge(o *Cache) {
+	at := make(map[int32]int, len(o.Pos))
+	for i, p := range o.Pos {
+		at[p] = i
+	}
+	st := c.stride()
+	var fresh []int
+	replaced := make([]bool, len(o.Pos))
+	for ci, p := range c.Pos {
+		if oi, ok := at[p]; ok {
+			for l := range c.Layers {
+				copy(c.K[l][ci*st:(ci+1)*st], o.K[l][oi*st:(oi+1)*st])
+				copy(c.V[l][ci*st:(ci+1)*st], o.V[l][oi*st:(oi+1)*st])
+			}
+			replaced[oi] = true
+		}
+	}
+	for i, r := range replaced {
+		if !r {
+			fresh = append(fresh, i)
+		}
+	}
+	if len(fresh) == len(o.Pos) {
+		c.Append(o)
+		return
+	}
+	for _, i := range fresh {
+		c.Pos = append(c.Pos, o.Pos[i])
+		for l := range c.Layers {
+			c.K[l] = append(c.K[l], o.K[l][i*st:(i+1)*st]...)
+			c.V[l] = append(c.V[l], o.V[l][i*st:(i+1)*st]...)
+		}
+	}
+}
+
+// Step runs layer st.Layer on the state against the cache entries of that
+// layer, and advances st.Layer. Attention semantics are Forward's.
+func (m *Model) Step(ctx context.Context, cache *Cache, st *State, opts StepOptions) (*StepResult, error) {
+	if err := cache.check(m.Config); err != nil {
+		return nil, err
+	}
+	if err := m.checkBatch(st.Batch); err != nil {
+		return nil, err
+	}
+	if len(st.Hidden) != len(st.Batch.Tokens)*m.Config.Dim {
+		return nil, fmt.Errorf("model: state hidden holds %d floats, want %d", len(st.Hidden), len(st.Batch.Tokens)*m.Config.Dim)
+	}
+	return m.step(ctx, cache, st, opts)
+}
+
+func (m *Model) step(ctx context.Context, cache *Cache, st *State, opts StepOptions) (*StepResult, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	c := m.Config
+	l := st.Layer
+	if l < 0 || l >= c.Layers {
+		return nil, fmt.Errorf("model: state at layer %d, model has [0, %d)", l, c.Layers)
+	}
+	w := &m.layers[l]
+	n, d, qd, kvd := len(st.Batch.Tokens), c.Dim, c.QDim(), c.KVDim()
+	be := m.backend
+
+	// Attention block.
+	xb := make([]float32, n*d)
+	for i := range n {
+		rmsNorm(xb[i*d:(i+1)*d], st.Hidden[i*d:(i+1)*d], w.attnNorm, c.NormEps)
+	}
+	q := make([]float32, n*qd)
+	k := make([]float32, n*kvd)
+	v := make([]float32, n*kvd)
+	be.MatMulT(q, xb, w.wq, n, qd, d)
+	be.MatMulT(k, xb, w.wk, n, kvd, d)
+	be.MatMulT(v, xb, w.wv, n, kvd, d)
+	if w.bq != nil {
+		addBias(q, w.bq)
+		addBias(k, w.bk)
+		addBias(v, w.bv)
+	}
+	att, a := m.attention(cache, l, st.Batch.Pos, q, k, v, opts)
+	o := make([]float32, n*d)
+	be.MatMulT(o, att, w.wo, n, d, qd)
+	addInto(st.Hidden, o)
+
+	// Feed-forward block.
+	for i := range n {
+		rmsNorm(xb[i*d:(i+1)*d], st.Hidden[i*d:(i+1)*d], w.ffnNorm, c.NormEps)
+	}
+	h := c.HiddenDim
+	h1 := make([]float32, n*h)
+	h3 := make([]float32, n*h)
+	be.MatMulT(h1, xb, w.w1, n, h, d)
+	be.MatMulT(h3, xb, w.w3, n, h, d)
+	for i, g := range h1 {
+		h1[i] = g / (1 + float32(math.Exp(float64(-g)))) * h3[i]
+	}
+	be.MatMulT(o, h1, w.w2, n, d, h)
+	addInto(st.Hidden, o)
+	st.Layer++
+	return &StepResult{K: k, V: v, Attention: a}, nil
+}
+
+// attention computes softmax(q·K^T/sqrt(HeadDim))·V for the batch queries
+// over [cache entries of layer l, batch keys]. q is [n, Heads, HeadDim]
+// before RoPE; k, v [n, KVHeads, HeadDim] (k pre-RoPE, left untouched).
+// Returns the [n, Heads*HeadDim] output and, when asked, the attention.
+func (m *Model) attention(cache *Cache, l int, pos []int32, q, k, v []float32, opts StepOptions) ([]float32, *Attention) {
+	c := m.Config
+	n, hd, kvh, nh := len(pos), c.HeadDim, c.KVHeads, c.Heads
+	kvd := kvh * hd
+	C := cache.Len()
+	total := C + n
+
+	// Keys and values regrouped per KV head: kr[h] is [total, hd], keys
+	// rotated to their positions; vr likewise (unrotated).
+	kr := make([]float32, kvh*total*hd)
+	vr := make([]float32, kvh*total*hd)
+	keyPos := make([]int32, total)
+	visible := make([]bool, total)
+	place := func(j int, kj, vj []float32, p int32, tmp, scratch []float32) {
+		copy(tmp, kj)
+		m.rope.apply(tmp, kvh, p, scratch)
+		for h := range kvh {
+			copy(kr[(h*total+j)*hd:(h*total+j+1)*hd], tmp[h*hd:(h+1)*hd])
+			copy(vr[(h*total+j)*hd:(h*total+j+1)*hd], vj[h*hd:(h+1)*hd])
+		}
+	}
+	parallelRange(total, 64, func(b, e int) {
+		tmp := make([]float32, kvd)
+		scratch := make([]float32, hd)
+		for j := b; j < e; j++ {
+			if j < C {
+				p := cache.Pos[j]
+				keyPos[j] = p
+				i := sort.Search(n, func(i int) bool { return pos[i] >= p })
+				visible[j] = !(i < n && pos[i] == p) // shadowed by a batch token
+				place(j, cache.K[l][j*kvd:(j+1)*kvd], cache.V[l][j*kvd:(j+1)*kvd], p, tmp, scratch)
+			} else {
+				i := j - C
+				keyPos[j] = pos[i]
+				visible[j] = true
+				place(j, k[i*kvd:(i+1)*kvd], v[i*kvd:(i+1)*kvd], pos[i], tmp, scratch)
+			}
+		}
+	})
+	parallelRange(n, 64, func(b, e int) {
+		scratch := make([]float32, hd)
+		for i := b; i < e; i++ {
+			m.rope.apply(q[i*nh*hd:(i+1)*nh*hd], nh, pos[i], scratch)
+		}
+	})
+
+	want := opts.Attention || opts.AttentionSum
+	var a *Attention
+	if want {
+		a = &Attention{Heads: nh, Queries: n, Keys: total}
+		if !opts.AttentionSum {
+			a.Weights = make([]float32, nh*n*total)
+		}
+	}
+	out := make([]float32, n*nh*hd)
+	scale := float32(1 / math.Sqrt(float64(hd)))
+	group := nh / kvh
+	// One task per (head, block of queries); a task owns its slice of out,
+	// Weights, and for the sums its own partial row, so results do not
+	// depend on scheduling.
+	const qBlock = 32
+	nqb := (n + qBlock - 1) / qBlock
+	var partial []float32 // [nh*nqb, total]
+	if want {
+		partial = make([]float32, nh*nqb*total)
+	}
+	parallelRange(nh*nqb, 1, func(tb, te int) {
+		scores := make([]float32, total)
+		for t := tb; t < te; t++ {
+			h, qb := t/nqb, t%nqb
+			kh := h / group
+			keys := kr[kh*total*hd : (kh+1)*total*hd]
+			vals := vr[kh*total*hd : (kh+1)*total*hd]
+			for i := qb * qBlock; i < min((qb+1)*qBlock, n); i++ {
+				qi := q[(i*nh+h)*hd : (i*nh+h+1)*hd]
+				p := pos[i]
+				mx := float32(math.Inf(-1))
+				last := C + i // batch keys after i are later positions
+				for j := 0; j <= last; j++ {
+					if !visible[j] || keyPos[j] > p {
+						scores[j] = float32(math.Inf(-1))
+						continue
+					}
+					s := dot(qi, keys[j*hd:(j+1)*hd]) * scale
+					scores[j] = s
+					mx = max(mx, s)
+				}
+				var sum float64
+				for j := 0; j <= last; j++ {
+					if math.IsInf(float64(scores[j]), -1) {
+						scores[j] = 0
+						continue
+					}
+					e := float32(math.Exp(float64(scores[j] - mx)))
+					scores[j] = e
+					sum += float64(e)
+				}
+				inv := float32(1 / sum)
+				oi := out[(i*nh+h)*hd : (i*nh+h+1)*hd]
+				for j := 0; j <= last; j++ {
+					wj := scores[j] * inv
+					if wj == 0 {
+						continue
+					}
+					vj := vals[j*hd : (j+1)*hd]
+					for x := range oi {
+						oi[x] += wj * vj[x]
+					}
+					if want {
+						partial[t*total+j] += wj
+						if a.Weights != nil {
+							a.Weights[(h*n+i)*total+j] = wj
+						}
+					}
+				}
+			}
+		}
+	})
+	if want {
+		a.Sum = make([]float32, total)
+		for t := range nh * nqb {
+			row := partial[t*total : (t+1)*total]
+			for j, x := range row {
+				a.Sum[j] += x
+			}
+		}
+	}
+	return out, a
+}
+
+// parallelRange splits [0, n) into chunks of at least grain and runs fn on
+// them over GOMAXPROCS goroutines. Chunks are fixed by n and grain alone.
+func parallelRange(n, grain int, fn func(begin, end int)) {
+	workers := runtime.GOMAXPROCS(0)
+	if n <= grain || workers == 1 {
+		if n > 0 {
+			fn(0, n)
+		}
+		return
+	}
+	chunk := max(grain, (n+4*workers-1)/(4*workers))
+	chunks := (n + chunk - 1) / chunk
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(workers, chunks) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				ci := int(next.Add(1) - 1)
+				if ci >= chunks {
+					return
+				}
+				fn(ci*chunk, min((ci+1)*chunk, n))
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// rmsNorm writes w * x / sqrt(mean(x²) + eps) into out (sum in float64).
+func rmsNorm(out, x, w []float32, eps float64) {
+	var ss float64
+	for _, v := range x {
+		ss += float64(v) * float64(v)
+	}
+	inv := float32(1 / math.Sqrt(ss/float64(len(x))+eps))
+	for i, v := range x {
+		out[i] = w[i] * (v * inv)
+	}
+}
+
+// addBias adds b ([cols]) to every row of x ([rows, cols]).
+func addBias(x, b []float32) {
+	for i := range x {
+		x[i] += b[i%len(b)]
+	}
+}
+
+func addInto(dst, src []float32) {
+	for i, v := range src {
+		dst[i] += v
+	}
+}
