@@ -1,0 +1,144 @@
+package safetensors
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func scalar(name string, v float32) Tensor {
+	return Tensor{Name: name, DType: F32, Shape: []int{1}, Data: f32bytes(v)}
+}
+
+func writeFile(t *testing.T, path string, ts ...Tensor) {
+	t.Helper()
+	if err := Write(path, ts, nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func writeIndex(t *testing.T, dir, body string) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(dir, IndexFile), []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func setValues(t *testing.T, s *Set) map[string]float32 {
+	t.Helper()
+	out := map[string]float32{}
+	for n, tn := range s.Tensors {
+		v, err := tn.Float32()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[n] = v[0]
+	}
+	return out
+}
+
+func TestOpenDir(t *testing.T) {
+	t.Run("single", func(t *testing.T) {
+		dir := t.TempDir()
+		writeFile(t, filepath.Join(dir, "model.safetensors"), scalar("a", 1), scalar("b", 2))
+		s, err := OpenDir(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		if diff := cmp.Diff(map[string]float32{"a": 1, "b": 2}, setValues(t, s)); diff != "" {
+			t.Errorf("(-want +got):\n%s", diff)
+		}
+	})
+	t.Run("several without index", func(t *testing.T) {
+		dir := t.TempDir()
+		writeFile(t, filepath.Join(dir, "x.safetensors"), scalar("a", 1))
+		writeFile(t, filepath.Join(dir, "y.safetensors"), scalar("b", 2))
+		s, err := OpenDir(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		if diff := cmp.Diff(map[string]float32{"a": 1, "b": 2}, setValues(t, s)); diff != "" {
+			t.Errorf("(-want +got):\n%s", diff)
+		}
+		if len(s.Files) != 2 || !slices.IsSortedFunc(s.Files, func(a, b *File) int { return strings.Compare(a.Path(), b.Path()) }) {
+			t.Errorf("Files not the two shards in name order")
+		}
+	})
+	t.Run("sharded", func(t *testing.T) {
+		dir := t.TempDir()
+		writeFile(t, filepath.Join(dir, "model-00001-of-00002.safetensors"), scalar("a", 1), scalar("c", 3))
+		writeFile(t, filepath.Join(dir, "model-00002-of-00002.safetensors"), scalar("b", 2))
+		writeFile(t, filepath.Join(dir, "stray.safetensors"), scalar("z", 9)) // not in the index: ignored
+		writeIndex(t, dir, `{"metadata":{"total_size":12},"weight_map":{"a":"model-00001-of-00002.safetensors","c":"model-00001-of-00002.safetensors","b":"model-00002-of-00002.safetensors"}}`)
+		s, err := OpenDir(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(map[string]float32{"a": 1, "b": 2, "c": 3}, setValues(t, s)); diff != "" {
+			t.Errorf("(-want +got):\n%s", diff)
+		}
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Close(); err != nil {
+			t.Fatalf("second Close: %v", err)
+		}
+	})
+}
+
+func TestOpenDirErrors(t *testing.T) {
+	tests := []struct {
+		name  string
+		setup func(t *testing.T, dir string)
+		want  error
+	}{
+		{"empty dir", func(t *testing.T, dir string) {}, ErrNotFound},
+		{"missing shard", func(t *testing.T, dir string) {
+			writeFile(t, filepath.Join(dir, "s1.safetensors"), scalar("a", 1))
+			writeIndex(t, dir, `{"weight_map":{"a":"s1.safetensors","b":"s2.safetensors"}}`)
+		}, ErrMissingShard},
+		{"tensor not in its shard", func(t *testing.T, dir string) {
+			writeFile(t, filepath.Join(dir, "s1.safetensors"), scalar("a", 1))
+			writeFile(t, filepath.Join(dir, "s2.safetensors"), scalar("b", 1))
+			writeIndex(t, dir, `{"weight_map":{"a":"s2.safetensors","b":"s2.safetensors"}}`)
+		}, ErrHeader},
+		{"duplicate across files", func(t *testing.T, dir string) {
+			writeFile(t, filepath.Join(dir, "s1.safetensors"), scalar("a", 1))
+			writeFile(t, filepath.Join(dir, "s2.safetensors"), scalar("a", 2))
+		}, ErrDuplicate},
+		{"index escapes dir", func(t *testing.T, dir string) {
+			writeIndex(t, dir, `{"weight_map":{"a":"../other.safetensors"}}`)
+		}, ErrHeader},
+		{"index not json", func(t *testing.T, dir string) { writeIndex(t, dir, `{"weight_map":`) }, ErrHeader},
+		{"index empty", func(t *testing.T, dir string) { writeIndex(t, dir, `{"weight_map":{}}`) }, ErrHeader},
+		{"corrupt shard", func(t *testing.T, dir string) {
+			if err := os.WriteFile(filepath.Join(dir, "m.safetensors"), []byte("garbage!garbage"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}, ErrHeader},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			tt.setup(t, dir)
+			s, err := OpenDir(dir)
+			if !errors.Is(err, tt.want) {
+				t.Fatalf("OpenDir = %v, %v; want %v", s, err, tt.want)
+			}
+			var e *Error
+			if !errors.As(err, &e) || e.File == "" {
+				t.Errorf("error %v does not name a file", err)
+			}
+		})
+	}
+	if _, err := OpenDir(filepath.Join(t.TempDir(), "absent")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("OpenDir(absent) = %v, want ErrNotExist", err)
+	}
+}
