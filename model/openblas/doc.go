@@ -1,0 +1,19 @@
+// Package openblas is the "openblas" backend of package model: float32 GEMM
+// through OpenBLAS's cblas_sgemm, via cgo.
+//
+// Everything but this comment is behind the build tag openblas, so the
+// package compiles (empty) without OpenBLAS installed. With the tag, linking
+// needs libopenblas (Debian: libopenblas-dev) and importing the package for
+// its side effect registers the backend:
+//
+//	import _ "github.com/fusionrag/fusionrag/model/openblas" // go build -tags openblas
+//
+// The kernel also satisfies blas.Kernel, so blas.SetKernel(openblas.Kernel{})
+// sends every blas.MatMulT of the process to OpenBLAS.
+//
+// OpenBLAS does not promise the fixed summation order of model/blas: its
+// results can differ in the last bits between a row computed alone and in a
+// batch, or with the number of threads. Bit-exactness tests belong to the
+// "cpu" backend; against it this one agrees within the float32 error bound
+// of a k-term dot product.
+package openblas

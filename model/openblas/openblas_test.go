@@ -1,0 +1,174 @@
+//go:build openblas
+
+package openblas
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"testing"
+
+	gblas "gonum.org/v1/gonum/blas"
+	"gonum.org/v1/gonum/blas/gonum"
+
+	"github.com/fusionrag/fusionrag/model"
+	"github.com/fusionrag/fusionrag/model/blas"
+)
+
+func randSlice(r *rand.Rand, n int) []float32 {
+	s := make([]float32, n)
+	for i := range s {
+		s[i] = float32(r.NormFloat64())
+	}
+	return s
+}
+
+// checkClose compares got against want (the pure-Go kernel) elementwise.
+// Both are k-term float32 dot products in different orders (OpenBLAS blocks
+// and vectorises k, with FMA), each within γ_k·Σ|a·b| of the exact value,
+// so they differ by at most 2γ_k·Σ|a·b|, γ_k = k·u/(1-k·u), u = 2^-24.
+func checkClose(t *testing.T, got, want, a, b []float32, m, n, k int, bT bool) {
+	t.Helper()
+	const u = 1.0 / (1 << 24)
+	g := float64(k+1) * u / (1 - float64(k+1)*u)
+	for i := range m {
+		for j := range n {
+			var abs float64
+			for p := range k {
+				bv := b[p*n+j]
+				if bT {
+					bv = b[j*k+p]
+				}
+				abs += math.Abs(float64(a[i*k+p]) * float64(bv))
+			}
+			if d := math.Abs(float64(got[i*n+j]) - float64(want[i*n+j])); d > 2*g*abs+1e-30 {
+				t.Fatalf("out[%d,%d] = %v, pure Go %v, diff %g > bound %g", i, j, got[i*n+j], want[i*n+j], d, 2*g*abs)
+			}
+		}
+	}
+}
+
+var shapes = [][3]int{
+	{0, 0, 0}, {0, 3, 4}, {3, 0, 4}, {2, 3, 0},
+	{1, 1, 1}, {1, 7, 257}, {1, 1000, 300}, {3, 4, 5}, {5, 7, 11},
+	{7, 100, 513}, {65, 97, 129}, {130, 193, 300}, {33, 250, 700},
+}
+
+func TestMatMulTAgainstBlas(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	for _, s := range shapes {
+		m, n, k := s[0], s[1], s[2]
+		t.Run(fmt.Sprintf("%dx%dx%d", m, n, k), func(t *testing.T) {
+			a, b := randSlice(r, m*k), randSlice(r, n*k)
+			got, want := randSlice(r, m*n), make([]float32, m*n)
+			Kernel{}.MatMulT(got, a, b, m, n, k)
+			blas.Go.MatMulT(want, a, b, m, n, k)
+			checkClose(t, got, want, a, b, m, n, k, true)
+		})
+	}
+}
+
+func TestMatMulAgainstBlas(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	for _, s := range shapes {
+		m, n, k := s[0], s[1], s[2]
+		t.Run(fmt.Sprintf("%dx%dx%d", m, n, k), func(t *testing.T) {
+			a, b := randSlice(r, m*k), randSlice(r, k*n)
+			got, want := randSlice(r, m*n), make([]float32, m*n)
+			Kernel{}.MatMul(got, a, b, m, n, k)
+			blas.Go.MatMul(want, a, b, m, n, k)
+			checkClose(t, got, want, a, b, m, n, k, false)
+		})
+	}
+}
+
+func TestRegistered(t *testing.T) {
+	if !slices.Contains(model.Backends(), Name) {
+		t.Fatalf("model.Backends() = %v, want %q among them", model.Backends(), Name)
+	}
+	be, err := model.NewBackend(Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if be.Name() != Name {
+		t.Errorf("Name() = %q, want %q", be.Name(), Name)
+	}
+	out := make([]float32, 2)
+	be.MatMulT(out, []float32{1, 2}, []float32{3, 4, 5, 6}, 1, 2, 2)
+	if diff := slices.Compare(out, []float32{11, 17}); diff != 0 {
+		t.Errorf("out = %v, want [11 17]", out)
+	}
+	t.Logf("OpenBLAS: %s, %d threads", Config(), Threads())
+}
+
+func TestShortSlicePanics(t *testing.T) {
+	defer func() {
+		if r := recover(); r == nil {
+			t.Fatal("short a did not panic")
+		}
+	}()
+	Kernel{}.MatMulT(make([]float32, 4), make([]float32, 3), make([]float32, 4), 2, 2, 2)
+}
+
+// TestConcurrent runs calls from several goroutines at once, as concurrent
+// Forward calls do, and checks every result.
+func TestConcurrent(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 6))
+	const m, n, k = 16, 200, 300
+	a, b := randSlice(r, m*k), randSlice(r, n*k)
+	want := make([]float32, m*n)
+	blas.Go.MatMulT(want, a, b, m, n, k)
+	var wg sync.WaitGroup
+	errs := make(chan string, 8)
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			got := make([]float32, m*n)
+			for range 20 {
+				Kernel{}.MatMulT(got, a, b, m, n, k)
+				for i := range got {
+					if math.Abs(float64(got[i]-want[i])) > 1e-3 {
+						errs <- fmt.Sprintf("goroutine %d: out[%d] = %v, want %v", g, i, got[i], want[i])
+						return
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
+}
+
+// BenchmarkMatMulT reports GFLOP/s of OpenBLAS, the pure-Go kernel and
+// gonum's Sgemm on the same shapes in the same run.
+func BenchmarkMatMulT(b *testing.B) {
+	for _, s := range [][3]int{{512, 512, 512}, {2048, 512, 512}, {1, 4096, 4096}} {
+		m, n, k := s[0], s[1], s[2]
+		r := rand.New(rand.NewPCG(1, 1))
+		x, w, out := randSlice(r, m*k), randSlice(r, n*k), make([]float32, m*n)
+		flops := 2 * float64(m) * float64(n) * float64(k)
+		for _, impl := range []struct {
+			name string
+			f    func()
+		}{
+			{"openblas", func() { Kernel{}.MatMulT(out, x, w, m, n, k) }},
+			{"go", func() { blas.Go.MatMulT(out, x, w, m, n, k) }},
+			{"gonum", func() {
+				gonum.Implementation{}.Sgemm(gblas.NoTrans, gblas.Trans, m, n, k, 1, x, k, w, k, 0, out, n)
+			}},
+		} {
+			b.Run(fmt.Sprintf("%s/%dx%dx%d", impl.name, m, n, k), func(b *testing.B) {
+				for b.Loop() {
+					impl.f()
+				}
+				b.ReportMetric(flops*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+			})
+		}
+	}
+}
