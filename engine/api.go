@@ -1,0 +1,344 @@
+package engine
+
+import (
+	"bytes"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"math"
+	"strings"
+)
+
+// Prompt is a request's input before tokenization. Exactly one form is set:
+// Text (completions with a string prompt), Tokens (completions with token
+// ids, used as they are), or Messages (chat, rendered with the model's chat
+// template).
+type Prompt struct {
+	Text     string
+	Tokens   []int32
+	IsTokens bool
+	Messages []Message
+}
+
+// Message is one chat message with its text content parts (a plain string
+// content is one part).
+type Message struct {
+	Role  string
+	Parts []string
+}
+
+// Sampling holds the decoding parameters of one request.
+type Sampling struct {
+	// Temperature scales logits; 0 is greedy (argmax). Default 1.
+	Temperature float64
+	// TopP keeps the smallest set of tokens whose probability reaches TopP. 1 disables.
+	TopP float64
+	// TopK keeps the K most likely tokens. 0 disables.
+	TopK int
+	// Seed makes sampling reproducible; nil draws a random seed.
+	Seed *int64
+	// MaxTokens bounds the completion; 0 means up to the context limit.
+	MaxTokens int
+	// Stop strings end the completion; the matched stop string is not returned.
+	Stop []string
+	// IgnoreEOS keeps generating past end-of-sequence tokens (vLLM extension).
+	IgnoreEOS bool
+}
+
+// Request is a parsed and validated /v1/completions or /v1/chat/completions body.
+type Request struct {
+	Chat         bool
+	Model        string
+	Prompt       Prompt
+	Sampling     Sampling
+	Stream       bool
+	IncludeUsage bool
+	// KVNamespace is kv_transfer_params.namespace (hex): the request may use
+	// KV published under it. Empty: no published KV is looked up.
+	KVNamespace string
+}
+
+// maxStops bounds the number of stop strings, as OpenAI does.
+const maxStops = 4
+
+// wireRequest is the union of both endpoints' fields that the engine reads;
+// unknown fields are ignored (as vLLM does).
+type wireRequest struct {
+	Model               string          `json:"model"`
+	Prompt              json.RawMessage `json:"prompt"`
+	Messages            json.RawMessage `json:"messages"`
+	MaxTokens           *int            `json:"max_tokens"`
+	MaxCompletionTokens *int            `json:"max_completion_tokens"`
+	Temperature         *float64        `json:"temperature"`
+	TopP                *float64        `json:"top_p"`
+	TopK                *int            `json:"top_k"`
+	Seed                *int64          `json:"seed"`
+	Stop                json.RawMessage `json:"stop"`
+	N                   *int            `json:"n"`
+	Stream              bool            `json:"stream"`
+	StreamOptions       *struct {
+		IncludeUsage bool `json:"include_usage"`
+	} `json:"stream_options"`
+	IgnoreEOS        bool `json:"ignore_eos"`
+	KVTransferParams *struct {
+		Namespace string `json:"namespace"`
+	} `json:"kv_transfer_params"`
+}
+
+// ParseRequest parses and validates a request body. chat selects the
+// /v1/chat/completions schema. Errors wrap ErrBadRequest.
+func ParseRequest(body []byte, chat bool) (*Request, error) {
+	var w wireRequest
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if err := dec.Decode(&w); err != nil {
+		return nil, fmt.Errorf("%w: invalid JSON body: %v", ErrBadRequest, err)
+	}
+	if dec.More() {
+		return nil, fmt.Errorf("%w: invalid JSON body: trailing data after the object", ErrBadRequest)
+	}
+	r := &Request{Chat: chat, Model: w.Model, Stream: w.Stream}
+	var err error
+	if chat {
+		if len(w.Messages) == 0 || string(w.Messages) == "null" {
+			return nil, badParam("messages", "'messages' is a required property")
+		}
+		if r.Prompt.Messages, err = parseMessages(w.Messages); err != nil {
+			return nil, err
+		}
+	} else {
+		if len(w.Prompt) == 0 || string(w.Prompt) == "null" {
+			return nil, badParam("prompt", "'prompt' is a required property")
+		}
+		if r.Prompt, err = parsePrompt(w.Prompt); err != nil {
+			return nil, err
+		}
+	}
+	if w.StreamOptions != nil {
+		if !w.Stream {
+			return nil, badParam("stream_options", "stream_options is only allowed when stream is true")
+		}
+		r.IncludeUsage = w.StreamOptions.IncludeUsage
+	}
+	if w.N != nil && *w.N != 1 {
+		return nil, badParam("n", "n = %d is not supported: this engine returns one choice per request", *w.N)
+	}
+	s := Sampling{Temperature: 1, TopP: 1, IgnoreEOS: w.IgnoreEOS, Seed: w.Seed}
+	if w.Temperature != nil {
+		s.Temperature = *w.Temperature
+		if s.Temperature < 0 || s.Temperature > 2 || math.IsNaN(s.Temperature) {
+			return nil, badParam("temperature", "temperature must be in [0, 2], got %v", s.Temperature)
+		}
+	}
+	if w.TopP != nil {
+		s.TopP = *w.TopP
+		if !(s.TopP > 0 && s.TopP <= 1) {
+			return nil, badParam("top_p", "top_p must be in (0, 1], got %v", s.TopP)
+		}
+	}
+	if w.TopK != nil {
+		s.TopK = *w.TopK
+		if s.TopK == -1 { // vLLM's "disabled"
+			s.TopK = 0
+		}
+		if s.TopK < 0 {
+			return nil, badParam("top_k", "top_k must be -1 (disabled) or >= 1, got %d", *w.TopK)
+		}
+	}
+	mt := w.MaxTokens
+	if w.MaxCompletionTokens != nil {
+		mt = w.MaxCompletionTokens
+	}
+	if mt != nil {
+		if *mt < 1 {
+			return nil, badParam("max_tokens", "max_tokens must be at least 1, got %d", *mt)
+		}
+		s.MaxTokens = *mt
+	}
+	if s.Stop, err = parseStop(w.Stop); err != nil {
+		return nil, err
+	}
+	r.Sampling = s
+	if p := w.KVTransferParams; p != nil && p.Namespace != "" {
+		if _, err := hex.DecodeString(p.Namespace); err != nil || len(p.Namespace) > 128 {
+			return nil, badParam("kv_transfer_params", "kv_transfer_params.namespace must be a hex string of at most 128 digits")
+		}
+		r.KVNamespace = strings.ToLower(p.Namespace)
+	}
+	return r, nil
+}
+
+// parsePrompt accepts a string, a one-element array of strings, an array of
+// token ids, or a one-element array of token-id arrays.
+func parsePrompt(raw json.RawMessage) (Prompt, error) {
+	var s string
+	if json.Unmarshal(raw, &s) == nil {
+		return Prompt{Text: s}, nil
+	}
+	var ids []int32
+	if json.Unmarshal(raw, &ids) == nil {
+		if len(ids) == 0 {
+			return Prompt{}, badParam("prompt", "prompt must not be an empty list of token ids")
+		}
+		return Prompt{Tokens: ids, IsTokens: true}, nil
+	}
+	var ss []string
+	if json.Unmarshal(raw, &ss) == nil {
+		if len(ss) != 1 {
+			return Prompt{}, badParam("prompt", "exactly one prompt per request is supported, got %d", len(ss))
+		}
+		return Prompt{Text: ss[0]}, nil
+	}
+	var idss [][]int32
+	if json.Unmarshal(raw, &idss) == nil {
+		if len(idss) != 1 {
+			return Prompt{}, badParam("prompt", "exactly one prompt per request is supported, got %d", len(idss))
+		}
+		if len(idss[0]) == 0 {
+			return Prompt{}, badParam("prompt", "prompt must not be an empty list of token ids")
+		}
+		return Prompt{Tokens: idss[0], IsTokens: true}, nil
+	}
+	return Prompt{}, badParam("prompt", "prompt must be a string, an array of token ids (int32), or a one-element array of either")
+}
+
+// parseMessages accepts OpenAI chat messages whose content is a string or an
+// array of {"type": "text", "text": ...} parts.
+func parseMessages(raw json.RawMessage) ([]Message, error) {
+	var wire []struct {
+		Role    string          `json:"role"`
+		Content json.RawMessage `json:"content"`
+	}
+	if err := json.Unmarshal(raw, &wire); err != nil {
+		return nil, badParam("messages", "messages must be an array of {role, content} objects: %v", err)
+	}
+	if len(wire) == 0 {
+		return nil, badParam("messages", "messages must not be empty")
+	}
+	out := make([]Message, len(wire))
+	for i, m := range wire {
+		switch m.Role {
+		case "system", "developer", "user", "assistant", "tool":
+		default:
+			return nil, badParam(fmt.Sprintf("messages[%d].role", i), "unsupported role %q", m.Role)
+		}
+		out[i].Role = m.Role
+		if len(m.Content) == 0 || string(m.Content) == "null" {
+			continue // e.g. an assistant message with tool calls only
+		}
+		var s string
+		if json.Unmarshal(m.Content, &s) == nil {
+			out[i].Parts = []string{s}
+			continue
+		}
+		var parts []struct {
+			Type string  `json:"type"`
+			Text *string `json:"text"`
+		}
+		if err := json.Unmarshal(m.Content, &parts); err != nil {
+			return nil, badParam(fmt.Sprintf("messages[%d].content", i), "content must be a string or an array of content parts")
+		}
+		for j, p := range parts {
+			if p.Type != "text" || p.Text == nil {
+				return nil, badParam(fmt.Sprintf("messages[%d].content[%d]", i, j),
+					"only text content parts are supported, got type %q", p.Type)
+			}
+			out[i].Parts = append(out[i].Parts, *p.Text)
+		}
+	}
+	return out, nil
+}
+
+func parseStop(raw json.RawMessage) ([]string, error) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return nil, nil
+	}
+	var s string
+	if json.Unmarshal(raw, &s) == nil {
+		if s == "" {
+			return nil, nil
+		}
+		return []string{s}, nil
+	}
+	var ss []string
+	if err := json.Unmarshal(raw, &ss); err != nil {
+		return nil, badParam("stop", "stop must be a string or an array of strings")
+	}
+	if len(ss) > maxStops {
+		return nil, badParam("stop", "at most %d stop sequences are allowed, got %d", maxStops, len(ss))
+	}
+	out := ss[:0]
+	for _, s := range ss {
+		if s != "" {
+			out = append(out, s)
+		}
+	}
+	return out, nil
+}
+
+// Usage is OpenAI's usage object.
+type Usage struct {
+	PromptTokens        int           `json:"prompt_tokens"`
+	CompletionTokens    int           `json:"completion_tokens"`
+	TotalTokens         int           `json:"total_tokens"`
+	PromptTokensDetails *TokenDetails `json:"prompt_tokens_details"`
+}
+
+// TokenDetails carries cached_tokens: prompt tokens whose KV was loaded
+// rather than prefilled.
+type TokenDetails struct {
+	CachedTokens int `json:"cached_tokens"`
+}
+
+// Response bodies. Field order and names follow OpenAI's API.
+type (
+	completionChoice struct {
+		Index        int     `json:"index"`
+		Text         string  `json:"text"`
+		Logprobs     any     `json:"logprobs"`
+		FinishReason *string `json:"finish_reason"`
+	}
+	completionResponse struct {
+		ID      string             `json:"id"`
+		Object  string             `json:"object"`
+		Created int64              `json:"created"`
+		Model   string             `json:"model"`
+		Choices []completionChoice `json:"choices"`
+		Usage   *Usage             `json:"usage,omitempty"`
+	}
+	chatMessage struct {
+		Role    string `json:"role"`
+		Content string `json:"content"`
+	}
+	chatChoice struct {
+		Index        int         `json:"index"`
+		Message      chatMessage `json:"message"`
+		Logprobs     any         `json:"logprobs"`
+		FinishReason string      `json:"finish_reason"`
+	}
+	chatResponse struct {
+		ID      string       `json:"id"`
+		Object  string       `json:"object"`
+		Created int64        `json:"created"`
+		Model   string       `json:"model"`
+		Choices []chatChoice `json:"choices"`
+		Usage   *Usage       `json:"usage"`
+	}
+	chatDelta struct {
+		Role    string  `json:"role,omitempty"`
+		Content *string `json:"content,omitempty"`
+	}
+	chatChunkChoice struct {
+		Index        int       `json:"index"`
+		Delta        chatDelta `json:"delta"`
+		Logprobs     any       `json:"logprobs"`
+		FinishReason *string   `json:"finish_reason"`
+	}
+	chatChunk struct {
+		ID      string            `json:"id"`
+		Object  string            `json:"object"`
+		Created int64             `json:"created"`
+		Model   string            `json:"model"`
+		Choices []chatChunkChoice `json:"choices"`
+		Usage   *Usage            `json:"usage,omitempty"`
+	}
+)

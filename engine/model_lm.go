@@ -1,0 +1,81 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/fusionrag/fusionrag/model"
+)
+
+// ModelLM adapts a loaded *model.Model to LM. Each sequence keeps its own
+// *model.Cache; Forward is safe for concurrent use on different caches.
+type ModelLM struct {
+	M *model.Model
+}
+
+// NewModelLM wraps m.
+func NewModelLM(m *model.Model) *ModelLM { return &ModelLM{M: m} }
+
+// NewSequence implements LM.
+func (l *ModelLM) NewSequence() Sequence {
+	return &modelSeq{m: l.M, cache: model.NewCache(l.M.Config, 0)}
+}
+
+// MaxPositions implements LM.
+func (l *ModelLM) MaxPositions() int { return l.M.Config.MaxPositions }
+
+// VocabSize implements LM.
+func (l *ModelLM) VocabSize() int { return l.M.Config.Vocab }
+
+// Fingerprint identifies the weights (for KV namespaces).
+func (l *ModelLM) Fingerprint() string { return l.M.Fingerprint() }
+
+// KVShape is the per-layer K/V shape of the model's cache.
+func (l *ModelLM) KVShape() (layers, kvHeads, headDim int) {
+	c := l.M.Config
+	return c.Layers, c.KVHeads, c.HeadDim
+}
+
+type modelSeq struct {
+	m     *model.Model
+	cache *model.Cache
+	pos   []int32 // scratch
+}
+
+func (s *modelSeq) Len() int { return s.cache.Len() }
+
+func (s *modelSeq) Extend(ctx context.Context, tokens []int32) ([]float32, error) {
+	n := s.cache.Len()
+	s.pos = s.pos[:0]
+	for i := range tokens {
+		s.pos = append(s.pos, int32(n+i))
+	}
+	res, err := s.m.Forward(ctx, s.cache, model.Batch{Tokens: tokens, Pos: s.pos},
+		model.ForwardOptions{Logits: []int{len(tokens) - 1}, Append: true})
+	if err != nil {
+		return nil, err
+	}
+	return res.Logits[0], nil
+}
+
+// LoadKV implements kvSequence: it appends per-layer K (pre-RoPE) and V of
+// positions [Len(), Len()+tokens).
+func (s *modelSeq) LoadKV(k, v [][]float32, tokens int) error {
+	c := s.m.Config
+	if len(k) != c.Layers || len(v) != c.Layers {
+		return fmt.Errorf("engine: KV has %d/%d layers, model %d", len(k), len(v), c.Layers)
+	}
+	want := tokens * c.KVDim()
+	for l := range c.Layers {
+		if len(k[l]) != want || len(v[l]) != want {
+			return fmt.Errorf("engine: KV layer %d has %d/%d values, want %d", l, len(k[l]), len(v[l]), want)
+		}
+	}
+	base := s.cache.Len()
+	pos := make([]int32, tokens)
+	for i := range pos {
+		pos[i] = int32(base + i)
+	}
+	s.cache.Append(&model.Cache{Layers: c.Layers, KVHeads: c.KVHeads, HeadDim: c.HeadDim, Pos: pos, K: k, V: v})
+	return nil
+}

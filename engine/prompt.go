@@ -1,0 +1,66 @@
+package engine
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/fusionrag/fusionrag/model/tokenizer"
+)
+
+// ChatTemplate renders chat messages into the prompt text the model sees.
+type ChatTemplate interface {
+	Render(msgs []Message, addGenerationPrompt bool) (string, error)
+}
+
+// PromptTokens returns the exact token ids the engine runs for p. It is the
+// one place where "prompt -> token ids" happens, so that the sidecar, which
+// must find the same spans in the same ids, can call it too.
+//
+//   - Token prompts are used as they are (no BOS added, as vLLM does).
+//   - Text prompts are encoded, with BOS first when the tokenizer asks for it.
+//   - Chat messages are rendered with chat (nil: the plain default of
+//     PlainChat), encoded, and BOS is added when the tokenizer asks for it
+//     and the rendered text did not already start with it (templates that
+//     write the BOS token themselves get it exactly once).
+func PromptTokens(tok tokenizer.Tokenizer, chat ChatTemplate, p Prompt) ([]int32, error) {
+	if p.IsTokens {
+		return p.Tokens, nil
+	}
+	text := p.Text
+	if p.Messages != nil {
+		if chat == nil {
+			chat = PlainChat{}
+		}
+		var err error
+		if text, err = chat.Render(p.Messages, true); err != nil {
+			return nil, fmt.Errorf("%w: chat template: %v", ErrBadRequest, err)
+		}
+	}
+	ids := tok.Encode(text)
+	if tok.AddBOS() && tok.BOS() >= 0 && (len(ids) == 0 || ids[0] != tok.BOS()) {
+		ids = append([]int32{tok.BOS()}, ids...)
+	}
+	if len(ids) == 0 {
+		return nil, badParam("prompt", "the prompt is empty after tokenization")
+	}
+	return ids, nil
+}
+
+// PlainChat is the chat format of models that ship no chat template (such as
+// llama2.c checkpoints): the system text, then the user text parts, all
+// separated by blank lines; earlier assistant turns are included the same
+// way. The generation prompt adds nothing: the model continues the text.
+type PlainChat struct{}
+
+// Render implements ChatTemplate.
+func (PlainChat) Render(msgs []Message, addGenerationPrompt bool) (string, error) {
+	var parts []string
+	for _, m := range msgs {
+		for _, p := range m.Parts {
+			if p != "" {
+				parts = append(parts, p)
+			}
+		}
+	}
+	return strings.Join(parts, "\n\n"), nil
+}
