@@ -263,5 +263,3 @@ func seq(begin, end int) []int {
 	}
 	return s
 }
-
-
