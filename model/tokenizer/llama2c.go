@@ -256,7 +256,7 @@ func (t *Llama2c) Fingerprint() string { return t.fingerpr }
 
 // NewDecoder returns a streaming decoder for this tokenizer.
 func (t *Llama2c) NewDecoder() *Decoder {
-	return newDecoder(func(prev, id int32) string { return t.piece(prev, id) })
+	return newDecoder(t.bos, func(prev, id int32, _ bool) string { return t.piece(prev, id) })
 }
 
 // utf8Pending reports how many bytes at the end of b form an incomplete but
