@@ -102,7 +102,9 @@ func (m *addedMatcher) longestAt(s string, i int) int {
 	return -1
 }
 
-func isWordChar(r rune) bool { return r == '_' || unicode.IsLetter(r) || unicode.IsDigit(r) || unicode.IsNumber(r) }
+func isWordChar(r rune) bool {
+	return r == '_' || unicode.IsLetter(r) || unicode.IsDigit(r) || unicode.IsNumber(r)
+}
 
 func endsWithWord(s string) bool {
 	r, size := utf8.DecodeLastRuneInString(s)
