@@ -153,12 +153,12 @@ func loadHF(dir string) (*Model, error) {
 	}
 	set, err := safetensors.OpenDir(dir)
 	if err != nil {
-		return nil, fmt.Errorf("model: %s: %w", dir, err)
+		return nil, fmt.Errorf("model: %w", err)
 	}
 	m := &Model{Config: cfg, closers: []io.Closer{set}}
 	if err := m.bindHF(set); err != nil {
 		m.Close()
-		return nil, fmt.Errorf("model: %s: %w", dir, err)
+		return nil, fmt.Errorf("%s: %w", dir, err)
 	}
 	return m, nil
 }
