@@ -1,0 +1,351 @@
+package kvstore
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/fusionrag/fusionrag/fingerprint"
+	"github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
+	"github.com/zeebo/xxh3"
+)
+
+func init() {
+	Register("redis", openRedisURL)
+	Register("rediss", openRedisURL)
+}
+
+func openRedisURL(u *url.URL) (Store, error) {
+	q, err := newQuery(u)
+	if err != nil {
+		return nil, err
+	}
+	var c RedisConfig
+	ttl := q.str("ttl", "")
+	if ttl != "" {
+		if c.TTL, err = time.ParseDuration(ttl); err != nil {
+			return nil, fmt.Errorf("parameter ttl: %v", err)
+		}
+		if c.TTL == 0 {
+			c.TTL = -1 // explicit ttl=0: no expiry
+		}
+	}
+	part, err := q.size("part", 0)
+	if err != nil {
+		return nil, err
+	}
+	c.PartSize = int(part)
+	if t := q.str("timeout", ""); t != "" {
+		if c.Timeout, err = time.ParseDuration(t); err != nil {
+			return nil, fmt.Errorf("parameter timeout: %v", err)
+		}
+	}
+	c.Prefix = q.str("prefix", "")
+	// The remaining parameters are go-redis's own (pool_size, read_timeout...).
+	rest := url.Values{}
+	for k, v := range q.v {
+		if !q.used[k] {
+			rest[k] = v
+		}
+	}
+	u2 := *u
+	u2.RawQuery = rest.Encode()
+	opts, err := redis.ParseURL(u2.String())
+	if err != nil {
+		return nil, err
+	}
+	c.Options = opts
+	r, err := NewRedis(c)
+	if err != nil {
+		return nil, err
+	}
+	r.url = u.Redacted()
+	return r, nil
+}
+
+// RedisConfig configures a Redis tier.
+type RedisConfig struct {
+	// Options are go-redis's client options (address, DB, auth, pool).
+	Options *redis.Options
+	// TTL of every entry; default 24h, negative for none.
+	TTL time.Duration
+	// PartSize: blobs larger than this are split into parts of this size,
+	// written and read in one pipeline each; default 8 MiB.
+	PartSize int
+	// Timeout sets the dial, read and write timeouts when non-zero.
+	Timeout time.Duration
+	// Prefix of every key; default "fusionrag:kv:".
+	Prefix string
+}
+
+// partGrace keeps parts alive a little longer than their manifest, so a
+// reader that sees a manifest finds its parts.
+const partGrace = time.Minute
+
+// Redis is the Redis tier. A blob up to PartSize is one string value; a
+// larger one is a manifest under the key plus parts under key:0..n-1 (all in
+// one hash slot), parts written before the manifest so readers never see a
+// partial blob.
+type Redis struct {
+	cfg RedisConfig
+	url string
+	c   *redis.Client
+	counters
+}
+
+// NewRedis returns a Redis tier; it validates c and fills defaults. It does
+// not contact the server: errors surface on first use.
+func NewRedis(c RedisConfig) (*Redis, error) {
+	if c.Options == nil {
+		return nil, errors.New("redis: no client options")
+	}
+	if c.TTL == 0 {
+		c.TTL = 24 * time.Hour
+	}
+	if c.TTL < 0 {
+		c.TTL = 0 // go-redis: no expiry
+	}
+	if c.PartSize == 0 {
+		c.PartSize = 8 << 20
+	}
+	if c.PartSize < 1024 {
+		return nil, fmt.Errorf("redis: part size %d below 1 KiB", c.PartSize)
+	}
+	if c.Prefix == "" {
+		c.Prefix = "fusionrag:kv:"
+	}
+	o := *c.Options
+	if c.Timeout > 0 {
+		o.DialTimeout, o.ReadTimeout, o.WriteTimeout = c.Timeout, c.Timeout, c.Timeout
+	}
+	o.ContextTimeoutEnabled = true
+	if o.MaintNotificationsConfig == nil {
+		o.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
+	}
+	c.Options = &o
+	return &Redis{cfg: c, url: "redis://" + o.Addr, c: redis.NewClient(&o)}, nil
+}
+
+func (r *Redis) key(k fingerprint.Key) string { return r.cfg.Prefix + "{" + k.String() + "}" }
+func (r *Redis) partKey(k fingerprint.Key, i int) string {
+	return r.key(k) + ":" + strconv.Itoa(i)
+}
+
+// Manifest of a blob in parts, 40 bytes little-endian:
+//
+//	[0, 4) "FRKP", [4, 8) part count, [8, 16) total length, [16, 24) part
+//	size, [24, 32) xxh3-64 of the whole blob, [32, 40) xxh3-64 of [0, 32).
+const manifestSize = 40
+
+var manifestMagic = []byte("FRKP")
+
+type manifest struct {
+	parts          int
+	total, partLen int64
+	sum            uint64
+}
+
+func (m manifest) encode() []byte {
+	b := make([]byte, manifestSize)
+	copy(b, manifestMagic)
+	binary.LittleEndian.PutUint32(b[4:], uint32(m.parts))
+	binary.LittleEndian.PutUint64(b[8:], uint64(m.total))
+	binary.LittleEndian.PutUint64(b[16:], uint64(m.partLen))
+	binary.LittleEndian.PutUint64(b[24:], m.sum)
+	binary.LittleEndian.PutUint64(b[32:], xxh3.Hash(b[:32]))
+	return b
+}
+
+func decodeManifest(b []byte) (manifest, error) {
+	if len(b) != manifestSize {
+		return manifest{}, corrupt("manifest is %d bytes", len(b))
+	}
+	if got, want := binary.LittleEndian.Uint64(b[32:]), xxh3.Hash(b[:32]); got != want {
+		return manifest{}, corrupt("manifest checksum %016x, computed %016x", got, want)
+	}
+	m := manifest{
+		parts:   int(binary.LittleEndian.Uint32(b[4:])),
+		total:   int64(binary.LittleEndian.Uint64(b[8:])),
+		partLen: int64(binary.LittleEndian.Uint64(b[16:])),
+		sum:     binary.LittleEndian.Uint64(b[24:]),
+	}
+	if m.partLen < 1 || m.total < HeaderSize || m.total > HeaderSize+maxPayload ||
+		int64(m.parts) != (m.total+m.partLen-1)/m.partLen {
+		return manifest{}, corrupt("manifest: %d parts of %d for %d bytes", m.parts, m.partLen, m.total)
+	}
+	return m, nil
+}
+
+func (r *Redis) fail(op string, k fingerprint.Key, err error) error {
+	r.errors.Add(1)
+	return fmt.Errorf("redis %s %s %s: %w", r.cfg.Options.Addr, op, k, err)
+}
+
+// Get implements Store.
+func (r *Redis) Get(ctx context.Context, key fingerprint.Key, want fingerprint.Check) (*Blob, error) {
+	v, err := r.c.Get(ctx, r.key(key)).Bytes()
+	if errors.Is(err, redis.Nil) {
+		r.misses.Add(1)
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, r.fail("get", key, err)
+	}
+	raw := v
+	if bytes.HasPrefix(v, manifestMagic) {
+		m, err := decodeManifest(v)
+		if err != nil {
+			return nil, r.dropCorrupt(ctx, key, err)
+		}
+		raw, err = r.readParts(ctx, key, m)
+		var ce *CorruptError
+		if errors.As(err, &ce) {
+			return nil, r.dropCorrupt(ctx, key, err)
+		}
+		if errors.Is(err, ErrNotFound) {
+			r.misses.Add(1)
+			r.Delete(context.WithoutCancel(ctx), key)
+			return nil, err
+		}
+		if err != nil {
+			return nil, r.fail("get", key, err)
+		}
+	}
+	b, drop, err := r.verify("redis", raw, key, want)
+	if drop {
+		r.Delete(context.WithoutCancel(ctx), key)
+	}
+	return b, err
+}
+
+func (r *Redis) dropCorrupt(ctx context.Context, key fingerprint.Key, err error) error {
+	r.corruptions.Add(1)
+	r.misses.Add(1)
+	var ce *CorruptError
+	if errors.As(err, &ce) {
+		ce.Tier, ce.Key = "redis", key
+	}
+	r.Delete(context.WithoutCancel(ctx), key)
+	return err
+}
+
+// readParts fetches a manifest's parts in one pipeline into one buffer.
+func (r *Redis) readParts(ctx context.Context, key fingerprint.Key, m manifest) ([]byte, error) {
+	pipe := r.c.Pipeline()
+	cmds := make([]*redis.StringCmd, m.parts)
+	for i := range cmds {
+		cmds[i] = pipe.Get(ctx, r.partKey(key, i))
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, err
+	}
+	buf := make([]byte, 0, m.total)
+	for i, c := range cmds {
+		p, err := c.Bytes()
+		if errors.Is(err, redis.Nil) {
+			return nil, ErrNotFound // expired or evicted part
+		}
+		if err != nil {
+			return nil, err
+		}
+		want := m.partLen
+		if i == m.parts-1 {
+			want = m.total - int64(i)*m.partLen
+		}
+		if int64(len(p)) != want {
+			return nil, corrupt("part %d is %d bytes, want %d", i, len(p), want)
+		}
+		buf = append(buf, p...)
+	}
+	if got := xxh3.Hash(buf); got != m.sum {
+		return nil, corrupt("parts checksum %016x, manifest says %016x", got, m.sum)
+	}
+	return buf, nil
+}
+
+// Put implements Store.
+func (r *Redis) Put(ctx context.Context, b *Blob) error {
+	raw, err := b.Encode()
+	if err != nil {
+		return err
+	}
+	if len(raw) <= r.cfg.PartSize {
+		if err := r.c.Set(ctx, r.key(b.Key), raw, r.cfg.TTL).Err(); err != nil {
+			return r.fail("put", b.Key, err)
+		}
+	} else {
+		m := manifest{total: int64(len(raw)), partLen: int64(r.cfg.PartSize), sum: xxh3.Hash(raw)}
+		m.parts = int((m.total + m.partLen - 1) / m.partLen)
+		partTTL := r.cfg.TTL
+		if partTTL > 0 {
+			partTTL += partGrace
+		}
+		pipe := r.c.Pipeline()
+		for i := range m.parts {
+			end := min(int64(i+1)*m.partLen, m.total)
+			pipe.Set(ctx, r.partKey(b.Key, i), raw[int64(i)*m.partLen:end], partTTL)
+		}
+		_, err := pipe.Exec(ctx)
+		if err == nil {
+			err = r.c.Set(ctx, r.key(b.Key), m.encode(), r.cfg.TTL).Err()
+		}
+		if err != nil {
+			// Best effort: drop the parts already written (they expire anyway).
+			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+			keys := make([]string, m.parts)
+			for i := range keys {
+				keys[i] = r.partKey(b.Key, i)
+			}
+			r.c.Del(dctx, keys...)
+			cancel()
+			return r.fail("put", b.Key, err)
+		}
+	}
+	r.puts.Add(1)
+	r.bytesWrite.Add(int64(len(raw)))
+	return nil
+}
+
+// Has implements Store.
+func (r *Redis) Has(ctx context.Context, key fingerprint.Key) (bool, error) {
+	n, err := r.c.Exists(ctx, r.key(key)).Result()
+	if err != nil {
+		return false, r.fail("has", key, err)
+	}
+	return n == 1, nil
+}
+
+// Delete implements Store: the key and, for a blob in parts, its parts.
+func (r *Redis) Delete(ctx context.Context, key fingerprint.Key) error {
+	keys := []string{r.key(key)}
+	v, err := r.c.Get(ctx, r.key(key)).Bytes()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return r.fail("delete", key, err)
+	}
+	if m, err := decodeManifest(v); err == nil {
+		for i := range m.parts {
+			keys = append(keys, r.partKey(key, i))
+		}
+	}
+	if err := r.c.Del(ctx, keys...).Err(); err != nil {
+		return r.fail("delete", key, err)
+	}
+	return nil
+}
+
+// Stats implements Store. Redis's own memory use is not tracked: Entries and
+// Bytes are -1.
+func (r *Redis) Stats() []TierStats {
+	s := TierStats{Tier: "redis", URL: r.url, Entries: -1, Bytes: -1}
+	r.counters.snapshot(&s)
+	return []TierStats{s}
+}
+
+// Close implements Store.
+func (r *Redis) Close() error { return r.c.Close() }
