@@ -2,8 +2,8 @@ package kvstore
 
 import (
 	"bytes"
-	"errors"
 	"encoding/binary"
+	"errors"
 	"math/rand/v2"
 	"testing"
 

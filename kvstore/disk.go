@@ -84,12 +84,12 @@ type Disk struct {
 	cfg DiskConfig
 	url string
 
-	mu      sync.Mutex
-	index   map[fingerprint.Key]*diskEntry
-	lru     list.List // front: most recent
-	used    int64     // accounted bytes of indexed files plus reservations
-	closed  bool
-	tmpSeq  atomic.Uint64
+	mu     sync.Mutex
+	index  map[fingerprint.Key]*diskEntry
+	lru    list.List // front: most recent
+	used   int64     // accounted bytes of indexed files plus reservations
+	closed bool
+	tmpSeq atomic.Uint64
 	counters
 }
 
