@@ -1,0 +1,416 @@
+package proxy
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"reflect"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is the sidecar's configuration. Every leaf field has a YAML key (its
+// dotted path, e.g. timeouts.read), an environment variable (FUSIONRAG_ + the
+// key upper-cased with dots as underscores, e.g. FUSIONRAG_TIMEOUTS_READ) and a
+// flag (-timeouts.read). Precedence: flags > environment > file > defaults.
+// Zero values mean "use the default"; New validates and fills them in.
+// docs/configuration.md is generated from this struct (see Reference).
+type Config struct {
+	Listen      string `yaml:"listen" doc:"Address the sidecar listens on, host:port." default:"127.0.0.1:8080"`
+	Upstream    string `yaml:"upstream" doc:"Base URL of the OpenAI-compatible engine, http://host:port (required). Every route is forwarded there."`
+	Model       string `yaml:"model" doc:"Model the fusion path serves: a Hugging Face directory or a llama2.c .bin. Empty: pass-through only."`
+	Store       string `yaml:"store" doc:"KV store URLs for the fusion path, comma-separated tiers: mem://?max=2GiB, disk:///path?max=50GiB, redis://host:port/db."`
+	MetricsPath string `yaml:"metrics_path" doc:"Path of the Prometheus text exposition served by the sidecar itself (not forwarded). \"-\" forwards it to the engine instead." default:"/metrics"`
+	HealthPath  string `yaml:"health_path" doc:"Path of the sidecar's health check (checks that the engine is reachable). \"-\" forwards it to the engine instead." default:"/healthz"`
+
+	Limits   Limits   `yaml:"limits"`
+	Timeouts Timeouts `yaml:"timeouts"`
+	Fusion   Fusion   `yaml:"fusion"`
+	Breaker  Breaker  `yaml:"breaker"`
+	Tenant   Tenant   `yaml:"tenant"`
+}
+
+// Limits bound what one request may cost the sidecar.
+type Limits struct {
+	MaxRequestBody  int64 `yaml:"max_request_body" doc:"Largest request body accepted, bytes; larger ones are answered 413 without contacting the engine." default:"33554432"`
+	BufferBody      int   `yaml:"buffer_body" doc:"Request bodies up to this many bytes are read whole before forwarding (and may be retried on a stale upstream connection); larger ones are streamed to the engine." default:"1048576"`
+	MaxFusionBody   int64 `yaml:"max_fusion_body" doc:"Largest body of an eligible route that is parsed for the fusion path; larger ones are passed through." default:"8388608"`
+	MaxChunks       int   `yaml:"max_chunks" doc:"Most chunks one request may carry into the fusion path; more and the request is passed through." default:"64"`
+	MaxUpstreamConn int   `yaml:"max_upstream_conns" doc:"Most concurrent keep-alive connections to the engine." default:"1024"`
+}
+
+// Timeouts are per phase. Read and Write are idle timeouts (time allowed
+// between two successful reads or writes), so that a long SSE stream lives as
+// long as the engine keeps sending.
+type Timeouts struct {
+	Connect    time.Duration `yaml:"connect" doc:"Dialling the engine; past it the client gets 502." default:"2s"`
+	Read       time.Duration `yaml:"read" doc:"Longest silence from the engine while waiting for or reading a response (time to first byte included); past it 504, or the stream is cut." default:"5m0s"`
+	Write      time.Duration `yaml:"write" doc:"Longest stall while writing a request to the engine." default:"1m0s"`
+	Idle       time.Duration `yaml:"idle" doc:"Idle keep-alive connections to the engine are closed after this." default:"1m0s"`
+	ClientRead time.Duration `yaml:"client_read" doc:"Reading a client's request headers and buffered body." default:"1m0s"`
+	ClientIdle time.Duration `yaml:"client_idle" doc:"Idle client keep-alive connections are closed after this." default:"2m0s"`
+	Fusion     time.Duration `yaml:"fusion" doc:"Deadline of the fusion path (segment, look up, recompute, publish); past it the original request is forwarded." default:"5s"`
+	Shutdown   time.Duration `yaml:"shutdown" doc:"Grace period for in-flight requests on shutdown." default:"10s"`
+}
+
+// Fusion configures the fusion path's defaults; a request may override the
+// strategy and ratio (headers X-Fusionrag-Strategy, X-Fusionrag-Ratio or the
+// body field "fusionrag") unless IgnoreOverrides is set.
+type Fusion struct {
+	Disabled           bool    `yaml:"disabled" doc:"Pass every request through; the fusion path is never tried."`
+	Strategy           string  `yaml:"strategy" doc:"Default recompute strategy: full, reuse, cacheblend, epic or fusionrag." default:"fusionrag"`
+	Ratio              float64 `yaml:"ratio" doc:"Default fraction of context tokens recomputed, in (0, 1]." default:"0.15"`
+	MaxMissingFraction float64 `yaml:"max_missing_fraction" doc:"Chunks missing from the store are computed and stored, unless more than this fraction of a request's chunks is missing: then the request skips fusion." default:"0.5"`
+	Separator          string  `yaml:"separator" doc:"Chunk separator matched at token level in prompts (e.g. \" # # \"). Empty: none."`
+	MarkerOpen         string  `yaml:"marker_open" doc:"Opening marker of a chunk (e.g. <doc>), matched at token level. Needs marker_close."`
+	MarkerClose        string  `yaml:"marker_close" doc:"Closing marker of a chunk (e.g. </doc>)."`
+	KeepMarkers        bool    `yaml:"keep_markers" doc:"Keep separators and markers in the sequence the engine sees (default: strip them)."`
+	IgnoreOverrides    bool    `yaml:"ignore_overrides" doc:"Ignore per-request strategy and ratio overrides (the body field is still removed)."`
+}
+
+// Breaker configures the circuit breaker around the fusion path. When it is
+// open, requests go straight to the engine.
+type Breaker struct {
+	ConsecutiveFailures uint32        `yaml:"consecutive_failures" doc:"Consecutive fusion-path failures that open the breaker." default:"5"`
+	OpenTimeout         time.Duration `yaml:"open_timeout" doc:"How long the breaker stays open before letting trial requests through (half-open)." default:"10s"`
+	HalfOpenRequests    uint32        `yaml:"half_open_requests" doc:"Trial requests allowed while half-open; that many successes close the breaker." default:"1"`
+	Interval            time.Duration `yaml:"interval" doc:"Period after which the failure counts of a closed breaker are cleared." default:"1m0s"`
+}
+
+// Tenant says how requests are assigned to tenants. The tenant is part of every
+// cache key, so one tenant can never hit another's KV.
+type Tenant struct {
+	Header string `yaml:"header" doc:"Header naming the tenant; it must be set by a trusted gateway. Without it, the tenant is an xxh3 hash of the Authorization bearer key (never the key itself). \"-\" disables the header." default:"X-Fusionrag-Tenant"`
+}
+
+// Strategies lists the recompute strategies a request may name.
+var Strategies = []string{"full", "reuse", "cacheblend", "epic", "fusionrag"}
+
+func validStrategy(s string) bool {
+	for _, v := range Strategies {
+		if s == v {
+			return true
+		}
+	}
+	return false
+}
+
+// DefaultConfig returns the configuration with every default filled in except
+// Upstream, which has none.
+func DefaultConfig() Config {
+	var c Config
+	if err := c.fillDefaults(); err != nil {
+		panic("proxy: bad default tag: " + err.Error()) // broken invariant: the tags are constants
+	}
+	return c
+}
+
+// fillDefaults sets every zero leaf that has a default tag.
+func (c *Config) fillDefaults() error {
+	return walkConfig(reflect.ValueOf(c).Elem(), "", func(f setting) error {
+		if f.def == "" || !f.v.IsZero() {
+			return nil
+		}
+		return f.set(f.def)
+	})
+}
+
+// Validate fills defaults and checks every field; the error names the key.
+func (c *Config) Validate() error {
+	if err := c.fillDefaults(); err != nil {
+		return err
+	}
+	var errs []error
+	bad := func(key, format string, a ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, a...)))
+	}
+	if c.Upstream == "" {
+		bad("upstream", "required (the engine's base URL, e.g. http://127.0.0.1:8000)")
+	} else if _, err := upstreamAddr(c.Upstream); err != nil {
+		bad("upstream", "%v", err)
+	}
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		bad("listen", "%v", err)
+	}
+	for key, p := range map[string]string{"metrics_path": c.MetricsPath, "health_path": c.HealthPath} {
+		if p != "-" && !strings.HasPrefix(p, "/") {
+			bad(key, "%q must start with / (or be - to disable)", p)
+		}
+	}
+	if c.Limits.MaxRequestBody < 0 || c.Limits.BufferBody < 0 || c.Limits.MaxFusionBody < 0 || c.Limits.MaxChunks < 0 || c.Limits.MaxUpstreamConn < 0 {
+		bad("limits", "negative limit")
+	}
+	for key, d := range map[string]time.Duration{
+		"timeouts.connect": c.Timeouts.Connect, "timeouts.read": c.Timeouts.Read, "timeouts.write": c.Timeouts.Write,
+		"timeouts.idle": c.Timeouts.Idle, "timeouts.client_read": c.Timeouts.ClientRead, "timeouts.client_idle": c.Timeouts.ClientIdle,
+		"timeouts.fusion": c.Timeouts.Fusion, "timeouts.shutdown": c.Timeouts.Shutdown,
+		"breaker.open_timeout": c.Breaker.OpenTimeout, "breaker.interval": c.Breaker.Interval,
+	} {
+		if d < 0 {
+			bad(key, "negative duration %v", d)
+		}
+	}
+	if !validStrategy(c.Fusion.Strategy) {
+		bad("fusion.strategy", "%q is not one of %s", c.Fusion.Strategy, strings.Join(Strategies, ", "))
+	}
+	if !(c.Fusion.Ratio > 0 && c.Fusion.Ratio <= 1) {
+		bad("fusion.ratio", "%v is not in (0, 1]", c.Fusion.Ratio)
+	}
+	if !(c.Fusion.MaxMissingFraction >= 0 && c.Fusion.MaxMissingFraction <= 1) {
+		bad("fusion.max_missing_fraction", "%v is not in [0, 1]", c.Fusion.MaxMissingFraction)
+	}
+	if (c.Fusion.MarkerOpen == "") != (c.Fusion.MarkerClose == "") {
+		bad("fusion.marker_open", "marker_open and marker_close go together")
+	}
+	if c.Tenant.Header != "-" && !validHeaderName(c.Tenant.Header) {
+		bad("tenant.header", "%q is not a valid header name", c.Tenant.Header)
+	}
+	return errors.Join(errs...)
+}
+
+func validHeaderName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c == '-' || c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || strings.IndexByte("!#$%&'*+.^_`|~", c) >= 0) {
+			return false
+		}
+	}
+	return true
+}
+
+// upstreamAddr returns host:port of an http:// upstream URL.
+func upstreamAddr(raw string) (string, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "", err
+	}
+	if u.Scheme != "http" {
+		return "", fmt.Errorf("%q: only http:// upstreams are supported", raw)
+	}
+	if u.Host == "" {
+		return "", fmt.Errorf("%q has no host", raw)
+	}
+	if u.Path != "" && u.Path != "/" {
+		return "", fmt.Errorf("%q: upstream must be a base URL without a path (routes are forwarded as they come)", raw)
+	}
+	host, port := u.Hostname(), u.Port()
+	if port == "" {
+		port = "80"
+	}
+	return net.JoinHostPort(host, port), nil
+}
+
+// LoadConfig builds a configuration with precedence flags > environment > file
+// > defaults, then validates it. file may be empty; env looks a variable up
+// (os.LookupEnv); flags holds the values of flags set on the command line, by
+// key (see FlagSet.Visited).
+func LoadConfig(file string, env func(string) (string, bool), flags map[string]string) (Config, error) {
+	var c Config
+	if file != "" {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return c, fmt.Errorf("config: %w", err)
+		}
+		dec := yaml.NewDecoder(bytes.NewReader(b))
+		dec.KnownFields(true)
+		if err := dec.Decode(&c); err != nil && !errors.Is(err, errEOF) {
+			return c, fmt.Errorf("config %s: %w", file, err)
+		}
+	}
+	err := walkConfig(reflect.ValueOf(&c).Elem(), "", func(f setting) error {
+		if env != nil {
+			if v, ok := env(f.env()); ok {
+				if err := f.set(v); err != nil {
+					return fmt.Errorf("%s: %w", f.env(), err)
+				}
+			}
+		}
+		if v, ok := flags[f.key]; ok {
+			if err := f.set(v); err != nil {
+				return fmt.Errorf("-%s: %w", f.key, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return c, fmt.Errorf("config: %w", err)
+	}
+	if err := c.Validate(); err != nil {
+		return c, fmt.Errorf("config: %w", err)
+	}
+	return c, nil
+}
+
+// errEOF is what yaml.v3 returns for an empty document.
+var errEOF = func() error {
+	var x struct{}
+	return yaml.NewDecoder(bytes.NewReader(nil)).Decode(&x)
+}()
+
+// ConfigFlags holds one string flag per configuration key.
+type ConfigFlags struct {
+	fs   *flag.FlagSet
+	vals map[string]*string
+}
+
+// RegisterFlags adds a flag for every configuration key to fs (-listen,
+// -upstream, -timeouts.read, ...). Their values only count when set.
+func RegisterFlags(fs *flag.FlagSet) *ConfigFlags {
+	cf := &ConfigFlags{fs: fs, vals: map[string]*string{}}
+	var c Config
+	_ = walkConfig(reflect.ValueOf(&c).Elem(), "", func(f setting) error {
+		usage := f.doc
+		if f.def != "" {
+			usage += " (default " + f.def + ")"
+		}
+		cf.vals[f.key] = fs.String(f.key, "", usage)
+		return nil
+	})
+	return cf
+}
+
+// Visited returns the values of the flags set on the command line, by key.
+func (cf *ConfigFlags) Visited() map[string]string {
+	m := map[string]string{}
+	cf.fs.Visit(func(f *flag.Flag) {
+		if p, ok := cf.vals[f.Name]; ok {
+			m[f.Name] = *p
+		}
+	})
+	return m
+}
+
+// setting is one leaf of Config met by walkConfig.
+type setting struct {
+	key, doc, def string
+	v             reflect.Value
+}
+
+func (f setting) env() string {
+	return "FUSIONRAG_" + strings.ToUpper(strings.ReplaceAll(f.key, ".", "_"))
+}
+
+var durationType = reflect.TypeFor[time.Duration]()
+
+func (f setting) typeName() string {
+	if f.v.Type() == durationType {
+		return "duration"
+	}
+	return f.v.Kind().String()
+}
+
+func (f setting) set(s string) error {
+	s = strings.TrimSpace(s)
+	switch {
+	case f.v.Type() == durationType:
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			return err
+		}
+		f.v.SetInt(int64(d))
+	case f.v.Kind() == reflect.String:
+		f.v.SetString(s)
+	case f.v.Kind() == reflect.Bool:
+		b, err := strconv.ParseBool(s)
+		if err != nil {
+			return err
+		}
+		f.v.SetBool(b)
+	case f.v.CanInt():
+		n, err := strconv.ParseInt(s, 10, f.v.Type().Bits())
+		if err != nil {
+			return err
+		}
+		f.v.SetInt(n)
+	case f.v.CanUint():
+		n, err := strconv.ParseUint(s, 10, f.v.Type().Bits())
+		if err != nil {
+			return err
+		}
+		f.v.SetUint(n)
+	case f.v.CanFloat():
+		x, err := strconv.ParseFloat(s, 64)
+		if err != nil {
+			return err
+		}
+		f.v.SetFloat(x)
+	default:
+		panic("proxy: config field of unsupported kind " + f.v.Kind().String()) // broken invariant
+	}
+	return nil
+}
+
+// walkConfig calls fn for every leaf of the struct v, keys joined by dots.
+func walkConfig(v reflect.Value, prefix string, fn func(setting) error) error {
+	t := v.Type()
+	for i := 0; i < t.NumField(); i++ {
+		sf := t.Field(i)
+		name, _, _ := strings.Cut(sf.Tag.Get("yaml"), ",")
+		if name == "" || name == "-" {
+			continue
+		}
+		key := prefix + name
+		fv := v.Field(i)
+		if fv.Kind() == reflect.Struct {
+			if err := walkConfig(fv, key+".", fn); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := fn(setting{key: key, doc: sf.Tag.Get("doc"), def: sf.Tag.Get("default"), v: fv}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Reference returns docs/configuration.md: every key with its environment
+// variable, flag, type, default and meaning.
+func Reference() string {
+	var b strings.Builder
+	b.WriteString(`# fusionrag serve: configuration
+
+<!-- Generated from proxy.Config by "go test ./proxy -run TestReference -update". Do not edit by hand. -->
+
+` + "`fusionrag serve`" + ` reads its configuration from, in increasing precedence: the defaults below, a YAML
+file (` + "`--config FILE` or `FUSIONRAG_CONFIG`" + `), environment variables, and flags. Every key is a YAML path
+(` + "`timeouts.read`" + ` is ` + "`timeouts:` / `read:`" + ` in the file), an environment variable and a flag. Durations are Go
+durations (` + "`250ms`, `5s`, `1m30s`" + `); sizes are bytes. A zero or empty value means the default. Unknown YAML keys
+are an error.
+
+The fusion path is tried for ` + "`POST /v1/chat/completions` and `POST /v1/completions`" + `; every other route, and every
+request the fusion path cannot serve, is forwarded to the engine untouched. A request may override the
+strategy and ratio with the headers ` + "`X-Fusionrag-Strategy` and `X-Fusionrag-Ratio`" + `, or with a body field
+` + "`\"fusionrag\": {\"strategy\": \"epic\", \"ratio\": 0.3}`" + ` that the sidecar removes before forwarding.
+
+Tracing uses the standard OpenTelemetry variables: ` + "`OTEL_TRACES_EXPORTER` (`otlp` or `none`)" + `,
+` + "`OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`" + ` (OTLP/gRPC), ` + "`OTEL_EXPORTER_OTLP_INSECURE`" + `,
+` + "`OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`" + `. With none of them set, no spans are exported.
+
+| key | environment | flag | type | default | meaning |
+|---|---|---|---|---|---|
+`)
+	var c Config
+	_ = walkConfig(reflect.ValueOf(&c).Elem(), "", func(f setting) error {
+		def := f.def
+		if def == "" {
+			def = "—"
+		} else {
+			def = "`" + def + "`"
+		}
+		fmt.Fprintf(&b, "| `%s` | `%s` | `-%s` | %s | %s | %s |\n", f.key, f.env(), f.key, f.typeName(), def,
+			strings.ReplaceAll(f.doc, "|", `\|`))
+		return nil
+	})
+	return b.String()
+}

@@ -1,0 +1,193 @@
+package proxy
+
+import (
+	"encoding/json"
+	"errors"
+)
+
+// This file edits JSON objects in place: it finds the members of an object
+// by byte offsets so that a member can be removed or added while every other
+// byte of the body stays exactly as the client sent it. Keys are matched
+// exactly (case-sensitive, after unescaping), as the engine's JSON parser does,
+// unlike encoding/json's case-insensitive struct decoding.
+
+// member is one "key": value pair of an object.
+type member struct {
+	key              string // unescaped
+	start            int    // offset of the key's opening quote
+	valStart, valEnd int    // the value is b[valStart:valEnd]
+}
+
+var errNotObject = errors.New("proxy: JSON value is not an object")
+
+// objectMembers returns the members of the object b in order. b must be valid
+// JSON (the caller checks json.Valid once for the whole body); duplicates are
+// kept, and the last one is the one that counts.
+func objectMembers(b []byte) ([]member, error) {
+	i := skipSpace(b, 0)
+	if i >= len(b) || b[i] != '{' {
+		return nil, errNotObject
+	}
+	i = skipSpace(b, i+1)
+	var ms []member
+	if i < len(b) && b[i] == '}' {
+		return ms, nil
+	}
+	for i < len(b) {
+		if b[i] != '"' {
+			return nil, errNotObject
+		}
+		ks := i
+		ke := skipString(b, i)
+		var key string
+		if err := json.Unmarshal(b[ks:ke], &key); err != nil {
+			return nil, err
+		}
+		i = skipSpace(b, ke)
+		if i >= len(b) || b[i] != ':' {
+			return nil, errNotObject
+		}
+		vs := skipSpace(b, i+1)
+		ve := skipValue(b, vs)
+		ms = append(ms, member{key: key, start: ks, valStart: vs, valEnd: ve})
+		i = skipSpace(b, ve)
+		if i >= len(b) {
+			return nil, errNotObject
+		}
+		if b[i] == '}' {
+			return ms, nil
+		}
+		if b[i] != ',' {
+			return nil, errNotObject
+		}
+		i = skipSpace(b, i+1)
+	}
+	return nil, errNotObject
+}
+
+// lastMember returns the member named key that counts (the last one).
+func lastMember(ms []member, key string) (member, bool) {
+	for i := len(ms) - 1; i >= 0; i-- {
+		if ms[i].key == key {
+			return ms[i], true
+		}
+	}
+	return member{}, false
+}
+
+// removeMember returns a copy of the object b without any member named key,
+// with every other byte unchanged, and whether one was found.
+func removeMember(b []byte, key string) ([]byte, bool, error) {
+	found := false
+	for {
+		ms, err := objectMembers(b)
+		if err != nil {
+			return nil, false, err
+		}
+		idx := -1
+		for i, m := range ms {
+			if m.key == key {
+				idx = i
+				break
+			}
+		}
+		if idx < 0 {
+			return b, found, nil
+		}
+		var cut0, cut1 int
+		switch {
+		case idx > 0: // drop from the end of the previous value: `, "key": value`
+			cut0, cut1 = ms[idx-1].valEnd, ms[idx].valEnd
+		case len(ms) > 1: // first of several: drop `"key": value, ` up to the next key
+			cut0, cut1 = ms[0].start, ms[1].start
+		default: // the only member
+			cut0, cut1 = ms[0].start, ms[0].valEnd
+		}
+		out := make([]byte, 0, len(b)-(cut1-cut0))
+		out = append(out, b[:cut0]...)
+		out = append(out, b[cut1:]...)
+		b = out
+		found = true
+	}
+}
+
+// appendMember returns a copy of the object b with `"key": raw` added as its
+// last member. The caller removes any existing member of that name first.
+func appendMember(b []byte, key string, raw []byte) ([]byte, error) {
+	ms, err := objectMembers(b)
+	if err != nil {
+		return nil, err
+	}
+	kb, _ := json.Marshal(key) // a string always marshals
+	var at int
+	var lead string
+	if len(ms) == 0 {
+		at = skipSpace(b, 0) + 1 // just after '{'
+	} else {
+		at = ms[len(ms)-1].valEnd
+		lead = ","
+	}
+	out := make([]byte, 0, len(b)+len(kb)+len(raw)+2)
+	out = append(out, b[:at]...)
+	out = append(out, lead...)
+	out = append(out, kb...)
+	out = append(out, ':')
+	out = append(out, raw...)
+	out = append(out, b[at:]...)
+	return out, nil
+}
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// skipString returns the offset just past the string starting at b[i] == '"'.
+func skipString(b []byte, i int) int {
+	for i++; i < len(b); i++ {
+		switch b[i] {
+		case '\\':
+			i++
+		case '"':
+			return i + 1
+		}
+	}
+	return len(b)
+}
+
+// skipValue returns the offset just past the value starting at b[i].
+func skipValue(b []byte, i int) int {
+	if i >= len(b) {
+		return i
+	}
+	switch b[i] {
+	case '"':
+		return skipString(b, i)
+	case '{', '[':
+		depth := 0
+		for ; i < len(b); i++ {
+			switch b[i] {
+			case '"':
+				i = skipString(b, i) - 1
+			case '{', '[':
+				depth++
+			case '}', ']':
+				depth--
+				if depth == 0 {
+					return i + 1
+				}
+			}
+		}
+		return len(b)
+	default:
+		for ; i < len(b); i++ {
+			switch b[i] {
+			case ',', '}', ']', ' ', '\t', '\n', '\r':
+				return i
+			}
+		}
+		return len(b)
+	}
+}

@@ -1,0 +1,613 @@
+// Package proxy is the sidecar's front door: a fasthttp reverse proxy placed
+// in front of an OpenAI-compatible engine. It forwards every route faithfully
+// (methods, headers, bodies, status codes, SSE streams flushed event by
+// event) and, for eligible POST /v1/chat/completions and /v1/completions
+// requests, asks a Fuser to prepare the prompt's KV and points the engine at
+// it through "kv_transfer_params". Any failure of that path (error, deadline,
+// panic, open circuit breaker, engine error on the rewritten request) degrades
+// to forwarding the original request, so a client never sees the fusion path
+// fail. Spans, metrics (Prometheus /metrics) and /healthz come with it.
+package proxy
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"sync/atomic"
+	"time"
+
+	"github.com/sony/gobreaker/v2"
+	"github.com/valyala/fasthttp"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// Proxy is the sidecar. Build it with New, serve with Serve or
+// ListenAndServe, stop with Shutdown.
+type Proxy struct {
+	cfg     Config
+	fuser   Fuser
+	tel     *Telemetry
+	ownTel  bool
+	log     *slog.Logger
+	client  *fasthttp.HostClient
+	server  *fasthttp.Server
+	breaker *gobreaker.TwoStepCircuitBreaker[struct{}]
+	addr    string // upstream host:port
+}
+
+// Option configures a Proxy.
+type Option func(*Proxy)
+
+// WithFuser plugs the fusion path in. Without one, every request is passed
+// through.
+func WithFuser(f Fuser) Option { return func(p *Proxy) { p.fuser = f } }
+
+// WithTelemetry uses t instead of building one from the OTEL_* environment;
+// the caller then owns its shutdown.
+func WithTelemetry(t *Telemetry) Option { return func(p *Proxy) { p.tel = t } }
+
+// WithLogger sets the logger (default: slog.Default()).
+func WithLogger(l *slog.Logger) Option { return func(p *Proxy) { p.log = l } }
+
+// New validates cfg (filling defaults) and builds the proxy.
+func New(cfg Config, opts ...Option) (*Proxy, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	p := &Proxy{cfg: cfg}
+	for _, o := range opts {
+		o(p)
+	}
+	if p.log == nil {
+		p.log = slog.Default()
+	}
+	if p.tel == nil {
+		t, err := NewTelemetry(context.Background(), os.LookupEnv)
+		if err != nil {
+			return nil, err
+		}
+		p.tel, p.ownTel = t, true
+	}
+	var err error
+	if p.client, err = newUpstreamClient(cfg); err != nil {
+		return nil, err
+	}
+	p.addr = p.client.Addr
+	b := cfg.Breaker
+	p.breaker = gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
+		Name:        "fusion",
+		MaxRequests: b.HalfOpenRequests,
+		Interval:    b.Interval,
+		Timeout:     b.OpenTimeout,
+		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= b.ConsecutiveFailures },
+		OnStateChange: func(_ string, from, to gobreaker.State) {
+			p.tel.transitions.Add(context.Background(), 1, metric.WithAttributes(attribute.String("to", to.String())))
+			p.log.Warn("fusion circuit breaker", "from", from.String(), "to", to.String())
+		},
+		// Skips and client cancels say nothing about the fusion path's health.
+		IsExcluded: func(err error) bool { return errors.Is(err, ErrSkip) || isClientCancel(err) },
+	})
+	p.tel.breakerState = p.breaker.State
+	p.server = &fasthttp.Server{
+		Handler:           p.Handler,
+		Name:              "fusionrag",
+		StreamRequestBody: true,
+		// With StreamRequestBody, this is how much of a body is read before
+		// the handler runs: bodies up to it are buffered whole.
+		MaxRequestBodySize:           max(cfg.Limits.BufferBody, 1),
+		ReadTimeout:                  cfg.Timeouts.ClientRead,
+		IdleTimeout:                  cfg.Timeouts.ClientIdle,
+		NoDefaultServerHeader:        true,
+		NoDefaultDate:                true,
+		NoDefaultContentType:         true,
+		DisablePreParseMultipartForm: true,
+		CloseOnShutdown:              true,
+		ErrorHandler: func(ctx *fasthttp.RequestCtx, err error) {
+			status := fasthttp.StatusBadRequest
+			if errors.Is(err, fasthttp.ErrBodyTooLarge) {
+				status = fasthttp.StatusRequestEntityTooLarge
+			}
+			writeError(ctx, status, "invalid_request_error", "bad_request", err.Error())
+		},
+		Logger: slogPrintf{p.log},
+	}
+	return p, nil
+}
+
+type slogPrintf struct{ l *slog.Logger }
+
+func (s slogPrintf) Printf(format string, args ...any) { s.l.Debug(fmt.Sprintf(format, args...)) }
+
+// Serve accepts connections on ln until Shutdown.
+func (p *Proxy) Serve(ln net.Listener) error { return p.server.Serve(ln) }
+
+// ListenAndServe listens on Config.Listen and serves.
+func (p *Proxy) ListenAndServe() error {
+	ln, err := net.Listen("tcp", p.cfg.Listen)
+	if err != nil {
+		return err
+	}
+	return p.Serve(ln)
+}
+
+// Shutdown stops accepting, waits for in-flight requests until ctx ends,
+// then flushes telemetry (when the proxy built it).
+func (p *Proxy) Shutdown(ctx context.Context) error {
+	err := p.server.ShutdownWithContext(ctx)
+	p.client.CloseIdleConnections()
+	if p.ownTel {
+		err = errors.Join(err, p.tel.Shutdown(ctx))
+	}
+	return err
+}
+
+// Config returns the validated configuration.
+func (p *Proxy) Config() Config { return p.cfg }
+
+// Telemetry returns the proxy's providers.
+func (p *Proxy) Telemetry() *Telemetry { return p.tel }
+
+// BreakerState returns the fusion circuit breaker's state.
+func (p *Proxy) BreakerState() gobreaker.State { return p.breaker.State() }
+
+// Paths an exchange takes; they label metrics and spans.
+const (
+	PathFusion      = "fusion"      // the engine got the fused request
+	PathPassthrough = "passthrough" // not eligible: forwarded as is
+	PathFallback    = "fallback"    // eligible, the fusion path failed: original forwarded
+	PathRejected    = "rejected"    // answered by the sidecar (413, 400)
+)
+
+// Fallback reasons (metric label values).
+const (
+	ReasonBreakerOpen   = "breaker_open"
+	ReasonFuserError    = "fuser_error"
+	ReasonFuserTimeout  = "fuser_timeout"
+	ReasonFuserPanic    = "fuser_panic"
+	ReasonBadPlan       = "bad_plan"
+	ReasonUpstreamError = "upstream_error"
+	ReasonClientCancel  = "client_cancel"
+)
+
+// exchange is one client request, from arrival to the end of its response
+// (which, for a streamed body, is after the handler returned).
+type exchange struct {
+	p        *Proxy
+	start    time.Time
+	ctx      context.Context // carries the proxy.request span
+	span     trace.Span
+	route    Route
+	path     string
+	reason   string
+	done     func(error) // breaker outcome, set on the fusion path
+	plan     *Plan
+	ttft     atomic.Bool
+	finished atomic.Bool
+}
+
+func (x *exchange) firstByte() {
+	if x.ttft.CompareAndSwap(false, true) {
+		x.p.tel.ttft.Record(x.ctx, time.Since(x.start).Seconds(), metric.WithAttributes(attribute.String("path", x.path)))
+	}
+}
+
+// finish ends the exchange: err nil when the response was delivered whole.
+func (x *exchange) finish(err error) {
+	if !x.finished.CompareAndSwap(false, true) {
+		return
+	}
+	if x.done != nil {
+		if isClientCancel(err) {
+			x.done(context.Canceled)
+		} else {
+			x.done(err)
+		}
+	}
+	if x.plan != nil && x.plan.Release != nil {
+		x.plan.Release()
+	}
+	attrs := metric.WithAttributes(attribute.String("path", x.path), attribute.String("route", x.route.String()))
+	x.p.tel.requests.Add(x.ctx, 1, attrs)
+	x.p.tel.duration.Record(x.ctx, time.Since(x.start).Seconds(), metric.WithAttributes(attribute.String("path", x.path)))
+	x.span.SetAttributes(attribute.String(AttrPath, x.path))
+	if x.reason != "" {
+		x.span.SetAttributes(attribute.String(AttrFallbackReason, x.reason))
+	}
+	if err != nil {
+		x.span.RecordError(err)
+		if !isClientCancel(err) {
+			x.span.SetStatus(codes.Error, err.Error())
+		}
+	}
+	x.span.End()
+}
+
+func (x *exchange) fallback(reason string) {
+	x.path, x.reason = PathFallback, reason
+	x.p.tel.fallbacks.Add(x.ctx, 1, metric.WithAttributes(attribute.String("reason", reason)))
+}
+
+// Handler is the fasthttp handler of the sidecar.
+func (p *Proxy) Handler(ctx *fasthttp.RequestCtx) {
+	path := string(ctx.Path())
+	if ctx.IsGet() || ctx.IsHead() {
+		switch path {
+		case p.cfg.MetricsPath:
+			p.serveMetrics(ctx)
+			return
+		case p.cfg.HealthPath:
+			p.serveHealth(ctx)
+			return
+		}
+	}
+	route := routeOf(ctx.Method(), ctx.Path())
+	sctx, span := p.tel.tracer.Start(context.Background(), SpanRequest, trace.WithSpanKind(trace.SpanKindServer),
+		trace.WithAttributes(attribute.String("http.request.method", string(ctx.Method())),
+			attribute.String("url.path", path), attribute.String(AttrRoute, route.String())))
+	x := &exchange{p: p, start: time.Now(), ctx: sctx, span: span, route: route, path: PathPassthrough}
+
+	limit := p.cfg.Limits.MaxRequestBody
+	cl := ctx.Request.Header.ContentLength()
+	if int64(cl) > limit {
+		p.reject(ctx, x, fasthttp.StatusRequestEntityTooLarge, "request_too_large",
+			fmt.Sprintf("request body of %d bytes exceeds the limit of %d bytes", cl, limit))
+		return
+	}
+	body, stream, err := p.readBody(ctx, route)
+	if err != nil {
+		if errors.Is(err, errBodyTooLarge) {
+			p.reject(ctx, x, fasthttp.StatusRequestEntityTooLarge, "request_too_large",
+				fmt.Sprintf("request body exceeds the limit of %d bytes", limit))
+		} else {
+			ctx.SetConnectionClose()
+			p.reject(ctx, x, fasthttp.StatusBadRequest, "bad_request", "reading request body: "+err.Error())
+		}
+		return
+	}
+	if stream != nil || route == RouteOther || p.fuser == nil || p.cfg.Fusion.Disabled {
+		p.forward(ctx, x, body, stream, cl)
+		return
+	}
+	p.serveEligible(ctx, x, body)
+}
+
+// readBody returns the whole body (buffered) or, for bodies too large to
+// buffer, a stream bounded by MaxRequestBody. Eligible routes buffer up to
+// MaxFusionBody so that the fusion path can parse them.
+func (p *Proxy) readBody(ctx *fasthttp.RequestCtx, route Route) ([]byte, io.Reader, error) {
+	cl := ctx.Request.Header.ContentLength()
+	switch {
+	case cl == 0 || cl == -2: // no body (-2: identity, which a request cannot have)
+		return nil, nil, nil
+	case cl > 0 && cl <= p.cfg.Limits.BufferBody:
+		return ctx.Request.Body(), nil, nil // prefetched whole by the server
+	}
+	stream := io.Reader(&limitReader{r: ctx.RequestBodyStream(), n: p.cfg.Limits.MaxRequestBody})
+	if route == RouteOther || p.fuser == nil || p.cfg.Fusion.Disabled || int64(cl) > p.cfg.Limits.MaxFusionBody {
+		return nil, stream, nil
+	}
+	max := p.cfg.Limits.MaxFusionBody
+	buf, err := io.ReadAll(io.LimitReader(stream, max+1))
+	if err != nil {
+		return nil, nil, err
+	}
+	if int64(len(buf)) > max { // chunked and too large to parse: stream it through
+		return nil, io.MultiReader(bytesReader(buf), stream), nil
+	}
+	return buf, nil, nil
+}
+
+// serveEligible runs the fusion path for a buffered body of an eligible route.
+func (p *Proxy) serveEligible(ctx *fasthttp.RequestCtx, x *exchange, body []byte) {
+	req, err := ParseRequest(x.route, body)
+	var oe *OverrideError
+	switch {
+	case errors.Is(err, ErrMalformed):
+		// Forward untouched: the engine answers exactly as it would have.
+		p.forward(ctx, x, body, nil, len(body))
+		return
+	case errors.As(err, &oe):
+		p.reject(ctx, x, fasthttp.StatusBadRequest, "invalid_fusion_override", oe.Error())
+		return
+	case err != nil: // ErrNotEligible
+		p.forward(ctx, x, req.Body, nil, len(req.Body))
+		return
+	}
+	h := &ctx.Request.Header
+	if p.cfg.Fusion.IgnoreOverrides {
+		req.Override = Override{}
+	} else if req.Override, err = ParseOverrideHeaders(string(h.Peek(HeaderStrategy)), string(h.Peek(HeaderRatio)), req.Override); err != nil {
+		p.reject(ctx, x, fasthttp.StatusBadRequest, "invalid_fusion_override", err.Error())
+		return
+	}
+	var tenantHeader string
+	if p.cfg.Tenant.Header != "-" {
+		tenantHeader = string(h.Peek(p.cfg.Tenant.Header))
+	}
+	req.Tenant, req.TenantSource = TenantOf(tenantHeader, string(h.Peek("Authorization")))
+	x.span.SetAttributes(attribute.String(AttrTenantSource, req.TenantSource))
+
+	fused, ok := p.fuse(x, req)
+	if !ok {
+		p.forward(ctx, x, req.Body, nil, len(req.Body))
+		return
+	}
+	// Try the fused request; if the engine fails it before anything reached
+	// the client, send the original instead.
+	resp, err := p.roundTrip(ctx, x, fused, nil, len(fused), "fused")
+	if err == nil && resp.StatusCode() < 500 {
+		x.path = PathFusion
+		p.respond(ctx, x, resp)
+		return
+	}
+	if err == nil {
+		err = fmt.Errorf("proxy: engine answered %d to the fused request", resp.StatusCode())
+		_ = resp.CloseBodyStream()
+		fasthttp.ReleaseResponse(resp)
+	}
+	x.done(err)
+	x.done = nil
+	x.fallback(ReasonUpstreamError)
+	if x.plan.Release != nil {
+		x.plan.Release()
+	}
+	x.plan = nil
+	p.forward(ctx, x, req.Body, nil, len(req.Body))
+}
+
+type fuseResult struct {
+	plan *Plan
+	err  error
+}
+
+// fuse asks the Fuser under the breaker and the fusion deadline. On success
+// it returns the rewritten body, with x.done and x.plan set; otherwise it has
+// recorded why and the caller forwards the original.
+func (p *Proxy) fuse(x *exchange, req *Request) ([]byte, bool) {
+	done, err := p.breaker.Allow()
+	if err != nil {
+		x.fallback(ReasonBreakerOpen)
+		return nil, false
+	}
+	fctx, cancel := context.WithTimeout(x.ctx, p.cfg.Timeouts.Fusion)
+	defer cancel()
+	ch := make(chan fuseResult, 1)
+	go func() {
+		defer func() {
+			if v := recover(); v != nil {
+				ch <- fuseResult{err: &PanicError{Value: v}}
+			}
+		}()
+		plan, err := p.fuser.Fuse(fctx, req)
+		ch <- fuseResult{plan: plan, err: err}
+	}()
+	var r fuseResult
+	select {
+	case r = <-ch:
+	case <-fctx.Done():
+		r.err = fctx.Err()
+		go func() { // a late plan is never used: release it
+			if late := <-ch; late.plan != nil && late.plan.Release != nil {
+				late.plan.Release()
+			}
+		}()
+	}
+	if r.err == nil && r.plan == nil {
+		r.err = errors.New("proxy: fuser returned neither a plan nor an error")
+	}
+	var body []byte
+	if r.err == nil {
+		if body, err = applyPlan(req.Body, r.plan); err != nil {
+			if r.plan.Release != nil {
+				r.plan.Release()
+			}
+			done(err)
+			x.fallback(ReasonBadPlan)
+			return nil, false
+		}
+	}
+	var skip *SkipError
+	var pe *PanicError
+	switch {
+	case r.err == nil:
+		x.done, x.plan = done, r.plan
+		x.span.SetAttributes(r.plan.Stats.Attributes()...)
+		p.tel.recordStats(x.ctx, r.plan.Stats)
+		return body, true
+	case errors.As(r.err, &skip) || errors.Is(r.err, ErrSkip):
+		done(r.err)
+		reason := "skipped"
+		if skip != nil {
+			reason = skip.Reason
+		}
+		p.tel.skips.Add(x.ctx, 1, metric.WithAttributes(attribute.String("reason", reason)))
+		x.span.SetAttributes(attribute.String("fusionrag.skip_reason", reason))
+		return nil, false
+	case errors.Is(r.err, context.DeadlineExceeded):
+		x.fallback(ReasonFuserTimeout)
+	case errors.As(r.err, &pe):
+		x.fallback(ReasonFuserPanic)
+		p.log.Error("fuser panicked", "panic", pe.Value)
+	case errors.Is(r.err, context.Canceled):
+		x.fallback(ReasonClientCancel)
+	default:
+		x.fallback(ReasonFuserError)
+	}
+	x.span.RecordError(r.err)
+	done(r.err)
+	return nil, false
+}
+
+// roundTrip sends the client's request to the engine with body (buffered)
+// or stream (size: Content-Length or -1). The response body is a stream the
+// caller must hand to respond or close.
+func (p *Proxy) roundTrip(ctx *fasthttp.RequestCtx, x *exchange, body []byte, stream io.Reader, size int, attempt string) (*fasthttp.Response, error) {
+	_, span := p.tel.tracer.Start(x.ctx, SpanForward, trace.WithSpanKind(trace.SpanKindClient),
+		trace.WithAttributes(attribute.String("fusionrag.attempt", attempt)))
+	defer span.End()
+	req := fasthttp.AcquireRequest()
+	defer fasthttp.ReleaseRequest(req)
+	ctx.Request.Header.CopyTo(&req.Header)
+	stripRequestHopHeaders(&req.Header)
+	req.Header.SetNoDefaultContentType(true)
+	req.SetRequestURIBytes(ctx.Request.Header.RequestURI())
+	if ip := ctx.RemoteIP(); ip != nil && !ip.IsUnspecified() {
+		xff := ip.String()
+		if prior := req.Header.Peek("X-Forwarded-For"); len(prior) > 0 {
+			xff = string(prior) + ", " + xff
+		}
+		req.Header.Set("X-Forwarded-For", xff)
+	}
+	switch {
+	case stream != nil:
+		req.SetBodyStream(stream, size)
+	case body != nil:
+		req.SetBodyRaw(body)
+	default:
+		req.ResetBody()
+	}
+	resp := fasthttp.AcquireResponse()
+	err := p.client.Do(req, resp)
+	if err != nil {
+		fasthttp.ReleaseResponse(resp)
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+		return nil, err
+	}
+	span.SetAttributes(attribute.Int("http.response.status_code", resp.StatusCode()))
+	return resp, nil
+}
+
+// forward sends the request as is (body already without the "fusionrag"
+// member where one was removed) and relays the answer, or an error page.
+func (p *Proxy) forward(ctx *fasthttp.RequestCtx, x *exchange, body []byte, stream io.Reader, size int) {
+	resp, err := p.roundTrip(ctx, x, body, stream, size, "original")
+	if err != nil {
+		p.upstreamError(ctx, x, err)
+		return
+	}
+	p.respond(ctx, x, resp)
+}
+
+// respond copies the engine's status and headers and relays its body.
+func (p *Proxy) respond(ctx *fasthttp.RequestCtx, x *exchange, resp *fasthttp.Response) {
+	resp.Header.CopyTo(&ctx.Response.Header)
+	stripResponseHopHeaders(&ctx.Response.Header)
+	bs := resp.BodyStream()
+	cl := resp.Header.ContentLength()
+	if bs == nil || cl == 0 || ctx.IsHead() {
+		// No body to relay (HEAD, 204, 304, empty): keep the engine's
+		// Content-Length as is and end the exchange now.
+		if ctx.IsHead() || resp.StatusCode() == fasthttp.StatusNotModified {
+			ctx.Response.SkipBody = true
+		}
+		_ = resp.CloseBodyStream()
+		fasthttp.ReleaseResponse(resp)
+		x.firstByte()
+		x.finish(nil)
+		return
+	}
+	if cl < 0 { // chunked or until-close: re-chunk, one flushed chunk per read
+		cl = -1
+		ctx.Response.ImmediateHeaderFlush = true
+	}
+	ctx.Response.SetBodyStream(&relay{x: x, resp: resp, stream: bs}, cl)
+}
+
+func (p *Proxy) upstreamError(ctx *fasthttp.RequestCtx, x *exchange, err error) {
+	var de *DialError
+	var ne net.Error
+	status, kind, code := fasthttp.StatusBadGateway, "other", "bad_gateway"
+	msg := "the inference engine could not be reached"
+	switch {
+	case errors.Is(err, errBodyTooLarge):
+		p.reject(ctx, x, fasthttp.StatusRequestEntityTooLarge, "request_too_large",
+			fmt.Sprintf("request body exceeds the limit of %d bytes", p.cfg.Limits.MaxRequestBody))
+		return
+	case errors.As(err, &de):
+		kind = "connect"
+		if errors.As(de.Err, &ne) && ne.Timeout() {
+			status, code, msg = fasthttp.StatusGatewayTimeout, "gateway_timeout", "connecting to the inference engine timed out"
+		}
+	case errors.Is(err, fasthttp.ErrTimeout) || errors.As(err, &ne) && ne.Timeout():
+		status, kind, code, msg = fasthttp.StatusGatewayTimeout, "timeout", "gateway_timeout", "the inference engine did not answer in time"
+	case errors.Is(err, fasthttp.ErrNoFreeConns):
+		status, kind, code, msg = fasthttp.StatusServiceUnavailable, "saturated", "upstream_saturated", "too many concurrent requests to the inference engine"
+	}
+	p.tel.upstreamErrors.Add(x.ctx, 1, metric.WithAttributes(attribute.String("kind", kind)))
+	p.log.Warn("upstream error", "err", err, "status", status)
+	ctx.SetConnectionClose()
+	writeError(ctx, status, "upstream_error", code, msg+": "+err.Error())
+	x.firstByte()
+	x.finish(err)
+}
+
+func (p *Proxy) reject(ctx *fasthttp.RequestCtx, x *exchange, status int, code, msg string) {
+	x.path = PathRejected
+	if status == fasthttp.StatusRequestEntityTooLarge {
+		ctx.SetConnectionClose() // the unread body makes the connection unusable
+	}
+	writeError(ctx, status, "invalid_request_error", code, msg)
+	x.firstByte()
+	x.finish(nil)
+}
+
+// writeError writes an OpenAI-style error body.
+func writeError(ctx *fasthttp.RequestCtx, status int, typ, code, msg string) {
+	ctx.Response.Reset()
+	ctx.SetStatusCode(status)
+	ctx.SetContentType("application/json")
+	b, _ := json.Marshal(map[string]any{"error": map[string]any{"message": msg, "type": typ, "param": nil, "code": code}})
+	ctx.SetBody(b)
+}
+
+func (p *Proxy) serveMetrics(ctx *fasthttp.RequestCtx) {
+	ctx.SetContentType("text/plain; version=0.0.4; charset=utf-8")
+	if err := p.tel.WritePrometheus(context.Background(), ctx); err != nil {
+		ctx.Response.Reset()
+		ctx.SetStatusCode(fasthttp.StatusInternalServerError)
+		ctx.SetBodyString(err.Error())
+	}
+}
+
+func (p *Proxy) serveHealth(ctx *fasthttp.RequestCtx) {
+	status, upstream := fasthttp.StatusOK, "reachable"
+	c, err := net.DialTimeout("tcp", p.addr, p.cfg.Timeouts.Connect)
+	if err != nil {
+		status, upstream = fasthttp.StatusServiceUnavailable, "unreachable: "+err.Error()
+	} else {
+		_ = c.Close()
+	}
+	state := "ok"
+	if status != fasthttp.StatusOK {
+		state = "degraded"
+	}
+	b, _ := json.Marshal(map[string]string{"status": state, "upstream": upstream, "breaker": p.breaker.State().String()})
+	ctx.SetStatusCode(status)
+	ctx.SetContentType("application/json")
+	ctx.Response.Header.Set("Cache-Control", "no-store")
+	ctx.SetBody(b)
+}
+
+func bytesReader(b []byte) io.Reader { return &byteReader{b: b} }
+
+// byteReader is a minimal bytes.Reader without WriterTo, so fasthttp frames
+// it like any stream.
+type byteReader struct{ b []byte }
+
+func (r *byteReader) Read(p []byte) (int, error) {
+	if len(r.b) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, r.b)
+	r.b = r.b[n:]
+	return n, nil
+}

@@ -1,0 +1,397 @@
+package proxy
+
+import (
+	"bytes"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/zeebo/xxh3"
+)
+
+// Route is an OpenAI route on which the fusion path may run.
+type Route int
+
+const (
+	RouteOther       Route = iota // any other route: always passed through
+	RouteChat                     // POST /v1/chat/completions
+	RouteCompletions              // POST /v1/completions
+)
+
+func (r Route) String() string {
+	switch r {
+	case RouteChat:
+		return "chat"
+	case RouteCompletions:
+		return "completions"
+	}
+	return "other"
+}
+
+// routeOf returns the route of an HTTP method and path (no query).
+func routeOf(method, path []byte) Route {
+	if string(method) != "POST" {
+		return RouteOther
+	}
+	switch string(path) {
+	case "/v1/chat/completions":
+		return RouteChat
+	case "/v1/completions":
+		return RouteCompletions
+	}
+	return RouteOther
+}
+
+// Request is an eligible request as the fusion path sees it: the parsed
+// OpenAI body, the tenant and the per-request override.
+type Request struct {
+	Route  Route
+	Model  string
+	Stream bool
+
+	// Tenant is 32 hex digits (xxh3-128) identifying the tenant; it must be
+	// part of every cache key. TenantSource says where it came from:
+	// "header", "api-key" or "anonymous".
+	Tenant       string
+	TenantSource string
+
+	// Override is the per-request strategy and ratio, already validated.
+	Override Override
+
+	// Messages is the chat conversation (RouteChat).
+	Messages []Message
+	// Prompt is the completion prompt (RouteCompletions).
+	Prompt Prompt
+
+	// Body is the body the engine receives when fusion does not apply: the
+	// client's body with the "fusionrag" member removed, every other byte
+	// unchanged. The fusion path must not modify it.
+	Body []byte
+}
+
+// Message is one chat message. Content is set when the message's content is a
+// string; Parts when it is an array of content parts.
+type Message struct {
+	Role    string
+	Content string
+	Parts   []ContentPart
+	// Other holds the members other than role and content (name, tool_calls,
+	// ...), raw, for fusion paths that must reproduce the chat template exactly.
+	Other map[string]json.RawMessage
+}
+
+// ContentPart is one part of a message's content array. Text is set for
+// type "text"; other types (image_url, ...) keep their raw JSON.
+type ContentPart struct {
+	Type string
+	Text string
+	Raw  json.RawMessage
+}
+
+// Prompt is a completions prompt: a string or one array of token ids.
+type Prompt struct {
+	Text     string
+	Tokens   []int
+	IsTokens bool
+}
+
+// Override is a per-request choice of strategy and recompute ratio.
+type Override struct {
+	Strategy string  // "" means the configured default
+	Ratio    float64 // meaningful when HasRatio
+	HasRatio bool
+}
+
+// Errors of request parsing. ErrMalformed bodies are forwarded untouched so
+// the engine answers them exactly as it would have; ErrNotEligible requests
+// are well-formed but outside what the fusion path serves (batched prompts,
+// n > 1, ...) and are passed through; *OverrideError is a bad override and is
+// answered 400.
+var (
+	ErrMalformed   = errors.New("proxy: malformed request body")
+	ErrNotEligible = errors.New("proxy: request not eligible for fusion")
+)
+
+// OverrideError is an invalid per-request override; the client gets a 400.
+type OverrideError struct {
+	Source string // "header X-Fusionrag-Ratio", "body fusionrag", ...
+	Value  string
+	Reason string
+}
+
+func (e *OverrideError) Error() string {
+	return fmt.Sprintf("invalid fusion override from %s (%q): %s", e.Source, e.Value, e.Reason)
+}
+
+// Override header names.
+const (
+	HeaderStrategy = "X-Fusionrag-Strategy"
+	HeaderRatio    = "X-Fusionrag-Ratio"
+	bodyOverride   = "fusionrag"
+)
+
+// ParseRequest parses the body of an eligible route. It returns the request
+// (with Body set to the body minus the "fusionrag" member) even alongside
+// ErrNotEligible, so the caller can forward that body. On ErrMalformed the
+// returned request is nil and the original body must be forwarded untouched.
+// Headers are not consulted here; see ParseOverrideHeaders and TenantOf.
+func ParseRequest(route Route, body []byte) (*Request, error) {
+	if !json.Valid(body) {
+		return nil, ErrMalformed
+	}
+	ms, err := objectMembers(body)
+	if err != nil {
+		return nil, ErrMalformed
+	}
+	r := &Request{Route: route, Body: body}
+
+	// The override member is removed whatever the rest of the body holds: it
+	// is addressed to the sidecar, not the engine.
+	var ovErr error
+	if m, ok := lastMember(ms, bodyOverride); ok {
+		r.Override, ovErr = parseBodyOverride(body[m.valStart:m.valEnd])
+		nb, _, err := removeMember(body, bodyOverride)
+		if err != nil {
+			return nil, ErrMalformed // unreachable for a valid object
+		}
+		r.Body = nb
+	}
+	if ovErr != nil {
+		return r, ovErr
+	}
+
+	if m, ok := lastMember(ms, "model"); ok {
+		if json.Unmarshal(body[m.valStart:m.valEnd], &r.Model) != nil {
+			return r, fmt.Errorf("%w: model is not a string", ErrNotEligible)
+		}
+	}
+	if m, ok := lastMember(ms, "stream"); ok {
+		if json.Unmarshal(body[m.valStart:m.valEnd], &r.Stream) != nil {
+			return r, fmt.Errorf("%w: stream is not a boolean", ErrNotEligible)
+		}
+	}
+	if m, ok := lastMember(ms, "n"); ok {
+		var n float64
+		if json.Unmarshal(body[m.valStart:m.valEnd], &n) != nil || n != 1 {
+			return r, fmt.Errorf("%w: n must be 1", ErrNotEligible)
+		}
+	}
+	switch route {
+	case RouteChat:
+		m, ok := lastMember(ms, "messages")
+		if !ok {
+			return r, fmt.Errorf("%w: no messages", ErrNotEligible)
+		}
+		if r.Messages, err = parseMessages(body[m.valStart:m.valEnd]); err != nil {
+			return r, err
+		}
+	case RouteCompletions:
+		m, ok := lastMember(ms, "prompt")
+		if !ok {
+			return r, fmt.Errorf("%w: no prompt", ErrNotEligible)
+		}
+		if r.Prompt, err = parsePrompt(body[m.valStart:m.valEnd]); err != nil {
+			return r, err
+		}
+	default:
+		return r, fmt.Errorf("%w: route %v", ErrNotEligible, route)
+	}
+	return r, nil
+}
+
+func parseMessages(raw []byte) ([]Message, error) {
+	var items []json.RawMessage
+	if json.Unmarshal(raw, &items) != nil {
+		return nil, fmt.Errorf("%w: messages is not an array", ErrNotEligible)
+	}
+	if len(items) == 0 {
+		return nil, fmt.Errorf("%w: no messages", ErrNotEligible)
+	}
+	out := make([]Message, 0, len(items))
+	for i, it := range items {
+		ms, err := objectMembers(it)
+		if err != nil {
+			return nil, fmt.Errorf("%w: message %d is not an object", ErrNotEligible, i)
+		}
+		var msg Message
+		seen := map[string]bool{}
+		for j := len(ms) - 1; j >= 0; j-- { // last duplicate wins
+			m := ms[j]
+			if seen[m.key] {
+				continue
+			}
+			seen[m.key] = true
+			v := it[m.valStart:m.valEnd]
+			switch m.key {
+			case "role":
+				if json.Unmarshal(v, &msg.Role) != nil {
+					return nil, fmt.Errorf("%w: message %d role is not a string", ErrNotEligible, i)
+				}
+			case "content":
+				if err := parseContent(v, &msg); err != nil {
+					return nil, fmt.Errorf("%w: message %d: %v", ErrNotEligible, i, err)
+				}
+			default:
+				if msg.Other == nil {
+					msg.Other = map[string]json.RawMessage{}
+				}
+				msg.Other[m.key] = json.RawMessage(v)
+			}
+		}
+		out = append(out, msg)
+	}
+	return out, nil
+}
+
+func parseContent(v []byte, msg *Message) error {
+	switch skipSpaceByte(v) {
+	case '"':
+		return json.Unmarshal(v, &msg.Content)
+	case 'n': // null content (assistant tool calls)
+		return nil
+	case '[':
+		var parts []json.RawMessage
+		if err := json.Unmarshal(v, &parts); err != nil {
+			return err
+		}
+		msg.Parts = make([]ContentPart, 0, len(parts))
+		for k, p := range parts {
+			ms, err := objectMembers(p)
+			if err != nil {
+				return fmt.Errorf("content part %d is not an object", k)
+			}
+			cp := ContentPart{Raw: json.RawMessage(p)}
+			if m, ok := lastMember(ms, "type"); ok {
+				if json.Unmarshal(p[m.valStart:m.valEnd], &cp.Type) != nil {
+					return fmt.Errorf("content part %d type is not a string", k)
+				}
+			}
+			if cp.Type == "text" {
+				m, ok := lastMember(ms, "text")
+				if !ok || json.Unmarshal(p[m.valStart:m.valEnd], &cp.Text) != nil {
+					return fmt.Errorf("content part %d has no text string", k)
+				}
+			}
+			msg.Parts = append(msg.Parts, cp)
+		}
+		return nil
+	}
+	return errors.New("content is not a string, array or null")
+}
+
+func parsePrompt(v []byte) (Prompt, error) {
+	switch skipSpaceByte(v) {
+	case '"':
+		var p Prompt
+		err := json.Unmarshal(v, &p.Text)
+		return p, err
+	case '[':
+		// A single array of token ids is one prompt; an array of strings or of
+		// arrays is a batch, which the fusion path does not serve.
+		var toks []json.Number
+		dec := json.NewDecoder(bytes.NewReader(v))
+		dec.UseNumber()
+		if dec.Decode(&toks) != nil {
+			return Prompt{}, fmt.Errorf("%w: batched prompt", ErrNotEligible)
+		}
+		p := Prompt{IsTokens: true, Tokens: make([]int, len(toks))}
+		for i, t := range toks {
+			n, err := strconv.ParseInt(string(t), 10, 32)
+			if err != nil || n < 0 {
+				return Prompt{}, fmt.Errorf("%w: token %d (%s) is not a token id", ErrNotEligible, i, t)
+			}
+			p.Tokens[i] = int(n)
+		}
+		return p, nil
+	}
+	return Prompt{}, fmt.Errorf("%w: prompt is not a string or token array", ErrNotEligible)
+}
+
+func skipSpaceByte(v []byte) byte {
+	i := skipSpace(v, 0)
+	if i < len(v) {
+		return v[i]
+	}
+	return 0
+}
+
+func parseBodyOverride(v []byte) (Override, error) {
+	bad := func(reason string) (Override, error) {
+		return Override{}, &OverrideError{Source: "body field fusionrag", Value: string(v), Reason: reason}
+	}
+	ms, err := objectMembers(v)
+	if err != nil {
+		return bad("must be an object {\"strategy\", \"ratio\"}")
+	}
+	var o Override
+	for _, m := range ms {
+		raw := v[m.valStart:m.valEnd]
+		switch m.key {
+		case "strategy":
+			if json.Unmarshal(raw, &o.Strategy) != nil {
+				return bad("strategy must be a string")
+			}
+			if !validStrategy(o.Strategy) {
+				return bad("strategy must be one of " + strings.Join(Strategies, ", "))
+			}
+		case "ratio":
+			if json.Unmarshal(raw, &o.Ratio) != nil {
+				return bad("ratio must be a number")
+			}
+			if !(o.Ratio >= 0 && o.Ratio <= 1) {
+				return bad("ratio must be in [0, 1]")
+			}
+			o.HasRatio = true
+		default:
+			return bad("unknown member " + strconv.Quote(m.key))
+		}
+	}
+	return o, nil
+}
+
+// ParseOverrideHeaders reads X-Fusionrag-Strategy and X-Fusionrag-Ratio
+// (empty values mean absent) and merges them under body, which wins: the body
+// is the more specific of the two.
+func ParseOverrideHeaders(strategy, ratio string, body Override) (Override, error) {
+	o := body
+	if s := strings.TrimSpace(strategy); s != "" && o.Strategy == "" {
+		if !validStrategy(s) {
+			return Override{}, &OverrideError{Source: "header " + HeaderStrategy, Value: strategy, Reason: "must be one of " + strings.Join(Strategies, ", ")}
+		}
+		o.Strategy = s
+	}
+	if s := strings.TrimSpace(ratio); s != "" && !o.HasRatio {
+		x, err := strconv.ParseFloat(s, 64)
+		if err != nil || !(x >= 0 && x <= 1) {
+			return Override{}, &OverrideError{Source: "header " + HeaderRatio, Value: ratio, Reason: "must be a number in [0, 1]"}
+		}
+		o.Ratio, o.HasRatio = x, true
+	}
+	return o, nil
+}
+
+// TenantOf derives the tenant from the tenant header's value (empty: absent)
+// and the Authorization header. The result is 32 hex digits of an xxh3-128
+// hash, domain-separated by source so that a header value can never equal a
+// key's hash; the API key itself is never kept.
+func TenantOf(headerValue, authorization string) (tenant, source string) {
+	if v := strings.TrimSpace(headerValue); v != "" {
+		return tenantHash("header", v), "header"
+	}
+	if a := strings.TrimSpace(authorization); a != "" {
+		key := a
+		if scheme, rest, ok := strings.Cut(a, " "); ok && strings.EqualFold(scheme, "Bearer") {
+			key = strings.TrimSpace(rest)
+		}
+		return tenantHash("api-key", key), "api-key"
+	}
+	return tenantHash("anonymous", ""), "anonymous"
+}
+
+func tenantHash(source, v string) string {
+	h := xxh3.HashString128("fusionrag-tenant\x00" + source + "\x00" + v).Bytes()
+	return hex.EncodeToString(h[:])
+}

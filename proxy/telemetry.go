@@ -1,0 +1,280 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"sort"
+	"strconv"
+	"strings"
+	"sync/atomic"
+
+	"github.com/sony/gobreaker/v2"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
+	"go.opentelemetry.io/otel/metric"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+	"go.opentelemetry.io/otel/sdk/resource"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
+)
+
+const instrumentationName = "github.com/fusionrag/fusionrag/proxy"
+
+// Telemetry holds the proxy's tracer and meter providers. Spans go to an
+// OTLP/gRPC exporter configured by the standard OTEL_* variables (none when
+// unset); metrics are read on demand for the Prometheus /metrics page.
+type Telemetry struct {
+	tp     *sdktrace.TracerProvider
+	mp     *sdkmetric.MeterProvider
+	reader *sdkmetric.ManualReader
+	tracer trace.Tracer
+
+	requests, fallbacks, skips, chunks, recomputed, bytesLoaded, upstreamErrors, transitions metric.Int64Counter
+	ttft, duration                                                                           metric.Float64Histogram
+
+	hits, misses atomic.Int64
+	breakerState func() gobreaker.State
+}
+
+// NewTelemetry builds the providers. env looks variables up (os.LookupEnv);
+// OTEL_TRACES_EXPORTER may be "otlp" or "none"; with it unset, spans are
+// exported when OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT
+// is set. The exporter itself reads the other OTEL_EXPORTER_OTLP_* variables.
+func NewTelemetry(ctx context.Context, env func(string) (string, bool)) (*Telemetry, error) {
+	get := func(k string) string {
+		if env == nil {
+			return ""
+		}
+		v, _ := env(k)
+		return strings.TrimSpace(v)
+	}
+	res, err := resource.New(ctx,
+		resource.WithAttributes(attribute.String("service.name", "fusionrag")),
+		resource.WithFromEnv(), resource.WithTelemetrySDK())
+	if err != nil && res == nil {
+		return nil, fmt.Errorf("telemetry: resource: %w", err)
+	}
+	topts := []sdktrace.TracerProviderOption{sdktrace.WithResource(res)}
+	exporter := strings.ToLower(get("OTEL_TRACES_EXPORTER"))
+	if exporter == "" && (get("OTEL_EXPORTER_OTLP_ENDPOINT") != "" || get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") != "") {
+		exporter = "otlp"
+	}
+	switch exporter {
+	case "", "none":
+	case "otlp":
+		proto := get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+		if proto == "" {
+			proto = get("OTEL_EXPORTER_OTLP_PROTOCOL")
+		}
+		if proto != "" && proto != "grpc" {
+			return nil, fmt.Errorf("telemetry: OTLP protocol %q not supported (only grpc)", proto)
+		}
+		exp, err := otlptracegrpc.New(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("telemetry: OTLP exporter: %w", err)
+		}
+		topts = append(topts, sdktrace.WithBatcher(exp))
+	default:
+		return nil, fmt.Errorf("telemetry: OTEL_TRACES_EXPORTER=%q not supported (otlp or none)", exporter)
+	}
+	t := &Telemetry{tp: sdktrace.NewTracerProvider(topts...), reader: sdkmetric.NewManualReader()}
+	t.mp = sdkmetric.NewMeterProvider(sdkmetric.WithReader(t.reader), sdkmetric.WithResource(res))
+	t.tracer = t.tp.Tracer(instrumentationName)
+	if err := t.instruments(); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+func (t *Telemetry) instruments() error {
+	m := t.mp.Meter(instrumentationName)
+	var errs []error
+	counter := func(name, desc, unit string) metric.Int64Counter {
+		c, err := m.Int64Counter(name, metric.WithDescription(desc), metric.WithUnit(unit))
+		errs = append(errs, err)
+		return c
+	}
+	t.requests = counter("fusionrag.proxy.requests", "Requests by path taken: fusion, passthrough, fallback, rejected.", "{request}")
+	t.fallbacks = counter("fusionrag.proxy.fallbacks", "Fusion-path failures that fell back to forwarding the original request, by reason.", "{request}")
+	t.skips = counter("fusionrag.proxy.skips", "Eligible requests the fusion path declined, by reason.", "{request}")
+	t.chunks = counter("fusionrag.proxy.chunks", "Chunks met by the fusion path, by result: hit or miss.", "{chunk}")
+	t.recomputed = counter("fusionrag.proxy.recomputed_tokens", "Context tokens recomputed by the fusion path.", "{token}")
+	t.bytesLoaded = counter("fusionrag.proxy.loaded", "KV bytes loaded from the store.", "By")
+	t.upstreamErrors = counter("fusionrag.proxy.upstream_errors", "Failures talking to the engine, by kind: connect, timeout, other.", "{error}")
+	t.transitions = counter("fusionrag.proxy.breaker.transitions", "Circuit breaker state changes, by new state.", "{transition}")
+	buckets := metric.WithExplicitBucketBoundaries(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+	var err error
+	t.ttft, err = m.Float64Histogram("fusionrag.proxy.ttft", metric.WithDescription("Time from request arrival to the first response body byte, by path."), metric.WithUnit("s"), buckets)
+	errs = append(errs, err)
+	t.duration, err = m.Float64Histogram("fusionrag.proxy.request.duration", metric.WithDescription("Time from request arrival to the end of the response, by path."), metric.WithUnit("s"), buckets)
+	errs = append(errs, err)
+	_, err = m.Float64ObservableGauge("fusionrag.proxy.hit_rate", metric.WithDescription("Chunk hit rate of the fusion path since start: hits / (hits + misses)."), metric.WithUnit("1"),
+		metric.WithFloat64Callback(func(_ context.Context, o metric.Float64Observer) error {
+			h, mi := t.hits.Load(), t.misses.Load()
+			if h+mi > 0 {
+				o.Observe(float64(h) / float64(h+mi))
+			}
+			return nil
+		}))
+	errs = append(errs, err)
+	_, err = m.Int64ObservableGauge("fusionrag.proxy.breaker.state", metric.WithDescription("Circuit breaker state: 0 closed, 1 half-open, 2 open."), metric.WithUnit("1"),
+		metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error {
+			if f := t.breakerState; f != nil {
+				o.Observe(int64(f()))
+			}
+			return nil
+		}))
+	errs = append(errs, err)
+	return errors.Join(errs...)
+}
+
+// TracerProvider returns the provider the proxy's spans come from.
+func (t *Telemetry) TracerProvider() trace.TracerProvider { return t.tp }
+
+// MeterProvider returns the provider of the proxy's metrics.
+func (t *Telemetry) MeterProvider() metric.MeterProvider { return t.mp }
+
+// Shutdown flushes pending spans and stops the providers.
+func (t *Telemetry) Shutdown(ctx context.Context) error {
+	return errors.Join(t.tp.Shutdown(ctx), t.mp.Shutdown(ctx))
+}
+
+// ForceFlush exports pending spans now.
+func (t *Telemetry) ForceFlush(ctx context.Context) error { return t.tp.ForceFlush(ctx) }
+
+func (t *Telemetry) recordStats(ctx context.Context, s Stats) {
+	t.hits.Add(int64(s.Hits))
+	t.misses.Add(int64(s.Misses))
+	t.chunks.Add(ctx, int64(s.Hits), metric.WithAttributes(attribute.String("result", "hit")))
+	t.chunks.Add(ctx, int64(s.Misses), metric.WithAttributes(attribute.String("result", "miss")))
+	t.recomputed.Add(ctx, int64(s.RecomputedTokens))
+	t.bytesLoaded.Add(ctx, s.BytesLoaded)
+}
+
+// WritePrometheus writes every metric in the Prometheus text exposition
+// format (version 0.0.4).
+func (t *Telemetry) WritePrometheus(ctx context.Context, w io.Writer) error {
+	var rm metricdata.ResourceMetrics
+	if err := t.reader.Collect(ctx, &rm); err != nil {
+		return err
+	}
+	var b strings.Builder
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			writeMetric(&b, m)
+		}
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// promName maps an OTel name and unit to a Prometheus metric name.
+func promName(name, unit string) string {
+	n := strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' || r == ':' {
+			return r
+		}
+		return '_'
+	}, name)
+	switch unit {
+	case "s":
+		n += "_seconds"
+	case "By":
+		n += "_bytes"
+	case "1":
+		if !strings.HasSuffix(n, "_rate") && !strings.HasSuffix(n, "_state") {
+			n += "_ratio"
+		}
+	}
+	return n
+}
+
+func writeMetric(b *strings.Builder, m metricdata.Metrics) {
+	name := promName(m.Name, m.Unit)
+	header := func(typ, n string) {
+		fmt.Fprintf(b, "# HELP %s %s\n# TYPE %s %s\n", n, escapeHelp(m.Description), n, typ)
+	}
+	switch d := m.Data.(type) {
+	case metricdata.Sum[int64]:
+		n := name
+		typ := "gauge"
+		if d.IsMonotonic {
+			n, typ = name+"_total", "counter"
+		}
+		header(typ, n)
+		for _, p := range d.DataPoints {
+			fmt.Fprintf(b, "%s%s %d\n", n, labels(p.Attributes, ""), p.Value)
+		}
+	case metricdata.Sum[float64]:
+		n := name
+		typ := "gauge"
+		if d.IsMonotonic {
+			n, typ = name+"_total", "counter"
+		}
+		header(typ, n)
+		for _, p := range d.DataPoints {
+			fmt.Fprintf(b, "%s%s %s\n", n, labels(p.Attributes, ""), promFloat(p.Value))
+		}
+	case metricdata.Gauge[int64]:
+		header("gauge", name)
+		for _, p := range d.DataPoints {
+			fmt.Fprintf(b, "%s%s %d\n", name, labels(p.Attributes, ""), p.Value)
+		}
+	case metricdata.Gauge[float64]:
+		header("gauge", name)
+		for _, p := range d.DataPoints {
+			fmt.Fprintf(b, "%s%s %s\n", name, labels(p.Attributes, ""), promFloat(p.Value))
+		}
+	case metricdata.Histogram[float64]:
+		header("histogram", name)
+		for _, p := range d.DataPoints {
+			var cum uint64
+			for i, bound := range p.Bounds {
+				cum += p.BucketCounts[i]
+				fmt.Fprintf(b, "%s_bucket%s %d\n", name, labels(p.Attributes, `le="`+promFloat(bound)+`"`), cum)
+			}
+			fmt.Fprintf(b, "%s_bucket%s %d\n", name, labels(p.Attributes, `le="+Inf"`), p.Count)
+			fmt.Fprintf(b, "%s_sum%s %s\n", name, labels(p.Attributes, ""), promFloat(p.Sum))
+			fmt.Fprintf(b, "%s_count%s %d\n", name, labels(p.Attributes, ""), p.Count)
+		}
+	}
+}
+
+func labels(set attribute.Set, extra string) string {
+	parts := make([]string, 0, set.Len()+1)
+	for _, kv := range set.ToSlice() {
+		parts = append(parts, promName(string(kv.Key), "")+`="`+escapeLabel(kv.Value.Emit())+`"`)
+	}
+	sort.Strings(parts)
+	if extra != "" {
+		parts = append(parts, extra)
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	return "{" + strings.Join(parts, ",") + "}"
+}
+
+func escapeLabel(s string) string {
+	return strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`).Replace(s)
+}
+
+func escapeHelp(s string) string {
+	return strings.NewReplacer(`\`, `\\`, "\n", `\n`).Replace(s)
+}
+
+func promFloat(x float64) string {
+	switch {
+	case math.IsInf(x, 1):
+		return "+Inf"
+	case math.IsInf(x, -1):
+		return "-Inf"
+	case math.IsNaN(x):
+		return "NaN"
+	}
+	return strconv.FormatFloat(x, 'g', -1, 64)
+}
