@@ -1,5 +1,9 @@
 // Package blas holds the dense float32 kernels the model runtime is built on:
-// a blocked, cache-aware GEMM in pure Go, parallel over the machine's cores.
+// a blocked, cache-aware GEMM in Go, parallel over the machine's cores. On
+// amd64 with AVX a small assembly micro-kernel (6 rows × 16 outputs,
+// vectorised across outputs, no FMA) computes the bulk of large products;
+// everywhere else, and with the build tag purego, scalar Go kernels do, with
+// bit-identical results.
 // Backends with faster kernels (OpenBLAS, CUDA) live in leaf packages behind
 // build tags and register themselves with package model; they can also be
 // installed here, process-wide, with SetKernel.

@@ -16,8 +16,8 @@ import (
 // and the result does not depend on how tasks are spread over goroutines.
 const (
 	blockK = 256
-	tileM  = 64
-	tileN  = 96 // a multiple of 3, the micro-kernel width
+	tileM  = 72 // a multiple of 6 and 2, the micro-kernel heights
+	tileN  = 96 // a multiple of 16 and 3, the micro-kernel widths
 
 	// serialFlops is the size (m·n·k) under which starting goroutines costs
 	// more than it saves.
@@ -116,6 +116,13 @@ func parallel(tasks, work int, task func(t int)) {
 // gemmTile computes out[i0:i1, j0:j1] of out = a·b^T (row stride n, inner
 // dimension k).
 func gemmTile(out, a, b []float32, n, k, i0, i1, j0, j1 int) {
+	if useWide && i1-i0 >= wideRows {
+		iw := i0 + (i1-i0)/wideRows*wideRows
+		gemmTileWide(out, a, b, n, k, i0, iw, j0, j1)
+		if i0 = iw; i0 == i1 {
+			return
+		}
+	}
 	for p0 := 0; p0 < k; p0 += blockK {
 		p1 := min(p0+blockK, k)
 		first := p0 == 0
@@ -148,6 +155,90 @@ func gemmTile(out, a, b []float32, n, k, i0, i1, j0, j1 int) {
 			bj := b[j*k+p0 : j*k+p1]
 			for i := i0; i < i1; i++ {
 				dot1x1(a[i*k+p0:i*k+p1], bj, &out[i*n+j], first)
+			}
+		}
+	}
+}
+
+// wideRows×wideCols is the tile of the SIMD micro-kernel.
+const (
+	wideRows = 6
+	wideCols = 16
+)
+
+// useWide selects the SIMD micro-kernel for row groups of 6. It is on where
+// the assembly kernel exists; the pure-Go mulAdd6x16Go computes the same
+// bits but is slower than the scalar kernels, so it is only a reference.
+var useWide = haveAVX
+
+// gemmTileWide computes out[i0:i1, j0:j1] of out = a·b^T with the 6×16
+// micro-kernel; i1-i0 is a multiple of 6. Per k block, the b rows [j0, j1)
+// are packed into panels of 16 columns ([p][16], zero-padded past j1), so
+// the kernel vectorises across outputs: each SIMD lane is one output
+// accumulated in increasing p, exactly like the scalar kernels.
+func gemmTileWide(out, a, b []float32, n, k, i0, i1, j0, j1 int) {
+	panels := (j1 - j0 + wideCols - 1) / wideCols
+	buf := getBuf(panels * wideCols * min(blockK, k))
+	defer putBuf(buf)
+	var c [wideRows * wideCols]float32
+	for p0 := 0; p0 < k; p0 += blockK {
+		p1 := min(p0+blockK, k)
+		kc := p1 - p0
+		packed := (*buf)[:panels*wideCols*kc]
+		packB(packed, b, k, j0, j1, p0, p1)
+		for q := range panels {
+			panel := packed[q*wideCols*kc : (q+1)*wideCols*kc]
+			jq := j0 + q*wideCols
+			w := min(wideCols, j1-jq)
+			for i := i0; i < i1; i += wideRows {
+				if p0 == 0 {
+					clear(c[:])
+				} else {
+					for r := range wideRows {
+						copy(c[r*wideCols:r*wideCols+w], out[(i+r)*n+jq:(i+r)*n+jq+w])
+					}
+				}
+				mulAdd6x16(a[i*k+p0:], k, panel, kc, &c)
+				for r := range wideRows {
+					copy(out[(i+r)*n+jq:(i+r)*n+jq+w], c[r*wideCols:r*wideCols+w])
+				}
+			}
+		}
+	}
+}
+
+// packB writes the panels of b rows [j0, j1), columns [p0, p1), as
+// dst[q][p-p0][jj] = b[j0+16q+jj, p], zero where j0+16q+jj >= j1.
+func packB(dst, b []float32, k, j0, j1, p0, p1 int) {
+	kc := p1 - p0
+	panels := (j1 - j0 + wideCols - 1) / wideCols
+	for q := range panels {
+		panel := dst[q*wideCols*kc : (q+1)*wideCols*kc]
+		for jj := range wideCols {
+			j := j0 + q*wideCols + jj
+			if j >= j1 {
+				for p := range kc {
+					panel[p*wideCols+jj] = 0
+				}
+				continue
+			}
+			for p, v := range b[j*k+p0 : j*k+p1] {
+				panel[p*wideCols+jj] = v
+			}
+		}
+	}
+}
+
+// mulAdd6x16Go is the reference of the assembly micro-kernel:
+// c[r*16+l] += a[r*lda+p]·b[p*16+l] for r < 6, l < 16, in increasing p.
+func mulAdd6x16Go(a []float32, lda int, b []float32, kc int, c *[96]float32) {
+	for r := range wideRows {
+		cr := c[r*wideCols : (r+1)*wideCols]
+		ar := a[r*lda : r*lda+kc]
+		for p, x := range ar {
+			bp := b[p*wideCols : (p+1)*wideCols]
+			for l := range cr {
+				cr[l] += x * bp[l]
 			}
 		}
 	}

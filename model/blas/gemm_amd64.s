@@ -1,0 +1,90 @@
+//go:build amd64 && !purego
+
+#include "textflag.h"
+
+// func mulAdd6x16AVX(a *float32, lda int, b *float32, kc int, c *[96]float32)
+//
+// For r in [0,6), l in [0,16), p in [0,kc), in increasing p:
+//   c[r*16+l] = c[r*16+l] + a[r*lda+p]*b[p*16+l]
+// with a separate rounding multiply (VMULPS) and add (VADDPS) per step, no
+// FMA: bit-identical to the scalar Go loop c += x*y. Accumulators Y4..Y15
+// (row r in Y(4+2r), Y(5+2r)), b row in Y0/Y1, broadcast a in Y2, product Y3.
+TEXT ·mulAdd6x16AVX(SB), NOSPLIT, $0-40
+	MOVQ a+0(FP), SI
+	MOVQ lda+8(FP), DX
+	SHLQ $2, DX
+	MOVQ b+16(FP), DI
+	MOVQ kc+24(FP), CX
+	MOVQ c+32(FP), BX
+	LEAQ (SI)(DX*1), R8
+	LEAQ (R8)(DX*1), R9
+	LEAQ (R9)(DX*1), R10
+	LEAQ (R10)(DX*1), R11
+	LEAQ (R11)(DX*1), R12
+	VMOVUPS 0(BX), Y4
+	VMOVUPS 32(BX), Y5
+	VMOVUPS 64(BX), Y6
+	VMOVUPS 96(BX), Y7
+	VMOVUPS 128(BX), Y8
+	VMOVUPS 160(BX), Y9
+	VMOVUPS 192(BX), Y10
+	VMOVUPS 224(BX), Y11
+	VMOVUPS 256(BX), Y12
+	VMOVUPS 288(BX), Y13
+	VMOVUPS 320(BX), Y14
+	VMOVUPS 352(BX), Y15
+	XORQ AX, AX
+	TESTQ CX, CX
+	JEQ done
+loop:
+	VMOVUPS (DI), Y0
+	VMOVUPS 32(DI), Y1
+	VBROADCASTSS (SI)(AX*4), Y2
+	VMULPS Y0, Y2, Y3
+	VADDPS Y3, Y4, Y4
+	VMULPS Y1, Y2, Y3
+	VADDPS Y3, Y5, Y5
+	VBROADCASTSS (R8)(AX*4), Y2
+	VMULPS Y0, Y2, Y3
+	VADDPS Y3, Y6, Y6
+	VMULPS Y1, Y2, Y3
+	VADDPS Y3, Y7, Y7
+	VBROADCASTSS (R9)(AX*4), Y2
+	VMULPS Y0, Y2, Y3
+	VADDPS Y3, Y8, Y8
+	VMULPS Y1, Y2, Y3
+	VADDPS Y3, Y9, Y9
+	VBROADCASTSS (R10)(AX*4), Y2
+	VMULPS Y0, Y2, Y3
+	VADDPS Y3, Y10, Y10
+	VMULPS Y1, Y2, Y3
+	VADDPS Y3, Y11, Y11
+	VBROADCASTSS (R11)(AX*4), Y2
+	VMULPS Y0, Y2, Y3
+	VADDPS Y3, Y12, Y12
+	VMULPS Y1, Y2, Y3
+	VADDPS Y3, Y13, Y13
+	VBROADCASTSS (R12)(AX*4), Y2
+	VMULPS Y0, Y2, Y3
+	VADDPS Y3, Y14, Y14
+	VMULPS Y1, Y2, Y3
+	VADDPS Y3, Y15, Y15
+	ADDQ $64, DI
+	INCQ AX
+	CMPQ AX, CX
+	JNE loop
+done:
+	VMOVUPS Y4, 0(BX)
+	VMOVUPS Y5, 32(BX)
+	VMOVUPS Y6, 64(BX)
+	VMOVUPS Y7, 96(BX)
+	VMOVUPS Y8, 128(BX)
+	VMOVUPS Y9, 160(BX)
+	VMOVUPS Y10, 192(BX)
+	VMOVUPS Y11, 224(BX)
+	VMOVUPS Y12, 256(BX)
+	VMOVUPS Y13, 288(BX)
+	VMOVUPS Y14, 320(BX)
+	VMOVUPS Y15, 352(BX)
+	VZEROUPPER
+	RET

@@ -1,0 +1,10 @@
+//go:build !amd64 || purego
+
+package blas
+
+// haveAVX is false: no assembly micro-kernel on this platform or build.
+const haveAVX = false
+
+func mulAdd6x16(a []float32, lda int, b []float32, kc int, c *[96]float32) {
+	mulAdd6x16Go(a, lda, b, kc, c)
+}
