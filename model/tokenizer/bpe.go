@@ -162,3 +162,10 @@ func (c *wordCache) put(w string, ps []piece) {
 	c.m[strings.Clone(w)] = ps
 	c.mu.Unlock()
 }
+
+// reset empties the cache (benchmarks measure the uncached path with it).
+func (c *wordCache) reset() {
+	c.mu.Lock()
+	c.m = nil
+	c.mu.Unlock()
+}
