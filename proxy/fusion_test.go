@@ -1,0 +1,422 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/sony/gobreaker/v2"
+)
+
+// The Fusers in this file are fakes on purpose: they produce on demand the
+// faults (errors, hangs, panics) that a real fusion path cannot be made to
+// show, in front of a real upstream over real HTTP.
+
+// recorder is an engine that records the bodies it receives and answers
+// like a minimal OpenAI endpoint: 400 for bodies that are not JSON objects,
+// 500 when fail says so, else 200 with the body echoed back.
+type recorder struct {
+	mu     sync.Mutex
+	bodies []string
+	fail   func(body string) bool
+}
+
+func (rc *recorder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	b, _ := io.ReadAll(r.Body)
+	rc.mu.Lock()
+	rc.bodies = append(rc.bodies, string(b))
+	fail := rc.fail
+	rc.mu.Unlock()
+	var obj map[string]any
+	if err := json.Unmarshal(b, &obj); err != nil {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(400)
+		fmt.Fprintf(w, `{"error":{"message":%q,"type":"BadRequestError","code":400}}`, err.Error())
+		return
+	}
+	if fail != nil && fail(string(b)) {
+		http.Error(w, "kv load failed", 500)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	fmt.Fprintf(w, `{"echo":%s}`, b)
+}
+
+func (rc *recorder) got() []string {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	return append([]string(nil), rc.bodies...)
+}
+
+func (rc *recorder) reset() {
+	rc.mu.Lock()
+	rc.bodies = nil
+	rc.mu.Unlock()
+}
+
+func okPlan(ns string) *Plan {
+	return &Plan{KVTransferParams: map[string]any{"namespace": ns},
+		Stats: Stats{Strategy: "fusionrag", Ratio: 0.15, Chunks: 4, Hits: 3, Misses: 1, RecomputedTokens: 42, ContextTokens: 280, BytesLoaded: 1 << 20}}
+}
+
+const chatBody = `{"model":"m","messages":[{"role":"system","content":"S"},{"role":"user","content":[{"type":"text","text":"c1"},{"type":"text","text":"q"}]}]}`
+
+func post(t *testing.T, url, body string, hdr ...string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest("POST", url, strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	for i := 0; i+1 < len(hdr); i += 2 {
+		if hdr[i] == "" {
+			continue
+		}
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func TestFusionPathAndFallbacks(t *testing.T) {
+	release := make(chan struct{})
+	defer close(release)
+	var released atomic.Int64
+	fusers := map[string]FuserFunc{
+		"ok": func(ctx context.Context, r *Request) (*Plan, error) {
+			p := okPlan("ns-" + r.Tenant[:8])
+			p.Release = func() { released.Add(1) }
+			return p, nil
+		},
+		"error":         func(context.Context, *Request) (*Plan, error) { return nil, errors.New("redis: connection refused") },
+		"panic":         func(context.Context, *Request) (*Plan, error) { panic("index out of range") },
+		"hang":          func(ctx context.Context, _ *Request) (*Plan, error) { <-ctx.Done(); return nil, ctx.Err() },
+		"ignores ctx":   func(context.Context, *Request) (*Plan, error) { <-release; return okPlan("late"), nil },
+		"skip":          func(context.Context, *Request) (*Plan, error) { return nil, Skip("too_many_missing") },
+		"nil plan":      func(context.Context, *Request) (*Plan, error) { return nil, nil },
+		"empty params":  func(context.Context, *Request) (*Plan, error) { return &Plan{}, nil },
+		"bad json plan": func(context.Context, *Request) (*Plan, error) { return &Plan{KVTransferParams: map[string]any{"x": func() {}}}, nil },
+	}
+	tests := []struct {
+		fuser   string
+		wantKV  bool
+		path    string
+		reason  string
+		release int64
+	}{
+		{"ok", true, PathFusion, "", 1},
+		{"error", false, PathFallback, ReasonFuserError, 0},
+		{"panic", false, PathFallback, ReasonFuserPanic, 0},
+		{"hang", false, PathFallback, ReasonFuserTimeout, 0},
+		{"ignores ctx", false, PathFallback, ReasonFuserTimeout, 0},
+		{"skip", false, PathPassthrough, "", 0},
+		{"nil plan", false, PathFallback, ReasonFuserError, 0},
+		{"empty params", false, PathFallback, ReasonBadPlan, 0},
+		{"bad json plan", false, PathFallback, ReasonBadPlan, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.fuser, func(t *testing.T) {
+			rc := &recorder{}
+			up := httptest.NewServer(rc)
+			defer up.Close()
+			cfg := upstreamConfig(up.URL)
+			cfg.Timeouts.Fusion = 100 * time.Millisecond
+			released.Store(0)
+			p, base := startProxy(t, cfg, WithFuser(fusers[tt.fuser]))
+			code, _ := post(t, base+"/v1/chat/completions", chatBody, "Authorization", "Bearer sk-1")
+			if code != 200 {
+				t.Fatalf("status %d, want 200 whatever the fusion path did", code)
+			}
+			bodies := rc.got()
+			if len(bodies) != 1 {
+				t.Fatalf("engine got %d requests, want 1", len(bodies))
+			}
+			want := chatBody
+			if tt.wantKV {
+				want = strings.TrimSuffix(chatBody, "}") + `,"kv_transfer_params":{"namespace":"ns-` + mustTenant("api-key", "sk-1")[:8] + `"}}`
+			}
+			if d := cmp.Diff(want, bodies[0]); d != "" {
+				t.Errorf("engine body (-want +got):\n%s", d)
+			}
+			m := scrape(t, p)
+			if got := m[`fusionrag_proxy_requests_total{path="`+tt.path+`",route="chat"}`]; got != 1 {
+				t.Errorf("requests{path=%s} = %v, want 1\n%s", tt.path, got, dumpMetrics(m))
+			}
+			if tt.reason != "" {
+				if got := m[`fusionrag_proxy_fallbacks_total{reason="`+tt.reason+`"}`]; got != 1 {
+					t.Errorf("fallbacks{reason=%s} = %v, want 1\n%s", tt.reason, got, dumpMetrics(m))
+				}
+			}
+			if got := released.Load(); got != tt.release {
+				t.Errorf("plan released %d times, want %d", got, tt.release)
+			}
+		})
+	}
+}
+
+func mustTenant(source, v string) string { return tenantHash(source, v) }
+
+// TestOverrideAndBodyField: the "fusionrag" member reaches the Fuser and
+// never the engine; headers fill what the body leaves out; invalid values
+// are a 400.
+func TestOverrideAndBodyField(t *testing.T) {
+	rc := &recorder{}
+	up := httptest.NewServer(rc)
+	defer up.Close()
+	var seen atomic.Pointer[Request]
+	_, base := startProxy(t, upstreamConfig(up.URL), WithFuser(FuserFunc(func(_ context.Context, r *Request) (*Plan, error) {
+		seen.Store(r)
+		return nil, Skip("test")
+	})))
+	body := `{"model":"m",  "fusionrag" : {"strategy":"epic","ratio":0.3},"messages":[{"role":"user","content":"x"}], "temperature":0}`
+	code, _ := post(t, base+"/v1/chat/completions", body, HeaderRatio, "0.9", HeaderStrategy, "reuse", "X-Fusionrag-Tenant", "acme")
+	if code != 200 {
+		t.Fatal(code)
+	}
+	if d := cmp.Diff([]string{`{"model":"m","messages":[{"role":"user","content":"x"}], "temperature":0}`}, rc.got()); d != "" {
+		t.Errorf("engine body (-want +got):\n%s", d)
+	}
+	r := seen.Load()
+	if d := cmp.Diff(Override{Strategy: "epic", Ratio: 0.3, HasRatio: true}, r.Override); d != "" {
+		t.Errorf("override (-want +got):\n%s", d)
+	}
+	if r.TenantSource != "header" || r.Tenant != tenantHash("header", "acme") {
+		t.Errorf("tenant %s from %s", r.Tenant, r.TenantSource)
+	}
+
+	rc.reset()
+	code, _ = post(t, base+"/v1/completions", `{"model":"m","prompt":"p"}`, HeaderRatio, "0.25", HeaderStrategy, "cacheblend")
+	if r := seen.Load(); code != 200 || r.Override != (Override{Strategy: "cacheblend", Ratio: 0.25, HasRatio: true}) || r.Prompt.Text != "p" || r.TenantSource != "anonymous" {
+		t.Errorf("headers only: code %d, request %+v", code, r)
+	}
+
+	for _, bad := range []struct{ body, hk, hv string }{
+		{`{"model":"m","fusionrag":{"strategy":"magic"},"prompt":"p"}`, "", ""},
+		{`{"model":"m","fusionrag":{"ratio":1.5},"prompt":"p"}`, "", ""},
+		{`{"model":"m","fusionrag":"fast","prompt":"p"}`, "", ""},
+		{`{"model":"m","prompt":"p"}`, HeaderRatio, "lots"},
+		{`{"model":"m","prompt":"p"}`, HeaderStrategy, "none"},
+	} {
+		rc.reset()
+		code, resp := post(t, base+"/v1/completions", bad.body, bad.hk, bad.hv)
+		if code != 400 || !strings.Contains(resp, "invalid_fusion_override") || len(rc.got()) != 0 {
+			t.Errorf("%s %s=%s: got %d %s (engine saw %d requests), want 400 invalid_fusion_override", bad.body, bad.hk, bad.hv, code, resp, len(rc.got()))
+		}
+	}
+}
+
+// TestMalformedForwardedUntouched: on eligible routes, bodies the proxy
+// cannot parse go to the engine byte for byte, and the client gets exactly
+// the engine's answer (compared against going direct).
+func TestMalformedForwardedUntouched(t *testing.T) {
+	rc := &recorder{}
+	up := httptest.NewServer(rc)
+	defer up.Close()
+	var calls atomic.Int64
+	_, base := startProxy(t, upstreamConfig(up.URL), WithFuser(FuserFunc(func(context.Context, *Request) (*Plan, error) {
+		calls.Add(1)
+		return okPlan("x"), nil
+	})))
+	for _, body := range []string{
+		`{"model":"m","messages":`, `[1,2,3]`, `"just a string"`, `{"a":1} trailing`, `{"fusionrag":{"strategy":"epic"},}`,
+		``, `null`, "{\"model\":\"m\",\"prompt\":\"\xff\"", `{"model":"m","prompt":"p"`,
+	} {
+		direct, dbody := post(t, up.URL+"/v1/chat/completions", body)
+		rc.reset()
+		viaProxy, pbody := post(t, base+"/v1/chat/completions", body)
+		got := rc.got()
+		if viaProxy != direct || pbody != dbody || len(got) != 1 || got[0] != body {
+			t.Errorf("body %q: proxy %d %q, direct %d %q, engine saw %q", body, viaProxy, pbody, direct, dbody, got)
+		}
+	}
+	if c := calls.Load(); c != 0 {
+		t.Errorf("fuser called %d times for malformed bodies", c)
+	}
+}
+
+// TestFusedRequestFailsUpstream: when the engine fails the rewritten
+// request (its KV endpoint is broken), the original is sent instead and the
+// client never notices; the failure counts against the breaker.
+func TestFusedRequestFailsUpstream(t *testing.T) {
+	rc := &recorder{fail: func(b string) bool { return strings.Contains(b, "kv_transfer_params") }}
+	up := httptest.NewServer(rc)
+	defer up.Close()
+	var released atomic.Int64
+	p, base := startProxy(t, upstreamConfig(up.URL), WithFuser(FuserFunc(func(context.Context, *Request) (*Plan, error) {
+		pl := okPlan("x")
+		pl.Release = func() { released.Add(1) }
+		return pl, nil
+	})))
+	code, resp := post(t, base+"/v1/chat/completions", chatBody)
+	if code != 200 || !strings.Contains(resp, `"echo"`) {
+		t.Fatalf("got %d %s", code, resp)
+	}
+	if got := rc.got(); len(got) != 2 || got[1] != chatBody {
+		t.Fatalf("engine saw %q, want the fused request then the original", got)
+	}
+	if c := p.breaker.Counts(); c.TotalFailures != 1 || released.Load() != 1 {
+		t.Errorf("breaker failures %d (want 1), released %d (want 1)", c.TotalFailures, released.Load())
+	}
+}
+
+// TestBreakerOpensAndCloses drives the breaker through closed -> open ->
+// half-open -> closed and checks that an open breaker keeps the Fuser out.
+func TestBreakerOpensAndCloses(t *testing.T) {
+	rc := &recorder{}
+	up := httptest.NewServer(rc)
+	defer up.Close()
+	var healthy atomic.Bool
+	var calls atomic.Int64
+	cfg := upstreamConfig(up.URL)
+	cfg.Breaker.ConsecutiveFailures = 3
+	cfg.Breaker.OpenTimeout = 200 * time.Millisecond
+	p, base := startProxy(t, cfg, WithFuser(FuserFunc(func(context.Context, *Request) (*Plan, error) {
+		calls.Add(1)
+		if !healthy.Load() {
+			return nil, errors.New("store down")
+		}
+		return okPlan("x"), nil
+	})))
+	for i := 0; i < 6; i++ {
+		if code, _ := post(t, base+"/v1/chat/completions", chatBody); code != 200 {
+			t.Fatalf("request %d: %d", i, code)
+		}
+	}
+	if s := p.BreakerState(); s != gobreaker.StateOpen || calls.Load() != 3 {
+		t.Fatalf("after 6 failing requests: breaker %v, fuser called %d times; want open, 3", s, calls.Load())
+	}
+	m := scrape(t, p)
+	if m["fusionrag_proxy_breaker_state"] != 2 || m[`fusionrag_proxy_fallbacks_total{reason="breaker_open"}`] != 3 {
+		t.Errorf("metrics while open:\n%s", dumpMetrics(m))
+	}
+	healthy.Store(true)
+	time.Sleep(250 * time.Millisecond)
+	if code, _ := post(t, base+"/v1/chat/completions", chatBody); code != 200 {
+		t.Fatal(code)
+	}
+	if s := p.BreakerState(); s != gobreaker.StateClosed {
+		t.Fatalf("after a successful trial: breaker %v, want closed", s)
+	}
+	m = scrape(t, p)
+	if m["fusionrag_proxy_breaker_state"] != 0 || m[`fusionrag_proxy_breaker_transitions_total{to="open"}`] != 1 ||
+		m[`fusionrag_proxy_breaker_transitions_total{to="half-open"}`] != 1 || m[`fusionrag_proxy_breaker_transitions_total{to="closed"}`] != 1 {
+		t.Errorf("metrics after recovery:\n%s", dumpMetrics(m))
+	}
+}
+
+// TestClientCancelIsNotAFailure: a client hanging up on a fused stream ends
+// the exchange as a cancel, which the breaker does not count.
+func TestClientCancelIsNotAFailure(t *testing.T) {
+	gone := make(chan struct{})
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "text/event-stream")
+		for i := 0; ; i++ {
+			if _, err := fmt.Fprintf(w, "data: %d\n\n", i); err != nil {
+				close(gone)
+				return
+			}
+			w.(http.Flusher).Flush()
+			select {
+			case <-r.Context().Done():
+				close(gone)
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+	}))
+	defer up.Close()
+	cfg := upstreamConfig(up.URL)
+	cfg.Breaker.ConsecutiveFailures = 1
+	p, base := startProxy(t, cfg, WithFuser(FuserFunc(func(context.Context, *Request) (*Plan, error) { return okPlan("x"), nil })))
+	conn, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := `{"model":"m","stream":true,"messages":[{"role":"user","content":"q"}]}`
+	fmt.Fprintf(conn, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+	br := bufio.NewReader(conn)
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.HasPrefix(line, "data: 2") {
+			break
+		}
+	}
+	conn.Close()
+	select {
+	case <-gone:
+	case <-time.After(5 * time.Second):
+		t.Fatal("engine not told about the hang-up")
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		m := scrape(t, p)
+		if m[`fusionrag_proxy_requests_total{path="fusion",route="chat"}`] == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("exchange never finished:\n%s", dumpMetrics(m))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if c := p.breaker.Counts(); c.TotalFailures != 0 || p.BreakerState() != gobreaker.StateClosed {
+		t.Errorf("client cancel counted: %+v, state %v", c, p.BreakerState())
+	}
+}
+
+// scrape reads the proxy's /metrics page into series -> value.
+func scrape(t *testing.T, p *Proxy) map[string]float64 {
+	t.Helper()
+	var b strings.Builder
+	if err := p.Telemetry().WritePrometheus(context.Background(), &b); err != nil {
+		t.Fatal(err)
+	}
+	return parseExposition(t, b.String())
+}
+
+func parseExposition(t *testing.T, text string) map[string]float64 {
+	t.Helper()
+	m := map[string]float64{}
+	for _, line := range strings.Split(text, "\n") {
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			t.Fatalf("bad exposition line %q", line)
+		}
+		var v float64
+		if _, err := fmt.Sscan(line[i+1:], &v); err != nil {
+			t.Fatalf("bad value in %q: %v", line, err)
+		}
+		m[line[:i]] = v
+	}
+	return m
+}
+
+func dumpMetrics(m map[string]float64) string {
+	var b strings.Builder
+	for k, v := range m {
+		if !strings.Contains(k, "_bucket") {
+			fmt.Fprintf(&b, "  %s %v\n", k, v)
+		}
+	}
+	return b.String()
+}
