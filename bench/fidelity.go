@@ -1,0 +1,427 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"time"
+
+	"github.com/fusionrag/fusionrag/kvstore"
+	"github.com/fusionrag/fusionrag/model"
+	"github.com/fusionrag/fusionrag/recompute"
+)
+
+// FidelityConfig configures RunFidelity, which fills zero fields with the
+// defaults documented here.
+type FidelityConfig struct {
+	// Model is the model measured. Required.
+	Model *model.Model
+	// Name labels the model in the report.
+	Name string
+	// Prompts is the number of prompts S + C_1..C_k + Q; default 12.
+	Prompts int
+	// Chunks per prompt; default 4.
+	Chunks int
+	// ChunkTokens is the length of every chunk; default 90.
+	ChunkTokens int
+	// Continuation is the number of next-token distributions compared per
+	// prompt (the greedy continuation of full, teacher-forced); default 24.
+	Continuation int
+	// Strategies measured besides full and reuse; default fusionrag,
+	// cacheblend, epic.
+	Strategies []string
+	// Ratios measured for each strategy; default 0, 5, 10, 15, 20, 30 %.
+	Ratios []float64
+	// Temperature of the sampling that writes the chunks; default 0.9.
+	Temperature float64
+	// Seed makes prompts reproducible.
+	Seed uint64
+}
+
+// FidelityRow is one strategy × ratio, averaged over prompts and steps.
+type FidelityRow struct {
+	Model    string  `json:"model"`
+	Strategy string  `json:"strategy"`
+	Ratio    float64 `json:"ratio"`
+	// KL is the mean KL(full || method) of next-token distributions, nats.
+	KL float64 `json:"kl"`
+	// Top1 is the fraction of steps whose argmax agrees with full's.
+	Top1 float64 `json:"top1"`
+	// NormalizedFidelity is 100 × (KL_reuse − KL) / KL_reuse: reuse 0, full 100.
+	NormalizedFidelity float64 `json:"normalized_fidelity"`
+	// Recomputed is the mean fraction of context tokens recomputed.
+	Recomputed float64 `json:"recomputed"`
+	// CostRatio is the mean FLOPs(method) / FLOPs(full).
+	CostRatio float64 `json:"cost_ratio"`
+	Prompts   int     `json:"prompts"`
+	Steps     int     `json:"steps"`
+}
+
+// storyOpenings seed the chunks and questions on a model with a tokenizer
+// (TinyStories-style openings; the model writes the rest).
+var storyOpenings = []string{
+	"Once upon a time, there was a little girl named Lily.",
+	"Tom had a big red ball.",
+	"One day, a cat went to the park.",
+	"There was a small bird in a tree.",
+	"Sam and his mom went to the store.",
+	"The sun was hot and the dog was sad.",
+	"Anna found a shiny box in the garden.",
+	"A little boy wanted to fly a kite.",
+	"The old man had a funny hat.",
+	"Mia liked to play with her toys.",
+	"Ben saw a big truck on the road.",
+	"The fish lived in a blue pond.",
+}
+
+var questionOpenings = []string{
+	"Once upon a time, there was a",
+	"One day, Lily went to",
+	"Tom was happy because",
+	"The little bird said",
+	"After that, they all",
+	"Then the cat saw",
+}
+
+func (c *FidelityConfig) fill() error {
+	if c.Model == nil {
+		return errors.New("bench: FidelityConfig.Model is nil")
+	}
+	def := func(v *int, d int) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	def(&c.Prompts, 12)
+	def(&c.Chunks, 4)
+	def(&c.ChunkTokens, 90)
+	def(&c.Continuation, 24)
+	if c.Temperature <= 0 {
+		c.Temperature = 0.9
+	}
+	if c.Strategies == nil {
+		c.Strategies = []string{"fusionrag", "cacheblend", "epic"}
+	}
+	if c.Ratios == nil {
+		c.Ratios = []float64{0, 0.05, 0.10, 0.15, 0.20, 0.30}
+	}
+	if c.Name == "" {
+		c.Name = "model"
+	}
+	return nil
+}
+
+// generator samples text from the model itself (chunks are its own stories).
+type generator struct {
+	m    *model.Model
+	rng  *rand.Rand
+	temp float64
+}
+
+// sample continues prompt (which includes BOS when the model has one) up to
+// n new tokens; BOS and EOS are never sampled so the length is exact.
+func (g *generator) sample(ctx context.Context, prompt []int32, n int) ([]int32, error) {
+	cfg := g.m.Config
+	cache := model.NewCache(cfg, len(prompt)+n)
+	b := model.Batch{Tokens: prompt, Pos: make([]int32, len(prompt))}
+	for i := range b.Pos {
+		b.Pos[i] = int32(i)
+	}
+	var out []int32
+	for len(out) < n {
+		res, err := g.m.Forward(ctx, cache, b, model.ForwardOptions{Logits: []int{len(b.Tokens) - 1}, Append: true})
+		if err != nil {
+			return nil, err
+		}
+		logits := res.Logits[0]
+		banned := append([]int32{cfg.BOS}, cfg.EOS...)
+		tok := sampleToken(logits, g.temp, g.rng, banned)
+		out = append(out, tok)
+		b = model.Batch{Tokens: []int32{tok}, Pos: []int32{int32(cache.Len())}}
+	}
+	return out, nil
+}
+
+// sampleToken draws from softmax(logits/temp) with banned ids excluded.
+func sampleToken(logits []float32, temp float64, rng *rand.Rand, banned []int32) int32 {
+	mx := math.Inf(-1)
+	for _, v := range logits {
+		mx = max(mx, float64(v))
+	}
+	p := make([]float64, len(logits))
+	var sum float64
+	for i, v := range logits {
+		p[i] = math.Exp((float64(v) - mx) / temp)
+	}
+	for _, b := range banned {
+		if b >= 0 && int(b) < len(p) {
+			p[b] = 0
+		}
+	}
+	for _, v := range p {
+		sum += v
+	}
+	u := rng.Float64() * sum
+	for i, v := range p {
+		u -= v
+		if u <= 0 && v > 0 {
+			return int32(i)
+		}
+	}
+	return int32(argmax(logits))
+}
+
+func argmax(x []float32) int {
+	best := 0
+	for i, v := range x {
+		if v > x[best] {
+			best = i
+		}
+	}
+	return best
+}
+
+// buildPrompts makes the fidelity prompts: S = BOS, chunks = stories the
+// model writes from different openings (or, without a tokenizer, from
+// random seed tokens), Q = a short story opening (or a generated snippet).
+func buildPrompts(ctx context.Context, c *FidelityConfig) ([]recompute.Request, error) {
+	m := c.Model
+	cfg := m.Config
+	g := &generator{m: m, rng: rand.New(rand.NewPCG(c.Seed, 0xf1de)), temp: c.Temperature}
+	var prefix []int32
+	if cfg.BOS >= 0 {
+		prefix = []int32{cfg.BOS}
+	}
+	randomSeed := func(n int) []int32 {
+		s := make([]int32, n)
+		for i := range s {
+			s[i] = int32(3 + g.rng.IntN(cfg.Vocab-3))
+		}
+		return s
+	}
+	var reqs []recompute.Request
+	for p := range c.Prompts {
+		req := recompute.Request{Prefix: prefix}
+		for i := range c.Chunks {
+			var seed []int32
+			if m.Tokenizer != nil {
+				seed = m.Tokenizer.Encode(storyOpenings[(p*c.Chunks+i)%len(storyOpenings)])
+			} else {
+				seed = randomSeed(3)
+			}
+			seed = seed[:min(len(seed), c.ChunkTokens)]
+			gen, err := g.sample(ctx, append(append([]int32(nil), prefix...), seed...), c.ChunkTokens-len(seed))
+			if err != nil {
+				return nil, err
+			}
+			req.Chunks = append(req.Chunks, append(seed, gen...))
+		}
+		if m.Tokenizer != nil {
+			req.Question = m.Tokenizer.Encode(questionOpenings[p%len(questionOpenings)])
+		} else {
+			seed := randomSeed(2)
+			gen, err := g.sample(ctx, append(append([]int32(nil), prefix...), seed...), 8)
+			if err != nil {
+				return nil, err
+			}
+			req.Question = append(seed, gen...)
+		}
+		if total := req.Layout().Total() + c.Continuation; total > cfg.MaxPositions {
+			return nil, fmt.Errorf("bench: prompt of %d tokens plus %d continuation exceeds the model's %d positions", req.Layout().Total(), c.Continuation, cfg.MaxPositions)
+		}
+		reqs = append(reqs, req)
+	}
+	return reqs, nil
+}
+
+// logSoftmax returns log softmax(x) in float64.
+func logSoftmax(x []float32) []float64 {
+	mx := math.Inf(-1)
+	for _, v := range x {
+		mx = max(mx, float64(v))
+	}
+	var s float64
+	for _, v := range x {
+		s += math.Exp(float64(v) - mx)
+	}
+	ls := mx + math.Log(s)
+	out := make([]float64, len(x))
+	for i, v := range x {
+		out[i] = float64(v) - ls
+	}
+	return out
+}
+
+// KL returns KL(P || Q) in nats for the distributions softmax(p), softmax(q).
+func KL(p, q []float32) float64 {
+	lp, lq := logSoftmax(p), logSoftmax(q)
+	var kl float64
+	for i := range lp {
+		if pi := math.Exp(lp[i]); pi > 0 {
+			kl += pi * (lp[i] - lq[i])
+		}
+	}
+	return max(kl, 0)
+}
+
+// teacherForce returns the next-token logits after the prompt (lastLogits)
+// and after each of cont[:len(cont)-1] fed on top of kv (not modified).
+func teacherForce(ctx context.Context, m *model.Model, kv *model.Cache, lastLogits []float32, cont []int32) ([][]float32, error) {
+	out := [][]float32{lastLogits}
+	if len(cont) <= 1 {
+		return out, nil
+	}
+	n := kv.Len()
+	b := model.Batch{Tokens: cont[:len(cont)-1], Pos: make([]int32, len(cont)-1)}
+	rows := make([]int, len(b.Pos))
+	for i := range b.Pos {
+		b.Pos[i] = int32(n + i)
+		rows[i] = i
+	}
+	res, err := m.Forward(ctx, kv, b, model.ForwardOptions{Logits: rows})
+	if err != nil {
+		return nil, err
+	}
+	return append(out, res.Logits...), nil
+}
+
+// greedy decodes n tokens after the prompt whose KV is kv (cloned, not
+// modified) and whose last logits are given.
+func greedy(ctx context.Context, m *model.Model, kv *model.Cache, lastLogits []float32, n int) ([]int32, error) {
+	cache := kv.Clone()
+	logits := lastLogits
+	var out []int32
+	for len(out) < n {
+		tok := int32(argmax(logits))
+		out = append(out, tok)
+		if len(out) == n {
+			break
+		}
+		res, err := m.Forward(ctx, cache, model.Batch{Tokens: []int32{tok}, Pos: []int32{int32(cache.Len())}},
+			model.ForwardOptions{Logits: []int{0}, Append: true})
+		if err != nil {
+			return nil, err
+		}
+		logits = res.Logits[0]
+	}
+	return out, nil
+}
+
+// RunFidelity measures, for every strategy × ratio, how far the next-token
+// distributions over a continuation are from full prefill's. Each prompt's
+// chunk KV is raw KV computed once (memory store) and shared by every
+// method; full's greedy continuation is teacher-forced on every method's KV.
+func RunFidelity(ctx context.Context, c FidelityConfig) ([]FidelityRow, error) {
+	if err := c.fill(); err != nil {
+		return nil, err
+	}
+	store, err := kvstore.Open("mem://?max=1GiB")
+	if err != nil {
+		return nil, err
+	}
+	defer store.Close()
+	rep, err := recompute.New(recompute.Config{Model: c.Model, Source: &recompute.StoreSource{Store: store}})
+	if err != nil {
+		return nil, err
+	}
+	prompts, err := buildPrompts(ctx, &c)
+	if err != nil {
+		return nil, err
+	}
+	type method struct {
+		strategy string
+		ratio    float64
+	}
+	methods := []method{{"full", 1}, {"reuse", 0}}
+	for _, s := range c.Strategies {
+		for _, r := range c.Ratios {
+			methods = append(methods, method{s, r})
+		}
+	}
+	type acc struct{ kl, top1, recomputed, cost float64 }
+	sums := make([]acc, len(methods))
+	steps := 0
+	for _, req := range prompts {
+		req.Strategy, req.Ratio = "full", 1
+		full, err := rep.Run(ctx, req)
+		if err != nil {
+			return nil, err
+		}
+		cont, err := greedy(ctx, c.Model, full.Cache, full.LastLogits, c.Continuation)
+		if err != nil {
+			return nil, err
+		}
+		ref, err := teacherForce(ctx, c.Model, full.Cache, full.LastLogits, cont)
+		if err != nil {
+			return nil, err
+		}
+		steps += len(ref)
+		// Warm the store (raw chunk KV and S) so that no method pays for it.
+		req.Strategy, req.Ratio = "reuse", 0
+		if _, err := rep.Run(ctx, req); err != nil {
+			return nil, err
+		}
+		for mi, me := range methods {
+			req.Strategy, req.Ratio = me.strategy, me.ratio
+			res, err := rep.Run(ctx, req)
+			if err != nil {
+				return nil, fmt.Errorf("bench: %s@%v: %w", me.strategy, me.ratio, err)
+			}
+			got, err := teacherForce(ctx, c.Model, res.Cache, res.LastLogits, cont)
+			if err != nil {
+				return nil, err
+			}
+			for t := range ref {
+				sums[mi].kl += KL(ref[t], got[t])
+				if argmax(ref[t]) == argmax(got[t]) {
+					sums[mi].top1++
+				}
+			}
+			sums[mi].recomputed += float64(res.Record.Recomputed) / float64(max(1, res.Record.ContextTokens))
+			sums[mi].cost += res.Record.Cost.Total() / full.Record.Cost.Total()
+		}
+	}
+	rows := make([]FidelityRow, len(methods))
+	for mi, me := range methods {
+		rows[mi] = FidelityRow{Model: c.Name, Strategy: me.strategy, Ratio: me.ratio,
+			KL: sums[mi].kl / float64(steps), Top1: sums[mi].top1 / float64(steps),
+			Recomputed: sums[mi].recomputed / float64(len(prompts)), CostRatio: sums[mi].cost / float64(len(prompts)),
+			Prompts: len(prompts), Steps: steps}
+	}
+	klReuse := rows[1].KL
+	for i := range rows {
+		if klReuse > 0 {
+			rows[i].NormalizedFidelity = 100 * (klReuse - rows[i].KL) / klReuse
+		} else {
+			rows[i].NormalizedFidelity = 100 // reuse is already exact (e.g. one chunk)
+		}
+	}
+	return rows, nil
+}
+
+// FidelityTable renders rows (of one model) as a Markdown table.
+func FidelityTable(rows []FidelityRow, elapsed time.Duration) Table {
+	t := Table{Header: []string{"strategy", "ratio", "KL(full‖method) nats", "top-1 agree", "normalised fidelity", "recomputed", "FLOPs vs full"}}
+	if len(rows) > 0 {
+		t.Title = fmt.Sprintf("Fidelity on %s (%d prompts, %d next-token distributions)", rows[0].Model, rows[0].Prompts, rows[0].Steps)
+	}
+	for _, r := range rows {
+		t.Rows = append(t.Rows, []string{r.Strategy, pct(r.Ratio), fmt.Sprintf("%.5f", r.KL), pct(r.Top1),
+			f(r.NormalizedFidelity, 1), pct(r.Recomputed), f(r.CostRatio, 3)})
+	}
+	t.Notes = append(t.Notes, "Normalised fidelity = 100 × (KL_reuse − KL) / KL_reuse (reuse = 0, full = 100). Chunk KV is raw (prefill of S + C); "+
+		"each method's prompt KV is teacher-forced with full's greedy continuation.",
+		fmt.Sprintf("Measured in %s.", elapsed.Round(time.Millisecond)))
+	return t
+}
+
+// SyntheticFidelityModel is the small synthetic Llama of the fidelity
+// benchmark: 6 layers of width 128, GQA 8/4 heads of 16, rotate_half RoPE,
+// 512-token vocabulary and context. Its random weights (model.Synthetic) make
+// it a structural check, not a language model.
+func SyntheticFidelityModel() model.Config {
+	return model.Config{Arch: model.ArchLlama, Dim: 128, HiddenDim: 344, Layers: 6, Heads: 8, KVHeads: 4, HeadDim: 16,
+		Vocab: 512, MaxPositions: 512, RopeTheta: 10000, NormEps: 1e-5, TiedEmbeddings: true, BOS: 1, EOS: []int32{2}}
+}
