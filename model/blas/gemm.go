@@ -116,12 +116,9 @@ func parallel(tasks, work int, task func(t int)) {
 // gemmTile computes out[i0:i1, j0:j1] of out = a·b^T (row stride n, inner
 // dimension k).
 func gemmTile(out, a, b []float32, n, k, i0, i1, j0, j1 int) {
-	if useWide && i1-i0 >= wideRows {
-		iw := i0 + (i1-i0)/wideRows*wideRows
-		gemmTileWide(out, a, b, n, k, i0, iw, j0, j1)
-		if i0 = iw; i0 == i1 {
-			return
-		}
+	if useWide && i1-i0 >= minWideRows {
+		gemmTileWide(out, a, b, n, k, i0, i1, j0, j1)
+		return
 	}
 	for p0 := 0; p0 < k; p0 += blockK {
 		p1 := min(p0+blockK, k)
@@ -164,6 +161,12 @@ func gemmTile(out, a, b []float32, n, k, i0, i1, j0, j1 int) {
 const (
 	wideRows = 6
 	wideCols = 16
+
+	// minWideRows is the smallest tile height sent to the SIMD kernel (a
+	// partial group of rows is zero-padded to 6). Below it, packing b costs
+	// more than the SIMD kernel saves (measured with m in [1,6], n=k=2048),
+	// so decode (m=1) and tiny batches stay on the scalar kernels.
+	minWideRows = 4
 )
 
 // useWide selects the SIMD micro-kernel for row groups of 6. It is on where
@@ -172,7 +175,7 @@ const (
 var useWide = haveAVX
 
 // gemmTileWide computes out[i0:i1, j0:j1] of out = a·b^T with the 6×16
-// micro-kernel; i1-i0 is a multiple of 6. Per k block, the b rows [j0, j1)
+// micro-kernel. Per k block, the b rows [j0, j1)
 // are packed into panels of 16 columns ([p][16], zero-padded past j1), so
 // the kernel vectorises across outputs: each SIMD lane is one output
 // accumulated in increasing p, exactly like the scalar kernels.
@@ -181,6 +184,7 @@ func gemmTileWide(out, a, b []float32, n, k, i0, i1, j0, j1 int) {
 	buf := getBuf(panels * wideCols * min(blockK, k))
 	defer putBuf(buf)
 	var c [wideRows * wideCols]float32
+	var apad []float32 // [6, kc] copy of a partial row group
 	for p0 := 0; p0 < k; p0 += blockK {
 		p1 := min(p0+blockK, k)
 		kc := p1 - p0
@@ -191,15 +195,34 @@ func gemmTileWide(out, a, b []float32, n, k, i0, i1, j0, j1 int) {
 			jq := j0 + q*wideCols
 			w := min(wideCols, j1-jq)
 			for i := i0; i < i1; i += wideRows {
+				h := min(wideRows, i1-i) // rows of this group
 				if p0 == 0 {
 					clear(c[:])
 				} else {
-					for r := range wideRows {
+					for r := range h {
 						copy(c[r*wideCols:r*wideCols+w], out[(i+r)*n+jq:(i+r)*n+jq+w])
 					}
 				}
-				mulAdd6x16(a[i*k+p0:], k, panel, kc, &c)
-				for r := range wideRows {
+				if h == wideRows {
+					mulAdd6x16(a[i*k+p0:], k, panel, kc, &c)
+				} else {
+					// A partial group: the kernel reads 6 rows, so give it
+					// the h real ones followed by zero rows whose results
+					// are dropped.
+					if apad == nil {
+						apad = make([]float32, wideRows*blockK)
+					}
+					for r := range wideRows {
+						row := apad[r*kc : (r+1)*kc]
+						if r < h {
+							copy(row, a[(i+r)*k+p0:(i+r)*k+p1])
+						} else {
+							clear(row)
+						}
+					}
+					mulAdd6x16(apad, kc, panel, kc, &c)
+				}
+				for r := range h {
 					copy(out[(i+r)*n+jq:(i+r)*n+jq+w], c[r*wideCols:r*wideCols+w])
 				}
 			}
@@ -214,7 +237,21 @@ func packB(dst, b []float32, k, j0, j1, p0, p1 int) {
 	panels := (j1 - j0 + wideCols - 1) / wideCols
 	for q := range panels {
 		panel := dst[q*wideCols*kc : (q+1)*wideCols*kc]
-		for jj := range wideCols {
+		jj := 0
+		// Four rows at a time: four sequential read streams, and each
+		// write of four adjacent floats touches one cache line, not four.
+		for ; jj+4 <= wideCols && j0+q*wideCols+jj+4 <= j1; jj += 4 {
+			j := j0 + q*wideCols + jj
+			r0 := b[j*k+p0 : j*k+p1]
+			r1 := b[(j+1)*k+p0 : (j+1)*k+p1][:kc]
+			r2 := b[(j+2)*k+p0 : (j+2)*k+p1][:kc]
+			r3 := b[(j+3)*k+p0 : (j+3)*k+p1][:kc]
+			for p, v := range r0 {
+				d := panel[p*wideCols+jj : p*wideCols+jj+4]
+				d[0], d[1], d[2], d[3] = v, r1[p], r2[p], r3[p]
+			}
+		}
+		for ; jj < wideCols; jj++ {
 			j := j0 + q*wideCols + jj
 			if j >= j1 {
 				for p := range kc {
