@@ -104,7 +104,7 @@ func fakeLogits(ids []int32, vocab, eosEvery int) []float32 {
 	h := xxh3.Hash(b)
 	logits := make([]float32, vocab)
 	for i := range logits {
-		logits[i] = float32(math.Sin(float64(h%997+uint64(i)))) // smooth noise in [-1, 1]
+		logits[i] = float32(math.Sin(float64(h%997 + uint64(i)))) // smooth noise in [-1, 1]
 	}
 	letters := " abcdefghijklmnopqrstuvwxyz"
 	logits[int32(letters[h%uint64(len(letters))])+3] = 10

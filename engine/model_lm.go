@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"fmt"
+	"slices"
 
 	"github.com/fusionrag/fusionrag/model"
 )
@@ -78,4 +79,28 @@ func (s *modelSeq) LoadKV(k, v [][]float32, tokens int) error {
 	}
 	s.cache.Append(&model.Cache{Layers: c.Layers, KVHeads: c.KVHeads, HeadDim: c.HeadDim, Pos: pos, K: k, V: v})
 	return nil
+}
+
+// StopIDs are the ids that end generation: the model's and tokenizer's EOS
+// ids, and BOS for llama2.c checkpoints (interleaved RoPE), whose run.c
+// ends a sample when the model emits BOS.
+func (l *ModelLM) StopIDs() []int32 {
+	var ids []int32
+	add := func(id int32) {
+		if id >= 0 && !slices.Contains(ids, id) {
+			ids = append(ids, id)
+		}
+	}
+	for _, id := range l.M.Config.EOS {
+		add(id)
+	}
+	if l.M.Tokenizer != nil {
+		for _, id := range l.M.Tokenizer.EOS() {
+			add(id)
+		}
+	}
+	if l.M.Config.RopeInterleaved {
+		add(l.M.Config.BOS)
+	}
+	return ids
 }

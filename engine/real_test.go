@@ -1,0 +1,419 @@
+package engine
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/fusionrag/fusionrag/fingerprint"
+	"github.com/fusionrag/fusionrag/internal/shareddata"
+	"github.com/fusionrag/fusionrag/kvstore"
+	"github.com/fusionrag/fusionrag/model"
+	"github.com/google/go-cmp/cmp"
+	"github.com/redis/go-redis/v9"
+)
+
+// loadStories loads the real stories260K model with its tokenizer.
+func loadStories(tb testing.TB) *model.Model {
+	tb.Helper()
+	bin := shareddata.Path(tb, "models/stories260K/stories260K.bin")
+	tok := shareddata.Path(tb, "models/stories260K/tok512.bin")
+	m, err := model.Load(bin, model.LoadOptions{Tokenizer: tok})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { m.Close() })
+	return m
+}
+
+// startModel serves m with an optional connector.
+func startModel(tb testing.TB, m *model.Model, cfg Config, conn *Connector) (*Engine, string) {
+	tb.Helper()
+	lm := NewModelLM(m)
+	opts := []Option{WithStopIDs(lm.StopIDs())}
+	if conn != nil {
+		opts = append(opts, WithConnector(conn))
+	}
+	e, err := New(cfg, lm, m.Tokenizer, opts...)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	srv := httptest.NewServer(e.Handler())
+	tb.Cleanup(func() {
+		srv.Close()
+		e.Close()
+	})
+	return e, srv.URL
+}
+
+type golden struct {
+	Cases []struct {
+		Prompt       string  `json:"prompt"`
+		PromptTokens []int32 `json:"prompt_tokens"`
+		GreedyTokens []int32 `json:"greedy_tokens"`
+		GreedyText   string  `json:"greedy_text"`
+	} `json:"cases"`
+}
+
+func completion(tb testing.TB, url, body string) completionResponse {
+	tb.Helper()
+	resp, err := http.Post(url+"/v1/completions", "application/json", strings.NewReader(body))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		tb.Fatalf("status %d: %s", resp.StatusCode, b)
+	}
+	var r completionResponse
+	if err := json.Unmarshal(b, &r); err != nil {
+		tb.Fatal(err)
+	}
+	return r
+}
+
+// TestGoldenGreedyStories260K: the served greedy completion of the real
+// model equals the golden continuation (independent fp32 reference,
+// cross-checked with llama2.c run.c), text and token count.
+func TestGoldenGreedyStories260K(t *testing.T) {
+	m := loadStories(t)
+	var g golden
+	raw := must(readFile(shareddata.Path(t, "models/stories260K/golden_stories260K.json")))
+	if err := json.Unmarshal(raw, &g); err != nil {
+		t.Fatal(err)
+	}
+	c := g.Cases[0]
+	ids, err := PromptTokens(m.Tokenizer, nil, Prompt{Text: c.Prompt})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(c.PromptTokens, ids); diff != "" {
+		t.Fatalf("PromptTokens (-golden +got):\n%s", diff)
+	}
+	_, url := startModel(t, m, Config{}, nil)
+	r := completion(t, url, fmt.Sprintf(`{"prompt":%q,"max_tokens":%d,"temperature":0}`, c.Prompt, len(c.GreedyTokens)))
+	if diff := cmp.Diff(c.GreedyText, r.Choices[0].Text); diff != "" {
+		t.Errorf("greedy text (-golden +got):\n%s", diff)
+	}
+	if r.Usage.CompletionTokens != len(c.GreedyTokens) || r.Usage.PromptTokens != len(c.PromptTokens) {
+		t.Errorf("usage %+v", r.Usage)
+	}
+}
+
+// exactKV returns the exact KV of ids[:n] computed by a full prefill.
+func exactKV(tb testing.TB, m *model.Model, ids []int32, n int) *model.Cache {
+	tb.Helper()
+	pos := make([]int32, n)
+	for i := range pos {
+		pos[i] = int32(i)
+	}
+	res, err := m.Forward(context.Background(), nil, model.Batch{Tokens: ids[:n], Pos: pos}, model.ForwardOptions{ReturnKV: true})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return res.KV
+}
+
+// publishBlob encodes kv as the blob a publisher stores for prefix [0, n)
+// of ids under namespace ns.
+func publishBlob(tb testing.TB, m *model.Model, ns string, ids []int32, kv *model.Cache, dt kvstore.DType) *kvstore.Blob {
+	tb.Helper()
+	n := kv.Len()
+	key, err := fingerprint.PrefixKey(KVNamespace(m.Fingerprint(), m.Tokenizer.Fingerprint(), ns), ids, n, KVBlockSize)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	b, err := kvstore.FromFloat32(kvstore.Meta{DType: dt, Layers: kv.Layers, KVHeads: kv.KVHeads, HeadDim: kv.HeadDim,
+		Tokens: n, PositionFree: true, Key: key, Check: fingerprint.CheckOf(ids[:n])}, kv.K, kv.V)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return b
+}
+
+const storyPrompt = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her friends"
+
+// TestInjectedKVSameGreedyOutput: with exact published KV the greedy
+// output is identical to plain prefill, cached_tokens reports the loaded
+// prefix, and KV is only used by requests that ask for it with the right
+// namespace. Both transports: HTTP push and a shared store (real Redis).
+func TestInjectedKVSameGreedyOutput(t *testing.T) {
+	m := loadStories(t)
+	sharedURL := "redis://" + startRedis(t) + "/0"
+	lm := NewModelLM(m)
+	conn, err := OpenConnector(sharedURL, "mem://?max=64MiB", lm, m.Tokenizer.Fingerprint())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, url := startModel(t, m, Config{}, conn)
+	ids := must(PromptTokens(m.Tokenizer, nil, Prompt{Text: storyPrompt}))
+	L := len(ids)
+	req := func(ns string) completionResponse {
+		kvp := ""
+		if ns != "" {
+			kvp = fmt.Sprintf(`,"kv_transfer_params":{"namespace":%q}`, ns)
+		}
+		return completion(t, url, fmt.Sprintf(`{"prompt":%q,"max_tokens":30,"temperature":0%s}`, storyPrompt, kvp))
+	}
+	base := req("")
+	if base.Usage.PromptTokensDetails.CachedTokens != 0 {
+		t.Fatalf("cached tokens %d without KV", base.Usage.PromptTokensDetails.CachedTokens)
+	}
+
+	// HTTP push of the whole prompt's KV (length L): the engine loads L-1.
+	blob := publishBlob(t, m, "aa01", ids, exactKV(t, m, ids, L), kvstore.Float32)
+	enc := must(blob.Encode())
+	putReq, _ := http.NewRequest(http.MethodPut, url+"/v1/kv/"+blob.Key.String(), bytes.NewReader(enc))
+	resp, err := http.DefaultClient.Do(putReq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("PUT /v1/kv: %d", resp.StatusCode)
+	}
+
+	// Shared store: a block-aligned prefix (32 tokens) under another namespace.
+	pub, err := kvstore.Open(sharedURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close()
+	n2 := L / KVBlockSize * KVBlockSize
+	b2 := publishBlob(t, m, "bb02", ids, exactKV(t, m, ids, n2), kvstore.Float32)
+	// Publish it under the block key (the exact PrefixKey differs from a
+	// block key): the engine probes block boundaries after exact lengths.
+	probes := must(fingerprint.Lookup(KVNamespace(m.Fingerprint(), m.Tokenizer.Fingerprint(), "bb02"), ids, KVBlockSize))
+	for _, p := range probes {
+		if !p.Exact && p.Len == n2 {
+			b2.Key = p.Key
+		}
+	}
+	if err := pub.Put(context.Background(), b2); err != nil {
+		t.Fatal(err)
+	}
+
+	tests := []struct {
+		ns     string
+		cached int
+	}{
+		{"aa01", L - 1}, // pushed, whole prompt: all but the last token
+		{"bb02", n2},    // shared store, block boundary
+		{"cc03", 0},     // nothing published
+		{"", 0},         // no kv_transfer_params: never sees published KV
+	}
+	for _, tt := range tests {
+		r := req(tt.ns)
+		if diff := cmp.Diff(base.Choices[0].Text, r.Choices[0].Text); diff != "" {
+			t.Errorf("ns %q: text differs from plain prefill (-plain +kv):\n%s", tt.ns, diff)
+		}
+		if got := r.Usage.PromptTokensDetails.CachedTokens; got != tt.cached {
+			t.Errorf("ns %q: cached_tokens %d, want %d", tt.ns, got, tt.cached)
+		}
+	}
+}
+
+// TestCorruptAndMismatchedKVAreMisses: a blob whose payload was altered in
+// the store, or a blob of the wrong shape, is a miss: plain prefill, same
+// answer, no error to the client.
+func TestCorruptAndMismatchedKVAreMisses(t *testing.T) {
+	m := loadStories(t)
+	addr := startRedis(t)
+	sharedURL := "redis://" + addr + "/0"
+	conn, err := OpenConnector(sharedURL, "mem://?max=64MiB", NewModelLM(m), m.Tokenizer.Fingerprint())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, url := startModel(t, m, Config{}, conn)
+	ids := must(PromptTokens(m.Tokenizer, nil, Prompt{Text: storyPrompt}))
+	base := completion(t, url, fmt.Sprintf(`{"prompt":%q,"max_tokens":20,"temperature":0}`, storyPrompt))
+
+	// Publish the exact KV, then flip one payload bit inside Redis.
+	b := publishBlob(t, m, "dd04", ids, exactKV(t, m, ids, len(ids)), kvstore.Float32)
+	pub := must(kvstore.Open(sharedURL))
+	if err := pub.Put(context.Background(), b); err != nil {
+		t.Fatal(err)
+	}
+	pub.Close()
+	raw := append([]byte(nil), must(b.Encode())...)
+	raw[len(raw)-3] ^= 0x40
+	rc := redis.NewClient(&redis.Options{Addr: addr})
+	defer rc.Close()
+	if err := rc.SetRange(context.Background(), "fusionrag:kv:{"+b.Key.String()+"}", int64(len(raw)-3), string(raw[len(raw)-3:len(raw)-2])).Err(); err != nil {
+		t.Fatal(err)
+	}
+	r := completion(t, url, fmt.Sprintf(`{"prompt":%q,"max_tokens":20,"temperature":0,"kv_transfer_params":{"namespace":"dd04"}}`, storyPrompt))
+	if r.Choices[0].Text != base.Choices[0].Text || r.Usage.PromptTokensDetails.CachedTokens != 0 {
+		t.Errorf("corrupt blob: text %q cached %d, want plain %q and 0", r.Choices[0].Text, r.Usage.PromptTokensDetails.CachedTokens, base.Choices[0].Text)
+	}
+	if got := metricsText(t, url); !strings.Contains(got, `fusionrag_engine_kv_lookups_total{result="mismatch"} 1`) {
+		t.Errorf("the corrupt blob was not counted as a mismatch:\n%s", got)
+	}
+	// A pushed blob of another model's shape is refused with 400.
+	bad := must(kvstore.FromFloat32(kvstore.Meta{DType: kvstore.Float32, Layers: 1, KVHeads: 1, HeadDim: 2, Tokens: 1,
+		PositionFree: true, Key: b.Key, Check: fingerprint.CheckOf(ids[:1])}, [][]float32{{1, 2}}, [][]float32{{3, 4}}))
+	put, _ := http.NewRequest(http.MethodPut, url+"/v1/kv/"+b.Key.String(), bytes.NewReader(must(bad.Encode())))
+	resp, err := http.DefaultClient.Do(put)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 400 || !strings.Contains(string(body), "shape") {
+		t.Errorf("wrong-shape push: %d %s", resp.StatusCode, body)
+	}
+	put, _ = http.NewRequest(http.MethodPut, url+"/v1/kv/"+b.Key.String(), bytes.NewReader(raw))
+	resp, err = http.DefaultClient.Do(put)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 400 {
+		t.Errorf("corrupt push: %d, want 400", resp.StatusCode)
+	}
+}
+
+// countingLM wraps an LM and records how many Extend calls overlap.
+type countingLM struct {
+	LM
+	mu         sync.Mutex
+	live, peak int
+}
+
+func (c *countingLM) NewSequence() Sequence { return &countingSeq{Sequence: c.LM.NewSequence(), c: c} }
+
+type countingSeq struct {
+	Sequence
+	c *countingLM
+}
+
+func (s *countingSeq) Extend(ctx context.Context, t []int32) ([]float32, error) {
+	s.c.mu.Lock()
+	s.c.live++
+	s.c.peak = max(s.c.peak, s.c.live)
+	s.c.mu.Unlock()
+	defer func() { s.c.mu.Lock(); s.c.live--; s.c.mu.Unlock() }()
+	return s.Sequence.Extend(ctx, t)
+}
+
+// streamText posts a streaming completion and returns its text and the
+// times of its first and last events.
+func streamText(tb testing.TB, url, body string) (text string, first, last time.Time) {
+	resp, err := http.Post(url+"/v1/completions", "application/json", strings.NewReader(body))
+	if err != nil {
+		tb.Error(err)
+		return
+	}
+	defer resp.Body.Close()
+	dec := newSSEReader(resp.Body)
+	var sb strings.Builder
+	for {
+		data, ok := dec.next()
+		if !ok || data == "[DONE]" {
+			break
+		}
+		if first.IsZero() {
+			first = time.Now()
+		}
+		var c completionResponse
+		if err := json.Unmarshal([]byte(data), &c); err != nil {
+			tb.Errorf("event %q: %v", data, err)
+			return
+		}
+		for _, ch := range c.Choices {
+			sb.WriteString(ch.Text)
+		}
+	}
+	return sb.String(), first, time.Now()
+}
+
+// TestConcurrentStreamsNoCrossTalk: 16 concurrent streaming requests (some
+// greedy, some seeded sampling) each get exactly the answer they get alone;
+// decoding overlaps (all first tokens arrive before any request ends, and
+// model calls ran concurrently). The wall-time ratio to running them one
+// after the other is logged.
+func TestConcurrentStreamsNoCrossTalk(t *testing.T) {
+	m := loadStories(t)
+	lm := &countingLM{LM: NewModelLM(m)}
+	e, err := New(Config{MaxBatch: 16}, lm, m.Tokenizer, WithStopIDs(NewModelLM(m).StopIDs()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(e.Handler())
+	defer func() { srv.Close(); e.Close() }()
+	prompts := []string{"Once upon a time", "The cat", "Lily and Ben", "One day", "A big dog", "The sun was",
+		"Tom had a red ball", "In the park", "Mom said", "The little bird", "Sara wanted", "There was a tree",
+		"The boy ran", "Max liked to", "A girl named Sue", "The car"}
+	bodies := make([]string, len(prompts))
+	for i, p := range prompts {
+		sampling := `"temperature":0`
+		if i%2 == 1 {
+			sampling = fmt.Sprintf(`"temperature":0.8,"top_p":0.9,"top_k":40,"seed":%d`, i)
+		}
+		bodies[i] = fmt.Sprintf(`{"prompt":%q,"max_tokens":120,"stream":true,"ignore_eos":true,%s}`, p, sampling)
+	}
+	solo := make([]string, len(prompts))
+	t0 := time.Now()
+	for i, b := range bodies {
+		solo[i], _, _ = streamText(t, srv.URL, b)
+	}
+	seqTime := time.Since(t0)
+	got := make([]string, len(prompts))
+	firsts := make([]time.Time, len(prompts))
+	lasts := make([]time.Time, len(prompts))
+	var wg sync.WaitGroup
+	t1 := time.Now()
+	for i, b := range bodies {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			got[i], firsts[i], lasts[i] = streamText(t, srv.URL, b)
+		}()
+	}
+	wg.Wait()
+	conTime := time.Since(t1)
+	for i := range prompts {
+		if got[i] != solo[i] {
+			t.Errorf("request %d (%q): concurrent output differs from solo:\n solo %q\n conc %q", i, prompts[i], solo[i], got[i])
+		}
+		if solo[i] == "" {
+			t.Errorf("request %d: empty output", i)
+		}
+	}
+	var lastFirst, firstLast time.Time
+	for i := range prompts {
+		if firsts[i].After(lastFirst) {
+			lastFirst = firsts[i]
+		}
+		if firstLast.IsZero() || lasts[i].Before(firstLast) {
+			firstLast = lasts[i]
+		}
+	}
+	if !lastFirst.Before(firstLast) {
+		t.Errorf("decoding did not interleave: the last first-token came %v after the first request ended", lastFirst.Sub(firstLast))
+	}
+	if lm.peak < 2 {
+		t.Errorf("model calls never overlapped (peak %d)", lm.peak)
+	}
+	t.Logf("16 streams x 120 tokens: sequential %v, concurrent %v, ratio %.2f; peak overlapping model calls %d",
+		seqTime.Round(time.Millisecond), conTime.Round(time.Millisecond), conTime.Seconds()/seqTime.Seconds(), lm.peak)
+}
+
+func metricsText(tb testing.TB, url string) string {
+	resp, err := http.Get(url + "/metrics")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
