@@ -22,7 +22,7 @@ func must[T any](v T, err error) T {
 	return v
 }
 
-func readFile(p string) ([]byte, error) { return os.ReadFile(p) }
+func readFile(p string) ([]byte, error)  { return os.ReadFile(p) }
 func writeFile(p string, b []byte) error { return os.WriteFile(p, b, 0o644) }
 
 // sseReader yields the data payloads of a server-sent event stream.
