@@ -125,6 +125,15 @@ func NewRedis(c RedisConfig) (*Redis, error) {
 		o.DialTimeout, o.ReadTimeout, o.WriteTimeout = c.Timeout, c.Timeout, c.Timeout
 	}
 	o.ContextTimeoutEnabled = true
+	// A failed cache read is a miss and the caller falls back at once, so by
+	// default no command retries and one dial attempt: an outage costs one
+	// timeout, not go-redis's retry ladder. URL options override both.
+	if o.MaxRetries == 0 {
+		o.MaxRetries = -1
+	}
+	if o.DialerRetries == 0 {
+		o.DialerRetries = 1
+	}
 	if o.MaintNotificationsConfig == nil {
 		o.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
 	}
