@@ -13,7 +13,7 @@ import (
 // sizes above serialFlops so the goroutine path runs.
 var shapes = [][3]int{ // m, n, k
 	{0, 0, 0}, {0, 3, 4}, {3, 0, 4}, {2, 3, 0},
-	{1, 1, 1}, {1, 2, 3}, {1, 5, 7}, {1, 4, 256}, {1, 7, 257}, {1, 1000, 300},
+	{1, 1, 1}, {1, 2, 3}, {1, 5, 7}, {1, 4, 256}, {1, 7, 257}, {1, 1000, 300}, {1, 203, 1031},
 	{2, 3, 1}, {3, 3, 3}, {3, 4, 5}, {5, 7, 11}, {4, 97, 255},
 	{7, 100, 513}, {65, 97, 129}, {64, 96, 256}, {130, 193, 300}, {33, 250, 700},
 }
@@ -222,6 +222,27 @@ func TestWideKernel(t *testing.T) {
 		for i := range c1 {
 			if math.Float32bits(c1[i]) != math.Float32bits(c2[i]) {
 				t.Fatalf("kc=%d c[%d]: asm %v, Go %v", kc, i, c1[i], c2[i])
+			}
+		}
+	}
+	for _, kc := range []int{0, 3, 8, 9, 64, 301} {
+		const ldb = 333
+		a, b := randSlice(r, kc), randSlice(r, 7*ldb+kc)
+		for i := range b {
+			if i%7 == 0 {
+				b[i] = special[i%len(special)]
+			}
+		}
+		var c1, c2 [8]float32
+		for i := range c1 {
+			c1[i] = float32(r.NormFloat64())
+		}
+		c2 = c1
+		dot8(a, b, ldb, &c1)
+		dot8Go(a, b, ldb, &c2)
+		for i := range c1 {
+			if math.Float32bits(c1[i]) != math.Float32bits(c2[i]) {
+				t.Fatalf("GEMV kc=%d c[%d]: asm %v, Go %v", kc, i, c1[i], c2[i])
 			}
 		}
 	}

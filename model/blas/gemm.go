@@ -120,14 +120,33 @@ func gemmTile(out, a, b []float32, n, k, i0, i1, j0, j1 int) {
 		gemmTileWide(out, a, b, n, k, i0, i1, j0, j1)
 		return
 	}
-	for p0 := 0; p0 < k; p0 += blockK {
-		p1 := min(p0+blockK, k)
+	// One row (decode) is not blocked over k: the a row is reused from L1
+	// anyway, and streaming each b row in one pass keeps the prefetchers on.
+	kb := blockK
+	if i1-i0 == 1 {
+		kb = k
+	}
+	for p0 := 0; p0 < k; p0 += kb {
+		p1 := min(p0+kb, k)
 		first := p0 == 0
 		j := j0
 		if i1-i0 == 1 {
-			// GEMV (decode): one a row against four b rows at a time.
+			// GEMV (decode): one a row against eight (AVX) or four b rows
+			// at a time.
 			a0 := a[i0*k+p0 : i0*k+p1]
 			o := out[i0*n:]
+			if useWide {
+				var c [8]float32
+				for ; j+8 <= j1; j += 8 {
+					if first {
+						c = [8]float32{}
+					} else {
+						copy(c[:], o[j:j+8])
+					}
+					dot8(a0, b[j*k+p0:], k, &c)
+					copy(o[j:j+8], c[:])
+				}
+			}
 			for ; j+4 <= j1; j += 4 {
 				bj := b[j*k+p0:]
 				dot1x4(a0, bj, bj[k:], bj[2*k:], bj[3*k:], o[j:j+4], first)
@@ -263,6 +282,19 @@ func packB(dst, b []float32, k, j0, j1, p0, p1 int) {
 				panel[p*wideCols+jj] = v
 			}
 		}
+	}
+}
+
+// dot8Go is the reference of the assembly GEMV block:
+// c[j] += a[p]·b[j*ldb+p] for j < 8, in increasing p.
+func dot8Go(a, b []float32, ldb int, c *[8]float32) {
+	for j := range c {
+		bj := b[j*ldb : j*ldb+len(a)]
+		s := c[j]
+		for p, x := range a {
+			s += x * bj[p]
+		}
+		c[j] = s
 	}
 }
 

@@ -20,3 +20,19 @@ func mulAdd6x16(a []float32, lda int, b []float32, kc int, c *[96]float32) {
 	_ = b[16*kc-1]
 	mulAdd6x16AVX(&a[0], lda, &b[0], kc, c)
 }
+
+//go:noescape
+func dot8AVX(a *float32, b *float32, ldb int, kc8 int, c *[8]float32)
+
+// dot8 continues c[j] += a[p]·b[j*ldb+p] for j < 8 over p in [0, len(a)),
+// in increasing p: the assembly takes whole groups of 8 p, Go the rest.
+func dot8(a, b []float32, ldb int, c *[8]float32) {
+	kc := len(a)
+	if kc8 := kc / 8; kc8 > 0 && haveAVX {
+		_ = b[7*ldb+kc-1] // the assembly reads b[j*ldb+p], j < 8, p < 8·kc8
+		dot8AVX(&a[0], &b[0], ldb, kc8, c)
+		a, b = a[kc8*8:], b[kc8*8:]
+		kc -= kc8 * 8
+	}
+	dot8Go(a, b, ldb, c)
+}

@@ -88,3 +88,97 @@ done:
 	VMOVUPS Y15, 352(BX)
 	VZEROUPPER
 	RET
+
+// func dot8AVX(a *float32, b *float32, ldb int, kc8 int, c *[8]float32)
+//
+// GEMV block: for j in [0,8), p in [0,8·kc8), in increasing p:
+//   c[j] = c[j] + a[p]*b[j*ldb+p]
+// Eight b rows are loaded 8 floats at a time and transposed in registers
+// so that lane j of the accumulator is output j; each lane is then the
+// same multiply-then-add chain as the scalar Go loop (no FMA).
+// Registers: rows in SI R8 R9 R10 R11 R12 R13 DI, a in BX, p in AX,
+// Y14 accumulator, Y15 product, Y0..Y13 transposition.
+TEXT ·dot8AVX(SB), NOSPLIT, $0-40
+	MOVQ a+0(FP), BX
+	MOVQ b+8(FP), SI
+	MOVQ ldb+16(FP), DX
+	SHLQ $2, DX
+	MOVQ kc8+24(FP), CX
+	SHLQ $3, CX
+	LEAQ (SI)(DX*1), R8
+	LEAQ (R8)(DX*1), R9
+	LEAQ (R9)(DX*1), R10
+	LEAQ (R10)(DX*1), R11
+	LEAQ (R11)(DX*1), R12
+	LEAQ (R12)(DX*1), R13
+	LEAQ (R13)(DX*1), DI
+	MOVQ c+32(FP), DX
+	VMOVUPS (DX), Y14
+	XORQ AX, AX
+	TESTQ CX, CX
+	JEQ gemvdone
+gemvloop:
+	VMOVUPS (SI)(AX*4), Y0
+	VMOVUPS (R8)(AX*4), Y1
+	VMOVUPS (R9)(AX*4), Y2
+	VMOVUPS (R10)(AX*4), Y3
+	VMOVUPS (R11)(AX*4), Y4
+	VMOVUPS (R12)(AX*4), Y5
+	VMOVUPS (R13)(AX*4), Y6
+	VMOVUPS (DI)(AX*4), Y7
+	VUNPCKLPS Y1, Y0, Y8
+	VUNPCKHPS Y1, Y0, Y9
+	VUNPCKLPS Y3, Y2, Y10
+	VUNPCKHPS Y3, Y2, Y11
+	VUNPCKLPS Y5, Y4, Y12
+	VUNPCKHPS Y5, Y4, Y13
+	VUNPCKLPS Y7, Y6, Y0
+	VUNPCKHPS Y7, Y6, Y1
+	VSHUFPS $0x44, Y10, Y8, Y2
+	VSHUFPS $0xEE, Y10, Y8, Y3
+	VSHUFPS $0x44, Y11, Y9, Y4
+	VSHUFPS $0xEE, Y11, Y9, Y5
+	VSHUFPS $0x44, Y0, Y12, Y6
+	VSHUFPS $0xEE, Y0, Y12, Y7
+	VSHUFPS $0x44, Y1, Y13, Y8
+	VSHUFPS $0xEE, Y1, Y13, Y9
+	VPERM2F128 $0x20, Y6, Y2, Y0
+	VPERM2F128 $0x31, Y6, Y2, Y1
+	VPERM2F128 $0x20, Y7, Y3, Y10
+	VPERM2F128 $0x31, Y7, Y3, Y11
+	VPERM2F128 $0x20, Y8, Y4, Y12
+	VPERM2F128 $0x31, Y8, Y4, Y13
+	VPERM2F128 $0x20, Y9, Y5, Y2
+	VPERM2F128 $0x31, Y9, Y5, Y3
+	VBROADCASTSS 0(BX)(AX*4), Y15
+	VMULPS Y0, Y15, Y15
+	VADDPS Y15, Y14, Y14
+	VBROADCASTSS 4(BX)(AX*4), Y15
+	VMULPS Y10, Y15, Y15
+	VADDPS Y15, Y14, Y14
+	VBROADCASTSS 8(BX)(AX*4), Y15
+	VMULPS Y12, Y15, Y15
+	VADDPS Y15, Y14, Y14
+	VBROADCASTSS 12(BX)(AX*4), Y15
+	VMULPS Y2, Y15, Y15
+	VADDPS Y15, Y14, Y14
+	VBROADCASTSS 16(BX)(AX*4), Y15
+	VMULPS Y1, Y15, Y15
+	VADDPS Y15, Y14, Y14
+	VBROADCASTSS 20(BX)(AX*4), Y15
+	VMULPS Y11, Y15, Y15
+	VADDPS Y15, Y14, Y14
+	VBROADCASTSS 24(BX)(AX*4), Y15
+	VMULPS Y13, Y15, Y15
+	VADDPS Y15, Y14, Y14
+	VBROADCASTSS 28(BX)(AX*4), Y15
+	VMULPS Y3, Y15, Y15
+	VADDPS Y15, Y14, Y14
+	ADDQ $8, AX
+	CMPQ AX, CX
+	JNE gemvloop
+gemvdone:
+	MOVQ c+32(FP), DX
+	VMOVUPS Y14, (DX)
+	VZEROUPPER
+	RET

@@ -8,3 +8,5 @@ const haveAVX = false
 func mulAdd6x16(a []float32, lda int, b []float32, kc int, c *[96]float32) {
 	mulAdd6x16Go(a, lda, b, kc, c)
 }
+
+func dot8(a, b []float32, ldb int, c *[8]float32) { dot8Go(a, b, ldb, c) }
