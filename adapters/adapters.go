@@ -1,0 +1,218 @@
+// Package adapters is how the sidecar hands assembled KV to an inference
+// engine and forwards the request that uses it. Engine is the one interface
+// the sidecar (its consumer) needs: publish the KV of a token prefix, rewrite
+// and forward the request, report health. Implementations register
+// themselves by name (Register) from their own packages:
+//
+//   - native (package adapters/native): this project's engine (package
+//     engine), over a shared kvstore (Redis, disk...) or HTTP push
+//     (PUT /v1/kv/{key});
+//   - passthrough (package adapters/passthrough): publishes nothing
+//     (ErrNoPublish), so the sidecar degrades to plain forwarding.
+//
+// The semantics mirror vLLM's KV connector (KVConnectorBase_V1): the engine
+// asks for the longest prefix of a request's token ids whose KV is
+// available, loads it and prefills only the rest. Publish must therefore be
+// complete (the blob stored or pushed) before the request is forwarded.
+package adapters
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/fusionrag/fusionrag/kvstore"
+	"github.com/fusionrag/fusionrag/model"
+	"github.com/valyala/fasthttp"
+)
+
+// Engine is an inference engine as the sidecar uses it. Implementations are
+// safe for concurrent use.
+type Engine interface {
+	// Name is the registered adapter name.
+	Name() string
+	// Publish makes kv, the KV of the token prefix tokens (positions
+	// [0, len(tokens)), K before RoPE; kv.Len() == len(tokens)), available to
+	// requests prepared with namespace ns. It returns when the engine can
+	// find it. ErrNoPublish: this engine cannot take KV; forward the
+	// original request.
+	Publish(ctx context.Context, ns string, tokens []int32, kv *model.Cache) error
+	// Prepare returns body (an OpenAI completions or chat request) rewritten
+	// so that the engine looks up KV published under ns. body is not
+	// modified.
+	Prepare(body []byte, ns string) ([]byte, error)
+	// Forward sends req to the engine and fills resp; the request URI's path
+	// and query are kept, its scheme and host replaced by the engine's. The
+	// ctx deadline (or Config.Timeout) bounds the exchange. Streamed
+	// responses (SSE) arrive in resp.BodyStream() when the engine streams:
+	// read it to the end or call resp.CloseBodyStream().
+	Forward(ctx context.Context, req *fasthttp.Request, resp *fasthttp.Response) error
+	// Health returns nil when the engine serves requests.
+	Health(ctx context.Context) error
+	// Close releases connections and stores the adapter opened.
+	Close() error
+}
+
+// Sentinel errors.
+var (
+	// ErrNoPublish: the adapter cannot hand KV to its engine (passthrough).
+	ErrNoPublish = errors.New("adapters: this engine does not accept published KV")
+	// ErrUnknown: no adapter registered under the name.
+	ErrUnknown = errors.New("adapters: unknown adapter")
+	// ErrConfig: an invalid adapter configuration.
+	ErrConfig = errors.New("adapters: invalid config")
+	// ErrMismatch: the engine serves another model or tokenizer than the
+	// sidecar computes KV with.
+	ErrMismatch = errors.New("adapters: engine model/tokenizer mismatch")
+	// ErrUnhealthy: the engine's health check failed.
+	ErrUnhealthy = errors.New("adapters: engine unhealthy")
+)
+
+// Transports of the native adapter.
+const (
+	TransportStore = "store" // the adapter writes into a shared kvstore the engine reads
+	TransportPush  = "push"  // the adapter sends PUT /v1/kv/{key} to the engine
+)
+
+// Config configures an adapter. Fill what the adapter needs; Normalize
+// validates and fills defaults.
+type Config struct {
+	// URL is the engine's base URL, e.g. "http://127.0.0.1:8000". Required.
+	URL string
+	// Transport is how KV reaches the engine: TransportStore or
+	// TransportPush. Default: store when Store or StoreURL is set, else push.
+	Transport string
+	// Store is the shared store (not closed by the adapter); StoreURL opens
+	// one (kvstore.Open syntax; closed by Close). Needed by TransportStore.
+	Store    kvstore.Store
+	StoreURL string
+	// ModelFingerprint and TokenizerFingerprint identify the model and
+	// tokenizer the sidecar computed KV with (Model.Fingerprint,
+	// Tokenizer.Fingerprint). Empty: taken from the engine (GET /v1/kv).
+	// When set and the engine reports others, Open fails with ErrMismatch.
+	ModelFingerprint, TokenizerFingerprint string
+	// DType of published KV. Default kvstore.Float32 (exact); Float16 or
+	// BFloat16 halve the bytes at the cost of rounding.
+	DType kvstore.DType
+	// Timeout bounds a request without a ctx deadline. Default 10 minutes.
+	Timeout time.Duration
+	// MaxConns bounds connections to the engine. Default 512.
+	MaxConns int
+}
+
+// Normalize fills defaults and validates.
+func (c *Config) Normalize() error {
+	if c.URL == "" {
+		return fmt.Errorf("%w: URL of the engine is required", ErrConfig)
+	}
+	if c.Transport == "" {
+		c.Transport = TransportPush
+		if c.Store != nil || c.StoreURL != "" {
+			c.Transport = TransportStore
+		}
+	}
+	switch c.Transport {
+	case TransportStore:
+		if c.Store == nil && c.StoreURL == "" {
+			return fmt.Errorf("%w: transport %q needs Store or StoreURL", ErrConfig, c.Transport)
+		}
+	case TransportPush:
+	default:
+		return fmt.Errorf("%w: transport %q (want %q or %q)", ErrConfig, c.Transport, TransportStore, TransportPush)
+	}
+	if c.DType == 0 {
+		c.DType = kvstore.Float32
+	}
+	if c.DType.Size() == 0 {
+		return fmt.Errorf("%w: dtype %d", ErrConfig, c.DType)
+	}
+	if c.Timeout == 0 {
+		c.Timeout = 10 * time.Minute
+	}
+	if c.Timeout < 0 {
+		return fmt.Errorf("%w: Timeout %v", ErrConfig, c.Timeout)
+	}
+	if c.MaxConns == 0 {
+		c.MaxConns = 512
+	}
+	if c.MaxConns < 0 {
+		return fmt.Errorf("%w: MaxConns %d", ErrConfig, c.MaxConns)
+	}
+	return nil
+}
+
+// Factory opens an adapter from a normalised config.
+type Factory func(cfg Config) (Engine, error)
+
+var (
+	regMu    sync.RWMutex
+	registry = map[string]Factory{}
+)
+
+// Register makes an adapter available to Open. A duplicate name is a
+// programming error (panic at init).
+func Register(name string, f Factory) {
+	regMu.Lock()
+	defer regMu.Unlock()
+	if _, dup := registry[name]; dup {
+		panic("adapters: registered twice: " + name)
+	}
+	registry[name] = f
+}
+
+// Names lists the registered adapters, sorted.
+func Names() []string {
+	regMu.RLock()
+	defer regMu.RUnlock()
+	n := make([]string, 0, len(registry))
+	for k := range registry {
+		n = append(n, k)
+	}
+	sort.Strings(n)
+	return n
+}
+
+// Open normalises cfg and opens the adapter registered as name.
+func Open(name string, cfg Config) (Engine, error) {
+	regMu.RLock()
+	f, ok := registry[name]
+	regMu.RUnlock()
+	if !ok {
+		return nil, fmt.Errorf("%w %q (registered: %v; import its package)", ErrUnknown, name, Names())
+	}
+	if err := cfg.Normalize(); err != nil {
+		return nil, err
+	}
+	return f(cfg)
+}
+
+// CheckKV validates that kv is the KV of the prefix tokens: same length,
+// positions [0, n), and per-layer arrays of the right size.
+func CheckKV(tokens []int32, kv *model.Cache) error {
+	n := len(tokens)
+	if kv == nil || kv.Len() != n || n == 0 {
+		return fmt.Errorf("adapters: KV holds %d tokens, prefix has %d", kv.Len(), n)
+	}
+	for i, p := range kv.Pos {
+		if p != int32(i) {
+			return fmt.Errorf("adapters: KV entry %d is at position %d; publish a prefix at positions [0, %d)", i, p, n)
+		}
+	}
+	want := n * kv.KVHeads * kv.HeadDim
+	if len(kv.K) != kv.Layers || len(kv.V) != kv.Layers {
+		return fmt.Errorf("adapters: KV has %d/%d layers, want %d", len(kv.K), len(kv.V), kv.Layers)
+	}
+	for l := range kv.Layers {
+		if len(kv.K[l]) != want || len(kv.V[l]) != want {
+			return fmt.Errorf("adapters: KV layer %d has %d/%d values, want %d", l, len(kv.K[l]), len(kv.V[l]), want)
+		}
+	}
+	if slices.ContainsFunc(tokens, func(t int32) bool { return t < 0 }) {
+		return fmt.Errorf("adapters: negative token id")
+	}
+	return nil
+}

@@ -1,0 +1,154 @@
+// Package native is the adapter for this project's engine (package engine):
+// it publishes KV as kvstore blobs under the engine's prefix keys, either
+// into a store the engine shares (transport "store") or with
+// PUT /v1/kv/{key} (transport "push"), and marks forwarded requests with
+// kv_transfer_params so the engine's connector looks them up. Importing
+// the package registers it as "native".
+package native
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+
+	"github.com/fusionrag/fusionrag/adapters"
+	"github.com/fusionrag/fusionrag/engine"
+	"github.com/fusionrag/fusionrag/fingerprint"
+	"github.com/fusionrag/fusionrag/kvstore"
+	"github.com/fusionrag/fusionrag/model"
+	"github.com/valyala/fasthttp"
+)
+
+// Name is the registered adapter name.
+const Name = "native"
+
+func init() { adapters.Register(Name, func(cfg adapters.Config) (adapters.Engine, error) { return Open(cfg) }) }
+
+// Adapter is the native adapter.
+type Adapter struct {
+	*adapters.Forwarder
+	cfg       adapters.Config
+	store     kvstore.Store
+	ownsStore bool
+	info      engine.KVInfo
+}
+
+// Open connects to the engine at cfg.URL, reads its KV parameters
+// (GET /v1/kv) and checks them against cfg's fingerprints.
+func Open(cfg adapters.Config) (*Adapter, error) {
+	if err := cfg.Normalize(); err != nil {
+		return nil, err
+	}
+	fw, err := adapters.NewForwarder(cfg)
+	if err != nil {
+		return nil, err
+	}
+	a := &Adapter{Forwarder: fw, cfg: cfg}
+	ctx, cancel := context.WithTimeout(context.Background(), min(cfg.Timeout, 30e9))
+	defer cancel()
+	code, body, err := fw.Do(ctx, fasthttp.MethodGet, "/v1/kv", "", nil)
+	if err != nil {
+		return nil, fmt.Errorf("native: engine KV info: %w", err)
+	}
+	if code != http.StatusOK {
+		return nil, fmt.Errorf("native: GET /v1/kv: %d %s (is the engine's KV connector configured?)", code, body)
+	}
+	if err := json.Unmarshal(body, &a.info); err != nil {
+		return nil, fmt.Errorf("native: GET /v1/kv: %w", err)
+	}
+	if cfg.ModelFingerprint != "" && cfg.ModelFingerprint != a.info.Model ||
+		cfg.TokenizerFingerprint != "" && cfg.TokenizerFingerprint != a.info.Tokenizer {
+		return nil, fmt.Errorf("%w: sidecar model %s tokenizer %s, engine model %s tokenizer %s", adapters.ErrMismatch,
+			cfg.ModelFingerprint, cfg.TokenizerFingerprint, a.info.Model, a.info.Tokenizer)
+	}
+	if a.info.BlockSize != engine.KVBlockSize {
+		return nil, fmt.Errorf("%w: engine block size %d, adapter %d", adapters.ErrMismatch, a.info.BlockSize, engine.KVBlockSize)
+	}
+	switch cfg.Transport {
+	case adapters.TransportPush:
+		if !a.info.Push {
+			return nil, fmt.Errorf("%w: the engine accepts no pushed KV", adapters.ErrConfig)
+		}
+	case adapters.TransportStore:
+		if !a.info.Shared {
+			return nil, fmt.Errorf("%w: the engine reads no shared store", adapters.ErrConfig)
+		}
+		a.store = cfg.Store
+		if a.store == nil {
+			if a.store, err = kvstore.Open(cfg.StoreURL); err != nil {
+				return nil, fmt.Errorf("native: %w", err)
+			}
+			a.ownsStore = true
+		}
+	}
+	return a, nil
+}
+
+// Name implements adapters.Engine.
+func (a *Adapter) Name() string { return Name }
+
+// Info is the engine's KV parameters as read at Open.
+func (a *Adapter) Info() engine.KVInfo { return a.info }
+
+// Key is the key the engine finds the KV of the prefix tokens under, for
+// requests prepared with namespace ns.
+func (a *Adapter) Key(ns string, tokens []int32) (fingerprint.Key, error) {
+	return fingerprint.PrefixKey(engine.KVNamespace(a.info.Model, a.info.Tokenizer, ns), tokens, len(tokens), engine.KVBlockSize)
+}
+
+// Publish implements adapters.Engine.
+func (a *Adapter) Publish(ctx context.Context, ns string, tokens []int32, kv *model.Cache) error {
+	if !engine.ValidNamespace(ns) {
+		return fmt.Errorf("native: namespace %q must be 1-128 hex digits", ns)
+	}
+	if err := adapters.CheckKV(tokens, kv); err != nil {
+		return err
+	}
+	if kv.Layers != a.info.Layers || kv.KVHeads != a.info.KVHeads || kv.HeadDim != a.info.HeadDim {
+		return fmt.Errorf("%w: KV shape %dx%dx%d, engine %dx%dx%d", adapters.ErrMismatch,
+			kv.Layers, kv.KVHeads, kv.HeadDim, a.info.Layers, a.info.KVHeads, a.info.HeadDim)
+	}
+	key, err := a.Key(ns, tokens)
+	if err != nil {
+		return err
+	}
+	b, err := kvstore.FromFloat32(kvstore.Meta{DType: a.cfg.DType, Layers: kv.Layers, KVHeads: kv.KVHeads,
+		HeadDim: kv.HeadDim, Tokens: len(tokens), PositionFree: true, Key: key,
+		Check: fingerprint.CheckOf(tokens)}, kv.K, kv.V)
+	if err != nil {
+		return fmt.Errorf("native: %w", err)
+	}
+	if a.cfg.Transport == adapters.TransportStore {
+		if err := a.store.Put(ctx, b); err != nil {
+			return fmt.Errorf("native: publish to store: %w", err)
+		}
+		return nil
+	}
+	raw, err := b.Encode()
+	if err != nil {
+		return fmt.Errorf("native: %w", err)
+	}
+	code, body, err := a.Do(ctx, fasthttp.MethodPut, "/v1/kv/"+key.String(), "application/octet-stream", raw)
+	if err != nil {
+		return fmt.Errorf("native: push: %w", err)
+	}
+	if code != http.StatusNoContent && code != http.StatusOK {
+		return fmt.Errorf("native: push: engine answered %d: %s", code, body)
+	}
+	return nil
+}
+
+// Prepare implements adapters.Engine: it sets kv_transfer_params.
+func (a *Adapter) Prepare(body []byte, ns string) ([]byte, error) {
+	return adapters.WithKVParams(body, ns)
+}
+
+// Close implements adapters.Engine.
+func (a *Adapter) Close() error {
+	a.Forwarder.Close()
+	if a.ownsStore {
+		return a.store.Close()
+	}
+	return nil
+}

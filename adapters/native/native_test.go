@@ -1,0 +1,290 @@
+package native_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http/httptest"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fusionrag/fusionrag/adapters"
+	_ "github.com/fusionrag/fusionrag/adapters/native"
+	"github.com/fusionrag/fusionrag/adapters/passthrough"
+	"github.com/fusionrag/fusionrag/engine"
+	"github.com/fusionrag/fusionrag/internal/shareddata"
+	"github.com/fusionrag/fusionrag/kvstore"
+	"github.com/fusionrag/fusionrag/model"
+	"github.com/redis/go-redis/v9"
+	"github.com/valyala/fasthttp"
+)
+
+// startRedis runs a real redis-server on a free loopback port.
+func startRedis(tb testing.TB) string {
+	tb.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		tb.Skip("SKIPPING: redis-server not installed; this test needs a real Redis")
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	cmd := exec.Command(bin, "--port", fmt.Sprint(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", tb.TempDir())
+	if err := cmd.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	c := redis.NewClient(&redis.Options{Addr: addr})
+	defer c.Close()
+	for deadline := time.Now().Add(10 * time.Second); c.Ping(context.Background()).Err() != nil; {
+		if time.Now().After(deadline) {
+			tb.Fatalf("redis-server on %s did not come up", addr)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return addr
+}
+
+type fixture struct {
+	m        *model.Model
+	url      string
+	redisURL string
+	ids      []int32
+	kv       *model.Cache
+}
+
+const prompt = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her friends"
+
+// setup serves the real stories260K model with a connector reading a real
+// Redis (shared store) and an in-memory push store.
+func setup(t *testing.T) *fixture {
+	t.Helper()
+	bin := shareddata.Path(t, "models/stories260K/stories260K.bin")
+	m, err := model.Load(bin, model.LoadOptions{Tokenizer: shareddata.Path(t, "models/stories260K/tok512.bin")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	redisURL := "redis://" + startRedis(t) + "/0"
+	lm := engine.NewModelLM(m)
+	conn, err := engine.OpenConnector(redisURL, "mem://?max=64MiB", lm, m.Tokenizer.Fingerprint())
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := engine.New(engine.Config{}, lm, m.Tokenizer, engine.WithConnector(conn), engine.WithStopIDs(lm.StopIDs()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(e.Handler())
+	t.Cleanup(func() { srv.Close(); e.Close() })
+	ids, err := engine.PromptTokens(m.Tokenizer, nil, engine.Prompt{Text: prompt})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pos := make([]int32, len(ids))
+	for i := range pos {
+		pos[i] = int32(i)
+	}
+	res, err := m.Forward(context.Background(), nil, model.Batch{Tokens: ids, Pos: pos}, model.ForwardOptions{ReturnKV: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &fixture{m: m, url: srv.URL, redisURL: redisURL, ids: ids, kv: res.KV}
+}
+
+type result struct {
+	text   string
+	cached int
+}
+
+// send forwards body through a and returns the completion text and cached
+// tokens, reading an SSE stream when the engine streams.
+func send(t *testing.T, a adapters.Engine, body []byte) result {
+	t.Helper()
+	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseRequest(req)
+	defer fasthttp.ReleaseResponse(resp)
+	req.Header.SetMethod("POST")
+	req.SetRequestURI("http://sidecar.invalid/v1/completions")
+	req.Header.SetContentType("application/json")
+	req.SetBody(body)
+	if err := a.Forward(context.Background(), req, resp); err != nil {
+		t.Fatal(err)
+	}
+	var r io.Reader
+	if s := resp.BodyStream(); s != nil {
+		r = s
+		defer resp.CloseBodyStream()
+	} else {
+		r = strings.NewReader(string(resp.Body()))
+	}
+	if resp.StatusCode() != 200 {
+		b, _ := io.ReadAll(r)
+		t.Fatalf("status %d: %s", resp.StatusCode(), b)
+	}
+	type chunk struct {
+		Choices []struct{ Text string }
+		Usage   *struct {
+			PromptTokensDetails struct {
+				CachedTokens int `json:"cached_tokens"`
+			} `json:"prompt_tokens_details"`
+		}
+	}
+	var out result
+	add := func(c chunk) {
+		for _, ch := range c.Choices {
+			out.text += ch.Text
+		}
+		if c.Usage != nil {
+			out.cached = c.Usage.PromptTokensDetails.CachedTokens
+		}
+	}
+	if strings.HasPrefix(string(resp.Header.ContentType()), "text/event-stream") {
+		sc := bufio.NewScanner(r)
+		for sc.Scan() {
+			data, ok := strings.CutPrefix(sc.Text(), "data: ")
+			if !ok || data == "[DONE]" {
+				continue
+			}
+			var c chunk
+			if err := json.Unmarshal([]byte(data), &c); err != nil {
+				t.Fatalf("event %q: %v", data, err)
+			}
+			add(c)
+		}
+		return out
+	}
+	var c chunk
+	b, _ := io.ReadAll(r)
+	if err := json.Unmarshal(b, &c); err != nil {
+		t.Fatalf("body %q: %v", b, err)
+	}
+	add(c)
+	return out
+}
+
+// TestNativePublishAndForward: over both transports, KV published through
+// the adapter is found by the engine for the prepared request (cached_tokens
+// = prompt - 1) and the greedy answer equals plain prefill's, streaming or
+// not; the unprepared request never sees it.
+func TestNativePublishAndForward(t *testing.T) {
+	f := setup(t)
+	plain := fmt.Sprintf(`{"prompt":%q,"max_tokens":24,"temperature":0}`, prompt)
+	stream := fmt.Sprintf(`{"prompt":%q,"max_tokens":24,"temperature":0,"stream":true,"stream_options":{"include_usage":true}}`, prompt)
+	pt, err := adapters.Open(passthrough.Name, adapters.Config{URL: f.url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pt.Close()
+	base := send(t, pt, []byte(plain))
+	for i, tc := range []struct {
+		transport string
+		dtype     kvstore.DType
+	}{
+		{adapters.TransportPush, kvstore.Float32},
+		{adapters.TransportStore, kvstore.Float32},
+		{adapters.TransportPush, kvstore.Float16},
+	} {
+		t.Run(fmt.Sprintf("%s/%s", tc.transport, tc.dtype), func(t *testing.T) {
+			cfg := adapters.Config{URL: f.url, Transport: tc.transport, DType: tc.dtype,
+				ModelFingerprint: f.m.Fingerprint(), TokenizerFingerprint: f.m.Tokenizer.Fingerprint()}
+			if tc.transport == adapters.TransportStore {
+				cfg.StoreURL = f.redisURL
+			}
+			a, err := adapters.Open("native", cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer a.Close()
+			if err := a.Health(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			ns := fmt.Sprintf("abc%d", i)
+			if err := a.Publish(context.Background(), ns, f.ids, f.kv); err != nil {
+				t.Fatal(err)
+			}
+			for _, body := range []string{plain, stream} {
+				prepared, err := a.Prepare([]byte(body), ns)
+				if err != nil {
+					t.Fatal(err)
+				}
+				got := send(t, a, prepared)
+				if got.cached != len(f.ids)-1 {
+					t.Errorf("cached_tokens %d, want %d", got.cached, len(f.ids)-1)
+				}
+				// fp16 KV is rounded (relative error ~5e-4): the answer may
+				// legitimately differ, so only exact KV must match exactly.
+				if tc.dtype == kvstore.Float32 && got.text != base.text {
+					t.Errorf("answer with published KV %q, plain %q", got.text, base.text)
+				}
+			}
+			if got := send(t, a, []byte(plain)); got.cached != 0 || got.text != base.text {
+				t.Errorf("unprepared request: %+v, want plain %q with no cached tokens", got, base.text)
+			}
+		})
+	}
+}
+
+func TestNativeRefusals(t *testing.T) {
+	f := setup(t)
+	_, err := adapters.Open("native", adapters.Config{URL: f.url, ModelFingerprint: strings.Repeat("0", 32)})
+	if !errors.Is(err, adapters.ErrMismatch) {
+		t.Errorf("other model: err %v, want ErrMismatch", err)
+	}
+	if _, err := adapters.Open("vllm-nope", adapters.Config{URL: f.url}); !errors.Is(err, adapters.ErrUnknown) {
+		t.Errorf("unknown adapter: %v", err)
+	}
+	if _, err := adapters.Open("native", adapters.Config{}); !errors.Is(err, adapters.ErrConfig) {
+		t.Errorf("no URL: %v", err)
+	}
+	a, err := adapters.Open("native", adapters.Config{URL: f.url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	if err := a.Publish(context.Background(), "ab", f.ids[:3], f.kv); err == nil {
+		t.Error("publishing KV of another length succeeded")
+	}
+	if err := a.Publish(context.Background(), "not hex", f.ids, f.kv); err == nil {
+		t.Error("bad namespace accepted")
+	}
+	if _, err := a.Prepare([]byte(`[1]`), "ab"); err == nil {
+		t.Error("Prepare accepted a non-object body")
+	}
+}
+
+func TestPassthrough(t *testing.T) {
+	f := setup(t)
+	a, err := adapters.Open(passthrough.Name, adapters.Config{URL: f.url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Publish(context.Background(), "ab", f.ids, f.kv); !errors.Is(err, adapters.ErrNoPublish) {
+		t.Errorf("Publish: %v, want ErrNoPublish", err)
+	}
+	body := []byte(`{"prompt":"x"}`)
+	if got, _ := a.Prepare(body, "ab"); string(got) != string(body) {
+		t.Errorf("Prepare changed the body: %s", got)
+	}
+	if err := a.Health(context.Background()); err != nil {
+		t.Errorf("Health: %v", err)
+	}
+	a.Close()
+	down, err := adapters.Open(passthrough.Name, adapters.Config{URL: "http://127.0.0.1:1", Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := down.Health(context.Background()); !errors.Is(err, adapters.ErrUnhealthy) {
+		t.Errorf("Health of a dead engine: %v, want ErrUnhealthy", err)
+	}
+}
