@@ -23,7 +23,9 @@ import (
 // Name is the registered adapter name.
 const Name = "native"
 
-func init() { adapters.Register(Name, func(cfg adapters.Config) (adapters.Engine, error) { return Open(cfg) }) }
+func init() {
+	adapters.Register(Name, func(cfg adapters.Config) (adapters.Engine, error) { return Open(cfg) })
+}
 
 // Adapter is the native adapter.
 type Adapter struct {

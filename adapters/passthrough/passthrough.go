@@ -14,7 +14,9 @@ import (
 // Name is the registered adapter name.
 const Name = "passthrough"
 
-func init() { adapters.Register(Name, func(cfg adapters.Config) (adapters.Engine, error) { return Open(cfg) }) }
+func init() {
+	adapters.Register(Name, func(cfg adapters.Config) (adapters.Engine, error) { return Open(cfg) })
+}
 
 // Adapter forwards requests and publishes nothing.
 type Adapter struct {
