@@ -6,14 +6,16 @@ import (
 	"sync/atomic"
 )
 
-// Blocking parameters of the pure-Go GEMM.
+// Blocking parameters of the GEMM.
 //
 // A task owns an output tile out[i0:i1, j0:j1] (at most tileM×tileN) and
-// walks k in blocks of blockK. Inside a block the b rows of one micro-tile
-// (3×blockK floats = 3 KiB) stay in L1 while the a panel (tileM×blockK
-// floats = 64 KiB) streams from L2. Every output is owned by exactly one
-// task, so tasks never share a cache line of out except at tile borders,
-// and the result does not depend on how tasks are spread over goroutines.
+// walks k in blocks of blockK. With the SIMD kernel, each k block of the
+// tile's b rows is packed into 16-column panels (16×blockK floats = 16 KiB,
+// kept in L1) that every 6-row group of a (6×blockK floats, from L2) runs
+// against; the scalar kernels read b rows in place, 3 at a time. Every
+// output is owned by exactly one task, so tasks never share a cache line of
+// out except at tile borders, and the result does not depend on how tasks
+// are spread over goroutines.
 const (
 	blockK = 256
 	tileM  = 72 // a multiple of 6 and 2, the micro-kernel heights
