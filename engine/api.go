@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"math"
 	"strings"
+
+	"github.com/fusionrag/fusionrag/model/tokenizer"
 )
 
 // Prompt is a request's input before tokenization. Exactly one form is set:
@@ -17,14 +19,7 @@ type Prompt struct {
 	Text     string
 	Tokens   []int32
 	IsTokens bool
-	Messages []Message
-}
-
-// Message is one chat message with its text content parts (a plain string
-// content is one part).
-type Message struct {
-	Role  string
-	Parts []string
+	Messages []tokenizer.Message
 }
 
 // Sampling holds the decoding parameters of one request.
@@ -203,7 +198,7 @@ func parsePrompt(raw json.RawMessage) (Prompt, error) {
 
 // parseMessages accepts OpenAI chat messages whose content is a string or an
 // array of {"type": "text", "text": ...} parts.
-func parseMessages(raw json.RawMessage) ([]Message, error) {
+func parseMessages(raw json.RawMessage) ([]tokenizer.Message, error) {
 	var wire []struct {
 		Role    string          `json:"role"`
 		Content json.RawMessage `json:"content"`
@@ -214,7 +209,7 @@ func parseMessages(raw json.RawMessage) ([]Message, error) {
 	if len(wire) == 0 {
 		return nil, badParam("messages", "messages must not be empty")
 	}
-	out := make([]Message, len(wire))
+	out := make([]tokenizer.Message, len(wire))
 	for i, m := range wire {
 		switch m.Role {
 		case "system", "developer", "user", "assistant", "tool":
@@ -223,11 +218,12 @@ func parseMessages(raw json.RawMessage) ([]Message, error) {
 		}
 		out[i].Role = m.Role
 		if len(m.Content) == 0 || string(m.Content) == "null" {
-			continue // e.g. an assistant message with tool calls only
+			out[i].Content = tokenizer.Content{IsString: true} // e.g. an assistant message with tool calls only
+			continue
 		}
 		var s string
 		if json.Unmarshal(m.Content, &s) == nil {
-			out[i].Parts = []string{s}
+			out[i].Content = tokenizer.Text(s)
 			continue
 		}
 		var parts []struct {
@@ -237,13 +233,15 @@ func parseMessages(raw json.RawMessage) ([]Message, error) {
 		if err := json.Unmarshal(m.Content, &parts); err != nil {
 			return nil, badParam(fmt.Sprintf("messages[%d].content", i), "content must be a string or an array of content parts")
 		}
+		texts := make([]string, len(parts))
 		for j, p := range parts {
 			if p.Type != "text" || p.Text == nil {
 				return nil, badParam(fmt.Sprintf("messages[%d].content[%d]", i, j),
 					"only text content parts are supported, got type %q", p.Type)
 			}
-			out[i].Parts = append(out[i].Parts, *p.Text)
+			texts[j] = *p.Text
 		}
+		out[i].Content = tokenizer.TextParts(texts...)
 	}
 	return out, nil
 }

@@ -44,7 +44,7 @@ type Engine struct {
 // Option customises New.
 type Option func(*Engine)
 
-// WithChatTemplate sets the chat template (default PlainChat).
+// WithChatTemplate sets the chat template (default: TemplateOf(tok)).
 func WithChatTemplate(c ChatTemplate) Option { return func(e *Engine) { e.chat = c } }
 
 // WithStopIDs replaces the ids that end generation (default: the
@@ -68,10 +68,16 @@ func New(cfg Config, lm LM, tok tokenizer.Tokenizer, opts ...Option) (*Engine, e
 	if tok.VocabSize() > lm.VocabSize() {
 		return nil, fmt.Errorf("%w: tokenizer has %d ids but the model only %d", ErrConfig, tok.VocabSize(), lm.VocabSize())
 	}
-	e := &Engine{cfg: cfg, lm: lm, tok: tok, chat: PlainChat{}, stopIDs: tok.EOS(), met: newMetrics(),
-		created: time.Now().Unix()}
+	e := &Engine{cfg: cfg, lm: lm, tok: tok, stopIDs: tok.EOS(), met: newMetrics(), created: time.Now().Unix()}
 	for _, o := range opts {
 		o(e)
+	}
+	if e.chat == nil {
+		t, err := TemplateOf(tok)
+		if err != nil {
+			return nil, fmt.Errorf("%w: chat template: %v", ErrConfig, err)
+		}
+		e.chat = t
 	}
 	e.limit = lm.MaxPositions()
 	if cfg.ContextLimit > 0 && cfg.ContextLimit < e.limit {

@@ -104,3 +104,26 @@ func (l *ModelLM) StopIDs() []int32 {
 	}
 	return ids
 }
+
+// NewFromModel builds an engine serving m (which must have a tokenizer):
+// its stop ids, its chat template, and a KV connector over
+// cfg.StoreURL (shared, may be empty) and cfg.PushStoreURL (pushed KV).
+func NewFromModel(cfg Config, m *model.Model) (*Engine, error) {
+	if err := cfg.Normalize(); err != nil {
+		return nil, err
+	}
+	if m.Tokenizer == nil {
+		return nil, fmt.Errorf("%w: the model has no tokenizer (pass one)", ErrConfig)
+	}
+	lm := NewModelLM(m)
+	conn, err := OpenConnector(cfg.StoreURL, cfg.PushStoreURL, lm, m.Tokenizer.Fingerprint())
+	if err != nil {
+		return nil, err
+	}
+	e, err := New(cfg, lm, m.Tokenizer, WithStopIDs(lm.StopIDs()), WithConnector(conn))
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return e, nil
+}

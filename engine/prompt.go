@@ -2,14 +2,14 @@ package engine
 
 import (
 	"fmt"
-	"strings"
 
 	"github.com/fusionrag/fusionrag/model/tokenizer"
 )
 
-// ChatTemplate renders chat messages into the prompt text the model sees.
+// ChatTemplate renders chat messages into the prompt text the model sees;
+// *tokenizer.ChatTemplate implements it.
 type ChatTemplate interface {
-	Render(msgs []Message, addGenerationPrompt bool) (string, error)
+	Render(msgs []tokenizer.Message, addGenerationPrompt bool) (string, error)
 }
 
 // PromptTokens returns the exact token ids the engine runs for p. It is the
@@ -18,10 +18,11 @@ type ChatTemplate interface {
 //
 //   - Token prompts are used as they are (no BOS added, as vLLM does).
 //   - Text prompts are encoded, with BOS first when the tokenizer asks for it.
-//   - Chat messages are rendered with chat (nil: the plain default of
-//     PlainChat), encoded, and BOS is added when the tokenizer asks for it
-//     and the rendered text did not already start with it (templates that
-//     write the BOS token themselves get it exactly once).
+//   - Chat messages are rendered with chat (nil: tokenizer.DefaultChatTemplate,
+//     the plain format of models without a template), encoded, and BOS is
+//     added when the tokenizer asks for it and the rendered text did not
+//     already start with it (templates that write the BOS token themselves
+//     get it exactly once).
 func PromptTokens(tok tokenizer.Tokenizer, chat ChatTemplate, p Prompt) ([]int32, error) {
 	if p.IsTokens {
 		return p.Tokens, nil
@@ -29,7 +30,7 @@ func PromptTokens(tok tokenizer.Tokenizer, chat ChatTemplate, p Prompt) ([]int32
 	text := p.Text
 	if p.Messages != nil {
 		if chat == nil {
-			chat = PlainChat{}
+			chat = tokenizer.DefaultChatTemplate()
 		}
 		var err error
 		if text, err = chat.Render(p.Messages, true); err != nil {
@@ -46,21 +47,13 @@ func PromptTokens(tok tokenizer.Tokenizer, chat ChatTemplate, p Prompt) ([]int32
 	return ids, nil
 }
 
-// PlainChat is the chat format of models that ship no chat template (such as
-// llama2.c checkpoints): the system text, then the user text parts, all
-// separated by blank lines; earlier assistant turns are included the same
-// way. The generation prompt adds nothing: the model continues the text.
-type PlainChat struct{}
-
-// Render implements ChatTemplate.
-func (PlainChat) Render(msgs []Message, addGenerationPrompt bool) (string, error) {
-	var parts []string
-	for _, m := range msgs {
-		for _, p := range m.Parts {
-			if p != "" {
-				parts = append(parts, p)
-			}
-		}
+// TemplateOf returns tok's chat template when it has one (Hugging Face
+// tokenizers with a chat_template), else the plain default.
+func TemplateOf(tok tokenizer.Tokenizer) (*tokenizer.ChatTemplate, error) {
+	if t, ok := tok.(interface {
+		ChatTemplate() (*tokenizer.ChatTemplate, error)
+	}); ok {
+		return t.ChatTemplate()
 	}
-	return strings.Join(parts, "\n\n"), nil
+	return tokenizer.DefaultChatTemplate(), nil
 }
