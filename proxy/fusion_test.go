@@ -102,14 +102,16 @@ func TestFusionPathAndFallbacks(t *testing.T) {
 			p.Release = func() { released.Add(1) }
 			return p, nil
 		},
-		"error":         func(context.Context, *Request) (*Plan, error) { return nil, errors.New("redis: connection refused") },
-		"panic":         func(context.Context, *Request) (*Plan, error) { panic("index out of range") },
-		"hang":          func(ctx context.Context, _ *Request) (*Plan, error) { <-ctx.Done(); return nil, ctx.Err() },
-		"ignores ctx":   func(context.Context, *Request) (*Plan, error) { <-release; return okPlan("late"), nil },
-		"skip":          func(context.Context, *Request) (*Plan, error) { return nil, Skip("too_many_missing") },
-		"nil plan":      func(context.Context, *Request) (*Plan, error) { return nil, nil },
-		"empty params":  func(context.Context, *Request) (*Plan, error) { return &Plan{}, nil },
-		"bad json plan": func(context.Context, *Request) (*Plan, error) { return &Plan{KVTransferParams: map[string]any{"x": func() {}}}, nil },
+		"error":        func(context.Context, *Request) (*Plan, error) { return nil, errors.New("redis: connection refused") },
+		"panic":        func(context.Context, *Request) (*Plan, error) { panic("index out of range") },
+		"hang":         func(ctx context.Context, _ *Request) (*Plan, error) { <-ctx.Done(); return nil, ctx.Err() },
+		"ignores ctx":  func(context.Context, *Request) (*Plan, error) { <-release; return okPlan("late"), nil },
+		"skip":         func(context.Context, *Request) (*Plan, error) { return nil, Skip("too_many_missing") },
+		"nil plan":     func(context.Context, *Request) (*Plan, error) { return nil, nil },
+		"empty params": func(context.Context, *Request) (*Plan, error) { return &Plan{}, nil },
+		"bad json plan": func(context.Context, *Request) (*Plan, error) {
+			return &Plan{KVTransferParams: map[string]any{"x": func() {}}}, nil
+		},
 	}
 	tests := []struct {
 		fuser   string
