@@ -184,8 +184,9 @@ func argmax(x []float32) int {
 }
 
 // buildPrompts makes the fidelity prompts: S = BOS, chunks = stories the
-// model writes from different openings (or, without a tokenizer, from
-// random seed tokens), Q = a short story opening (or a generated snippet).
+// model writes (seeded sampling) from different openings, Q = a short story
+// opening. A model without a tokenizer (synthetic, random weights, whose own
+// text degenerates into one repeated token) gets uniformly random ids.
 func buildPrompts(ctx context.Context, c *FidelityConfig) ([]recompute.Request, error) {
 	m := c.Model
 	cfg := m.Config
@@ -205,12 +206,11 @@ func buildPrompts(ctx context.Context, c *FidelityConfig) ([]recompute.Request, 
 	for p := range c.Prompts {
 		req := recompute.Request{Prefix: prefix}
 		for i := range c.Chunks {
-			var seed []int32
-			if m.Tokenizer != nil {
-				seed = m.Tokenizer.Encode(storyOpenings[(p*c.Chunks+i)%len(storyOpenings)])
-			} else {
-				seed = randomSeed(3)
+			if m.Tokenizer == nil { // random weights write degenerate text (one token repeated): use random ids
+				req.Chunks = append(req.Chunks, randomSeed(c.ChunkTokens))
+				continue
 			}
+			seed := m.Tokenizer.Encode(storyOpenings[(p*c.Chunks+i)%len(storyOpenings)])
 			seed = seed[:min(len(seed), c.ChunkTokens)]
 			gen, err := g.sample(ctx, append(append([]int32(nil), prefix...), seed...), c.ChunkTokens-len(seed))
 			if err != nil {
@@ -221,12 +221,7 @@ func buildPrompts(ctx context.Context, c *FidelityConfig) ([]recompute.Request, 
 		if m.Tokenizer != nil {
 			req.Question = m.Tokenizer.Encode(questionOpenings[p%len(questionOpenings)])
 		} else {
-			seed := randomSeed(2)
-			gen, err := g.sample(ctx, append(append([]int32(nil), prefix...), seed...), 8)
-			if err != nil {
-				return nil, err
-			}
-			req.Question = append(seed, gen...)
+			req.Question = randomSeed(10)
 		}
 		if total := req.Layout().Total() + c.Continuation; total > cfg.MaxPositions {
 			return nil, fmt.Errorf("bench: prompt of %d tokens plus %d continuation exceeds the model's %d positions", req.Layout().Total(), c.Continuation, cfg.MaxPositions)
@@ -408,7 +403,7 @@ func FidelityTable(rows []FidelityRow, elapsed time.Duration) Table {
 		t.Title = fmt.Sprintf("Fidelity on %s (%d prompts, %d next-token distributions)", rows[0].Model, rows[0].Prompts, rows[0].Steps)
 	}
 	for _, r := range rows {
-		t.Rows = append(t.Rows, []string{r.Strategy, pct(r.Ratio), fmt.Sprintf("%.5f", r.KL), pct(r.Top1),
+		t.Rows = append(t.Rows, []string{r.Strategy, pct(r.Ratio), fmt.Sprintf("%.3g", r.KL), pct(r.Top1),
 			f(r.NormalizedFidelity, 1), pct(r.Recomputed), f(r.CostRatio, 3)})
 	}
 	t.Notes = append(t.Notes, "Normalised fidelity = 100 × (KL_reuse − KL) / KL_reuse (reuse = 0, full = 100). Chunk KV is raw (prefill of S + C); "+

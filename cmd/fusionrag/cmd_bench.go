@@ -1,0 +1,266 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/fusionrag/fusionrag/bench"
+	"github.com/fusionrag/fusionrag/internal/shareddata"
+	"github.com/fusionrag/fusionrag/model"
+)
+
+func init() {
+	register("bench", "measurements: bench ttft|fidelity [--quick] [--json FILE] [--out DIR]", runBench)
+	registerBench("fidelity", "KL / top-1 / normalised fidelity of each strategy × ratio against full prefill", benchFidelity)
+	registerBench("ttft", "time to first token of each strategy against full prefill, with FLOP limits", benchTTFT)
+}
+
+// benchCommand is one `fusionrag bench <name>` harness.
+type benchCommand struct {
+	summary string
+	run     func(args []string) error
+}
+
+// benchCommands is the dispatch table; harnesses add themselves with
+// registerBench from their own cmd_bench_*.go init.
+var benchCommands = map[string]benchCommand{}
+
+func registerBench(name, summary string, run func(args []string) error) {
+	benchCommands[name] = benchCommand{summary: summary, run: run}
+}
+
+func runBench(args []string) error {
+	names := make([]string, 0, len(benchCommands))
+	for n := range benchCommands {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
+		fmt.Fprintf(os.Stderr, "usage: fusionrag bench <harness> [flags]\n\nharnesses:\n")
+		for _, n := range names {
+			fmt.Fprintf(os.Stderr, "  %-10s %s\n", n, benchCommands[n].summary)
+		}
+		if len(args) == 0 {
+			return fmt.Errorf("no harness given (one of %s)", strings.Join(names, ", "))
+		}
+		return nil
+	}
+	c, ok := benchCommands[args[0]]
+	if !ok {
+		return fmt.Errorf("unknown harness %q (one of %s)", args[0], strings.Join(names, ", "))
+	}
+	return c.run(args[1:])
+}
+
+// benchFlags are the flags every harness takes.
+type benchFlags struct {
+	quick   bool
+	json    string
+	out     string
+	model   string
+	backend string
+}
+
+func (b *benchFlags) register(fs *flag.FlagSet, modelHelp string) {
+	fs.BoolVar(&b.quick, "quick", false, "a reduced run that finishes in under a minute")
+	fs.StringVar(&b.json, "json", "", "write the result rows as JSON to FILE")
+	fs.StringVar(&b.out, "out", "", "write <harness>.json and <harness>.md into DIR")
+	fs.StringVar(&b.model, "model", "", modelHelp)
+	fs.StringVar(&b.backend, "backend", "", fmt.Sprintf("compute backend %v (default %s)", model.Backends(), model.DefaultBackend))
+}
+
+func (b *benchFlags) output() bench.Output {
+	return bench.Output{Stdout: os.Stdout, JSONFile: b.json, OutDir: b.out}
+}
+
+func benchContext() (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(context.Background(), os.Interrupt)
+}
+
+// fidelityModel is one model of the fidelity benchmark.
+type fidelityModel struct {
+	name string
+	m    *model.Model
+}
+
+// loadFidelityModels resolves --model: "" = stories260K (when the shared data
+// is present) and the synthetic model; "stories260K"; "synthetic"; or a path.
+func loadFidelityModels(spec, backend string) ([]fidelityModel, error) {
+	var out []fidelityModel
+	stories := func() error {
+		dir, err := shareddata.MustDir()
+		if err != nil {
+			return err
+		}
+		m, err := model.Load(filepath.Join(dir, "models", "stories260K", "stories260K.bin"), model.LoadOptions{Backend: backend})
+		if err != nil {
+			return err
+		}
+		out = append(out, fidelityModel{"stories260K", m})
+		return nil
+	}
+	synthetic := func() error {
+		m, err := model.Synthetic(bench.SyntheticFidelityModel(), 7)
+		if err != nil {
+			return err
+		}
+		out = append(out, fidelityModel{"synthetic-6L-128d", m})
+		return nil
+	}
+	var err error
+	switch spec {
+	case "":
+		if _, ok := shareddata.Dir(); ok {
+			err = stories()
+		} else {
+			fmt.Fprintf(os.Stderr, "fusionrag bench fidelity: reference data not found (set %s): stories260K SKIPPED\n", shareddata.EnvVar)
+		}
+		if err == nil {
+			err = synthetic()
+		}
+	case "stories260K":
+		err = stories()
+	case "synthetic":
+		err = synthetic()
+	default:
+		var m *model.Model
+		m, err = model.Load(spec, model.LoadOptions{Backend: backend})
+		if err == nil {
+			out = append(out, fidelityModel{filepath.Base(spec), m})
+		}
+	}
+	if err != nil {
+		for _, fm := range out {
+			fm.m.Close()
+		}
+		return nil, err
+	}
+	return out, nil
+}
+
+func benchFidelity(args []string) error {
+	fs := flag.NewFlagSet("bench fidelity", flag.ContinueOnError)
+	var bf benchFlags
+	bf.register(fs, `model: "stories260K", "synthetic", a model path; default both built-in models`)
+	prompts := fs.Int("prompts", 12, "prompts per model (--quick: 3)")
+	cont := fs.Int("continuation", 24, "teacher-forced continuation tokens per prompt (--quick: 16)")
+	ratios := fs.String("ratios", "0,5,10,15,20,30", "ratios in percent")
+	strategies := fs.String("strategies", "fusionrag,cacheblend,epic", "strategies besides full and reuse")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	rs, err := parsePercents(*ratios)
+	if err != nil {
+		return err
+	}
+	if bf.quick {
+		*prompts, *cont = 3, 16
+	}
+	models, err := loadFidelityModels(bf.model, bf.backend)
+	if err != nil {
+		return err
+	}
+	ctx, stop := benchContext()
+	defer stop()
+	var all []bench.FidelityRow
+	var tables []bench.Table
+	for _, fm := range models {
+		start := time.Now()
+		rows, err := bench.RunFidelity(ctx, bench.FidelityConfig{Model: fm.m, Name: fm.name, Prompts: *prompts,
+			Continuation: *cont, Ratios: rs, Strategies: strings.Split(*strategies, ",")})
+		fm.m.Close()
+		if err != nil {
+			return err
+		}
+		all = append(all, rows...)
+		tables = append(tables, bench.FidelityTable(rows, time.Since(start)))
+	}
+	return bf.output().Write("fidelity", tables, all)
+}
+
+func benchTTFT(args []string) error {
+	fs := flag.NewFlagSet("bench ttft", flag.ContinueOnError)
+	var bf benchFlags
+	bf.register(fs, "model path; default a synthetic 31M-parameter Llama (--quick: 5M)")
+	contexts := fs.String("contexts", "1024,2048,4096", "context sizes in tokens (--quick: 512,1024)")
+	ratio := fs.Float64("ratio", 15, "recompute ratio of the partial strategies, percent")
+	repeats := fs.Int("repeats", 1, "runs per measurement, fastest kept")
+	strategies := fs.String("strategies", "reuse,fusionrag,cacheblend,epic", "strategies timed against full")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if bf.quick && !flagSet(fs, "contexts") {
+		*contexts = "512,1024"
+	}
+	ctxs, err := parseInts(*contexts)
+	if err != nil {
+		return err
+	}
+	if *ratio < 0 || *ratio > 100 {
+		return fmt.Errorf("--ratio %v outside [0, 100]", *ratio)
+	}
+	var m *model.Model
+	name := "synthetic-llama-31M"
+	switch {
+	case bf.model != "":
+		m, err = model.Load(bf.model, model.LoadOptions{Backend: bf.backend})
+		name = filepath.Base(bf.model)
+	case bf.quick:
+		m, err = model.Synthetic(bench.TTFTQuickModel(), 1)
+		name = "synthetic-llama-5M"
+	default:
+		m, err = model.Synthetic(bench.TTFTModel(), 1)
+	}
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	ctx, stop := benchContext()
+	defer stop()
+	start := time.Now()
+	rows, err := bench.RunTTFT(ctx, bench.TTFTConfig{Model: m, Name: name, Contexts: ctxs, Ratio: *ratio / 100,
+		Repeats: *repeats, Strategies: strings.Split(*strategies, ","), Progress: os.Stderr})
+	if err != nil {
+		return err
+	}
+	return bf.output().Write("ttft", []bench.Table{bench.TTFTTable(rows, m.Config.Params(), time.Since(start))}, rows)
+}
+
+func flagSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
+}
+
+func parseInts(s string) ([]int, error) {
+	var out []int
+	for _, p := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(p))
+		if err != nil || n <= 0 {
+			return nil, fmt.Errorf("bad size %q in %q", p, s)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+// parsePercents parses "0,5,15" into [0, 0.05, 0.15], each in [0, 100].
+func parsePercents(s string) ([]float64, error) {
+	var out []float64
+	for _, p := range strings.Split(s, ",") {
+		v, err := strconv.ParseFloat(strings.TrimSpace(p), 64)
+		if err != nil || v < 0 || v > 100 {
+			return nil, fmt.Errorf("bad ratio %q in %q: want percents in [0, 100]", p, s)
+		}
+		out = append(out, v/100)
+	}
+	return out, nil
+}
