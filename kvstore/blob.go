@@ -148,7 +148,7 @@ var blobMagic = [4]byte{'F', 'R', 'K', 'V'}
 type Blob struct {
 	Meta
 	raw     []byte // HeaderSize + payload
-	sealed  bool   // raw came from Decode: valid as is and possibly read-only
+	sealed  bool   // raw is a valid encoding (from Decode or Encode), never written again
 	release func() error
 }
 
@@ -250,8 +250,15 @@ func (b *Blob) Clone() *Blob {
 // Encode returns the encoded blob: header, checksums, payload. For a blob
 // built here it fills the header in place and returns the blob's own buffer
 // (no copy); for a decoded blob it returns the bytes it was decoded from.
+//
+// Encode seals the blob: fill the payload (and Meta) before the first Encode
+// or Put, which must not run concurrently with each other; afterwards the
+// blob is immutable and safe to share, and Encode only returns its bytes.
 func (b *Blob) Encode() ([]byte, error) {
 	if b.sealed {
+		if fingerprint.Key(b.raw[32:48]) != b.Key {
+			return nil, fmt.Errorf("kvstore: blob key changed after Encode (%s, encoded %s)", b.Key, fingerprint.Key(b.raw[32:48]))
+		}
 		return b.raw, nil
 	}
 	n, err := b.PayloadSize()
@@ -280,6 +287,7 @@ func (b *Blob) Encode() ([]byte, error) {
 	binary.LittleEndian.PutUint64(h[64:], uint64(n))
 	binary.LittleEndian.PutUint64(h[72:], xxh3.Hash(b.raw[HeaderSize:]))
 	binary.LittleEndian.PutUint64(h[headerSumOff:], xxh3.Hash(h[:headerSumOff]))
+	b.sealed = true
 	return b.raw, nil
 }
 
