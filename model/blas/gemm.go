@@ -196,9 +196,9 @@ const (
 var useWide = haveAVX
 
 // gemmTileWide computes out[i0:i1, j0:j1] of out = a·b^T with the 6×16
-// micro-kernel. Per k block, the b rows [j0, j1)
-// are packed into panels of 16 columns ([p][16], zero-padded past j1), so
-// the kernel vectorises across outputs: each SIMD lane is one output
+// micro-kernel. Per k block, the b rows [j0, j1) are packed into panels of
+// 16 columns ([p][16], zero-padded past j1), so the kernel vectorises across
+// outputs: each SIMD lane is one output
 // accumulated in increasing p, exactly like the scalar kernels.
 func gemmTileWide(out, a, b []float32, n, k, i0, i1, j0, j1 int) {
 	panels := (j1 - j0 + wideCols - 1) / wideCols
