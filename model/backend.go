@@ -20,6 +20,13 @@ type Backend interface {
 	MatMulT(out, a, b []float32, m, n, k int)
 }
 
+// MatMuler is an optional interface for backends with a plain GEMM:
+// out[m,n] = a[m,k] · b[k,n] (both row-major), used for attention's P·V.
+// Backends without it get the pure-Go blas kernel for that product.
+type MatMuler interface {
+	MatMul(out, a, b []float32, m, n, k int)
+}
+
 // WeightBinder is an optional interface for backends that keep weights on a
 // device (CUDA). Load calls BindWeights once, after the weights are loaded and
 // before the first Forward; a backend may upload them and later recognise a

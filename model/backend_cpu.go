@@ -16,19 +16,13 @@ func (cpuBackend) Name() string { return "cpu" }
 // "cpu" always means the deterministic reference kernel.
 func (cpuBackend) MatMulT(out, a, b []float32, m, n, k int) { blas.Go.MatMulT(out, a, b, m, n, k) }
 
-// dot is a 4-way unrolled dot product; the summation order is fixed.
-func dot(x, y []float32) float32 {
-	y = y[:len(x)]
-	var s0, s1, s2, s3 float32
-	i := 0
-	for ; i+4 <= len(x); i += 4 {
-		s0 += x[i] * y[i]
-		s1 += x[i+1] * y[i+1]
-		s2 += x[i+2] * y[i+2]
-		s3 += x[i+3] * y[i+3]
+// MatMul is blas.Go.MatMul (see MatMuler).
+func (cpuBackend) MatMul(out, a, b []float32, m, n, k int) { blas.Go.MatMul(out, a, b, m, n, k) }
+
+// matMul returns the backend's MatMul, or the pure-Go kernel's.
+func (m *Model) matMul() func(out, a, b []float32, m, n, k int) {
+	if mm, ok := m.backend.(MatMuler); ok {
+		return mm.MatMul
 	}
-	for ; i < len(x); i++ {
-		s0 += x[i] * y[i]
-	}
-	return (s0 + s1) + (s2 + s3)
+	return blas.Go.MatMul
 }

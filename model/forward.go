@@ -397,64 +397,76 @@ func (m *Model) attention(cache *Cache, l int, pos []int32, q, k, v []float32, o
 	out := make([]float32, n*nh*hd)
 	scale := float32(1 / math.Sqrt(float64(hd)))
 	group := nh / kvh
-	// One task per (head, block of queries); a task owns its slice of out,
-	// Weights, and for the sums its own partial row, so results do not
-	// depend on scheduling.
-	const qBlock = 32
+	mm := m.matMul()
+	// One task per (head, block of queries). A block's queries see at most
+	// the keys [0, C+i1) (batch keys after the block are later positions),
+	// so scores are one GEMM [rows, C+i1] = Q_h · K_h^T and the output one
+	// GEMM [rows, hd] = P · V_h; masked keys get weight exactly 0. Each
+	// output is a sum over keys in key order whatever the block, so the
+	// result does not depend on how the batch was split. A task owns its
+	// slice of out, of Weights and its own partial-sum row, so results do
+	// not depend on scheduling either.
+	const qBlock = 64
 	nqb := (n + qBlock - 1) / qBlock
 	var partial []float32 // [nh*nqb, total]
 	if want {
 		partial = make([]float32, nh*nqb*total)
 	}
 	parallelRange(nh*nqb, 1, func(tb, te int) {
-		scores := make([]float32, total)
+		qh := make([]float32, qBlock*hd)
+		oh := make([]float32, qBlock*hd)
+		var scores []float32
 		for t := tb; t < te; t++ {
 			h, qb := t/nqb, t%nqb
 			kh := h / group
-			keys := kr[kh*total*hd : (kh+1)*total*hd]
-			vals := vr[kh*total*hd : (kh+1)*total*hd]
-			for i := qb * qBlock; i < min((qb+1)*qBlock, n); i++ {
-				qi := q[(i*nh+h)*hd : (i*nh+h+1)*hd]
+			i0, i1 := qb*qBlock, min((qb+1)*qBlock, n)
+			rows, keys := i1-i0, C+i1
+			for i := i0; i < i1; i++ {
+				copy(qh[(i-i0)*hd:(i-i0+1)*hd], q[(i*nh+h)*hd:(i*nh+h+1)*hd])
+			}
+			if cap(scores) < rows*keys {
+				scores = make([]float32, rows*keys)
+			}
+			sc := scores[:rows*keys]
+			m.backend.MatMulT(sc, qh, kr[kh*total*hd:(kh*total+keys)*hd], rows, keys, hd)
+			for r := range rows {
+				i := i0 + r
 				p := pos[i]
-				mx := float32(math.Inf(-1))
+				row := sc[r*keys : (r+1)*keys]
 				last := C + i // batch keys after i are later positions
+				mx := float32(math.Inf(-1))
 				for j := 0; j <= last; j++ {
-					if !visible[j] || keyPos[j] > p {
-						scores[j] = float32(math.Inf(-1))
-						continue
+					if visible[j] && keyPos[j] <= p {
+						mx = max(mx, row[j]*scale)
 					}
-					s := dot(qi, keys[j*hd:(j+1)*hd]) * scale
-					scores[j] = s
-					mx = max(mx, s)
 				}
 				var sum float64
-				for j := 0; j <= last; j++ {
-					if math.IsInf(float64(scores[j]), -1) {
-						scores[j] = 0
+				for j := range row {
+					if j > last || !visible[j] || keyPos[j] > p {
+						row[j] = 0
 						continue
 					}
-					e := float32(math.Exp(float64(scores[j] - mx)))
-					scores[j] = e
+					e := float32(math.Exp(float64(row[j]*scale - mx)))
+					row[j] = e
 					sum += float64(e)
 				}
 				inv := float32(1 / sum)
-				oi := out[(i*nh+h)*hd : (i*nh+h+1)*hd]
 				for j := 0; j <= last; j++ {
-					wj := scores[j] * inv
-					if wj == 0 {
-						continue
+					row[j] *= inv
+				}
+				if want {
+					pr := partial[t*total : t*total+keys]
+					for j, w := range row {
+						pr[j] += w
 					}
-					vj := vals[j*hd : (j+1)*hd]
-					for x := range oi {
-						oi[x] += wj * vj[x]
-					}
-					if want {
-						partial[t*total+j] += wj
-						if a.Weights != nil {
-							a.Weights[(h*n+i)*total+j] = wj
-						}
+					if a.Weights != nil {
+						copy(a.Weights[(h*n+i)*total:(h*n+i)*total+keys], row)
 					}
 				}
+			}
+			mm(oh[:rows*hd], sc, vr[kh*total*hd:(kh*total+keys)*hd], rows, hd, keys)
+			for i := i0; i < i1; i++ {
+				copy(out[(i*nh+h)*hd:(i*nh+h+1)*hd], oh[(i-i0)*hd:(i-i0+1)*hd])
 			}
 		}
 	})
