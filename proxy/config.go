@@ -39,7 +39,7 @@ type Config struct {
 
 // Limits bound what one request may cost the sidecar.
 type Limits struct {
-	MaxRequestBody  int64 `yaml:"max_request_body" doc:"Largest request body accepted, bytes; larger ones are answered 413 without contacting the engine." default:"33554432"`
+	MaxRequestBody  int64 `yaml:"max_request_body" doc:"Largest request body accepted, bytes; larger ones are answered 413 (before contacting the engine when Content-Length says so; chunked bodies are cut when they cross it)." default:"33554432"`
 	BufferBody      int   `yaml:"buffer_body" doc:"Request bodies up to this many bytes are read whole before forwarding (and may be retried on a stale upstream connection); larger ones are streamed to the engine." default:"1048576"`
 	MaxFusionBody   int64 `yaml:"max_fusion_body" doc:"Largest body of an eligible route that is parsed for the fusion path; larger ones are passed through." default:"8388608"`
 	MaxChunks       int   `yaml:"max_chunks" doc:"Most chunks one request may carry into the fusion path; more and the request is passed through." default:"64"`
@@ -54,7 +54,7 @@ type Timeouts struct {
 	Read       time.Duration `yaml:"read" doc:"Longest silence from the engine while waiting for or reading a response (time to first byte included); past it 504, or the stream is cut." default:"5m0s"`
 	Write      time.Duration `yaml:"write" doc:"Longest stall while writing a request to the engine." default:"1m0s"`
 	Idle       time.Duration `yaml:"idle" doc:"Idle keep-alive connections to the engine are closed after this." default:"1m0s"`
-	ClientRead time.Duration `yaml:"client_read" doc:"Reading a client's request headers and buffered body." default:"1m0s"`
+	ClientRead time.Duration `yaml:"client_read" doc:"Reading a client's whole request, streamed body included." default:"1m0s"`
 	ClientIdle time.Duration `yaml:"client_idle" doc:"Idle client keep-alive connections are closed after this." default:"2m0s"`
 	Fusion     time.Duration `yaml:"fusion" doc:"Deadline of the fusion path (segment, look up, recompute, publish); past it the original request is forwarded." default:"5s"`
 	Shutdown   time.Duration `yaml:"shutdown" doc:"Grace period for in-flight requests on shutdown." default:"10s"`
