@@ -5,12 +5,12 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"os"
 	"path/filepath"
 	"testing"
 
-	"github.com/fusionrag/fusionrag/model/safetensors"
-
 	"github.com/fusionrag/fusionrag/internal/shareddata"
+	"github.com/fusionrag/fusionrag/model/safetensors"
 )
 
 // TestHFLayoutMatchesLlama2c converts stories260K to the Hugging Face layout
@@ -153,5 +153,30 @@ func TestHalfConversions(t *testing.T) {
 		if got := float32ToBF16(tc.in); got != tc.bf16 {
 			t.Errorf("float32ToBF16(%g) = %#04x, want %#04x", tc.in, got, tc.bf16)
 		}
+	}
+}
+
+// TestLoadFindsHFTokenizer: tokenizer.json (+ tokenizer_config.json) inside
+// an HF directory is loaded through package tokenizer.
+func TestLoadFindsHFTokenizer(t *testing.T) {
+	dir := writeTiny(t, SaveOptions{})
+	tj := `{"version":"1.0","added_tokens":[{"id":1,"content":"<s>","special":true},{"id":2,"content":"</s>","special":true}],
+		"normalizer":null,"pre_tokenizer":{"type":"ByteLevel","add_prefix_space":false,"trim_offsets":true,"use_regex":true},
+		"decoder":{"type":"ByteLevel"},"model":{"type":"BPE","vocab":{"<unk>":0,"<s>":1,"</s>":2,"a":3,"b":4,"ab":5},"merges":["a b"]}}`
+	os.WriteFile(filepath.Join(dir, "tokenizer.json"), []byte(tj), 0o644)
+	os.WriteFile(filepath.Join(dir, "tokenizer_config.json"), []byte(`{"bos_token":"<s>","eos_token":"</s>","add_bos_token":true}`), 0o644)
+	m, err := Load(dir, LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if m.Tokenizer == nil {
+		t.Fatal("tokenizer.json not loaded")
+	}
+	if got := m.Tokenizer.Encode("ab"); len(got) != 1 || got[0] != 5 {
+		t.Errorf("Encode(ab) = %v, want [5]", got)
+	}
+	if m.Tokenizer.BOS() != 1 || !m.Tokenizer.AddBOS() {
+		t.Errorf("BOS %d AddBOS %v, want 1 true", m.Tokenizer.BOS(), m.Tokenizer.AddBOS())
 	}
 }

@@ -135,7 +135,7 @@ func findTokenizer(modelPath string, hf bool) string {
 	dir := filepath.Dir(modelPath)
 	if hf {
 		dir = modelPath
-		if p := filepath.Join(dir, "tokenizer.json"); fileExists(p) && hfTokenizerLoader != nil {
+		if p := filepath.Join(dir, "tokenizer.json"); fileExists(p) {
 			return p
 		}
 	}
@@ -157,17 +157,15 @@ func fileExists(p string) bool {
 	return err == nil && !st.IsDir()
 }
 
-// hfTokenizerLoader loads tokenizer.json files; nil until package tokenizer
-// offers one (then tokenizer.json beside an HF model is used).
-var hfTokenizerLoader func(path string) (tokenizer.Tokenizer, error)
-
-// openTokenizer loads a tokenizer file by its kind.
+// openTokenizer loads a tokenizer by its kind: a directory or *.json is a
+// Hugging Face tokenizer, anything else a llama2.c tok*.bin.
 func openTokenizer(path string) (tokenizer.Tokenizer, error) {
-	if strings.HasSuffix(path, ".json") {
-		if hfTokenizerLoader == nil {
-			return nil, fmt.Errorf("%w tokenizer format %s (supported: llama2.c tok*.bin)", ErrUnsupported, filepath.Base(path))
+	if st, err := os.Stat(path); err == nil && st.IsDir() || strings.HasSuffix(path, ".json") {
+		t, err := tokenizer.LoadHF(path) // tokenizer.json (+ tokenizer_config.json beside it)
+		if err != nil {
+			return nil, err
 		}
-		return hfTokenizerLoader(path)
+		return t, nil
 	}
 	t, err := tokenizer.LoadLlama2c(path)
 	if err != nil {

@@ -97,7 +97,7 @@ func argmaxF(x []float32) int32 {
 
 // Generate prefills prompt (positions [0, len(prompt))) and decodes up to
 // maxTokens ids with s, calling emit with each one (emit returning false
-// stops). It stops at an EOS id, at BOS (llama2.c convention: a generated
+// stops). It stops at an EOS id (the config's or the tokenizer's), at BOS (llama2.c convention: a generated
 // BOS ends the text) and when prompt + output fill MaxPositions. Returns the
 // generated ids (without the stop id).
 func (m *Model) Generate(ctx context.Context, prompt []int32, maxTokens int, s *Sampler, emit func(id int32) bool) ([]int32, error) {
@@ -113,6 +113,11 @@ func (m *Model) Generate(ctx context.Context, prompt []int32, maxTokens int, s *
 	}
 	if m.Config.BOS >= 0 {
 		stop[m.Config.BOS] = true
+	}
+	if m.Tokenizer != nil {
+		for _, e := range m.Tokenizer.EOS() { // generation_config.json's list
+			stop[e] = true
+		}
 	}
 	cache := NewCache(m.Config, min(len(prompt)+maxTokens, m.Config.MaxPositions))
 	pos := make([]int32, len(prompt))
