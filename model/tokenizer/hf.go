@@ -86,7 +86,8 @@ func ParseHF(tokenizerJSON, configJSON, generationJSON []byte) (*HF, error) {
 		Decoder       json.RawMessage `json:"decoder"`
 		Model         struct {
 			Type         string           `json:"type"`
-			Vocab        map[string]int32 `json:"vocab"`
+			VocabRaw     json.RawMessage  `json:"vocab"`
+			Vocab        map[string]int32 `json:"-"`
 			Merges       json.RawMessage  `json:"merges"`
 			UnkToken     *string          `json:"unk_token"`
 			FuseUnk      bool             `json:"fuse_unk"`
@@ -103,6 +104,9 @@ func ParseHF(tokenizerJSON, configJSON, generationJSON []byte) (*HF, error) {
 	m := &tj.Model
 	if m.Type != "BPE" && !(m.Type == "" && m.Merges != nil) {
 		return nil, fmt.Errorf("%w: model type %q (only BPE)", ErrUnsupported, m.Type)
+	}
+	if err := json.Unmarshal(m.VocabRaw, &m.Vocab); err != nil && !isNull(m.VocabRaw) {
+		return nil, fmt.Errorf("%w: BPE vocab: %v", ErrFormat, err)
 	}
 	if m.Dropout != nil && *m.Dropout > 0 && *m.Dropout < 1 {
 		return nil, fmt.Errorf("%w: BPE dropout %v (tokenization would not be deterministic)", ErrUnsupported, *m.Dropout)
@@ -407,9 +411,12 @@ func (t *HF) Encode(text string) []int32 {
 // from. Bytes a normaliser inserted (the SentencePiece "▁" prefix) have no
 // source: a token made only of them gets an empty span at its position. A
 // byte-level token that holds part of a multi-byte character spans the
-// bytes of that character it holds, so spans never overlap and tile the
-// input except for text that produced no token (stripped or unknown without
-// <unk>).
+// bytes of that character it holds. Spans are monotone (Begin and End never
+// decrease) and, where no normaliser rewrote the text, tile the input except
+// for text that produced no token (stripped, or unknown without <unk>).
+// Where a normaliser rewrote a character (NFC) every token holding part of
+// the rewritten bytes spans the whole source character, so neighbours may
+// overlap there.
 func (t *HF) EncodeOffsets(text string) ([]int32, []Span) {
 	return t.encode(text, true)
 }

@@ -1,0 +1,76 @@
+package tokenizer
+
+import (
+	"strings"
+	"testing"
+	"unicode/utf8"
+
+	"golang.org/x/text/unicode/norm"
+)
+
+// FuzzHFRoundTrip checks, on arbitrary bytes (invalid UTF-8 included), for
+// the three real tokenizers: no panic; spans monotone and inside the text;
+// for text the normaliser leaves alone, spans tile the input and decoding
+// gives it back byte for byte (unless special tokens were matched, which
+// SentencePiece prefixes and BOS dropping make lossy, as in the reference);
+// streaming decode equals Decode and emits only whole characters.
+func FuzzHFRoundTrip(f *testing.F) {
+	for _, s := range []string{"Hello world", "  \n\n x", "日本語🎉👨‍👩‍👧‍👦", "\xff\xfe\xc3", "<|eot_id|><s>", "e\u0301", "I'll 123456"} {
+		f.Add(s)
+	}
+	toks := map[string]*HF{}
+	for _, name := range []string{"llama3", "qwen3", "llama2"} {
+		toks[name] = loadHFTest(f, name)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		for name, tok := range toks {
+			ids, spans := tok.EncodeOffsets(s)
+			if len(ids) != len(spans) {
+				t.Fatalf("%s: %d ids, %d spans", name, len(ids), len(spans))
+			}
+			// Spans are monotone; they may overlap only where a
+			// normaliser rewrote a character that tokens then split.
+			var prev Span
+			for i, sp := range spans {
+				if sp.Begin < prev.Begin || sp.End < prev.End || sp.End < sp.Begin || sp.End > len(s) {
+					t.Fatalf("%s %q: span %d = %v after %v", name, s, i, sp, prev)
+				}
+				prev = sp
+			}
+			special := false
+			for _, id := range ids {
+				special = special || tok.IsSpecial(id)
+			}
+			untouched := name != "qwen3" || (utf8.ValidString(s) && norm.NFC.IsNormalString(s))
+			if untouched {
+				at := 0
+				for i, sp := range spans {
+					if sp.Begin != at {
+						t.Fatalf("%s %q: span %d = %v, want begin %d", name, s, i, sp, at)
+					}
+					at = sp.End
+				}
+				if at != len(s) {
+					t.Fatalf("%s %q: spans end at %d of %d", name, s, at, len(s))
+				}
+			}
+			dec := tok.Decode(ids)
+			if untouched && !special && dec != s {
+				t.Fatalf("%s: Decode(Encode(%q)) = %q", name, s, dec)
+			}
+			d := tok.NewDecoder()
+			var sb strings.Builder
+			for _, id := range ids {
+				out := d.Add(id)
+				if utf8.ValidString(dec) && !utf8.ValidString(out) {
+					t.Fatalf("%s %q: streaming emitted %q", name, s, out)
+				}
+				sb.WriteString(out)
+			}
+			sb.WriteString(d.Flush())
+			if sb.String() != dec {
+				t.Fatalf("%s %q: streamed %q, Decode %q", name, s, sb.String(), dec)
+			}
+		}
+	})
+}
