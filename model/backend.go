@@ -1,6 +1,7 @@
 package model
 
 import (
+	"context"
 	"fmt"
 	"sort"
 	"sync"
@@ -34,6 +35,17 @@ type MatMuler interface {
 // (&b[0]). Backends that also implement io.Closer are closed by Model.Close.
 type WeightBinder interface {
 	BindWeights(cfg Config, weights []NamedWeight) error
+}
+
+// Forwarder is an optional interface for backends that run whole passes on
+// a device (CUDA). When the model's backend implements it, Model.Forward
+// validates its arguments, then hands the pass over unchanged: the backend
+// must give Forward's semantics (attention masking and shadowing, Append,
+// the returned fields) and may keep device copies of caches it has seen.
+// The layer-stepping API (Embed, Step, Logits) always runs on the host
+// kernels. Called only after BindWeights succeeded.
+type Forwarder interface {
+	Forward(ctx context.Context, cache *Cache, b Batch, opts ForwardOptions) (*ForwardResult, error)
 }
 
 // NamedWeight is one weight matrix or vector as the model holds it in fp32.

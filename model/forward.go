@@ -195,6 +195,12 @@ func (m *Model) Forward(ctx context.Context, cache *Cache, b Batch, opts Forward
 	if err := cache.check(c); err != nil {
 		return nil, err
 	}
+	if err := m.checkBatch(b); err != nil {
+		return nil, err
+	}
+	if f, ok := m.backend.(Forwarder); ok {
+		return f.Forward(ctx, cache, b, opts)
+	}
 	st, err := m.Embed(b)
 	if err != nil {
 		return nil, err
