@@ -390,9 +390,9 @@ func dot1x1(a0, b0 []float32, o *float32, first bool) {
 	*o = c
 }
 
-// axpy computes y += s·x, four lanes per iteration (independent outputs, so
+// axpyGo computes y += s·x, four lanes per iteration (independent outputs, so
 // unrolling does not reorder any sum).
-func axpy(s float32, x, y []float32) {
+func axpyGo(s float32, x, y []float32) {
 	x = x[:len(y)]
 	i := 0
 	for ; i+4 <= len(y); i += 4 {

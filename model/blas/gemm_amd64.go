@@ -36,3 +36,19 @@ func dot8(a, b []float32, ldb int, c *[8]float32) {
 	}
 	dot8Go(a, b, ldb, c)
 }
+
+//go:noescape
+func axpyAVX(s float32, x *float32, y *float32, n int)
+
+// axpy computes y += s·x (len(x) >= len(y)): the assembly takes whole groups
+// of 32 elements, axpyGo the rest. Elements are independent, so the split
+// changes no bits.
+func axpy(s float32, x, y []float32) {
+	n := len(y) &^ 31
+	if n > 0 && haveAVX {
+		x = x[:len(y)]
+		axpyAVX(s, &x[0], &y[0], n)
+		x, y = x[n:], y[n:]
+	}
+	axpyGo(s, x, y)
+}

@@ -182,3 +182,35 @@ gemvdone:
 	VMOVUPS Y14, (DX)
 	VZEROUPPER
 	RET
+
+// func axpyAVX(s float32, x *float32, y *float32, n int)
+//
+// y[i] = y[i] + s*x[i] for i in [0, n), n a multiple of 32: a rounding
+// multiply then a rounding add per element, like the scalar Go loop.
+TEXT ·axpyAVX(SB), NOSPLIT, $0-32
+	VBROADCASTSS s+0(FP), Y0
+	MOVQ x+8(FP), SI
+	MOVQ y+16(FP), DI
+	MOVQ n+24(FP), CX
+	XORQ AX, AX
+	TESTQ CX, CX
+	JEQ axpydone
+axpyloop:
+	VMULPS (SI)(AX*4), Y0, Y1
+	VMULPS 32(SI)(AX*4), Y0, Y2
+	VMULPS 64(SI)(AX*4), Y0, Y3
+	VMULPS 96(SI)(AX*4), Y0, Y4
+	VADDPS (DI)(AX*4), Y1, Y1
+	VADDPS 32(DI)(AX*4), Y2, Y2
+	VADDPS 64(DI)(AX*4), Y3, Y3
+	VADDPS 96(DI)(AX*4), Y4, Y4
+	VMOVUPS Y1, (DI)(AX*4)
+	VMOVUPS Y2, 32(DI)(AX*4)
+	VMOVUPS Y3, 64(DI)(AX*4)
+	VMOVUPS Y4, 96(DI)(AX*4)
+	ADDQ $32, AX
+	CMPQ AX, CX
+	JNE axpyloop
+axpydone:
+	VZEROUPPER
+	RET

@@ -10,3 +10,5 @@ func mulAdd6x16(a []float32, lda int, b []float32, kc int, c *[96]float32) {
 }
 
 func dot8(a, b []float32, ldb int, c *[8]float32) { dot8Go(a, b, ldb, c) }
+
+func axpy(s float32, x, y []float32) { axpyGo(s, x, y) }
