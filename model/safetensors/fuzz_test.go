@@ -3,6 +3,8 @@ package safetensors
 import (
 	"bytes"
 	"errors"
+	"os"
+	"path/filepath"
 	"testing"
 )
 
@@ -58,6 +60,34 @@ func FuzzParseHeader(f *testing.F) {
 		again, err := Encode(ts, f.Metadata)
 		if err != nil || !bytes.Equal(again, buf) {
 			t.Fatalf("Encode is not stable across a round trip (err %v)", err)
+		}
+	})
+}
+
+// FuzzDecode feeds whole files: Decode must never panic, and every tensor of
+// an accepted file must lie inside it and convert (or refuse) cleanly.
+func FuzzDecode(f *testing.F) {
+	if golden, err := os.ReadFile(filepath.Join("testdata", "golden.safetensors")); err == nil {
+		f.Add(golden)
+	}
+	f.Add(rawFile(`{"a":{"dtype":"F16","shape":[2],"data_offsets":[0,4]}}`, []byte{0, 0x3c, 0, 0xbc}))
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, file []byte) {
+		fl, err := Decode(file)
+		if err != nil {
+			return
+		}
+		for name, tn := range fl.Tensors {
+			if name != tn.Name {
+				t.Fatalf("tensor stored under %q is named %q", name, tn.Name)
+			}
+			size, _ := tn.DType.Size()
+			if len(tn.Data) != tn.NumElements()*size {
+				t.Fatalf("%s: %d bytes for shape %v", name, len(tn.Data), tn.Shape)
+			}
+			if v, err := tn.Float32(); err == nil && len(v) != tn.NumElements() {
+				t.Fatalf("%s: Float32 gave %d values for shape %v", name, len(v), tn.Shape)
+			}
 		}
 	})
 }
