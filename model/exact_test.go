@@ -2,6 +2,7 @@ package model
 
 import (
 	"context"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"testing"
@@ -343,4 +344,26 @@ func keys(m map[int]*Attention) []int {
 		k = append(k, l)
 	}
 	return k
+}
+
+// TestConcurrentForward: one model serves concurrent passes (run with -race).
+func TestConcurrentForward(t *testing.T) {
+	m := loadStories(t)
+	toks := randomTokens(m, 40, 8)
+	want := fullForward(t, m, toks, 300).Logits // positions past the first RoPE table growth
+	errs := make(chan error, 4)
+	for range 4 {
+		go func() {
+			r, err := m.Forward(context.Background(), nil, Batch{Tokens: toks, Pos: seq(300, 340)}, ForwardOptions{Logits: allRows(40)})
+			if err == nil && maxDiff(t, "logits", r.Logits, want) != 0 {
+				err = fmt.Errorf("concurrent pass differs from a lone one")
+			}
+			errs <- err
+		}()
+	}
+	for range 4 {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
 }
