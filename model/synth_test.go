@@ -6,7 +6,8 @@ import (
 
 // syntheticTestModels writes small synthetic HF models covering what
 // stories260K does not (rotate_half RoPE, llama3 rope scaling in all three
-// frequency bands, Qwen2 QKV bias, untied classifier, bf16 storage, shards)
+// frequency bands, Qwen2 QKV bias, untied classifier, bf16/f16 storage,
+// shards, Mistral with a single KV head)
 // and loads them back through Load.
 func syntheticTestModels(t *testing.T) map[string]*Model {
 	t.Helper()
@@ -19,6 +20,8 @@ func syntheticTestModels(t *testing.T) map[string]*Model {
 	llama3.RopeTheta = 500000
 	qwen := base
 	qwen.Arch, qwen.QKVBias, qwen.TiedEmbeddings, qwen.KVHeads = ArchQwen2, true, false, 1
+	mistral := base
+	mistral.Arch, mistral.KVHeads, mistral.TiedEmbeddings = ArchMistral, 1, false
 	specs := []struct {
 		name string
 		cfg  Config
@@ -26,6 +29,7 @@ func syntheticTestModels(t *testing.T) map[string]*Model {
 	}{
 		{"synthetic-llama3", llama3, SaveOptions{}},
 		{"synthetic-qwen2-bf16-sharded", qwen, SaveOptions{DType: "BF16", Shards: 3}},
+		{"synthetic-mistral-f16", mistral, SaveOptions{DType: "F16"}},
 	}
 	out := map[string]*Model{}
 	for i, s := range specs {

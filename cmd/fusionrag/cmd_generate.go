@@ -24,7 +24,7 @@ func runGenerate(args []string) error {
 	prompt := fs.String("prompt", "", "prompt text (BOS is added when the tokenizer says so)")
 	maxTokens := fs.Int("max-tokens", 256, "maximum number of generated tokens")
 	temperature := fs.Float64("temperature", 1.0, "sampling temperature; 0 = greedy")
-	topP := fs.Float64("top-p", 0, "nucleus sampling threshold in (0, 1); 0 or 1 = off")
+	topP := fs.Float64("top-p", 0.9, "nucleus sampling threshold in (0, 1), as llama2.c run.c; 0 or 1 = off")
 	seed := fs.Uint64("seed", 0, "random seed for sampling")
 	backend := fs.String("backend", "", fmt.Sprintf("compute backend %v (default %s)", model.Backends(), model.DefaultBackend))
 	echo := fs.Bool("echo", false, "print the prompt before the continuation")
