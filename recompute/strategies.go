@@ -186,12 +186,16 @@ func runCacheBlend(ctx context.Context, j *Job) error {
 	qK, qV := make([][]float32, mc.Layers), make([][]float32, mc.Layers)
 	rows := seq(0, nc+nq) // batch row r of the current state is context row rows[r]
 	check := j.r.cfg.CheckLayer
+	// While every context token is in the batch, all assembled context
+	// entries are shadowed: attend to S's entries only (same result, without
+	// rotating and skipping N stale keys per layer).
+	prefixOnly := asm.Slice(0, span.Begin)
 	for l := range mc.Layers {
-		phase := PhaseSelect
+		phase, against := PhaseSelect, prefixOnly
 		if l > check {
-			phase = PhaseRecompute
+			phase, against = PhaseRecompute, asm
 		}
-		r, err := j.Step(ctx, phase, asm, st, model.StepOptions{})
+		r, err := j.Step(ctx, phase, against, st, model.StepOptions{})
 		if err != nil {
 			return err
 		}
