@@ -163,6 +163,13 @@ func TestLoadBadInput(t *testing.T) {
 			os.WriteFile(p, append(b, make([]byte, 100)...), 0o644)
 			return p
 		}, ErrFormat, "implies"},
+		{"llama2c export v2", func(t *testing.T) string {
+			p := filepath.Join(t.TempDir(), "m.bin")
+			b := binary.LittleEndian.AppendUint32(nil, 0x616b3432)
+			b = binary.LittleEndian.AppendUint32(b, 2)
+			os.WriteFile(p, append(b, make([]byte, 256)...), 0o644)
+			return p
+		}, ErrUnsupported, "export version 2"},
 		{"llama2c absurd header", func(t *testing.T) string {
 			p := filepath.Join(t.TempDir(), "m.bin")
 			var b []byte

@@ -22,6 +22,10 @@ import (
 // and wcls[vocab,dim] only when vocab_size is negative (unshared classifier).
 const llama2cHeader = 7 * 4
 
+// llama2cMagic starts the newer llama2.c export formats (version 1 fp32,
+// version 2 int8), which are refused.
+const llama2cMagic = 0x616b3432
+
 // loadLlama2c reads a llama2.c checkpoint. RoPE is interleaved (adjacent
 // pairs), theta 10000, RMSNorm eps 1e-5, BOS 1, EOS 2.
 func loadLlama2c(path string) (*Model, error) {
@@ -41,6 +45,10 @@ func loadLlama2c(path string) (*Model, error) {
 func parseLlama2c(raw []byte) (*Model, error) {
 	if len(raw) < llama2cHeader {
 		return nil, fmt.Errorf("%w: %d bytes, shorter than the llama2.c header", ErrFormat, len(raw))
+	}
+	if magic := binary.LittleEndian.Uint32(raw); magic == llama2cMagic {
+		return nil, fmt.Errorf("%w llama2.c export version %d (header magic \"ak42\"); supported: the legacy version 0 checkpoints run.c reads",
+			ErrUnsupported, int32(binary.LittleEndian.Uint32(raw[4:])))
 	}
 	var h [7]int32
 	for i := range h {
