@@ -53,7 +53,10 @@ func TestLoadBadInput(t *testing.T) {
 		wantErr error  // nil: any error
 		wantMsg string // substring of the message
 	}{
-		{"missing path", func(t *testing.T) string { return filepath.Join(t.TempDir(), "nope") }, nil, "no such file"},
+		{"missing path", func(t *testing.T) string { return filepath.Join(t.TempDir(), "nope.bin") }, nil, "no such file"},
+		{"safetensors file instead of dir", func(t *testing.T) string {
+			return filepath.Join(writeTiny(t, SaveOptions{}), "model.safetensors")
+		}, ErrUnsupported, "pass the directory"},
 		{"dir without config.json", func(t *testing.T) string { return t.TempDir() }, nil, "not a Hugging Face model directory"},
 		{"unknown architecture", func(t *testing.T) string {
 			d := writeTiny(t, SaveOptions{})

@@ -22,6 +22,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"strings"
 	"sync"
 	"unsafe"
 
@@ -100,10 +101,14 @@ func Load(path string, opts LoadOptions) (*Model, error) {
 		return nil, fmt.Errorf("model: %w", err)
 	}
 	var m *Model
-	if st.IsDir() {
+	switch {
+	case st.IsDir():
 		m, err = loadHF(path)
-	} else {
+	case strings.HasSuffix(path, ".bin"):
 		m, err = loadLlama2c(path)
+	default:
+		return nil, fmt.Errorf("%w model path %s: supported are a Hugging Face model directory (config.json + *.safetensors; pass the directory, not a file in it) and a llama2.c checkpoint (*.bin)",
+			ErrUnsupported, path)
 	}
 	if err != nil {
 		return nil, err
