@@ -10,6 +10,7 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -195,7 +196,7 @@ type exchange struct {
 
 func (x *exchange) firstByte() {
 	if x.ttft.CompareAndSwap(false, true) {
-		x.p.tel.ttft.Record(x.ctx, time.Since(x.start).Seconds(), metric.WithAttributes(attribute.String("path", x.path)))
+		x.p.tel.ttft.Record(x.ctx, time.Since(x.start).Seconds(), x.p.tel.pathOpt(x.path))
 	}
 }
 
@@ -214,9 +215,8 @@ func (x *exchange) finish(err error) {
 	if x.plan != nil && x.plan.Release != nil {
 		x.plan.Release()
 	}
-	attrs := metric.WithAttributes(attribute.String("path", x.path), attribute.String("route", x.route.String()))
-	x.p.tel.requests.Add(x.ctx, 1, attrs)
-	x.p.tel.duration.Record(x.ctx, time.Since(x.start).Seconds(), metric.WithAttributes(attribute.String("path", x.path)))
+	x.p.tel.requests.Add(x.ctx, 1, x.p.tel.pathRouteOpt(x.path, x.route))
+	x.p.tel.duration.Record(x.ctx, time.Since(x.start).Seconds(), x.p.tel.pathOpt(x.path))
 	x.span.SetAttributes(attribute.String(AttrPath, x.path))
 	if x.reason != "" {
 		x.span.SetAttributes(attribute.String(AttrFallbackReason, x.reason))
@@ -497,6 +497,9 @@ func (p *Proxy) forward(ctx *fasthttp.RequestCtx, x *exchange, body []byte, stre
 	p.respond(ctx, x, resp)
 }
 
+// smallBody is the largest response body read whole before answering.
+const smallBody = 64 << 10
+
 // respond copies the engine's status and headers and relays its body.
 func (p *Proxy) respond(ctx *fasthttp.RequestCtx, x *exchange, resp *fasthttp.Response) {
 	resp.Header.CopyTo(&ctx.Response.Header)
@@ -512,6 +515,27 @@ func (p *Proxy) respond(ctx *fasthttp.RequestCtx, x *exchange, resp *fasthttp.Re
 		_ = resp.CloseBodyStream()
 		fasthttp.ReleaseResponse(resp)
 		x.firstByte()
+		x.finish(nil)
+		return
+	}
+	if cl > 0 && cl <= smallBody {
+		// Small bodies are read at once so the engine connection goes back
+		// to the pool before the client is written to.
+		buf := make([]byte, cl)
+		_, err := io.ReadFull(bs, buf)
+		if err != nil {
+			if bsc, ok := bs.(fasthttp.ReadCloserWithError); ok {
+				_ = bsc.CloseWithError(err)
+			}
+			fasthttp.ReleaseResponse(resp)
+			ctx.Response.Reset()
+			p.upstreamError(ctx, x, err)
+			return
+		}
+		_ = resp.CloseBodyStream()
+		fasthttp.ReleaseResponse(resp)
+		x.firstByte()
+		ctx.Response.SetBodyRaw(buf)
 		x.finish(nil)
 		return
 	}
@@ -553,11 +577,43 @@ func (p *Proxy) upstreamError(ctx *fasthttp.RequestCtx, x *exchange, err error) 
 func (p *Proxy) reject(ctx *fasthttp.RequestCtx, x *exchange, status int, code, msg string) {
 	x.path = PathRejected
 	if status == fasthttp.StatusRequestEntityTooLarge {
-		ctx.SetConnectionClose() // the unread body makes the connection unusable
+		lingerError(ctx, status, code, msg)
+	} else {
+		writeError(ctx, status, "invalid_request_error", code, msg)
 	}
-	writeError(ctx, status, "invalid_request_error", code, msg)
 	x.firstByte()
 	x.finish(nil)
+}
+
+// Bounds of the lingering close after a 413.
+const (
+	lingerTime  = 2 * time.Second
+	lingerBytes = 64 << 20
+)
+
+// lingerError answers with an error while the client may still be sending a
+// body it will never be asked for: it writes the response itself on the
+// hijacked connection, then reads and discards what the client still sends
+// (bounded in time and bytes) before closing. Closing at once would make the
+// kernel reset the connection over the unread data, and the client would
+// see a reset instead of the 413.
+func lingerError(ctx *fasthttp.RequestCtx, status int, code, msg string) {
+	resp := fasthttp.AcquireResponse()
+	resp.SetStatusCode(status)
+	resp.Header.SetContentType("application/json")
+	b, _ := json.Marshal(map[string]any{"error": map[string]any{"message": msg, "type": "invalid_request_error", "param": nil, "code": code}})
+	resp.SetBody(b)
+	resp.SetConnectionClose()
+	ctx.HijackSetNoResponse(true)
+	ctx.Hijack(func(c net.Conn) {
+		defer fasthttp.ReleaseResponse(resp)
+		bw := bufio.NewWriter(c)
+		if resp.Write(bw) != nil || bw.Flush() != nil {
+			return
+		}
+		_ = c.SetReadDeadline(time.Now().Add(lingerTime))
+		_, _ = io.CopyN(io.Discard, c, lingerBytes)
+	})
 }
 
 // writeError writes an OpenAI-style error body.

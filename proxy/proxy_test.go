@@ -24,7 +24,7 @@ import (
 
 // testTelemetry builds providers without any exporter, whatever the
 // environment of the test process says.
-func testTelemetry(t *testing.T) *Telemetry {
+func testTelemetry(t testing.TB) *Telemetry {
 	t.Helper()
 	tel, err := NewTelemetry(context.Background(), func(string) (string, bool) { return "", false })
 	if err != nil {
@@ -36,7 +36,7 @@ func testTelemetry(t *testing.T) *Telemetry {
 
 // startProxy serves a proxy for cfg (Upstream must be set) on a loopback
 // port and returns it with its base URL.
-func startProxy(t *testing.T, cfg Config, opts ...Option) (*Proxy, string) {
+func startProxy(t testing.TB, cfg Config, opts ...Option) (*Proxy, string) {
 	t.Helper()
 	cfg.Listen = "127.0.0.1:0"
 	opts = append([]Option{WithTelemetry(testTelemetry(t)), WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil)))}, opts...)

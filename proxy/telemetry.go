@@ -38,6 +38,25 @@ type Telemetry struct {
 
 	hits, misses atomic.Int64
 	breakerState func() gobreaker.State
+
+	// Attribute sets of the hot path, built once: building a set per
+	// request costs allocations and a sort.
+	byPath      map[string]metric.MeasurementOption
+	byPathRoute map[string]metric.MeasurementOption
+}
+
+func (t *Telemetry) pathOpt(path string) metric.MeasurementOption {
+	if o, ok := t.byPath[path]; ok {
+		return o
+	}
+	return metric.WithAttributes(attribute.String("path", path))
+}
+
+func (t *Telemetry) pathRouteOpt(path string, r Route) metric.MeasurementOption {
+	if o, ok := t.byPathRoute[path+"|"+r.String()]; ok {
+		return o
+	}
+	return metric.WithAttributes(attribute.String("path", path), attribute.String("route", r.String()))
 }
 
 // NewTelemetry builds the providers. env looks variables up (os.LookupEnv);
@@ -65,6 +84,9 @@ func NewTelemetry(ctx context.Context, env func(string) (string, bool)) (*Teleme
 	}
 	switch exporter {
 	case "", "none":
+		// Nothing is exported: make spans non-recording so they cost
+		// next to nothing on the hot path.
+		topts = append(topts, sdktrace.WithSampler(sdktrace.NeverSample()))
 	case "otlp":
 		proto := get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
 		if proto == "" {
@@ -84,6 +106,14 @@ func NewTelemetry(ctx context.Context, env func(string) (string, bool)) (*Teleme
 	t := &Telemetry{tp: sdktrace.NewTracerProvider(topts...), reader: sdkmetric.NewManualReader()}
 	t.mp = sdkmetric.NewMeterProvider(sdkmetric.WithReader(t.reader), sdkmetric.WithResource(res))
 	t.tracer = t.tp.Tracer(instrumentationName)
+	t.byPath = map[string]metric.MeasurementOption{}
+	t.byPathRoute = map[string]metric.MeasurementOption{}
+	for _, path := range []string{PathFusion, PathPassthrough, PathFallback, PathRejected} {
+		t.byPath[path] = metric.WithAttributeSet(attribute.NewSet(attribute.String("path", path)))
+		for _, r := range []Route{RouteOther, RouteChat, RouteCompletions} {
+			t.byPathRoute[path+"|"+r.String()] = metric.WithAttributeSet(attribute.NewSet(attribute.String("path", path), attribute.String("route", r.String())))
+		}
+	}
 	if err := t.instruments(); err != nil {
 		return nil, err
 	}
