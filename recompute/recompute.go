@@ -108,7 +108,8 @@ type Config struct {
 	BlockSize int
 	// CheckLayer is cacheblend's check layer: layers [0, CheckLayer] are
 	// recomputed in full and the deviation is measured at CheckLayer.
-	// Default 1 (as in CacheBlend); must be in [0, Layers).
+	// 0 selects the default, 1 (as in CacheBlend; layer 0's K and V depend on
+	// the token alone, so they never deviate); must be below Layers.
 	CheckLayer int
 	// NoStoreBack disables storing KV computed on a miss.
 	NoStoreBack bool
