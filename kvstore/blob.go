@@ -195,6 +195,20 @@ func (b *Blob) Float32() (k, v [][]float32) {
 	return k, v
 }
 
+// DecodeLayer converts layer l's K and V into k and v, each
+// [tokens, kvHeads, headDim] (LayerElems long), without allocating.
+func (b *Blob) DecodeLayer(l int, k, v []float32) error {
+	if l < 0 || l >= b.Layers {
+		return fmt.Errorf("kvstore: layer %d out of [0, %d)", l, b.Layers)
+	}
+	if n := b.LayerElems(); len(k) != n || len(v) != n {
+		return fmt.Errorf("kvstore: layer buffers hold %d and %d elements, want %d", len(k), len(v), n)
+	}
+	DecodeFloat32(k, b.K(l), b.DType)
+	DecodeFloat32(v, b.V(l), b.DType)
+	return nil
+}
+
 // Payload returns the payload bytes.
 func (b *Blob) Payload() []byte { return b.raw[HeaderSize:] }
 

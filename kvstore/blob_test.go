@@ -34,6 +34,8 @@ func testTokens(id, n int) []int32 {
 
 type shape struct{ layers, kvHeads, headDim, tokens int }
 
+func (s shape) LayerElems() int { return s.tokens * s.kvHeads * s.headDim }
+
 // testFloats returns deterministic per-layer K and V for a shape.
 func testFloats(s shape, seed uint64) (k, v [][]float32) {
 	r := rand.New(rand.NewPCG(seed, 99))
@@ -122,6 +124,16 @@ func TestBlobRoundTrip(t *testing.T) {
 				if diff := cmp.Diff(roundTrip(wv[l], dt), v[l]); diff != "" {
 					t.Errorf("layer %d V (-want +got):\n%s", l, diff)
 				}
+			}
+			k0, v0 := make([]float32, small.LayerElems()), make([]float32, small.LayerElems())
+			if err := d.DecodeLayer(1, k0, v0); err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(k[1], k0); diff != "" {
+				t.Errorf("DecodeLayer K (-Float32 +DecodeLayer):\n%s", diff)
+			}
+			if d.DecodeLayer(2, k0, v0) == nil || d.DecodeLayer(0, k0[:1], v0) == nil {
+				t.Error("DecodeLayer accepted a bad layer or buffer")
 			}
 			if dt == Float32 {
 				view, ok := AsFloat32(d.K(1))

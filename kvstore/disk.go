@@ -273,7 +273,11 @@ func (d *Disk) evictOne() {
 }
 
 // Put implements Store: it writes a temporary file and renames it into place,
-// so readers see the old blob or the new one, never a partial one.
+// so readers see the old blob or the new one, never a partial one. The
+// temporary file is reserved against the budget while it is written and an
+// old file under the same key stays counted until the rename replaces it, so
+// the bytes on disk never exceed the budget. Renames and evictions happen
+// under one lock and cannot interleave.
 func (d *Disk) Put(ctx context.Context, b *Blob) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -291,9 +295,6 @@ func (d *Disk) Put(ctx context.Context, b *Blob) error {
 		d.mu.Unlock()
 		return ErrClosed
 	}
-	if old, ok := d.index[b.Key]; ok {
-		d.unindex(old) // the rename below replaces its file
-	}
 	for d.used+cost > d.cfg.MaxBytes && d.lru.Len() > 0 {
 		d.evictOne()
 	}
@@ -306,19 +307,32 @@ func (d *Disk) Put(ctx context.Context, b *Blob) error {
 	d.used += cost // reserved while writing
 	d.mu.Unlock()
 
-	err = d.write(b.Key, raw)
+	tmp, err := d.writeTemp(b.Key, raw)
 
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.used -= cost
+	if err == nil && d.closed {
+		err = ErrClosed
+	}
+	final := d.path(b.Key)
+	if err == nil {
+		err = os.MkdirAll(filepath.Dir(final), 0o755)
+	}
+	if err == nil {
+		err = os.Rename(tmp, final)
+	}
 	if err != nil {
+		if tmp != "" {
+			os.Remove(tmp)
+		}
+		if errors.Is(err, ErrClosed) {
+			return err
+		}
 		d.errors.Add(1)
 		return fmt.Errorf("disk: %w", err)
 	}
-	if d.closed {
-		return ErrClosed
-	}
-	if old, ok := d.index[b.Key]; ok { // a concurrent Put of the same key
+	if old, ok := d.index[b.Key]; ok { // its file was just replaced
 		d.unindex(old)
 	}
 	e := &diskEntry{key: b.Key, cost: cost}
@@ -330,15 +344,12 @@ func (d *Disk) Put(ctx context.Context, b *Blob) error {
 	return nil
 }
 
-func (d *Disk) write(key fingerprint.Key, raw []byte) error {
-	final := d.path(key)
-	if err := os.MkdirAll(filepath.Dir(final), 0o755); err != nil {
-		return err
-	}
+// writeTemp writes raw to a new temporary file and returns its path.
+func (d *Disk) writeTemp(key fingerprint.Key, raw []byte) (string, error) {
 	tmp := filepath.Join(d.cfg.Dir, "tmp", key.String()+"."+strconv.FormatUint(d.tmpSeq.Add(1), 10))
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
-		return err
+		return "", err
 	}
 	_, err = f.Write(raw)
 	if err == nil && d.cfg.Fsync {
@@ -347,13 +358,11 @@ func (d *Disk) write(key fingerprint.Key, raw []byte) error {
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
-	if err == nil {
-		err = os.Rename(tmp, final)
-	}
 	if err != nil {
 		os.Remove(tmp)
+		return "", err
 	}
-	return err
+	return tmp, nil
 }
 
 // Has implements Store.
