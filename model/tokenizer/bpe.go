@@ -20,6 +20,12 @@ type bpe struct {
 	prefix       string // continuing_subword_prefix
 	suffix       string // end_of_word_suffix
 	byteIDs      [256]int32
+	// wordStart, when set ("▁" for SentencePiece vocabularies), is a
+	// string that no token has after another character unless that is
+	// wordStart too: no merge can cross a boundary before it, so long
+	// pieces are cut there into words that are merged (and cached) alone
+	// with the same result.
+	wordStart string
 
 	cache wordCache
 }
@@ -40,6 +46,62 @@ func (m *bpe) tokenize(w string) []piece {
 	ps := m.tokenizeUncached(w)
 	m.cache.put(w, ps)
 	return ps
+}
+
+// tokenizeWords is tokenize for a piece that may be long text: it is cut
+// before every wordStart that follows another character (see wordStart).
+func (m *bpe) tokenizeWords(w string, emit func(p piece, off int)) {
+	if m.wordStart == "" {
+		for _, p := range m.tokenize(w) {
+			emit(p, 0)
+		}
+		return
+	}
+	start := 0
+	for i := 1; i < len(w); {
+		k := strings.Index(w[i:], m.wordStart)
+		if k < 0 {
+			break
+		}
+		i += k
+		if !strings.HasSuffix(w[:i], m.wordStart) {
+			for _, p := range m.tokenize(w[start:i]) {
+				emit(p, start)
+			}
+			start = i
+		}
+		i += len(m.wordStart)
+	}
+	for _, p := range m.tokenize(w[start:]) {
+		emit(p, start)
+	}
+}
+
+// setWordStart enables word cutting at ws when the vocabulary allows it.
+func (m *bpe) setWordStart(ws string) {
+	for tok := range m.vocab {
+		if strings.Contains(strings.TrimLeft(tok, ws), ws) {
+			return
+		}
+	}
+	if m.prefix != "" || m.suffix != "" {
+		return
+	}
+	m.wordStart = ws
+}
+
+// tokenizeBytes is tokenize for a word in a reused buffer: a cache hit
+// allocates nothing.
+func (m *bpe) tokenizeBytes(w []byte) []piece {
+	if len(w) <= maxCachedWord {
+		m.cache.mu.RLock()
+		ps, ok := m.cache.m[string(w)]
+		m.cache.mu.RUnlock()
+		if ok {
+			return ps
+		}
+	}
+	return m.tokenize(string(w))
 }
 
 func (m *bpe) tokenizeUncached(w string) []piece {

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"unicode/utf8"
 )
 
 // HF is a Hugging Face tokenizer (tokenizer.json with a BPE model) plus what
@@ -28,6 +29,12 @@ type HF struct {
 	decoder    tokenDecoder
 	fusedStop  int
 	special    map[int32]bool
+
+	// byteLevel is set when the pre-tokenizer is an isolating split (or
+	// none) followed by a plain ByteLevel: encode then maps bytes straight
+	// into a reused buffer instead of building aligned strings.
+	byteLevel      bool
+	byteLevelSplit pattern // nil: no split
 
 	bos      int32
 	eos      []int32
@@ -172,6 +179,24 @@ func ParseHF(tokenizerJSON, configJSON, generationJSON []byte) (*HF, error) {
 	}
 	if t.decoder, t.fusedStop, err = parseDecoder(tj.Decoder); err != nil {
 		return nil, err
+	}
+	if t.pretok == nil {
+		// SentencePiece-style: the whole text is one piece.
+		t.model.setWordStart("▁")
+	}
+	switch p := t.pretok.(type) {
+	case seqPreTokenizer:
+		if len(p) == 2 {
+			sp, ok1 := p[0].(splitPreTokenizer)
+			bl, ok2 := p[1].(byteLevelPreTokenizer)
+			if ok1 && ok2 && sp.behavior == splitIsolated && !sp.invert && !bl.addPrefixSpace && bl.re == nil {
+				t.byteLevel, t.byteLevelSplit = true, sp.pat
+			}
+		}
+	case byteLevelPreTokenizer:
+		if !p.addPrefixSpace {
+			t.byteLevel, t.byteLevelSplit = true, p.re
+		}
 	}
 
 	var raw, norm []addedToken
@@ -433,6 +458,7 @@ func (t *HF) encode(text string, withSpans bool) ([]int32, []Span) {
 			spans = append(spans, sp)
 		}
 	}
+	var buf []byte
 	secs := []section{{-1, 0, len(text)}}
 	if !t.rawAdded.empty() {
 		secs = t.rawAdded.split(text)
@@ -455,18 +481,60 @@ func (t *HF) encode(text string, withSpans bool) ([]int32, []Span) {
 				addTok(sub.id, n.span(sub.begin, sub.end))
 				continue
 			}
+			if t.byteLevel {
+				buf = t.encodeByteLevel(n.slice(sub.begin, sub.end), buf, addTok, withSpans)
+				continue
+			}
 			pieces := []normStr{n.slice(sub.begin, sub.end)}
 			if t.pretok != nil {
 				pieces = t.pretok.split(pieces[0], sec.begin == 0 && sub.begin == 0)
 			}
 			for _, p := range pieces {
-				for _, tk := range t.model.tokenize(p.s) {
-					addTok(tk.id, p.span(int(tk.begin), int(tk.end)))
-				}
+				t.model.tokenizeWords(p.s, func(tk piece, off int) {
+					addTok(tk.id, p.span(off+int(tk.begin), off+int(tk.end)))
+				})
 			}
 		}
 	}
 	return ids, spans
+}
+
+// encodeByteLevel is the byte-level fast path: split (isolating: matches
+// and the text between them are pieces), map each piece's bytes to GPT-2
+// characters in buf, run BPE through the cache, and map token ranges back:
+// each character of the mapped piece is one byte of n.
+func (t *HF) encodeByteLevel(n normStr, buf []byte, addTok func(int32, Span), withSpans bool) []byte {
+	one := func(a, b int) {
+		if a >= b {
+			return
+		}
+		buf = buf[:0]
+		for i := a; i < b; i++ {
+			buf = append(buf, byteLevelStrings[n.s[i]]...)
+		}
+		raw := a
+		for _, tk := range t.model.tokenizeBytes(buf) {
+			if !withSpans {
+				addTok(tk.id, Span{})
+				continue
+			}
+			k := utf8.RuneCount(buf[tk.begin:tk.end])
+			addTok(tk.id, n.span(raw, raw+k))
+			raw += k
+		}
+	}
+	if t.byteLevelSplit == nil {
+		one(0, len(n.s))
+		return buf
+	}
+	at := 0
+	for _, m := range t.byteLevelSplit.find(n.s) {
+		one(at, m[0])
+		one(m[0], m[1])
+		at = m[1]
+	}
+	one(at, len(n.s))
+	return buf
 }
 
 // Decode returns the text of ids: BOS ids are dropped, every other id

@@ -74,3 +74,34 @@ func FuzzHFRoundTrip(f *testing.F) {
 		}
 	})
 }
+
+// FuzzWordCut proves the SentencePiece word cut (bpe.wordStart) exact: BPE
+// over the whole normalised text and BPE word by word give the same tokens
+// and offsets.
+func FuzzWordCut(f *testing.F) {
+	for _, s := range []string{"Hello world", "a  b   c", "  x", "日本 語 🎉", "\xff \xfe", "x\u2581y"} {
+		f.Add(s)
+	}
+	tok := loadHFTest(f, "llama2")
+	if tok.model.wordStart == "" {
+		f.Fatal("llama2 vocabulary should allow word cutting")
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		w := "\u2581" + strings.ReplaceAll(s, " ", "\u2581")
+		want := tok.model.tokenizeUncached(w)
+		var got []piece
+		tok.model.tokenizeWords(w, func(p piece, off int) {
+			p.begin += int32(off)
+			p.end += int32(off)
+			got = append(got, p)
+		})
+		if len(got) != len(want) {
+			t.Fatalf("%q: %d pieces cut, %d whole", s, len(got), len(want))
+		}
+		for i := range got {
+			if got[i] != want[i] {
+				t.Fatalf("%q: piece %d = %v cut, %v whole", s, i, got[i], want[i])
+			}
+		}
+	})
+}

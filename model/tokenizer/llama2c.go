@@ -28,6 +28,11 @@ type Llama2c struct {
 	space    int32            // id of " " (the dummy prefix), or -1
 	bos, eos int32
 	fingerpr string
+	// cutSpace: no piece has a space after another character, so no merge
+	// crosses the boundary before a space that follows a non-space, and
+	// text is encoded (and cached) word by word there with the same result.
+	cutSpace bool
+	cache    wordCache
 }
 
 // llama2c ids fixed by the format (run.c hard-codes them).
@@ -94,6 +99,13 @@ func ParseLlama2c(b []byte) (*Llama2c, error) {
 	if id, ok := t.ids[" "]; ok {
 		t.space = id
 	}
+	t.cutSpace = true
+	for _, p := range t.vocab {
+		if strings.Contains(strings.TrimLeft(p, " "), " ") {
+			t.cutSpace = false
+			break
+		}
+	}
 	t.bos, t.eos = llama2cBOS, llama2cEOS
 	h := sha256.New()
 	h.Write([]byte("llama2c\x00"))
@@ -114,58 +126,79 @@ func (t *Llama2c) Encode(text string) []int32 {
 // puts before non-empty text has no source bytes: on its own it gets the
 // empty span [0, 0); merged with the following piece (the usual case, e.g.
 // " Once") the token spans that piece's bytes only. Byte-fallback tokens of
-// one multi-byte character each get their own byte.
+// one multi-byte character each get their own byte. When " " is not in the
+// vocabulary (run.c would then emit id -1) the dummy prefix is the byte
+// token of ' '.
 func (t *Llama2c) EncodeOffsets(text string) ([]int32, []Span) {
 	if text == "" {
 		return []int32{}, []Span{}
 	}
-	syms := make([]symbol, 0, len(text)+1)
-	if t.space >= 0 {
-		syms = append(syms, symbol{id: t.space})
-	} else {
-		// run.c would push -1 here (str_lookup of " " failing); the byte
-		// token for ' ' is the closest well-formed behaviour.
-		syms = t.appendBytes(syms, " ", 0, true)
+	// Encode key = dummy prefix + text; key offset o is text offset o-1,
+	// and the dummy's byte maps to the empty span [0, 0).
+	key := " " + text
+	ids := make([]int32, 0, len(text)/3+1)
+	spans := make([]Span, 0, cap(ids))
+	src := func(o int) int { return max(o-1, 0) }
+	emit := func(a, b int) {
+		for _, p := range t.merge(key[a:b], a == 0) {
+			ids = append(ids, p.id)
+			spans = append(spans, Span{src(a + int(p.begin)), src(a + int(p.end))})
+		}
 	}
-	for i := 0; i < len(text); {
+	start := 0
+	if t.cutSpace {
+		for i := 1; i < len(key); i++ {
+			if key[i] == ' ' && key[i-1] != ' ' {
+				emit(start, i)
+				start = i
+			}
+		}
+	}
+	emit(start, len(key))
+	return ids, spans
+}
+
+// merge runs run.c's encoding on one word (code points, byte fallback,
+// best-score merges), through the word cache. dummy says w starts with the
+// dummy prefix, which is a token of its own: it never groups with the
+// continuation bytes that may follow it (cached under "\x00" + w; no other
+// word starts with a NUL, they start at a space).
+func (t *Llama2c) merge(w string, dummy bool) []piece {
+	ck := w
+	if dummy {
+		ck = "\x00" + w
+	}
+	if ps, ok := t.cache.get(ck); ok {
+		return ps
+	}
+	syms := make([]symbol, 0, len(w))
+	for i := 0; i < len(w); {
 		// run.c groups a byte with up to 3 following continuation bytes
 		// (10xxxxxx), whether or not that is valid UTF-8.
 		j := i + 1
-		for j < len(text) && j-i < 4 && text[j]&0xC0 == 0x80 {
+		for j < len(w) && j-i < 4 && w[j]&0xC0 == 0x80 && !(dummy && i == 0) {
 			j++
 		}
-		if id, ok := t.ids[text[i:j]]; ok {
+		if id, ok := t.ids[w[i:j]]; ok {
 			syms = append(syms, symbol{id: id, begin: i, end: j})
 		} else {
-			syms = t.appendBytes(syms, text[i:j], i, false)
+			for k := i; k < j; k++ {
+				id := int32(0) // <unk> when the vocabulary has no byte tokens
+				if t.byteBase >= 0 {
+					id = t.byteBase + int32(w[k])
+				}
+				syms = append(syms, symbol{id: id, begin: k, end: k + 1})
+			}
 		}
 		i = j
 	}
 	syms = mergeSymbols(syms, t.pair)
-	ids := make([]int32, len(syms))
-	spans := make([]Span, len(syms))
+	ps := make([]piece, len(syms))
 	for i, s := range syms {
-		ids[i] = s.id
-		spans[i] = Span{s.begin, s.end}
+		ps[i] = piece{s.id, int32(s.begin), int32(s.end)}
 	}
-	return ids, spans
-}
-
-// appendBytes adds the byte-fallback tokens of s (id = byte + 3 in run.c,
-// i.e. the <0xXX> tokens; <unk> when the vocabulary has none).
-func (t *Llama2c) appendBytes(syms []symbol, s string, at int, empty bool) []symbol {
-	for k := 0; k < len(s); k++ {
-		id := int32(0)
-		if t.byteBase >= 0 {
-			id = t.byteBase + int32(s[k])
-		}
-		b, e := at+k, at+k+1
-		if empty {
-			b, e = at, at
-		}
-		syms = append(syms, symbol{id: id, begin: b, end: e})
-	}
-	return syms
+	t.cache.put(ck, ps)
+	return ps
 }
 
 // pair merges two ids when their concatenated pieces are a vocabulary piece;

@@ -1,7 +1,5 @@
 package tokenizer
 
-import "container/heap"
-
 // symbol is one piece of a word during BPE merging: an id and the half-open
 // byte span [begin, end) of the input it covers. prev/next link the live
 // symbols; a merged-away symbol has id -1.
@@ -24,22 +22,72 @@ type candidate struct {
 	merged int32
 }
 
+// candidates is a binary min-heap ordered by (rank, pos), hand-rolled to
+// avoid container/heap's boxing of every pushed candidate.
 type candidates []candidate
 
-func (h candidates) Len() int { return len(h) }
-func (h candidates) Less(i, j int) bool {
+func (h candidates) less(i, j int) bool {
 	if h[i].rank != h[j].rank {
 		return h[i].rank < h[j].rank
 	}
 	return h[i].pos < h[j].pos
 }
-func (h candidates) Swap(i, j int) { h[i], h[j] = h[j], h[i] }
-func (h *candidates) Push(x any)   { *h = append(*h, x.(candidate)) }
-func (h *candidates) Pop() any {
-	old := *h
-	x := old[len(old)-1]
-	*h = old[:len(old)-1]
-	return x
+
+func (h *candidates) push(c candidate) {
+	*h = append(*h, c)
+	q := *h
+	for i := len(q) - 1; i > 0; {
+		p := (i - 1) / 2
+		if !q.less(i, p) {
+			break
+		}
+		q[i], q[p] = q[p], q[i]
+		i = p
+	}
+}
+
+func (h *candidates) pop() candidate {
+	q := *h
+	top := q[0]
+	last := len(q) - 1
+	q[0] = q[last]
+	q = q[:last]
+	for i := 0; ; {
+		l, r, m := 2*i+1, 2*i+2, i
+		if l < len(q) && q.less(l, m) {
+			m = l
+		}
+		if r < len(q) && q.less(r, m) {
+			m = r
+		}
+		if m == i {
+			break
+		}
+		q[i], q[m] = q[m], q[i]
+		i = m
+	}
+	*h = q
+	return top
+}
+
+func (h *candidates) init() {
+	q := *h
+	for i := len(q)/2 - 1; i >= 0; i-- {
+		for j := i; ; {
+			l, r, m := 2*j+1, 2*j+2, j
+			if l < len(q) && q.less(l, m) {
+				m = l
+			}
+			if r < len(q) && q.less(r, m) {
+				m = r
+			}
+			if m == j {
+				break
+			}
+			q[j], q[m] = q[m], q[j]
+			j = m
+		}
+	}
 }
 
 // mergeSymbols applies merges to syms until none applies: at every step the
@@ -71,9 +119,9 @@ func mergeSymbols(syms []symbol, pair pairFunc) []symbol {
 	for i := 0; i < n-1; i++ {
 		push(i)
 	}
-	heap.Init(&h)
-	for h.Len() > 0 {
-		c := heap.Pop(&h).(candidate)
+	h.init()
+	for len(h) > 0 {
+		c := h.pop()
 		s := &syms[c.pos]
 		if s.id != c.left || s.next < 0 || syms[s.next].id != c.right {
 			continue // stale: one side was merged since
@@ -84,13 +132,13 @@ func mergeSymbols(syms []symbol, pair pairFunc) []symbol {
 		if s.next >= 0 {
 			syms[s.next].prev = c.pos
 			if r, m, ok := pair(s.id, syms[s.next].id); ok {
-				heap.Push(&h, candidate{rank: r, pos: c.pos, left: s.id, right: syms[s.next].id, merged: m})
+				h.push(candidate{rank: r, pos: c.pos, left: s.id, right: syms[s.next].id, merged: m})
 			}
 		}
 		if s.prev >= 0 {
 			p := s.prev
 			if r, m, ok := pair(syms[p].id, s.id); ok {
-				heap.Push(&h, candidate{rank: r, pos: p, left: syms[p].id, right: s.id, merged: m})
+				h.push(candidate{rank: r, pos: p, left: syms[p].id, right: s.id, merged: m})
 			}
 		}
 	}

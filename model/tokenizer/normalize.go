@@ -13,38 +13,48 @@ import (
 // normStr is a string being normalised or pre-tokenised, with for every byte
 // the span of the original input it came from. Spans are monotone: a later
 // byte never maps before an earlier one, so the span of a range of bytes
-// [i, j) is [align[i].Begin, align[j-1].End).
+// [i, j) is [at(i).Begin, at(j-1).End). While nothing rewrote the text the
+// alignment is the identity and not materialised (align == nil: byte i maps
+// to [base+i, base+i+1)).
 type normStr struct {
 	s     string
-	align []Span // len(s)
+	base  int
+	align []Span // len(s), or nil for the identity
 }
 
 // newNormStr wraps text[base:] unchanged: byte i maps to [base+i, base+i+1).
-func newNormStr(text string, base int) normStr {
-	a := make([]Span, len(text))
-	for i := range a {
-		a[i] = Span{base + i, base + i + 1}
+func newNormStr(text string, base int) normStr { return normStr{s: text, base: base} }
+
+// at is the source span of byte i.
+func (n normStr) at(i int) Span {
+	if n.align == nil {
+		return Span{n.base + i, n.base + i + 1}
 	}
-	return normStr{s: text, align: a}
+	return n.align[i]
 }
 
-func (n normStr) slice(i, j int) normStr { return normStr{s: n.s[i:j], align: n.align[i:j]} }
+func (n normStr) slice(i, j int) normStr {
+	if n.align == nil {
+		return normStr{s: n.s[i:j], base: n.base + i}
+	}
+	return normStr{s: n.s[i:j], base: n.span(i, i).Begin, align: n.align[i:j]}
+}
 
 // span is the source span of bytes [i, j); an empty range maps to the empty
 // span at the source position of byte i.
 func (n normStr) span(i, j int) Span {
-	if i >= len(n.align) {
-		if len(n.align) == 0 {
-			return Span{}
+	if i >= len(n.s) {
+		if len(n.s) == 0 {
+			return Span{n.base, n.base}
 		}
-		e := n.align[len(n.align)-1].End
+		e := n.at(len(n.s) - 1).End
 		return Span{e, e}
 	}
 	if j <= i {
-		b := n.align[i].Begin
+		b := n.at(i).Begin
 		return Span{b, b}
 	}
-	return Span{n.align[i].Begin, n.align[j-1].End}
+	return Span{n.at(i).Begin, n.at(j - 1).End}
 }
 
 // normBuilder assembles a normStr piece by piece.
@@ -63,10 +73,22 @@ func (nb *normBuilder) add(s string, sp Span) {
 // copyFrom appends bytes [i, j) of n with their own alignment.
 func (nb *normBuilder) copyFrom(n normStr, i, j int) {
 	nb.b = append(nb.b, n.s[i:j]...)
-	nb.align = append(nb.align, n.align[i:j]...)
+	if n.align != nil {
+		nb.align = append(nb.align, n.align[i:j]...)
+		return
+	}
+	for k := i; k < j; k++ {
+		nb.align = append(nb.align, n.at(k))
+	}
 }
 
-func (nb *normBuilder) done() normStr { return normStr{s: string(nb.b), align: nb.align} }
+func (nb *normBuilder) done() normStr {
+	n := normStr{s: string(nb.b), align: nb.align}
+	if len(nb.align) > 0 {
+		n.base = nb.align[0].Begin
+	}
+	return n
+}
 
 // normalizer rewrites a string keeping the alignment to the source.
 type normalizer interface {

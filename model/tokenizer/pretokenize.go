@@ -194,7 +194,7 @@ func byteLevelMap(n normStr) normStr {
 	nb.b = make([]byte, 0, 2*len(n.s))
 	nb.align = make([]Span, 0, 2*len(n.s))
 	for i := 0; i < len(n.s); i++ {
-		nb.add(byteLevelStrings[n.s[i]], n.align[i])
+		nb.add(byteLevelStrings[n.s[i]], n.at(i))
 	}
 	return nb.done()
 }
