@@ -62,30 +62,28 @@ type headerList interface {
 // swaps the last field into the hole, and the order of repeated fields is
 // significant (RFC 9110 §5.3), so the ordinary fields are re-added in order.
 func stripHop(h headerList, keep map[string]bool) {
-	drop := map[string]bool{}
-	for _, name := range hopHeaders {
-		if !keep[name] {
-			drop[strings.ToLower(name)] = true
+	tokens := connectionTokens(h.Peek("Connection"))
+	// Fast path, the common case: nothing to drop, nothing allocated.
+	any := false
+	h.VisitAll(func(k, _ []byte) {
+		if !any && isDropped(k, keep, tokens) {
+			any = true
 		}
-	}
-	for _, name := range connectionTokens(h.Peek("Connection")) {
-		drop[name] = true
+	})
+	if !any {
+		return
 	}
 	type kv struct{ k, v string }
 	var kept []kv
 	var dropped []string
 	h.VisitAll(func(k, v []byte) {
-		lk := strings.ToLower(string(k))
 		switch {
-		case drop[lk]:
+		case isDropped(k, keep, tokens):
 			dropped = append(dropped, string(k))
-		case !fasthttpSpecial[lk]:
+		case !fasthttpSpecial[strings.ToLower(string(k))]:
 			kept = append(kept, kv{string(k), string(v)})
 		}
 	})
-	if len(dropped) == 0 {
-		return
-	}
 	for _, k := range dropped {
 		h.Del(k)
 	}
@@ -95,6 +93,22 @@ func stripHop(h headerList, keep map[string]bool) {
 	for _, f := range kept {
 		h.Add(f.k, f.v)
 	}
+}
+
+// isDropped reports whether field k is hop-by-hop (and not in keep) or
+// listed in the Connection header's tokens.
+func isDropped(k []byte, keep map[string]bool, tokens []string) bool {
+	for _, name := range hopHeaders {
+		if len(k) == len(name) && bytes.EqualFold(k, []byte(name)) {
+			return !keep[name]
+		}
+	}
+	for _, t := range tokens {
+		if len(k) == len(t) && bytes.EqualFold(k, []byte(t)) {
+			return true
+		}
+	}
+	return false
 }
 
 func stripRequestHopHeaders(h *fasthttp.RequestHeader) {

@@ -125,7 +125,11 @@ func New(cfg Config, opts ...Option) (*Proxy, error) {
 
 type slogPrintf struct{ l *slog.Logger }
 
-func (s slogPrintf) Printf(format string, args ...any) { s.l.Debug(fmt.Sprintf(format, args...)) }
+func (s slogPrintf) Printf(format string, args ...any) {
+	if s.l.Enabled(context.Background(), slog.LevelDebug) {
+		s.l.Debug(fmt.Sprintf(format, args...))
+	}
+}
 
 // Serve accepts connections on ln until Shutdown.
 func (p *Proxy) Serve(ln net.Listener) error { return p.server.Serve(ln) }
@@ -307,6 +311,10 @@ func (p *Proxy) readBody(ctx *fasthttp.RequestCtx, route Route) ([]byte, io.Read
 
 // serveEligible runs the fusion path for a buffered body of an eligible route.
 func (p *Proxy) serveEligible(ctx *fasthttp.RequestCtx, x *exchange, body []byte) {
+	// The Fuser may outlive the handler (a late one is abandoned at the
+	// deadline), while fasthttp reuses the request's buffers at once: give
+	// it a body, and slices into it, of its own.
+	body = append([]byte(nil), body...)
 	req, err := ParseRequest(x.route, body)
 	var oe *OverrideError
 	switch {
