@@ -12,7 +12,7 @@
 //
 //	mem://?max=2GiB&policy=lru|heat
 //	disk:///var/cache/fusionrag?max=50GiB&fsync=0&mmap=1
-//	redis://host:6379/0?ttl=24h&part=8MiB&timeout=2s&prefix=fusionrag:kv:
+//	redis://host:6379/0?ttl=24h&part=8MiB&timeout=2s&prefix=fusionrag:kv:&streams=1
 //
 // Several URLs separated by commas make one tiered store, fastest first.
 package kvstore

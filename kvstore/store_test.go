@@ -109,7 +109,7 @@ func tierCases() []tierCase {
 			return openRedisTier(t, startRedis(t), "ttl=1h&timeout=5s")
 		}, redisFlip},
 		{"redis-parts", func(t *testing.T) Store {
-			return openRedisTier(t, startRedis(t), "ttl=1h&part=1KiB")
+			return openRedisTier(t, startRedis(t), "ttl=1h&part=1KiB&streams=3")
 		}, redisFlip},
 	}
 }

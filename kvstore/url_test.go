@@ -57,6 +57,8 @@ func TestOpenURLs(t *testing.T) {
 		{"redis://h:1/0?ttl=forever", "parameter ttl"},
 		{"redis://h:1/0?part=10", "below 1 KiB"},
 		{"redis://h:1/0?bogus=1", "bogus"},
+		{"redis://h:1/0?streams=many", "parameter streams"},
+		{"redis://h:1/0?streams=100", "streams 100"},
 		{"redis://h:1/zero", "database"},
 		{"%zz://", "parse"},
 	}
