@@ -32,8 +32,8 @@ func startFake(t *testing.T, lm *fakeLM, cfg Config) (*Engine, string) {
 	}
 	srv := httptest.NewServer(e.Handler())
 	t.Cleanup(func() {
+		e.Close() // fails what still runs, so the server's connections end
 		srv.Close()
-		e.Close()
 	})
 	return e, srv.URL
 }
@@ -454,5 +454,65 @@ func TestShutdownFailsPending(t *testing.T) {
 	}
 	if code, _ := post(t, url+"/v1/completions", `{"prompt":"a"}`); code != 503 {
 		t.Errorf("after close: %d, want 503", code)
+	}
+}
+
+// TestLongGenerationDoesNotBlockShort: a short request admitted while a long
+// one decodes finishes long before it (decode steps interleave).
+func TestLongGenerationDoesNotBlockShort(t *testing.T) {
+	lm := &fakeLM{perToken: 2 * time.Millisecond, maxPos: 100000}
+	e, url := startFake(t, lm, Config{MaxBatch: 4})
+	longDone := make(chan struct{})
+	go func() {
+		defer close(longDone)
+		post(t, url+"/v1/completions", `{"prompt":"long","max_tokens":2000,"ignore_eos":true}`)
+	}()
+	waitFor(t, "the long request to run", func() bool { return e.Stats().Running == 1 })
+	code, _ := post(t, url+"/v1/completions", `{"prompt":"short","max_tokens":5}`)
+	if code != 200 {
+		t.Fatalf("short request: %d", code)
+	}
+	select {
+	case <-longDone:
+		t.Fatal("the short request only finished after the long one")
+	default:
+	}
+	waitFor(t, "the short request to leave the batch", func() bool { return e.Stats().Running == 1 })
+	select {
+	case <-longDone:
+		t.Error("the long request should still be running")
+	default:
+	}
+}
+
+// TestGracefulShutdown: Shutdown lets an in-flight stream finish, then stops.
+func TestGracefulShutdown(t *testing.T) {
+	lm := &fakeLM{perToken: time.Millisecond, vocab: 259, maxPos: 1000}
+	e, err := New(Config{}, lm, byteTok{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go e.Serve(l)
+	url := "http://" + l.Addr().String()
+	resp, err := http.Post(url+"/v1/completions", "application/json", strings.NewReader(`{"prompt":"a","max_tokens":100,"stream":true,"ignore_eos":true}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	shut := make(chan error, 1)
+	go func() { shut <- e.Shutdown(context.Background()) }()
+	events := sse(t, resp.Body)
+	if len(events) < 3 || events[len(events)-1] != "[DONE]" {
+		t.Fatalf("stream cut by shutdown: %d events, last %q", len(events), events[len(events)-1])
+	}
+	if err := <-shut; err != nil {
+		t.Errorf("Shutdown: %v", err)
+	}
+	if _, err := http.Get(url + "/health"); err == nil {
+		t.Error("server still accepting after Shutdown")
 	}
 }
