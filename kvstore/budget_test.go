@@ -111,7 +111,7 @@ func TestBudgetUnderZipf(t *testing.T) {
 			case *Disk:
 				var files, onDisk int64
 				filepath.WalkDir(s.cfg.Dir, func(p string, de fs.DirEntry, err error) error {
-					if err == nil && !de.IsDir() {
+					if err == nil && !de.IsDir() && strings.HasSuffix(p, ".kv") {
 						info, _ := de.Info()
 						files++
 						onDisk += diskAccount(info.Size())

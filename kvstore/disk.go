@@ -81,8 +81,9 @@ func diskAccount(n int64) int64 { return (n + diskBlock - 1) &^ (diskBlock - 1) 
 // from the directory on open, so it survives restarts; least recently used
 // files are evicted to stay within the budget.
 type Disk struct {
-	cfg DiskConfig
-	url string
+	cfg    DiskConfig
+	url    string
+	unlock func() error
 
 	mu     sync.Mutex
 	index  map[fingerprint.Key]*diskEntry
@@ -120,6 +121,17 @@ func OpenDisk(c DiskConfig) (*Disk, error) {
 	if err := os.MkdirAll(filepath.Join(c.Dir, "tmp"), 0o755); err != nil {
 		return nil, fmt.Errorf("disk: %w", err)
 	}
+	unlock, err := lockDir(c.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("disk: %s: %w", c.Dir, err)
+	}
+	d.unlock = unlock
+	ok := false
+	defer func() {
+		if !ok {
+			unlock()
+		}
+	}()
 	if err := os.RemoveAll(filepath.Join(c.Dir, "tmp")); err != nil {
 		return nil, fmt.Errorf("disk: clearing temporary files: %w", err)
 	}
@@ -132,7 +144,7 @@ func OpenDisk(c DiskConfig) (*Disk, error) {
 		mtime time.Time
 	}
 	var files []found
-	err := filepath.WalkDir(c.Dir, func(path string, de fs.DirEntry, err error) error {
+	err = filepath.WalkDir(c.Dir, func(path string, de fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
@@ -165,6 +177,7 @@ func OpenDisk(c DiskConfig) (*Disk, error) {
 		d.evictOne()
 	}
 	d.mu.Unlock()
+	ok = true
 	return d, nil
 }
 
@@ -407,6 +420,9 @@ func (d *Disk) Stats() []TierStats {
 func (d *Disk) Close() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.closed {
+		return nil
+	}
 	d.closed = true
-	return nil
+	return d.unlock()
 }

@@ -61,6 +61,8 @@ var (
 	ErrTooLarge = errors.New("kvstore: blob larger than the tier's budget")
 	// ErrClosed: the store was closed.
 	ErrClosed = errors.New("kvstore: store closed")
+	// ErrDirLocked: another open disk store holds the directory.
+	ErrDirLocked = errors.New("kvstore: directory in use by another store")
 	// ErrBadURL: a store URL that cannot be opened.
 	ErrBadURL = errors.New("kvstore: bad store URL")
 )

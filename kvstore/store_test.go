@@ -356,3 +356,22 @@ func TestClosed(t *testing.T) {
 		t.Errorf("disk put: %v", err)
 	}
 }
+
+func TestDiskDirLocked(t *testing.T) {
+	dir := t.TempDir()
+	d, err := OpenDisk(DiskConfig{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := OpenDisk(DiskConfig{Dir: dir}); canMmap && !errors.Is(err, ErrDirLocked) {
+		t.Errorf("second open: %v, want ErrDirLocked", err)
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	d2, err := OpenDisk(DiskConfig{Dir: dir})
+	if err != nil {
+		t.Fatalf("reopen after Close: %v", err)
+	}
+	d2.Close()
+}
