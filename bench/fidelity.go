@@ -21,7 +21,7 @@ type FidelityConfig struct {
 	Model *model.Model
 	// Name labels the model in the report.
 	Name string
-	// Prompts is the number of prompts S + C_1..C_k + Q; default 12.
+	// Prompts is the number of prompts S + C_1..C_k + Q; default 24.
 	Prompts int
 	// Chunks per prompt; default 4.
 	Chunks int
@@ -99,7 +99,7 @@ func (c *FidelityConfig) fill() error {
 			*v = d
 		}
 	}
-	def(&c.Prompts, 12)
+	def(&c.Prompts, 24)
 	def(&c.Chunks, 4)
 	def(&c.ChunkTokens, 90)
 	def(&c.Continuation, 24)

@@ -150,7 +150,7 @@ func benchFidelity(args []string) error {
 	fs := flag.NewFlagSet("bench fidelity", flag.ContinueOnError)
 	var bf benchFlags
 	bf.register(fs, `model: "stories260K", "synthetic", a model path; default both built-in models`)
-	prompts := fs.Int("prompts", 12, "prompts per model (--quick: 3)")
+	prompts := fs.Int("prompts", 24, "prompts per model (--quick: 3)")
 	cont := fs.Int("continuation", 24, "teacher-forced continuation tokens per prompt (--quick: 16)")
 	ratios := fs.String("ratios", "0,5,10,15,20,30", "ratios in percent")
 	strategies := fs.String("strategies", "fusionrag,cacheblend,epic", "strategies besides full and reuse")
