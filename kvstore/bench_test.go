@@ -125,3 +125,36 @@ func BenchmarkStore(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkConvert: float32 <-> f32/f16/bf16 conversion of 1M elements
+// (SetBytes counts the float32 side), against a float32 copy of them.
+func BenchmarkConvert(b *testing.B) {
+	n := 1 << 20
+	src := make([]float32, n)
+	r := rand.New(rand.NewPCG(5, 6))
+	for i := range src {
+		src[i] = float32(r.NormFloat64())
+	}
+	dst := make([]float32, n)
+	b.Run("copy-f32", func(b *testing.B) {
+		b.SetBytes(int64(4 * n))
+		for b.Loop() {
+			copy(dst, src)
+		}
+	})
+	for _, dt := range allDTypes {
+		buf := make([]byte, n*dt.Size())
+		b.Run("encode-"+dt.String(), func(b *testing.B) {
+			b.SetBytes(int64(4 * n))
+			for b.Loop() {
+				EncodeFloat32(buf, src, dt)
+			}
+		})
+		b.Run("decode-"+dt.String(), func(b *testing.B) {
+			b.SetBytes(int64(4 * n))
+			for b.Loop() {
+				DecodeFloat32(dst, buf, dt)
+			}
+		})
+	}
+}

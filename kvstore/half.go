@@ -12,6 +12,14 @@ import (
 func Float32ToFloat16(f float32) uint16 {
 	b := math.Float32bits(f)
 	sign := uint16(b>>16) & 0x8000
+	// Fast path, branch-free rounding: |f| in [2^-14, 65520), the range that
+	// rounds to a normal binary16. Adding 0xfff plus the lowest kept bit
+	// rounds the 13 dropped bits to nearest even, carrying into the exponent
+	// when needed; then rebias the exponent from 127 to 15.
+	if abs := b & 0x7fffffff; abs-0x38800000 < 0x477ff000-0x38800000 {
+		abs += 0xfff + (abs>>13)&1
+		return sign | uint16(abs>>13-112<<10)
+	}
 	exp := int32(b>>23) & 0xff
 	mant := b & 0x7fffff
 	if exp == 0xff {
