@@ -44,6 +44,7 @@ type Limits struct {
 	MaxFusionBody   int64 `yaml:"max_fusion_body" doc:"Largest body of an eligible route that is parsed for the fusion path; larger ones are passed through." default:"8388608"`
 	MaxChunks       int   `yaml:"max_chunks" doc:"Most chunks one request may carry into the fusion path; more and the request is passed through." default:"64"`
 	MaxUpstreamConn int   `yaml:"max_upstream_conns" doc:"Most concurrent keep-alive connections to the engine." default:"1024"`
+	MaxFusions      int   `yaml:"max_concurrent_fusions" doc:"Most fusion-path runs at once, abandoned ones (past their deadline, not yet returned) included; beyond it requests are passed through." default:"64"`
 }
 
 // Timeouts are per phase. Read and Write are idle timeouts (time allowed
@@ -144,7 +145,7 @@ func (c *Config) Validate() error {
 			bad(key, "%q must start with / (or be - to disable)", p)
 		}
 	}
-	if c.Limits.MaxRequestBody < 0 || c.Limits.BufferBody < 0 || c.Limits.MaxFusionBody < 0 || c.Limits.MaxChunks < 0 || c.Limits.MaxUpstreamConn < 0 {
+	if c.Limits.MaxRequestBody < 0 || c.Limits.BufferBody < 0 || c.Limits.MaxFusionBody < 0 || c.Limits.MaxChunks < 0 || c.Limits.MaxUpstreamConn < 0 || c.Limits.MaxFusions < 0 {
 		bad("limits", "negative limit")
 	}
 	for key, d := range map[string]time.Duration{

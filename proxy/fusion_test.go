@@ -210,6 +210,7 @@ func TestOverrideAndBodyField(t *testing.T) {
 		{`{"model":"m","fusionrag":{"strategy":"magic"},"prompt":"p"}`, "", ""},
 		{`{"model":"m","fusionrag":{"ratio":1.5},"prompt":"p"}`, "", ""},
 		{`{"model":"m","fusionrag":"fast","prompt":"p"}`, "", ""},
+		{`{"model":"m","fusionrag":{"tenant":"acme"},"prompt":"p"}`, "", ""}, // the body can never pick a tenant
 		{`{"model":"m","prompt":"p"}`, HeaderRatio, "lots"},
 		{`{"model":"m","prompt":"p"}`, HeaderStrategy, "none"},
 	} {
@@ -421,4 +422,92 @@ func dumpMetrics(m map[string]float64) string {
 		}
 	}
 	return b.String()
+}
+
+// TestFaultStorm sends 1,200 requests from 8 concurrent clients while the
+// fusion path goes healthy -> faulty (errors, hangs past the deadline,
+// panics, the engine failing fused requests) -> healthy. No client request
+// may fail, and the breaker must open and close again, visibly in metrics.
+func TestFaultStorm(t *testing.T) {
+	const total, workers = 1200, 8
+	var sent atomic.Int64
+	phase := func() int { // 0 healthy, 1 faulty, 2 healthy again
+		n := sent.Load()
+		switch {
+		case n < 300:
+			return 0
+		case n < 700:
+			return 1
+		}
+		return 2
+	}
+	var kvBroken atomic.Bool
+	rc := &recorder{fail: func(b string) bool { return kvBroken.Load() && strings.Contains(b, "kv_transfer_params") }}
+	up := httptest.NewServer(rc)
+	defer up.Close()
+	cfg := upstreamConfig(up.URL)
+	cfg.Timeouts.Fusion = 30 * time.Millisecond
+	cfg.Breaker.ConsecutiveFailures = 5
+	cfg.Breaker.OpenTimeout = 100 * time.Millisecond
+	var i atomic.Int64
+	p, base := startProxy(t, cfg, WithFuser(FuserFunc(func(ctx context.Context, r *Request) (*Plan, error) {
+		if phase() != 1 {
+			kvBroken.Store(false)
+			return okPlan("ns"), nil
+		}
+		switch i.Add(1) % 4 {
+		case 0:
+			return nil, errors.New("redis: connection refused")
+		case 1:
+			<-ctx.Done()
+			return nil, ctx.Err()
+		case 2:
+			panic("corrupt blob")
+		default:
+			kvBroken.Store(true)
+			return okPlan("ns"), nil
+		}
+	})))
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: workers}}
+	var failed atomic.Int64
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for sent.Add(1) <= total {
+				resp, err := client.Post(base+"/v1/chat/completions", "application/json", strings.NewReader(chatBody))
+				if err != nil {
+					failed.Add(1)
+					continue
+				}
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 || !strings.HasPrefix(string(b), `{"echo":`) {
+					failed.Add(1)
+				}
+				if phase() == 2 {
+					time.Sleep(time.Millisecond) // let the open timeout pass within the run
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if f := failed.Load(); f != 0 {
+		t.Errorf("%d of %d client requests failed", f, total)
+	}
+	m := scrape(t, p)
+	var requests float64
+	for _, path := range []string{PathFusion, PathFallback, PathPassthrough} {
+		requests += m[`fusionrag_proxy_requests_total{path="`+path+`",route="chat"}`]
+	}
+	if requests != total || m[`fusionrag_proxy_breaker_transitions_total{to="open"}`] < 1 ||
+		m[`fusionrag_proxy_breaker_transitions_total{to="closed"}`] < 1 || m["fusionrag_proxy_breaker_state"] != 0 {
+		t.Errorf("want %d requests and the breaker opened and closed again:\n%s", total, dumpMetrics(m))
+	}
+	t.Logf("fusion %v, fallback %v (breaker_open %v, fuser_error %v, fuser_timeout %v, fuser_panic %v, upstream_error %v)",
+		m[`fusionrag_proxy_requests_total{path="fusion",route="chat"}`], m[`fusionrag_proxy_requests_total{path="fallback",route="chat"}`],
+		m[`fusionrag_proxy_fallbacks_total{reason="breaker_open"}`], m[`fusionrag_proxy_fallbacks_total{reason="fuser_error"}`],
+		m[`fusionrag_proxy_fallbacks_total{reason="fuser_timeout"}`], m[`fusionrag_proxy_fallbacks_total{reason="fuser_panic"}`],
+		m[`fusionrag_proxy_fallbacks_total{reason="upstream_error"}`])
 }

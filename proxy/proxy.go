@@ -41,7 +41,8 @@ type Proxy struct {
 	client  *fasthttp.HostClient
 	server  *fasthttp.Server
 	breaker *gobreaker.TwoStepCircuitBreaker[struct{}]
-	addr    string // upstream host:port
+	addr    string        // upstream host:port
+	fusions chan struct{} // semaphore: running (and abandoned) Fuse calls
 }
 
 // Option configures a Proxy.
@@ -82,6 +83,7 @@ func New(cfg Config, opts ...Option) (*Proxy, error) {
 		return nil, err
 	}
 	p.addr = p.client.Addr
+	p.fusions = make(chan struct{}, cfg.Limits.MaxFusions)
 	b := cfg.Breaker
 	p.breaker = gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
 		Name:        "fusion",
@@ -181,6 +183,10 @@ const (
 	ReasonUpstreamError = "upstream_error"
 	ReasonClientCancel  = "client_cancel"
 )
+
+// SkipSaturated is the skip reason when max_concurrent_fusions runs are
+// already in flight.
+const SkipSaturated = "saturated"
 
 // exchange is one client request, from arrival to the end of its response
 // (which, for a streamed body, is after the handler returned).
@@ -380,8 +386,16 @@ type fuseResult struct {
 // it returns the rewritten body, with x.done and x.plan set; otherwise it has
 // recorded why and the caller forwards the original.
 func (p *Proxy) fuse(x *exchange, req *Request) ([]byte, bool) {
+	select {
+	case p.fusions <- struct{}{}:
+	default:
+		p.tel.skips.Add(x.ctx, 1, metric.WithAttributes(attribute.String("reason", SkipSaturated)))
+		x.span.SetAttributes(attribute.String("fusionrag.skip_reason", SkipSaturated))
+		return nil, false
+	}
 	done, err := p.breaker.Allow()
 	if err != nil {
+		<-p.fusions
 		x.fallback(ReasonBreakerOpen)
 		return nil, false
 	}
@@ -389,6 +403,7 @@ func (p *Proxy) fuse(x *exchange, req *Request) ([]byte, bool) {
 	defer cancel()
 	ch := make(chan fuseResult, 1)
 	go func() {
+		defer func() { <-p.fusions }() // held until the Fuser returns, even if abandoned
 		defer func() {
 			if v := recover(); v != nil {
 				ch <- fuseResult{err: &PanicError{Value: v}}
