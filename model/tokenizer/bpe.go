@@ -77,8 +77,13 @@ func (m *bpe) tokenizeWords(w string, emit func(p piece, off int)) {
 	}
 }
 
-// setWordStart enables word cutting at ws when the vocabulary allows it.
+// setWordStart enables word cutting at ws when the vocabulary allows it:
+// ws is a token (so it never becomes part of a fused <unk> run) and no token
+// has ws after another character.
 func (m *bpe) setWordStart(ws string) {
+	if _, ok := m.vocab[ws]; !ok {
+		return
+	}
 	for tok := range m.vocab {
 		if strings.Contains(strings.TrimLeft(tok, ws), ws) {
 			return

@@ -180,10 +180,9 @@ func ParseHF(tokenizerJSON, configJSON, generationJSON []byte) (*HF, error) {
 	if t.decoder, t.fusedStop, err = parseDecoder(tj.Decoder); err != nil {
 		return nil, err
 	}
-	if t.pretok == nil {
-		// SentencePiece-style: the whole text is one piece.
-		t.model.setWordStart("▁")
-	}
+	// SentencePiece-style vocabularies: long pieces (the whole text when
+	// there is no pre-tokenizer) are cut into words before "▁".
+	t.model.setWordStart("▁")
 	switch p := t.pretok.(type) {
 	case seqPreTokenizer:
 		if len(p) == 2 {

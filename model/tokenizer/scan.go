@@ -175,3 +175,89 @@ func letters(s string, i int) int {
 		i += n
 	}
 }
+
+func init() { knownPatterns[gpt2Pattern] = gpt2Scanner{} }
+
+// gpt2Scanner matches, at each position, the first alternative of GPT-2's
+// ByteLevel split regex (gpt2Pattern):
+//
+//	's|'t|'re|'ve|'m|'ll|'d | ?\p{L}+ | ?\p{N}+ | ?[^\s\p{L}\p{N}]+ | \s+(?!\S) | \s+
+//
+// with the same character classes as gpt4Scanner.
+type gpt2Scanner struct{}
+
+func (gpt2Scanner) find(s string) [][2]int {
+	if s == "" {
+		return nil
+	}
+	out := make([][2]int, 0, len(s)/4+1)
+	for i := 0; i < len(s); {
+		e := gpt2MatchAt(s, i)
+		out = append(out, [2]int{i, e})
+		i = e
+	}
+	return out
+}
+
+func gpt2MatchAt(s string, i int) int {
+	if s[i] == '\'' && i+1 < len(s) {
+		switch s[i+1] {
+		case 's', 't', 'm', 'd':
+			return i + 2
+		case 'r', 'v':
+			if i+2 < len(s) && s[i+2] == 'e' {
+				return i + 3
+			}
+		case 'l':
+			if i+2 < len(s) && s[i+2] == 'l' {
+				return i + 3
+			}
+		}
+	}
+	r0, n0 := scanRune(s, i)
+	j := i
+	r := r0
+	if r0 == ' ' {
+		r, _ = scanRune(s, i+1)
+		if i+1 < len(s) {
+			j = i + 1
+		}
+	}
+	if j < len(s) && (j > i || r0 != ' ') {
+		var class func(rune) bool
+		switch {
+		case isL(r):
+			class = isL
+		case isN(r):
+			class = isN
+		case isPunct(r):
+			class = isPunct
+		}
+		if class != nil {
+			for {
+				r, n := scanRune(s, j)
+				if n == 0 || !class(r) {
+					return j
+				}
+				j += n
+			}
+		}
+	}
+	// r0 is white space: \s+(?!\S) | \s+
+	end, lastStart := i, i
+	for {
+		r, n := scanRune(s, end)
+		if n == 0 || !isS(r) {
+			break
+		}
+		lastStart = end
+		end += n
+	}
+	if end == i {
+		return i + n0 // unreachable: every character is L, N, punctuation or space
+	}
+	if end < len(s) && lastStart > i {
+		return lastStart
+	}
+	return end
+}

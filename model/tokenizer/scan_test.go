@@ -13,7 +13,7 @@ var scanSeeds = []string{
 }
 
 func TestScannerMatchesRegex(t *testing.T) {
-	for _, expr := range []string{llama3Pattern, qwen2Pattern} {
+	for _, expr := range []string{llama3Pattern, qwen2Pattern, gpt2Pattern} {
 		re, err := newRegexPattern(expr)
 		if err != nil {
 			t.Fatal(err)
@@ -39,7 +39,14 @@ func FuzzScannerMatchesRegex(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
+	re2, err := newRegexPattern(gpt2Pattern)
+	if err != nil {
+		f.Fatal(err)
+	}
 	f.Fuzz(func(t *testing.T, s string) {
+		if diff := cmp.Diff(re2.find(s), knownPatterns[gpt2Pattern].find(s)); diff != "" {
+			t.Fatalf("gpt2 %q (-regexp2 +scanner):\n%s", s, diff)
+		}
 		if diff := cmp.Diff(re3.find(s), knownPatterns[llama3Pattern].find(s)); diff != "" {
 			t.Fatalf("llama3 %q (-regexp2 +scanner):\n%s", s, diff)
 		}
