@@ -37,6 +37,9 @@
 // Both sides must agree on the Namespace and on blockSize; a block size
 // mismatch only costs hits, never correctness, since every key covers its
 // tokens and length.
+//
+// Segmentation of a prompt into S, chunks and Q on token ids belongs in this
+// package too, in its own file, next to the keys it feeds.
 package fingerprint
 
 import (

@@ -14,6 +14,11 @@
 //	disk:///var/cache/fusionrag?max=50GiB&fsync=0&mmap=1
 //	redis://host:6379/0?ttl=24h&part=8MiB&timeout=2s&prefix=fusionrag:kv:&streams=1
 //
+// Sizes take B, KB..TB or KiB..TiB; unknown parameters are errors. A Redis
+// URL also passes go-redis's own parameters through (pool_size,
+// read_timeout, max_retries...); by default a Redis failure is not retried,
+// since a failed cache read only means a fallback.
+//
 // Several URLs separated by commas make one tiered store, fastest first.
 package kvstore
 
