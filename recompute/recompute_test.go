@@ -503,3 +503,21 @@ func TestTopK(t *testing.T) {
 		}
 	}
 }
+
+func TestSelfCheck(t *testing.T) {
+	for name, m := range testModels(t) {
+		if err := SelfCheck(context.Background(), m); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	tiny := model.Config{Arch: model.ArchLlama, Dim: 8, HiddenDim: 8, Layers: 1, Heads: 1, KVHeads: 1, HeadDim: 8,
+		Vocab: 16, MaxPositions: 4, RopeTheta: 10000, NormEps: 1e-5, BOS: -1}
+	m, err := model.Synthetic(tiny, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if err := SelfCheck(context.Background(), m); err == nil {
+		t.Error("self-check on a 4-position model: no error")
+	}
+}
