@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 
 	"github.com/fusionrag/fusionrag/model/tokenizer"
@@ -74,7 +75,11 @@ type wireRequest struct {
 	StreamOptions       *struct {
 		IncludeUsage bool `json:"include_usage"`
 	} `json:"stream_options"`
-	IgnoreEOS        bool `json:"ignore_eos"`
+	IgnoreEOS        bool            `json:"ignore_eos"`
+	Echo             bool            `json:"echo"`
+	Logprobs         json.RawMessage `json:"logprobs"`
+	BestOf           *int            `json:"best_of"`
+	Suffix           *string         `json:"suffix"`
 	KVTransferParams *struct {
 		Namespace string `json:"namespace"`
 	} `json:"kv_transfer_params"`
@@ -113,6 +118,16 @@ func ParseRequest(body []byte, chat bool) (*Request, error) {
 			return nil, badParam("stream_options", "stream_options is only allowed when stream is true")
 		}
 		r.IncludeUsage = w.StreamOptions.IncludeUsage
+	}
+	switch {
+	case w.Echo:
+		return nil, badParam("echo", "echo is not supported by this engine")
+	case len(w.Logprobs) > 0 && !slices.Contains([]string{"null", "false", "0"}, string(w.Logprobs)):
+		return nil, badParam("logprobs", "logprobs are not supported by this engine")
+	case w.BestOf != nil && *w.BestOf > 1:
+		return nil, badParam("best_of", "best_of > 1 is not supported by this engine")
+	case w.Suffix != nil && *w.Suffix != "":
+		return nil, badParam("suffix", "suffix is not supported by this engine")
 	}
 	if w.N != nil && *w.N != 1 {
 		return nil, badParam("n", "n = %d is not supported: this engine returns one choice per request", *w.N)

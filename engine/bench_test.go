@@ -32,6 +32,10 @@ func run(tb testing.TB, e *Engine, ids []int32, maxTokens int, ns string) time.D
 	req := &Request{Sampling: Sampling{Temperature: 0, TopP: 1, MaxTokens: maxTokens, IgnoreEOS: true}, KVNamespace: ns}
 	q := &seq{ctx: context.Background(), req: req, prompt: ids, limit: e.limit, maxTokens: maxTokens, stopIDs: e.stopIDs}
 	t0 := time.Now()
+	if ns != "" {
+		q.s = e.lm.NewSequence()
+		q.cached = e.kv.Load(q.ctx, ns, ids, q.s)
+	}
 	if err := e.sched.submit(q); err != nil {
 		tb.Fatal(err)
 	}

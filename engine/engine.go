@@ -33,6 +33,7 @@ type Engine struct {
 	stopIDs []int32
 	limit   int
 	conn    *Connector
+	kv      kvLoader // e.conn, or nil
 	sched   *scheduler
 	met     *metrics
 	created int64
@@ -83,12 +84,11 @@ func New(cfg Config, lm LM, tok tokenizer.Tokenizer, opts ...Option) (*Engine, e
 	if cfg.ContextLimit > 0 && cfg.ContextLimit < e.limit {
 		e.limit = cfg.ContextLimit
 	}
-	var kv kvLoader
 	if e.conn != nil {
 		e.conn.met = e.met
-		kv = e.conn
+		e.kv = e.conn
 	}
-	e.sched = newScheduler(e.cfg, lm, tok, kv, e.met)
+	e.sched = newScheduler(e.cfg, lm, tok, e.met)
 	return e, nil
 }
 

@@ -31,9 +31,10 @@ var (
 // ContextLengthError reports a prompt (plus requested completion) that does
 // not fit the context window.
 type ContextLengthError struct {
-	Limit     int // context window in tokens
-	Prompt    int // prompt tokens
-	MaxTokens int // requested completion tokens (0 when the prompt alone is too long)
+	Limit     int    // context window in tokens
+	Prompt    int    // prompt tokens
+	MaxTokens int    // requested completion tokens (0 when the prompt alone is too long)
+	Param     string // "prompt" or "messages"
 }
 
 func (e *ContextLengthError) Error() string {
@@ -88,7 +89,7 @@ func httpError(err error) (int, errorBody) {
 	switch {
 	case errors.As(err, &ce):
 		return http.StatusBadRequest, errorBody{apiError{Message: msg, Type: "invalid_request_error",
-			Param: strp("messages"), Code: strp("context_length_exceeded")}}
+			Param: strp(ce.Param), Code: strp("context_length_exceeded")}}
 	case errors.As(err, &pe):
 		return http.StatusBadRequest, errorBody{apiError{Message: pe.Msg, Type: "invalid_request_error", Param: strp(pe.Param)}}
 	case errors.Is(err, ErrBadRequest):

@@ -41,12 +41,16 @@ func (e *Engine) handleGenerate(w http.ResponseWriter, r *http.Request, chat boo
 		}
 	}
 	maxTokens := req.Sampling.MaxTokens
+	param := "prompt"
+	if chat {
+		param = "messages"
+	}
 	switch {
 	case len(ids) >= e.limit:
-		writeError(w, &ContextLengthError{Limit: e.limit, Prompt: len(ids)})
+		writeError(w, &ContextLengthError{Limit: e.limit, Prompt: len(ids), Param: param})
 		return
 	case maxTokens > 0 && len(ids)+maxTokens > e.limit:
-		writeError(w, &ContextLengthError{Limit: e.limit, Prompt: len(ids), MaxTokens: maxTokens})
+		writeError(w, &ContextLengthError{Limit: e.limit, Prompt: len(ids), MaxTokens: maxTokens, Param: param})
 		return
 	case maxTokens == 0:
 		maxTokens = e.limit - len(ids)
@@ -54,6 +58,12 @@ func (e *Engine) handleGenerate(w http.ResponseWriter, r *http.Request, chat boo
 	ctx, cancel := context.WithTimeout(r.Context(), e.cfg.RequestTimeout)
 	defer cancel()
 	q := &seq{ctx: ctx, req: req, prompt: ids, limit: e.limit, maxTokens: maxTokens, stopIDs: e.stopIDs}
+	if req.KVNamespace != "" && e.kv != nil {
+		// Look up and load published KV here, on the request's goroutine,
+		// so a slow store never stalls the batch's decode steps.
+		q.s = e.lm.NewSequence()
+		q.cached = e.kv.Load(ctx, req.KVNamespace, ids, q.s)
+	}
 	if err := e.sched.submit(q); err != nil {
 		writeError(w, err)
 		return

@@ -16,7 +16,7 @@ const (
 	finishLength = "length"
 )
 
-// kvLoader is the scheduler's view of the KV connector: it finds the longest
+// kvLoader is the engine's view of the KV connector: it finds the longest
 // prefix of prompt with published KV under ns, loads it into s, and returns
 // how many tokens it loaded (0 on any miss). It never fails a request: a
 // corrupt or unusable entry is a miss.
@@ -31,7 +31,8 @@ type seq struct {
 	prompt []int32
 	limit  int // context window: the sequence may hold at most limit tokens
 
-	// Owned by the scheduler goroutine that steps the sequence.
+	// Owned by the scheduler goroutine that steps the sequence (s may be
+	// created, with loaded KV, by the handler before submission).
 	s         Sequence
 	maxTokens int
 	stopIDs   []int32
@@ -123,7 +124,6 @@ type scheduler struct {
 	cfg  Config
 	lm   LM
 	tok  tokenizer.Tokenizer
-	kv   kvLoader // nil: no connector
 	met  *metrics
 	stop chan struct{}
 	wake chan struct{}
@@ -136,8 +136,8 @@ type scheduler struct {
 	running atomic.Int64
 }
 
-func newScheduler(cfg Config, lm LM, tok tokenizer.Tokenizer, kv kvLoader, met *metrics) *scheduler {
-	s := &scheduler{cfg: cfg, lm: lm, tok: tok, kv: kv, met: met,
+func newScheduler(cfg Config, lm LM, tok tokenizer.Tokenizer, met *metrics) *scheduler {
+	s := &scheduler{cfg: cfg, lm: lm, tok: tok, met: met,
 		stop: make(chan struct{}), wake: make(chan struct{}, 1), done: make(chan struct{})}
 	go s.loop()
 	return s
@@ -244,18 +244,12 @@ func (s *scheduler) loop() {
 
 // step advances q by one prefill chunk or one decode token.
 func (s *scheduler) step(q *seq) {
-	if q.s == nil {
-		q.s = s.lm.NewSequence()
+	if q.sampler == nil {
+		if q.s == nil {
+			q.s = s.lm.NewSequence()
+		}
 		q.sampler = newSampler(q.req.Sampling)
 		q.text = newTextStream(s.tok, q.prompt, q.req.Sampling.Stop)
-		if q.req.KVNamespace != "" && s.kv != nil {
-			n := s.kv.Load(q.ctx, q.req.KVNamespace, q.prompt, q.s)
-			if n > 0 {
-				q.mu.Lock()
-				q.cached = n
-				q.mu.Unlock()
-			}
-		}
 	}
 	var (
 		logits []float32
