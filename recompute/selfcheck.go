@@ -32,7 +32,7 @@ func SelfCheck(ctx context.Context, m *model.Model) error {
 	if n < 8 {
 		return fmt.Errorf("recompute: self-check needs at least 8 positions, model has %d", c.MaxPositions)
 	}
-	tok := func(i int) int32 { return int32(3 + (i*7919)%max(1, c.Vocab-3)) % int32(c.Vocab) }
+	tok := func(i int) int32 { return int32(3+(i*7919)%max(1, c.Vocab-3)) % int32(c.Vocab) }
 	span := func(b, e int) []int32 {
 		t := make([]int32, e-b)
 		for i := range t {
