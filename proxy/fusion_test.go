@@ -511,3 +511,18 @@ func TestFaultStorm(t *testing.T) {
 		m[`fusionrag_proxy_fallbacks_total{reason="fuser_timeout"}`], m[`fusionrag_proxy_fallbacks_total{reason="fuser_panic"}`],
 		m[`fusionrag_proxy_fallbacks_total{reason="upstream_error"}`])
 }
+
+// TestBodyFieldRemovedWithoutFuser: with no fusion path, the control field
+// still never reaches the engine.
+func TestBodyFieldRemovedWithoutFuser(t *testing.T) {
+	rc := &recorder{}
+	up := httptest.NewServer(rc)
+	defer up.Close()
+	_, base := startProxy(t, upstreamConfig(up.URL))
+	if code, _ := post(t, base+"/v1/completions", `{"model":"m","fusionrag":{"ratio":0.5},"prompt":"p"}`); code != 200 {
+		t.Fatal(code)
+	}
+	if d := cmp.Diff([]string{`{"model":"m","prompt":"p"}`}, rc.got()); d != "" {
+		t.Errorf("engine body (-want +got):\n%s", d)
+	}
+}

@@ -282,8 +282,19 @@ func (p *Proxy) Handler(ctx *fasthttp.RequestCtx) {
 		}
 		return
 	}
-	if stream != nil || route == RouteOther || p.fuser == nil || p.cfg.Fusion.Disabled {
+	if stream != nil || route == RouteOther {
 		p.forward(ctx, x, body, stream, cl)
+		return
+	}
+	if p.fuser == nil || p.cfg.Fusion.Disabled {
+		// The "fusionrag" member is addressed to the sidecar: it never
+		// reaches the engine, fusion or not.
+		if json.Valid(body) {
+			if nb, found, err := removeMember(body, bodyOverride); err == nil && found {
+				body = nb
+			}
+		}
+		p.forward(ctx, x, body, nil, len(body))
 		return
 	}
 	p.serveEligible(ctx, x, body)

@@ -123,6 +123,7 @@ func TestForwardFaithful(t *testing.T) {
 		{"options", "OPTIONS", "/v1/chat/completions", "", 200},
 		{"unnormalised path", "GET", "/a//b/../c", "", 200},
 		{"chat no fuser", "POST", "/v1/chat/completions", `{"model":"m","messages":[{"role":"user","content":"hi"}]}`, 200},
+		{"completions not json", "POST", "/v1/completions", `{"model":`, 200},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
