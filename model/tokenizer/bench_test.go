@@ -56,7 +56,7 @@ func BenchmarkEncode(b *testing.B) {
 			}
 		})
 	}
-	b.Run("llama2c", func(b *testing.B) {
+	b.Run("llama2c/cached", func(b *testing.B) {
 		tok := loadStories(b)
 		b.SetBytes(int64(len(text)))
 		for b.Loop() {
