@@ -116,18 +116,26 @@ func (q *seq) usage() *Usage {
 	}
 }
 
-// scheduler runs admitted sequences: up to MaxBatch at once, each advanced
-// by one step per iteration (a prefill chunk or one decode token), the steps
-// of one iteration in parallel on Workers goroutines. A sequence whose
-// context is cancelled leaves at the next iteration, freeing its slot.
+// scheduler runs admitted sequences: up to MaxBatch at once. Each running
+// sequence advances one step at a time (a prefill chunk of at most
+// PrefillChunk tokens, or one decode token) and must hold one of Workers
+// execution tokens for the step; a sequence that finishes a step queues
+// again behind the others, so the steps of all running sequences
+// interleave round-robin and a long prompt or a long generation never holds
+// the others back. There is no global barrier between steps: one slow step
+// (a long prefill chunk) delays no one but its own sequence. A sequence
+// whose context is cancelled (client gone, timeout) stops before its next
+// step and frees its slot.
 type scheduler struct {
 	cfg  Config
 	lm   LM
 	tok  tokenizer.Tokenizer
 	met  *metrics
+	exec chan struct{} // execution tokens, cap Workers (send = acquire)
 	stop chan struct{}
 	wake chan struct{}
 	done chan struct{}
+	runs sync.WaitGroup
 
 	mu      sync.Mutex
 	waiting []*seq
@@ -137,10 +145,17 @@ type scheduler struct {
 }
 
 func newScheduler(cfg Config, lm LM, tok tokenizer.Tokenizer, met *metrics) *scheduler {
-	s := &scheduler{cfg: cfg, lm: lm, tok: tok, met: met,
+	s := &scheduler{cfg: cfg, lm: lm, tok: tok, met: met, exec: make(chan struct{}, cfg.Workers),
 		stop: make(chan struct{}), wake: make(chan struct{}, 1), done: make(chan struct{})}
 	go s.loop()
 	return s
+}
+
+func (s *scheduler) poke() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
 }
 
 // submit queues q, or fails with ErrOverloaded / ErrClosed.
@@ -155,15 +170,12 @@ func (s *scheduler) submit(q *seq) error {
 	}
 	q.notify = make(chan struct{}, 1)
 	s.waiting = append(s.waiting, q)
-	select {
-	case s.wake <- struct{}{}:
-	default:
-	}
+	s.poke()
 	return nil
 }
 
 // close stops admitting, fails waiting and running sequences with ErrClosed
-// and waits for the loop to exit.
+// and waits for every sequence to stop.
 func (s *scheduler) close() {
 	s.mu.Lock()
 	if !s.closed {
@@ -181,64 +193,65 @@ func (s *scheduler) counts() (int, int) {
 	return int(s.running.Load()), len(s.waiting)
 }
 
+// loop admits waiting sequences, FIFO, while fewer than MaxBatch run.
 func (s *scheduler) loop() {
 	defer close(s.done)
-	var active []*seq
-	sem := make(chan struct{}, s.cfg.Workers)
-	var wg sync.WaitGroup
 	for {
 		s.mu.Lock()
-		for len(active) < s.cfg.MaxBatch && len(s.waiting) > 0 {
-			q := s.waiting[0]
-			s.waiting[0] = nil
-			s.waiting = s.waiting[1:]
-			q.admitted = time.Now()
-			active = append(active, q)
-		}
-		closed := s.closed
-		s.running.Store(int64(len(active)))
-		s.mu.Unlock()
-		if closed {
-			for _, q := range active {
-				q.end("", ErrClosed)
-			}
-			s.mu.Lock()
+		if s.closed {
 			for _, q := range s.waiting {
 				q.end("", ErrClosed)
 			}
 			s.waiting = nil
-			s.running.Store(0)
 			s.mu.Unlock()
+			s.runs.Wait()
 			return
 		}
-		if len(active) == 0 {
-			select {
-			case <-s.wake:
-			case <-s.stop:
-			}
-			continue
+		for int(s.running.Load()) < s.cfg.MaxBatch && len(s.waiting) > 0 {
+			q := s.waiting[0]
+			s.waiting[0] = nil
+			s.waiting = s.waiting[1:]
+			s.running.Add(1)
+			s.runs.Add(1)
+			go s.run(q)
 		}
-		for _, q := range active {
-			if err := q.ctx.Err(); err != nil {
-				q.end("", err)
-				continue
-			}
-			wg.Add(1)
-			sem <- struct{}{}
-			go func() {
-				defer func() { <-sem; wg.Done() }()
-				s.step(q)
-			}()
+		s.mu.Unlock()
+		select {
+		case <-s.wake:
+		case <-s.stop:
 		}
-		wg.Wait()
-		active = slices.DeleteFunc(active, func(q *seq) bool {
-			q.mu.Lock()
-			defer q.mu.Unlock()
-			if q.done {
-				q.s = nil // release the KV now, not when the handler is done
-			}
-			return q.done
-		})
+	}
+}
+
+// run steps q until it is done, then frees its slot.
+func (s *scheduler) run(q *seq) {
+	defer func() {
+		q.s = nil // release the KV now, not when the handler is done
+		s.mu.Lock()
+		s.running.Add(-1)
+		s.mu.Unlock()
+		s.runs.Done()
+		s.poke()
+	}()
+	q.admitted = time.Now()
+	for {
+		select {
+		case <-s.stop:
+			q.end("", ErrClosed)
+			return
+		case <-q.ctx.Done():
+			q.end("", q.ctx.Err())
+			return
+		case s.exec <- struct{}{}:
+		}
+		s.step(q)
+		<-s.exec
+		q.mu.Lock()
+		done := q.done
+		q.mu.Unlock()
+		if done {
+			return
+		}
 	}
 }
 
