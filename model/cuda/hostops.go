@@ -209,8 +209,20 @@ func (h *hostOps) toHalf(out, in buf, rows, width, inStride int) error {
 	return nil
 }
 
-func (h *hostOps) rope(out, in, pos, freq buf, rows, heads, headDim, inStride, outStride int, interleaved bool) error {
-	ps, fs := h.i32(pos), h.f64(freq)
+func (h *hostOps) ropeTable(cs, pos, freq buf, rows, half int) error {
+	c, ps, fs := h.f32(cs), h.i32(pos), h.f64(freq)
+	for r := range rows {
+		for i := range half {
+			a := float64(ps[r]) * fs[i]
+			c[(r*half+i)*2] = float32(math.Cos(a))
+			c[(r*half+i)*2+1] = float32(math.Sin(a))
+		}
+	}
+	return nil
+}
+
+func (h *hostOps) rope(out, in, cs buf, rows, heads, headDim, inStride, outStride int, interleaved bool) error {
+	tab := h.f32(cs)
 	half := headDim / 2
 	get, set := h.get, h.set
 	if in.kind == elemF32 {
@@ -218,12 +230,10 @@ func (h *hostOps) rope(out, in, pos, freq buf, rows, heads, headDim, inStride, o
 		set = func(b buf, i int, v float32) { h.f32(b)[i] = v }
 	}
 	for r := range rows {
-		p := float64(ps[r])
 		for hh := range heads {
 			ib, ob := r*inStride+hh*headDim, r*outStride+hh*headDim
 			for i := range half {
-				a := p * fs[i]
-				c, s := float32(math.Cos(a)), float32(math.Sin(a))
+				c, s := tab[(r*half+i)*2], tab[(r*half+i)*2+1]
 				i0, i1 := 2*i, 2*i+1
 				if !interleaved {
 					i0, i1 = i, i+half

@@ -96,13 +96,17 @@ type ops interface {
 	addBias(x, b buf, n, width int) error
 	// toHalf: out half [rows, width] = in f32 rows of stride inStride.
 	toHalf(out, in buf, rows, width, inStride int) error
-	// rope rotates rows of heads*HeadDim values to the positions pos i32
-	// [rows]: out[r] = RoPE(in[r], pos[r]). in and out are both f32 or both
-	// half; row strides are inStride and outStride elements. freq f64
-	// [HeadDim/2] are the inverse frequencies; interleaved selects pairs
-	// (2i, 2i+1) rather than (i, i+HeadDim/2). cos/sin are computed in
-	// float64 and rounded to float32, the rotation is fp32 (as package model).
-	rope(out, in, pos, freq buf, rows, heads, headDim, inStride, outStride int, interleaved bool) error
+	// ropeTable: cs f32 [rows, half, 2] = cos, sin of pos[r]*freq[i] for
+	// pos i32 [rows] and freq f64 [half], computed in float64 and rounded to
+	// float32 (package model's rope does the same). One table per pass serves
+	// every layer.
+	ropeTable(cs, pos, freq buf, rows, half int) error
+	// rope rotates rows of heads*HeadDim values: out[r] = RoPE(in[r]) with
+	// the cos/sin of table row r (cs from ropeTable). in and out are both f32
+	// or both half; row strides are inStride and outStride elements;
+	// interleaved selects pairs (2i, 2i+1) rather than (i, i+HeadDim/2).
+	// The rotation is fp32.
+	rope(out, in, cs buf, rows, heads, headDim, inStride, outStride int, interleaved bool) error
 	// siluMul: out half [n, h] = silu(in[:, :h]) * in[:, h:] for in f32 [n, 2h].
 	siluMul(out, in buf, n, h int) error
 	// attention: out half [N, Heads*HeadDim] = softmax(q·K^T·Scale)·V over

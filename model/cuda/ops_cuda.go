@@ -36,7 +36,7 @@ type cudaOps struct {
 
 // kernelNames are looked up at start, so a stale PTX fails early.
 var kernelNames = func() []string {
-	names := []string{"add_bias", "sum_rows", "rope_f32in"}
+	names := []string{"add_bias", "sum_rows", "rope_f32in", "rope_table"}
 	for _, s := range []string{"f32", "f16", "bf16"} {
 		for _, k := range []string{"embed", "rmsnorm", "to_half", "rope", "silu_mul", "fill_random", "attention", "attn_weights"} {
 			names = append(names, k+"_"+s)
@@ -315,7 +315,15 @@ func (c *cudaOps) toHalf(out, in buf, rows, width, inStride int) error {
 	return c.launch(c.typed("to_half"), c.grid1(total, 256), 1, 256, 0, out, in, rows, width, inStride)
 }
 
-func (c *cudaOps) rope(out, in, pos, freq buf, rows, heads, headDim, inStride, outStride int, interleaved bool) error {
+func (c *cudaOps) ropeTable(cs, pos, freq buf, rows, half int) error {
+	total := int64(rows) * int64(half)
+	if total == 0 {
+		return nil
+	}
+	return c.launch("rope_table", c.grid1(total, ropeThreads), 1, ropeThreads, 0, cs, pos, freq, rows, half)
+}
+
+func (c *cudaOps) rope(out, in, cs buf, rows, heads, headDim, inStride, outStride int, interleaved bool) error {
 	total := int64(rows) * int64(heads) * int64(headDim/2)
 	if total == 0 {
 		return nil
@@ -328,7 +336,7 @@ func (c *cudaOps) rope(out, in, pos, freq buf, rows, heads, headDim, inStride, o
 	if interleaved {
 		il = 1
 	}
-	return c.launch(name, c.grid1(total, ropeThreads), 1, ropeThreads, 0, out, in, pos, freq, rows, heads, headDim, inStride, outStride, il)
+	return c.launch(name, c.grid1(total, ropeThreads), 1, ropeThreads, 0, out, in, cs, rows, heads, headDim, inStride, outStride, il)
 }
 
 func (c *cudaOps) siluMul(out, in buf, n, h int) error {

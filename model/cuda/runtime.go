@@ -695,9 +695,11 @@ func (r *Runtime) forward(ctx context.Context, cache *Cache, b model.Batch, opts
 		kind elem
 		n    int
 	}
-	var ids, qpos, kposB, x, xb, qkv, q, kb, vb, kall, att, h13, hb, lse buf
+	var ids, qpos, kposB, cs, x, xb, qkv, q, kb, vb, kall, att, h13, hb, lse buf
+	half := cfg.HeadDim / 2
 	specs := []scratchSpec{
 		{&ids, "ids", elemI32, n}, {&qpos, "qpos", elemI32, n}, {&kposB, "kpos", elemI32, keys},
+		{&cs, "ropecs", elemF32, keys * half * 2},
 		{&x, "x", elemF32, n * d}, {&xb, "xb", elemHalf, n * max(d, qd)},
 		{&qkv, "qkv", elemF32, n * r.qkv}, {&q, "q", elemF32, n * qd},
 		{&kall, "kall", elemHalf, keys * kvd}, {&att, "att", elemHalf, n * qd},
@@ -751,6 +753,13 @@ func (r *Runtime) forward(ctx context.Context, cache *Cache, b model.Batch, opts
 	if err := o.embed(x, r.emb, ids, n, d); err != nil {
 		return nil, err
 	}
+	// cos/sin of every key's position, once for all layers; the batch's
+	// rows [C, C+n) also serve its queries. Shadowed cache entries get the
+	// sentinel's angle: finite, and never attended.
+	if err := o.ropeTable(cs, kposB, r.freq, keys, half); err != nil {
+		return nil, err
+	}
+	csCache, csBatch := cs.view(0, C*half*2), cs.view(C*half*2, n*half*2)
 	for l := range cfg.Layers {
 		if err := ctx.Err(); err != nil {
 			return nil, err
@@ -773,7 +782,7 @@ func (r *Runtime) forward(ctx context.Context, cache *Cache, b model.Batch, opts
 		}
 		// q rotated in fp32; k and v rounded to the storage type, K before
 		// RoPE (what a cache stores), then every key rotated into kall.
-		if err := o.rope(q, qkv, qpos, r.freq, n, cfg.Heads, cfg.HeadDim, r.qkv, qd, cfg.RopeInterleaved); err != nil {
+		if err := o.rope(q, qkv, csBatch, n, cfg.Heads, cfg.HeadDim, r.qkv, qd, cfg.RopeInterleaved); err != nil {
 			return nil, err
 		}
 		if err := o.toHalf(kb, qkv.view(qd, qkv.n-qd), n, kvd, r.qkv); err != nil {
@@ -785,12 +794,12 @@ func (r *Runtime) forward(ctx context.Context, cache *Cache, b model.Batch, opts
 		var vc buf
 		if C > 0 {
 			vc = cache.v[l].view(0, C*kvd)
-			if err := o.rope(kall.view(0, C*kvd), cache.k[l].view(0, C*kvd), kposB.view(0, C), r.freq,
+			if err := o.rope(kall.view(0, C*kvd), cache.k[l].view(0, C*kvd), csCache,
 				C, cfg.KVHeads, cfg.HeadDim, kvd, kvd, cfg.RopeInterleaved); err != nil {
 				return nil, err
 			}
 		}
-		if err := o.rope(kall.view(C*kvd, n*kvd), kb, qpos, r.freq, n, cfg.KVHeads, cfg.HeadDim, kvd, kvd, cfg.RopeInterleaved); err != nil {
+		if err := o.rope(kall.view(C*kvd, n*kvd), kb, csBatch, n, cfg.KVHeads, cfg.HeadDim, kvd, kvd, cfg.RopeInterleaved); err != nil {
 			return nil, err
 		}
 		var lseL buf

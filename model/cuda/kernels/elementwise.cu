@@ -67,13 +67,28 @@ __device__ void to_half_impl(T* out, const float* in, int rows, int width, int i
     }
 FOR_TYPES(DEF_TO_HALF)
 
-// rope: out[r] = RoPE(in[r], pos[r]) for rows of heads*head_dim values.
-// One thread per (row, head, pair). The angle pos*freq[i] and its cos/sin
-// are float64 rounded to float32, the rotation fp32: package model's rope.
-// interleaved: pairs (2i, 2i+1) (llama2.c); else (i, i + head_dim/2) (HF).
+// rope_table: cs f32 [rows, half, 2] = cos, sin of pos[r] * freq[i], the
+// angle and its cos/sin in float64 rounded to float32 (package model's
+// rope). One thread per (row, i).
+extern "C" __global__ void rope_table(float* cs, const int* pos, const double* freq, int rows, int half) {
+    long long total = (long long)rows * half;
+    for (long long t = blockIdx.x * (long long)blockDim.x + threadIdx.x; t < total; t += (long long)gridDim.x * blockDim.x) {
+        int i = (int)(t % half);
+        long long r = t / half;
+        double s, c;
+        sincos((double)pos[r] * freq[i], &s, &c);
+        cs[2 * t] = (float)c;
+        cs[2 * t + 1] = (float)s;
+    }
+}
+
+// rope: out[r] = RoPE(in[r]) with the cos/sin of table row r, for rows of
+// heads*head_dim values; the rotation is fp32. One thread per (row, head,
+// pair). interleaved: pairs (2i, 2i+1) (llama2.c); else (i, i + head_dim/2)
+// (HF rotate_half).
 template <typename TI, typename TO>
-__device__ void rope_impl(TO* out, const TI* in, const int* pos, const double* freq, int rows, int heads,
-                          int head_dim, int in_stride, int out_stride, int interleaved) {
+__device__ void rope_impl(TO* out, const TI* in, const float* cs, int rows, int heads, int head_dim, int in_stride,
+                          int out_stride, int interleaved) {
     int half = head_dim / 2;
     long long total = (long long)rows * heads * half;
     for (long long t = blockIdx.x * (long long)blockDim.x + threadIdx.x; t < total; t += (long long)gridDim.x * blockDim.x) {
@@ -81,25 +96,23 @@ __device__ void rope_impl(TO* out, const TI* in, const int* pos, const double* f
         long long rh = t / half;
         int h = (int)(rh % heads);
         long long r = rh / heads;
-        double s, c;
-        sincos((double)pos[r] * freq[i], &s, &c);
-        float cf = (float)c, sf = (float)s;
+        float cf = cs[(r * half + i) * 2], sf = cs[(r * half + i) * 2 + 1];
         int i0 = interleaved ? 2 * i : i;
         int i1 = interleaved ? 2 * i + 1 : i + half;
         long long ib = r * in_stride + (long long)h * head_dim, ob = r * out_stride + (long long)h * head_dim;
         float x0 = ld(in, ib + i0), x1 = ld(in, ib + i1);
-        st(out, ob + i0, x0 * cf - x1 * sf);
-        st(out, ob + i1, x0 * sf + x1 * cf);
+        st(out, ob + i0, __fsub_rn(__fmul_rn(x0, cf), __fmul_rn(x1, sf)));
+        st(out, ob + i1, __fadd_rn(__fmul_rn(x0, sf), __fmul_rn(x1, cf)));
     }
 }
-extern "C" __global__ void rope_f32in(float* out, const float* in, const int* pos, const double* freq, int rows, int heads,
-                                      int head_dim, int in_stride, int out_stride, int interleaved) {
-    rope_impl<float, float>(out, in, pos, freq, rows, heads, head_dim, in_stride, out_stride, interleaved);
+extern "C" __global__ void rope_f32in(float* out, const float* in, const float* cs, int rows, int heads, int head_dim,
+                                      int in_stride, int out_stride, int interleaved) {
+    rope_impl<float, float>(out, in, cs, rows, heads, head_dim, in_stride, out_stride, interleaved);
 }
-#define DEF_ROPE(T, S)                                                                                              \
-    extern "C" __global__ void rope_##S(T* out, const T* in, const int* pos, const double* freq, int rows, int heads, \
-                                        int head_dim, int in_stride, int out_stride, int interleaved) {             \
-        rope_impl<T, T>(out, in, pos, freq, rows, heads, head_dim, in_stride, out_stride, interleaved);             \
+#define DEF_ROPE(T, S)                                                                                          \
+    extern "C" __global__ void rope_##S(T* out, const T* in, const float* cs, int rows, int heads, int head_dim, \
+                                        int in_stride, int out_stride, int interleaved) {                       \
+        rope_impl<T, T>(out, in, cs, rows, heads, head_dim, in_stride, out_stride, interleaved);                \
     }
 FOR_TYPES(DEF_ROPE)
 
