@@ -389,17 +389,23 @@ func TestConcurrentStreamsNoCrossTalk(t *testing.T) {
 			t.Errorf("request %d: empty output", i)
 		}
 	}
-	var lastFirst, firstLast time.Time
-	for i := range prompts {
-		if firsts[i].After(lastFirst) {
-			lastFirst = firsts[i]
-		}
-		if firstLast.IsZero() || lasts[i].Before(firstLast) {
-			firstLast = lasts[i]
+	// Interleaving: most requests got their first token before any request
+	// ended (a run-to-completion scheduler would give one). Not all: a
+	// client goroutine may be scheduled late on a loaded machine.
+	firstEnd := lasts[0]
+	for _, l := range lasts {
+		if l.Before(firstEnd) {
+			firstEnd = l
 		}
 	}
-	if !lastFirst.Before(firstLast) {
-		t.Errorf("decoding did not interleave: the last first-token came %v after the first request ended", lastFirst.Sub(firstLast))
+	early := 0
+	for _, f := range firsts {
+		if f.Before(firstEnd) {
+			early++
+		}
+	}
+	if early < len(prompts)/2 {
+		t.Errorf("decoding did not interleave: only %d of %d requests had a first token before the first one ended", early, len(prompts))
 	}
 	if lm.peak < 2 {
 		t.Errorf("model calls never overlapped (peak %d)", lm.peak)
