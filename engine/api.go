@@ -2,7 +2,6 @@ package engine
 
 import (
 	"bytes"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -169,7 +168,7 @@ func ParseRequest(body []byte, chat bool) (*Request, error) {
 	}
 	r.Sampling = s
 	if p := w.KVTransferParams; p != nil && p.Namespace != "" {
-		if _, err := hex.DecodeString(p.Namespace); err != nil || len(p.Namespace) > 128 {
+		if !ValidNamespace(p.Namespace) {
 			return nil, badParam("kv_transfer_params", "kv_transfer_params.namespace must be a hex string of at most 128 digits")
 		}
 		r.KVNamespace = strings.ToLower(p.Namespace)
