@@ -1,0 +1,542 @@
+package fusion
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"runtime"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/fusionrag/fusionrag/fingerprint"
+	"github.com/fusionrag/fusionrag/kvstore"
+	"github.com/fusionrag/fusionrag/model"
+	"github.com/fusionrag/fusionrag/recompute"
+)
+
+// Config configures an Ingester. NewIngester validates it and fills the
+// defaults.
+type Config struct {
+	// Model computes the KV. Required.
+	Model *model.Model
+	// Store receives the KV. Required.
+	Store kvstore.Store
+	// Tenant isolates the keys (see fingerprint.Namespace); empty is the
+	// shared tenant.
+	Tenant string
+	// Prefix is S, the ids every prompt starts with (BOS included). Nil:
+	// EncodePrefix(tokenizer, ""), i.e. BOS alone for llama-family
+	// tokenizers. Every chunk key includes S.
+	Prefix []int32
+	// Neighbours is n, the neighbours each chunk is fused with. 0 selects
+	// DefaultNeighbours.
+	Neighbours int
+	// Similarity finds the neighbours; nil selects BM25.
+	Similarity Neighbourer
+	// RawOnly stores raw KV only (no neighbour search, no fused KV).
+	RawOnly bool
+	// Workers is the number of chunks computed at once; 0: GOMAXPROCS.
+	Workers int
+	// BatchSize is the number of consecutive chunks a worker takes at a
+	// time; 0 selects 8.
+	BatchSize int
+	// DType is the stored element type; 0 selects kvstore.Float32.
+	DType kvstore.DType
+	// Progress, when set, receives a progress bar (rate and ETA) per phase.
+	Progress io.Writer
+	// OnProgress, when set, is called after every chunk (from the workers:
+	// keep it cheap).
+	OnProgress func(Progress)
+	// Logf reports skipped chunks and similar events; nil: log.Printf.
+	Logf func(format string, args ...any)
+}
+
+// DefaultNeighbours is the paper's n.
+const DefaultNeighbours = 10
+
+// Progress is where an ingest stands.
+type Progress struct {
+	// Phase is "neighbours", "raw" or "fused".
+	Phase string `json:"phase"`
+	// Done and Total count the phase's chunks (skipped ones included).
+	Done  int `json:"done"`
+	Total int `json:"total"`
+	// Elapsed is the phase's time so far.
+	Elapsed time.Duration `json:"elapsed_ns"`
+}
+
+// Summary is the outcome of one ingest.
+type Summary struct {
+	// Chunks are the distinct chunks (by token ids) ingested; Duplicates
+	// chunks seen more than once (stored once).
+	Chunks     int `json:"chunks"`
+	Duplicates int `json:"duplicates"`
+	// Tokens is the sum of the distinct chunks' token counts.
+	Tokens int `json:"tokens"`
+	// Stored and Skipped (already in the store: a resumed ingest) per variant.
+	RawStored    int `json:"raw_stored"`
+	RawSkipped   int `json:"raw_skipped"`
+	FusedStored  int `json:"fused_stored"`
+	FusedSkipped int `json:"fused_skipped"`
+	// Failed chunks could not be computed (too long for the model...); the
+	// first errors are in Errors.
+	Failed int      `json:"failed"`
+	Errors []string `json:"errors,omitempty"`
+	// Truncated chunks had neighbours dropped to fit the model's context.
+	Truncated int `json:"truncated"`
+	// NeighbourTokens is the sum over fused chunks of their neighbours'
+	// tokens (the extra context fusion attends to).
+	NeighbourTokens int `json:"neighbour_tokens"`
+	// Bytes is the size of the blobs stored by this run.
+	Bytes int64 `json:"bytes"`
+	// Phase wall times and the whole run's.
+	NeighbourTime time.Duration `json:"neighbour_ns"`
+	RawTime       time.Duration `json:"raw_ns"`
+	FusedTime     time.Duration `json:"fused_ns"`
+	Total         time.Duration `json:"total_ns"`
+	// Interrupted: the context ended before the work did; run again to
+	// resume.
+	Interrupted bool `json:"interrupted"`
+}
+
+// ChunksPerMin is the distinct chunks ingested per minute of the whole run.
+func (s Summary) ChunksPerMin() float64 { return perMin(s.Chunks, s.Total) }
+
+// RawPerChunk and FusedPerChunk are the mean wall time per computed chunk
+// of each phase (0 when none was computed).
+func (s Summary) RawPerChunk() time.Duration   { return per(s.RawTime, s.RawStored) }
+func (s Summary) FusedPerChunk() time.Duration { return per(s.FusedTime, s.FusedStored) }
+
+func per(d time.Duration, n int) time.Duration {
+	if n == 0 {
+		return 0
+	}
+	return d / time.Duration(n)
+}
+
+func perMin(n int, d time.Duration) float64 {
+	if d <= 0 {
+		return 0
+	}
+	return float64(n) / d.Minutes()
+}
+
+// String is the human summary printed at the end of an ingest.
+func (s Summary) String() string {
+	out := fmt.Sprintf("chunks %d (duplicates %d, failed %d), tokens %d, stored %s in %d raw + %d fused blobs (skipped %d raw, %d fused), time %s, %.1f chunks/min",
+		s.Chunks, s.Duplicates, s.Failed, s.Tokens, humanBytes(s.Bytes), s.RawStored, s.FusedStored, s.RawSkipped, s.FusedSkipped,
+		s.Total.Round(time.Millisecond), s.ChunksPerMin())
+	out += fmt.Sprintf("\nphases: neighbours %s, raw %s (%s/chunk), fused %s (%s/chunk)",
+		s.NeighbourTime.Round(time.Millisecond), s.RawTime.Round(time.Millisecond), s.RawPerChunk().Round(time.Microsecond),
+		s.FusedTime.Round(time.Millisecond), s.FusedPerChunk().Round(time.Microsecond))
+	if s.RawPerChunk() > 0 && s.FusedPerChunk() > 0 {
+		out += fmt.Sprintf(", fused/raw per chunk %.2fx", float64(s.FusedPerChunk())/float64(s.RawPerChunk()))
+	}
+	if s.Truncated > 0 {
+		out += fmt.Sprintf("\n%d chunks had neighbours dropped to fit the context", s.Truncated)
+	}
+	if s.Interrupted {
+		out += "\ninterrupted: run the same command again to resume"
+	}
+	return out
+}
+
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return strconv.FormatInt(n, 10) + " B"
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// Ingester computes and stores the raw and fused KV of chunks. It is safe
+// for concurrent Runs (they share nothing but the model and the store).
+type Ingester struct {
+	cfg Config
+	ns  fingerprint.Namespace
+	src *recompute.StoreSource
+	b   *Builder
+}
+
+// Params is the canonical fusion-parameter string of the namespace that
+// raw and fused chunk KV are stored in: the sidecar's
+// recompute.Config.Namespace.Params must equal it to find them.
+func Params(neighbours int, similarity string) string {
+	return fingerprint.Params(map[string]string{"fusion": "v1", "n": strconv.Itoa(neighbours), "sim": similarity})
+}
+
+// Namespace is the key namespace of chunk KV for a model, tenant and fusion
+// parameters (Params). Its Tokenizer is the hash of the model tokenizer's
+// fingerprint (zero without a tokenizer); Variant is set per key by
+// recompute.ChunkKey.
+func Namespace(m *model.Model, tenant, params string) (fingerprint.Namespace, error) {
+	mk, err := fingerprint.ParseKey(m.Fingerprint())
+	if err != nil {
+		return fingerprint.Namespace{}, fmt.Errorf("fusion: model fingerprint: %w", err)
+	}
+	ns := fingerprint.Namespace{Model: mk, Tenant: tenant, Params: params}
+	if m.Tokenizer != nil {
+		ns.Tokenizer = fingerprint.TokenizerFingerprint([]byte(m.Tokenizer.Fingerprint()))
+	}
+	return ns, nil
+}
+
+// NewIngester validates cfg, fills its defaults and prefills S.
+func NewIngester(ctx context.Context, cfg Config) (*Ingester, error) {
+	if cfg.Model == nil {
+		return nil, errors.New("fusion: Config.Model is nil")
+	}
+	if cfg.Store == nil {
+		return nil, errors.New("fusion: Config.Store is nil")
+	}
+	if cfg.Prefix == nil {
+		if cfg.Model.Tokenizer == nil {
+			if cfg.Model.Config.BOS >= 0 {
+				cfg.Prefix = []int32{cfg.Model.Config.BOS}
+			}
+		} else {
+			cfg.Prefix = EncodePrefix(cfg.Model.Tokenizer, "")
+		}
+	}
+	if cfg.Neighbours == 0 {
+		cfg.Neighbours = DefaultNeighbours
+	}
+	if cfg.Neighbours < 0 {
+		return nil, fmt.Errorf("fusion: Config.Neighbours %d must be >= 0", cfg.Neighbours)
+	}
+	if cfg.Similarity == nil {
+		cfg.Similarity = &BM25{}
+	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = runtime.GOMAXPROCS(0)
+	}
+	if cfg.BatchSize <= 0 {
+		cfg.BatchSize = 8
+	}
+	if cfg.DType == 0 {
+		cfg.DType = kvstore.Float32
+	}
+	if cfg.Logf == nil {
+		cfg.Logf = log.Printf
+	}
+	ns, err := Namespace(cfg.Model, cfg.Tenant, Params(cfg.Neighbours, cfg.Similarity.Name()))
+	if err != nil {
+		return nil, err
+	}
+	b, err := NewBuilder(ctx, cfg.Model, cfg.Prefix)
+	if err != nil {
+		return nil, err
+	}
+	return &Ingester{cfg: cfg, ns: ns, src: &recompute.StoreSource{Store: cfg.Store, DType: cfg.DType}, b: b}, nil
+}
+
+// Config returns the validated configuration.
+func (in *Ingester) Config() Config { return in.cfg }
+
+// Namespace is the namespace the chunk keys are in.
+func (in *Ingester) Namespace() fingerprint.Namespace { return in.ns }
+
+// Key returns the store key of a chunk's KV of the given variant.
+func (in *Ingester) Key(v fingerprint.Variant, tokens []int32) fingerprint.Key {
+	return recompute.ChunkKey(in.ns, v, in.cfg.Prefix, tokens)
+}
+
+// run is the state of one Run.
+type run struct {
+	in     *Ingester
+	chunks []Chunk
+	raw    []fingerprint.Key
+	fused  []fingerprint.Key
+	sum    Summary
+	mu     sync.Mutex // guards sum's counters written by workers
+}
+
+func (r *run) fail(id string, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.sum.Failed++
+	if len(r.sum.Errors) < MaxErrors {
+		r.sum.Errors = append(r.sum.Errors, fmt.Sprintf("chunk %s: %v", id, err))
+	}
+	r.in.cfg.Logf("fusion: skipping chunk %s: %v", id, err)
+}
+
+// Run ingests chunks: raw KV of every chunk, then (unless RawOnly) fused KV
+// on top of its neighbours. Chunks whose KV is already stored are skipped,
+// so a Run that was interrupted (ctx cancelled, process killed) resumes
+// where it stopped when run again; every KV is a pure function of the
+// model, S and the chunks, so results do not depend on Workers or on
+// interruptions. Chunks with identical ids are one chunk.
+//
+// A chunk the model cannot take is counted in Summary.Failed and skipped;
+// store errors stop the run. When ctx ends, Run returns the summary so far
+// with Interrupted set and ctx's error.
+func (in *Ingester) Run(ctx context.Context, chunks []Chunk) (Summary, error) {
+	start := time.Now()
+	r := &run{in: in}
+	seen := map[fingerprint.Key]bool{}
+	for _, c := range chunks {
+		if len(c.Tokens) == 0 {
+			continue
+		}
+		k := in.Key(fingerprint.VariantRaw, c.Tokens)
+		if seen[k] {
+			r.sum.Duplicates++
+			continue
+		}
+		seen[k] = true
+		r.chunks = append(r.chunks, c)
+		r.raw = append(r.raw, k)
+		r.fused = append(r.fused, in.Key(fingerprint.VariantFused, c.Tokens))
+		r.sum.Tokens += len(c.Tokens)
+	}
+	r.sum.Chunks = len(r.chunks)
+	err := r.do(ctx)
+	r.sum.Total = time.Since(start)
+	if err != nil && ctx.Err() != nil {
+		r.sum.Interrupted = true
+		return r.sum, ctx.Err()
+	}
+	return r.sum, err
+}
+
+func (r *run) do(ctx context.Context) error {
+	in := r.in
+	// Raw phase: every chunk's raw KV.
+	t := time.Now()
+	err := r.phase(ctx, "raw", func(ctx context.Context, i int) error {
+		c := &r.chunks[i]
+		if ok, err := in.cfg.Store.Has(ctx, r.raw[i]); err != nil {
+			return err
+		} else if ok {
+			r.count(&r.sum.RawSkipped, 0)
+			return nil
+		}
+		kv, err := in.b.Raw(ctx, c.Tokens)
+		if err != nil {
+			return chunkError{err}
+		}
+		return r.put(ctx, r.raw[i], c.Tokens, kv, &r.sum.RawStored)
+	})
+	r.sum.RawTime = time.Since(t)
+	if err != nil || in.cfg.RawOnly {
+		return err
+	}
+	// Which chunks still need fused KV.
+	var todo []int
+	var mu sync.Mutex
+	err = r.parallelN(ctx, len(r.chunks), func(ctx context.Context, i int) error {
+		ok, err := in.cfg.Store.Has(ctx, r.fused[i])
+		if err != nil {
+			return err
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if ok {
+			r.sum.FusedSkipped++
+		} else {
+			todo = append(todo, i)
+		}
+		return nil
+	})
+	if err != nil || len(todo) == 0 {
+		return err
+	}
+	t = time.Now()
+	r.progress("neighbours", 0, 1, t)
+	nb, err := in.cfg.Similarity.Neighbours(ctx, r.chunks, in.cfg.Neighbours)
+	r.sum.NeighbourTime = time.Since(t)
+	if err != nil {
+		return fmt.Errorf("fusion: neighbours: %w", err)
+	}
+	if len(nb) != len(r.chunks) {
+		return fmt.Errorf("fusion: %s returned %d neighbour lists for %d chunks", in.cfg.Similarity.Name(), len(nb), len(r.chunks))
+	}
+	r.progress("neighbours", 1, 1, t)
+	slices.Sort(todo)
+	t = time.Now()
+	err = r.phaseOver(ctx, "fused", todo, func(ctx context.Context, i int) error {
+		return r.fuse(ctx, i, nb[i])
+	})
+	r.sum.FusedTime = time.Since(t)
+	return err
+}
+
+// chunkError marks a failure of one chunk's computation (not of the store).
+type chunkError struct{ err error }
+
+func (e chunkError) Error() string { return e.err.Error() }
+func (e chunkError) Unwrap() error { return e.err }
+
+func (r *run) count(p *int, bytes int64) {
+	r.mu.Lock()
+	*p++
+	r.sum.Bytes += bytes
+	r.mu.Unlock()
+}
+
+func (r *run) put(ctx context.Context, key fingerprint.Key, tokens []int32, kv *model.Cache, counter *int) error {
+	if err := r.in.src.PutKV(ctx, key, fingerprint.CheckOf(tokens), kv); err != nil {
+		return fmt.Errorf("fusion: store: %w", err)
+	}
+	m := kvstore.Meta{DType: r.in.cfg.DType, Layers: kv.Layers, KVHeads: kv.KVHeads, HeadDim: kv.HeadDim, Tokens: kv.Len()}
+	n, _ := m.PayloadSize()
+	r.count(counter, n+kvstore.HeaderSize)
+	return nil
+}
+
+// fuse computes and stores chunk i's fused KV on top of its neighbours nb.
+func (r *run) fuse(ctx context.Context, i int, nb []int) error {
+	in := r.in
+	c := &r.chunks[i]
+	for _, j := range nb {
+		if j < 0 || j >= len(r.chunks) || j == i {
+			return fmt.Errorf("fusion: %s gave chunk %d the neighbour %d", in.cfg.Similarity.Name(), i, j)
+		}
+	}
+	lens := make([]int, len(nb))
+	for k, j := range nb {
+		lens[k] = len(r.chunks[j].Tokens)
+	}
+	if keep := in.b.Fits(len(c.Tokens), lens); keep < len(nb) {
+		nb = nb[:keep]
+		r.count(&r.sum.Truncated, 0)
+	}
+	kvs := make([]*model.Cache, len(nb))
+	var releases []func()
+	defer func() {
+		for _, rel := range releases {
+			rel()
+		}
+	}()
+	ntok := 0
+	for k, j := range nb {
+		ld, err := in.src.GetKV(ctx, r.raw[j], fingerprint.CheckOf(r.chunks[j].Tokens))
+		switch {
+		case err == nil:
+			kvs[k] = ld.KV
+			if ld.Release != nil {
+				releases = append(releases, ld.Release)
+			}
+		case errors.Is(err, recompute.ErrMiss) || errors.Is(err, recompute.ErrKVMismatch):
+			// Evicted from a bounded store, or failed to compute: compute
+			// it again (not stored: the raw phase owns raw entries).
+			kv, err := in.b.Raw(ctx, r.chunks[j].Tokens)
+			if err != nil {
+				return chunkError{fmt.Errorf("neighbour %s: %w", r.chunks[j].ID, err)}
+			}
+			kvs[k] = kv
+		default:
+			return fmt.Errorf("fusion: store: %w", err)
+		}
+		ntok += kvs[k].Len()
+	}
+	kv, err := in.b.Fused(ctx, c.Tokens, kvs)
+	if err != nil {
+		return chunkError{err}
+	}
+	if err := r.put(ctx, r.fused[i], c.Tokens, kv, &r.sum.FusedStored); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	r.sum.NeighbourTokens += ntok
+	r.mu.Unlock()
+	return nil
+}
+
+func (r *run) phase(ctx context.Context, name string, fn func(context.Context, int) error) error {
+	idx := make([]int, len(r.chunks))
+	for i := range idx {
+		idx[i] = i
+	}
+	return r.phaseOver(ctx, name, idx, fn)
+}
+
+// phaseOver runs fn over the chunk indices idx with the worker pool,
+// batch by batch, reporting progress. A chunkError is counted and skipped;
+// any other error stops the phase.
+func (r *run) phaseOver(ctx context.Context, name string, idx []int, fn func(context.Context, int) error) error {
+	start := time.Now()
+	var bar *Bar
+	if r.in.cfg.Progress != nil {
+		bar = NewBar(r.in.cfg.Progress, name, len(idx))
+		defer bar.Finish()
+	}
+	var done atomic.Int64
+	bs := r.in.cfg.BatchSize
+	nb := (len(idx) + bs - 1) / bs
+	return r.parallelN(ctx, nb, func(ctx context.Context, b int) error {
+		for _, i := range idx[b*bs : min((b+1)*bs, len(idx))] {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			err := fn(ctx, i)
+			var ce chunkError
+			if errors.As(err, &ce) && ctx.Err() == nil {
+				r.fail(r.chunks[i].ID, ce.err)
+				err = nil
+			}
+			if err != nil {
+				return err
+			}
+			d := int(done.Add(1))
+			if bar != nil {
+				bar.Set(d)
+			}
+			r.progress(name, d, len(idx), start)
+		}
+		return nil
+	})
+}
+
+func (r *run) progress(phase string, done, total int, start time.Time) {
+	if f := r.in.cfg.OnProgress; f != nil {
+		f(Progress{Phase: phase, Done: done, Total: total, Elapsed: time.Since(start)})
+	}
+}
+
+// parallelN runs fn(0..n-1) on Workers goroutines in index order of
+// dispatch; the first error cancels the rest and is returned.
+func (r *run) parallelN(ctx context.Context, n int, fn func(context.Context, int) error) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	next := make(chan int)
+	var wg sync.WaitGroup
+	var once sync.Once
+	var first error
+	for range min(r.in.cfg.Workers, max(n, 1)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				if err := fn(ctx, i); err != nil {
+					once.Do(func() { first = err; cancel(err) })
+				}
+			}
+		}()
+	}
+feed:
+	for i := range n {
+		select {
+		case next <- i:
+		case <-ctx.Done():
+			break feed
+		}
+	}
+	close(next)
+	wg.Wait()
+	if first != nil {
+		return first
+	}
+	return context.Cause(ctx)
+}

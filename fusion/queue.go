@@ -1,0 +1,311 @@
+package fusion
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// Queue runs ingest jobs in the background, one at a time (each job uses the
+// Ingester's whole worker pool), in submission order. The sidecar mounts it
+// as
+//
+//	POST /v1/fusion/documents       body: ParseDocuments formats -> 202 + JobStatus
+//	GET  /v1/fusion/documents/{id}  -> 200 + JobStatus, 404 when unknown
+//
+// (HandleSubmit and HandleStatus give the status codes and bodies, so the
+// proxy's fasthttp handlers stay a few lines). Neighbours are searched among
+// the chunks of the same job: submit documents that belong together in one
+// job. Jobs are not persisted: a restart forgets the queue, but the KV of
+// finished chunks stays in the store, so resubmitting skips it.
+type Queue struct {
+	in      *Ingester
+	chunker *Chunker
+	max     int
+	keep    int
+
+	mu     sync.Mutex
+	seq    int
+	jobs   map[string]*job
+	order  []string // finished jobs, oldest first (for KeepFinished)
+	ch     chan *job
+	ctx    context.Context
+	cancel context.CancelFunc
+	done   chan struct{}
+	closed bool
+}
+
+// QueueConfig configures a Queue.
+type QueueConfig struct {
+	// Ingester computes and stores the KV. Required. Its Progress writer
+	// should be nil (no terminal).
+	Ingester *Ingester
+	// Chunker cuts the submitted documents. Required.
+	Chunker *Chunker
+	// MaxPending bounds the jobs waiting to run; 0 selects 64. Submit
+	// returns ErrQueueFull beyond it.
+	MaxPending int
+	// KeepFinished is the number of finished jobs whose status stays
+	// queryable; 0 selects 1000.
+	KeepFinished int
+}
+
+// Job states.
+const (
+	JobQueued    = "queued"
+	JobRunning   = "running"
+	JobDone      = "done"
+	JobFailed    = "failed"
+	JobCancelled = "cancelled"
+)
+
+// JobStatus is what Status reports about a job; it is the JSON body of the
+// HTTP endpoint.
+type JobStatus struct {
+	ID        string    `json:"id"`
+	State     string    `json:"state"`
+	Documents int       `json:"documents"`
+	Chunks    int       `json:"chunks"`
+	Progress  Progress  `json:"progress"`
+	Load      LoadStats `json:"load"`
+	Summary   *Summary  `json:"summary,omitempty"`
+	Error     string    `json:"error,omitempty"`
+	Submitted time.Time `json:"submitted"`
+	Started   time.Time `json:"started,omitzero"`
+	Finished  time.Time `json:"finished,omitzero"`
+}
+
+type job struct {
+	mu     sync.Mutex
+	st     JobStatus
+	chunks []Chunk
+}
+
+func (j *job) status() JobStatus {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	s := j.st
+	if s.Summary != nil {
+		c := *s.Summary
+		s.Summary = &c
+	}
+	return s
+}
+
+// Queue errors.
+var (
+	ErrQueueFull   = errors.New("fusion: ingest queue full")
+	ErrQueueClosed = errors.New("fusion: ingest queue closed")
+	ErrNoDocuments = errors.New("fusion: no documents with text")
+)
+
+// NewQueue validates cfg and starts the queue's runner.
+func NewQueue(cfg QueueConfig) (*Queue, error) {
+	if cfg.Ingester == nil || cfg.Chunker == nil {
+		return nil, errors.New("fusion: QueueConfig needs an Ingester and a Chunker")
+	}
+	if cfg.MaxPending <= 0 {
+		cfg.MaxPending = 64
+	}
+	if cfg.KeepFinished <= 0 {
+		cfg.KeepFinished = 1000
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	q := &Queue{in: cfg.Ingester, chunker: cfg.Chunker, max: cfg.MaxPending, keep: cfg.KeepFinished,
+		jobs: map[string]*job{}, ch: make(chan *job, cfg.MaxPending), ctx: ctx, cancel: cancel, done: make(chan struct{})}
+	go q.loop()
+	return q, nil
+}
+
+// Submit chunks docs and queues them as one job. It returns the job's
+// initial status (its ID for Status), ErrNoDocuments when nothing has text,
+// ErrQueueFull or ErrQueueClosed.
+func (q *Queue) Submit(docs []Document) (JobStatus, error) {
+	chunks, ls := ChunkDocuments(docs, q.chunker)
+	if len(chunks) == 0 {
+		return JobStatus{}, fmt.Errorf("%w (%d documents, %d empty, %d rejected)", ErrNoDocuments, len(docs), ls.Empty, ls.Rejected)
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.closed {
+		return JobStatus{}, ErrQueueClosed
+	}
+	q.seq++
+	j := &job{chunks: chunks, st: JobStatus{ID: "job-" + strconv.Itoa(q.seq), State: JobQueued,
+		Documents: ls.Documents, Chunks: len(chunks), Load: ls, Submitted: time.Now().UTC()}}
+	select {
+	case q.ch <- j:
+	default:
+		q.seq--
+		return JobStatus{}, fmt.Errorf("%w: %d jobs pending", ErrQueueFull, q.max)
+	}
+	q.jobs[j.st.ID] = j
+	return j.status(), nil
+}
+
+// Status returns a job's status; false when the id is unknown (or
+// forgotten, see KeepFinished).
+func (q *Queue) Status(id string) (JobStatus, bool) {
+	q.mu.Lock()
+	j, ok := q.jobs[id]
+	q.mu.Unlock()
+	if !ok {
+		return JobStatus{}, false
+	}
+	return j.status(), true
+}
+
+// Close stops accepting jobs, cancels the running one and the queued ones
+// (their state becomes cancelled; stored KV stays) and waits for the runner
+// or ctx.
+func (q *Queue) Close(ctx context.Context) error {
+	q.mu.Lock()
+	if !q.closed {
+		q.closed = true
+		close(q.ch)
+	}
+	q.mu.Unlock()
+	q.cancel()
+	select {
+	case <-q.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (q *Queue) loop() {
+	defer close(q.done)
+	for j := range q.ch {
+		q.runJob(j)
+	}
+}
+
+func (q *Queue) runJob(j *job) {
+	if q.ctx.Err() != nil {
+		q.finish(j, JobCancelled, nil, q.ctx.Err())
+		return
+	}
+	j.mu.Lock()
+	j.st.State = JobRunning
+	j.st.Started = time.Now().UTC()
+	chunks := j.chunks
+	j.mu.Unlock()
+	in := *q.in // a per-job copy with the job's progress hook
+	in.cfg.Progress = nil
+	in.cfg.OnProgress = func(p Progress) {
+		j.mu.Lock()
+		j.st.Progress = p
+		j.mu.Unlock()
+	}
+	sum, err := in.Run(q.ctx, chunks)
+	state := JobDone
+	switch {
+	case err != nil && q.ctx.Err() != nil:
+		state = JobCancelled
+	case err != nil:
+		state = JobFailed
+	}
+	q.finish(j, state, &sum, err)
+}
+
+func (q *Queue) finish(j *job, state string, sum *Summary, err error) {
+	j.mu.Lock()
+	j.st.State = state
+	j.st.Summary = sum
+	j.st.Finished = time.Now().UTC()
+	if err != nil {
+		j.st.Error = err.Error()
+	}
+	j.chunks = nil
+	id := j.st.ID
+	j.mu.Unlock()
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.order = append(q.order, id)
+	for len(q.order) > q.keep {
+		delete(q.jobs, q.order[0])
+		q.order = q.order[1:]
+	}
+}
+
+// ParseDocuments reads the body of a submission: a JSON array of
+// Documents, an object {"documents": [...]}, or JSONL (one Document per
+// line, as a corpus file; its malformed lines are an error here, naming the
+// line).
+func ParseDocuments(body []byte) ([]Document, error) {
+	b := bytes.TrimSpace(body)
+	if len(b) == 0 {
+		return nil, fmt.Errorf("%w: empty body", ErrMalformed)
+	}
+	switch b[0] {
+	case '[':
+		var docs []Document
+		if err := json.Unmarshal(b, &docs); err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+		}
+		return docs, nil
+	case '{':
+		var w struct {
+			Documents *[]Document `json:"documents"`
+		}
+		if err := json.Unmarshal(b, &w); err == nil && w.Documents != nil {
+			return *w.Documents, nil
+		}
+	}
+	var docs []Document
+	st, err := ReadCorpus(bytes.NewReader(b), 0, func(d Document) error {
+		docs = append(docs, d)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if len(st.Errors) > 0 {
+		return nil, st.Errors[0]
+	}
+	return docs, nil
+}
+
+// HandleSubmit serves POST /v1/fusion/documents: it returns the HTTP status
+// and JSON body (202 with the JobStatus; 400, 429 or 503 with
+// {"error": ...}).
+func (q *Queue) HandleSubmit(body []byte) (int, []byte) {
+	docs, err := ParseDocuments(body)
+	if err != nil {
+		return errorBody(http.StatusBadRequest, err)
+	}
+	st, err := q.Submit(docs)
+	switch {
+	case errors.Is(err, ErrNoDocuments):
+		return errorBody(http.StatusBadRequest, err)
+	case errors.Is(err, ErrQueueFull):
+		return errorBody(http.StatusTooManyRequests, err)
+	case err != nil:
+		return errorBody(http.StatusServiceUnavailable, err)
+	}
+	out, _ := json.Marshal(st)
+	return http.StatusAccepted, out
+}
+
+// HandleStatus serves GET /v1/fusion/documents/{id}: 200 with the
+// JobStatus, or 404.
+func (q *Queue) HandleStatus(id string) (int, []byte) {
+	st, ok := q.Status(id)
+	if !ok {
+		return errorBody(http.StatusNotFound, fmt.Errorf("fusion: no job %q", id))
+	}
+	out, _ := json.Marshal(st)
+	return http.StatusOK, out
+}
+
+func errorBody(code int, err error) (int, []byte) {
+	out, _ := json.Marshal(map[string]string{"error": err.Error()})
+	return code, out
+}

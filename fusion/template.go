@@ -1,0 +1,126 @@
+package fusion
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/fusionrag/fusionrag/model/tokenizer"
+)
+
+// Template is how a chunk is presented in a prompt: the exact text the
+// serving side writes for one retrieved chunk. The offline stage computes
+// each chunk's KV for the token ids of this text, so the sidecar must present
+// chunks with the same Template (it imports this type) or every lookup misses.
+//
+// Format and Untitled hold the placeholders {title} and {text}; any other
+// brace is literal. Placeholders are substituted in one pass: a title that
+// contains "{text}" is not expanded again.
+type Template struct {
+	// Format renders a chunk that has a title. It must contain {text}.
+	Format string
+	// Untitled renders a chunk without a title; empty means Format with an
+	// empty title.
+	Untitled string
+}
+
+// DefaultTemplate presents a chunk as a titled document after a blank line.
+// It starts with a newline on purpose: a newline never merges with the
+// tokenizer's dummy-prefix space, so the chunk's ids do not depend on what
+// precedes it (see Template.Tokens).
+var DefaultTemplate = Template{
+	Format:   "\n\nDocument: {title}\n{text}",
+	Untitled: "\n\nDocument: {text}",
+}
+
+// ErrTemplate is returned by Template.Validate for a template without {text}.
+var ErrTemplate = errors.New("fusion: chunk template must contain {text}")
+
+// Validate checks that both formats place the chunk text.
+func (t Template) Validate() error {
+	if !strings.Contains(t.Format, "{text}") {
+		return fmt.Errorf("%w: format %q", ErrTemplate, t.Format)
+	}
+	if t.Untitled != "" && !strings.Contains(t.Untitled, "{text}") {
+		return fmt.Errorf("%w: untitled format %q", ErrTemplate, t.Untitled)
+	}
+	return nil
+}
+
+// Render returns the chunk's text as it appears in a prompt.
+func (t Template) Render(title, text string) string {
+	f := t.Format
+	if title == "" && t.Untitled != "" {
+		f = t.Untitled
+	}
+	var b strings.Builder
+	b.Grow(len(f) + len(title) + len(text))
+	for {
+		i := strings.IndexByte(f, '{')
+		if i < 0 {
+			b.WriteString(f)
+			return b.String()
+		}
+		b.WriteString(f[:i])
+		switch {
+		case strings.HasPrefix(f[i:], "{title}"):
+			b.WriteString(title)
+			f = f[i+len("{title}"):]
+		case strings.HasPrefix(f[i:], "{text}"):
+			b.WriteString(text)
+			f = f[i+len("{text}"):]
+		default:
+			b.WriteByte('{')
+			f = f[i+1:]
+		}
+	}
+}
+
+// Tokens returns the chunk's token ids: EncodeSegment of Render(title, text).
+// These ids are the contract between ingest and serving (see EncodeSegment).
+func (t Template) Tokens(tok tokenizer.Tokenizer, title, text string) []int32 {
+	return EncodeSegment(tok, t.Render(title, text))
+}
+
+// EncodeSegment encodes one prompt segment (a rendered chunk, or the
+// question) on its own, the way it must appear inside a prompt built by
+// concatenation:
+//
+//   - no BOS or EOS is added (BOS belongs to S, see EncodePrefix);
+//   - a tokenizer that prepends a dummy-prefix space to every encode
+//     (llama2.c run.c, SentencePiece "▁" normalizers) would make the segment
+//     start with a space token that the text does not have; when the text
+//     does not start with a space and the first id is exactly that space
+//     piece (" " or "▁") on its own, it is dropped. When the dummy space has
+//     merged into the first word (a template starting with a letter), it is
+//     kept: the ids are still deterministic, only one space richer.
+//
+// The serving side builds a prompt's ids as EncodePrefix(S) followed by the
+// EncodeSegment ids of each chunk and of the question, concatenated as they
+// are, and sends the engine those ids. Encoding the whole prompt text at once
+// instead gives different ids at the boundaries (BPE merges across them) and
+// must not be used to look chunks up.
+func EncodeSegment(tok tokenizer.Tokenizer, text string) []int32 {
+	ids := tok.Encode(text)
+	if len(ids) > 1 && text != "" && text[0] != ' ' {
+		if p := tok.Token(ids[0]); p == " " || p == "▁" {
+			ids = ids[1:]
+		}
+	}
+	return ids
+}
+
+// EncodePrefix returns S, the ids every prompt starts with: BOS when the
+// tokenizer expects it, then the system text encoded as run.c or the HF
+// tokenizer does at the start of a prompt (dummy prefix included: S is always
+// at position 0). Chunk KV depends on S, and S is part of every chunk key.
+func EncodePrefix(tok tokenizer.Tokenizer, system string) []int32 {
+	var s []int32
+	if tok.AddBOS() && tok.BOS() >= 0 {
+		s = append(s, tok.BOS())
+	}
+	if system != "" {
+		s = append(s, tok.Encode(system)...)
+	}
+	return s
+}
