@@ -1,0 +1,10 @@
+// Package deploy holds the checks of the deployment files at the repository
+// root: docker-compose.yml (loaded with compose-go, the library Docker
+// Compose itself uses), the Dockerfile and .dockerignore. No Docker engine
+// runs in CI, so these tests are what keeps the files honest: every service
+// has an image or a build, healthchecks exist where a dependency waits for
+// them, ports are bound where they should be, and the sidecar's environment
+// is a configuration the sidecar accepts.
+//
+// The package has no code of its own; docs/deploy.md describes the stack.
+package deploy
