@@ -345,12 +345,23 @@ type (
 		Logprobs     any       `json:"logprobs"`
 		FinishReason *string   `json:"finish_reason"`
 	}
+	// Stream chunks: Usage is absent, null on every chunk when
+	// stream_options.include_usage is set (as OpenAI sends it), and the
+	// usage object on the last chunk.
 	chatChunk struct {
 		ID      string            `json:"id"`
 		Object  string            `json:"object"`
 		Created int64             `json:"created"`
 		Model   string            `json:"model"`
 		Choices []chatChunkChoice `json:"choices"`
-		Usage   *Usage            `json:"usage,omitempty"`
+		Usage   any               `json:"usage,omitempty"`
+	}
+	completionChunk struct {
+		ID      string             `json:"id"`
+		Object  string             `json:"object"`
+		Created int64              `json:"created"`
+		Model   string             `json:"model"`
+		Choices []completionChoice `json:"choices"`
+		Usage   any                `json:"usage,omitempty"`
 	}
 )

@@ -204,6 +204,11 @@ func TestStreamingFormat(t *testing.T) {
 				if chat && i == 0 && c.Choices[0].Delta.Role != "assistant" {
 					t.Errorf("first chat chunk has no assistant role: %s", ev)
 				}
+				var raw map[string]json.RawMessage
+				json.Unmarshal([]byte(ev), &raw)
+				if u, ok := raw["usage"]; !ok || (c.Usage == nil && string(u) != "null") {
+					t.Errorf("event %d: usage must be present (null until the last chunk): %s", i, ev)
+				}
 				if c.Usage != nil {
 					if len(c.Choices) != 0 || usage != nil {
 						t.Errorf("usage chunk must be last and have no choices: %s", ev)

@@ -196,7 +196,7 @@ func (rs *responder) stream(ctx context.Context, w http.ResponseWriter) {
 					rs.event(w, chatChunk{ID: rs.id, Object: "chat.completion.chunk", Created: rs.created,
 						Model: rs.e.cfg.ModelName, Choices: []chatChunkChoice{}, Usage: u})
 				} else {
-					rs.event(w, completionResponse{ID: rs.id, Object: "text_completion", Created: rs.created,
+					rs.event(w, completionChunk{ID: rs.id, Object: "text_completion", Created: rs.created,
 						Model: rs.e.cfg.ModelName, Choices: []completionChoice{}, Usage: u})
 				}
 			}
@@ -214,12 +214,21 @@ func (rs *responder) stream(ctx context.Context, w http.ResponseWriter) {
 
 func (rs *responder) chatChunk(d chatDelta, finish *string) chatChunk {
 	return chatChunk{ID: rs.id, Object: "chat.completion.chunk", Created: rs.created, Model: rs.e.cfg.ModelName,
-		Choices: []chatChunkChoice{{Delta: d, FinishReason: finish}}}
+		Choices: []chatChunkChoice{{Delta: d, FinishReason: finish}}, Usage: rs.nullUsage()}
 }
 
-func (rs *responder) textChunk(text string, finish *string) completionResponse {
-	return completionResponse{ID: rs.id, Object: "text_completion", Created: rs.created, Model: rs.e.cfg.ModelName,
-		Choices: []completionChoice{{Text: text, FinishReason: finish}}}
+func (rs *responder) textChunk(text string, finish *string) completionChunk {
+	return completionChunk{ID: rs.id, Object: "text_completion", Created: rs.created, Model: rs.e.cfg.ModelName,
+		Choices: []completionChoice{{Text: text, FinishReason: finish}}, Usage: rs.nullUsage()}
+}
+
+// nullUsage is the usage field of a chunk that is not the last: null when
+// the client asked for usage, absent otherwise.
+func (rs *responder) nullUsage() any {
+	if rs.req.IncludeUsage {
+		return json.RawMessage("null")
+	}
+	return nil
 }
 
 // event writes one "data: <json>" server-sent event.
