@@ -458,3 +458,41 @@ func SyntheticFidelityModel() model.Config {
 	return model.Config{Arch: model.ArchLlama, Dim: 128, HiddenDim: 344, Layers: 6, Heads: 8, KVHeads: 4, HeadDim: 16,
 		Vocab: 512, MaxPositions: 512, RopeTheta: 10000, NormEps: 1e-5, TiedEmbeddings: true, BOS: 1, EOS: []int32{2}}
 }
+
+// FidelityPlots draws, per model, the normalised fidelity of each strategy
+// against the ratio (full and reuse are the 100 and 0 lines by definition).
+func FidelityPlots(rows []FidelityRow) []Plot {
+	var models []string
+	series := map[string]map[string]*Series{}
+	for _, r := range rows {
+		if r.Strategy == "full" || r.Strategy == "reuse" {
+			continue
+		}
+		if series[r.Model] == nil {
+			series[r.Model] = map[string]*Series{}
+			models = append(models, r.Model)
+		}
+		s := series[r.Model][r.Strategy]
+		if s == nil {
+			s = &Series{Name: r.Strategy}
+			series[r.Model][r.Strategy] = s
+		}
+		s.X = append(s.X, r.Ratio*100)
+		s.Y = append(s.Y, r.NormalizedFidelity)
+	}
+	var plots []Plot
+	for _, m := range models {
+		p := Plot{File: "fidelity-" + fileSafe(m) + ".png", Title: "Normalised fidelity on " + m,
+			XLabel: "recomputed context tokens (%)", YLabel: "normalised fidelity (reuse 0, full 100)", Kind: Lines}
+		names := make([]string, 0, len(series[m]))
+		for n := range series[m] {
+			names = append(names, n)
+		}
+		slices.Sort(names)
+		for _, n := range names {
+			p.Series = append(p.Series, *series[m][n])
+		}
+		plots = append(plots, p)
+	}
+	return plots
+}

@@ -99,3 +99,28 @@ func TestKL(t *testing.T) {
 		t.Errorf("KL = %v, want %v", kl, want)
 	}
 }
+
+func TestFidelityAndTTFTPlots(t *testing.T) {
+	rows := []FidelityRow{
+		{Model: "a", Strategy: "full", Ratio: 1, NormalizedFidelity: 100},
+		{Model: "a", Strategy: "reuse"},
+		{Model: "a", Strategy: "fusionrag", Ratio: 0.15, NormalizedFidelity: 50},
+		{Model: "a", Strategy: "fusionrag", Ratio: 0.3, NormalizedFidelity: 80},
+		{Model: "b/c", Strategy: "epic", Ratio: 0.15, NormalizedFidelity: 10},
+	}
+	ps := FidelityPlots(rows)
+	if len(ps) != 2 || ps[0].File != "fidelity-a.png" || ps[1].File != "fidelity-b-c.png" {
+		t.Fatalf("plots %+v", ps)
+	}
+	if s := ps[0].Series; len(s) != 1 || s[0].Name != "fusionrag" || len(s[0].X) != 2 || s[0].X[1] != 30 || s[0].Y[1] != 80 {
+		t.Errorf("series %+v", s)
+	}
+	tp := TTFTPlots([]TTFTRow{
+		{Strategy: "full", ContextTokens: 1024, Speedup: 1, CPUSpeedup: 1, Limit: 1},
+		{Strategy: "reuse", ContextTokens: 1024, Speedup: 20, CPUSpeedup: 15, Limit: 30},
+		{Strategy: "fusionrag", Ratio: 0.15, ContextTokens: 1024, Speedup: 4, Limit: 5},
+	})
+	if len(tp) != 3 || len(tp[0].Series) != 2 || tp[0].Series[1].Name != "fusionrag 15%" || len(tp[1].Series[1].X) != 0 {
+		t.Errorf("ttft plots %+v", tp)
+	}
+}

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strings"
 )
 
@@ -61,56 +60,27 @@ func WriteJSON(w io.Writer, v any) error {
 	return enc.Encode(v)
 }
 
-// Output says where a harness's report goes: the Markdown always to Stdout
-// (when not nil); the JSON rows to JSONFile when set; both, as <name>.md and
-// <name>.json, into OutDir when set.
+// Output says where a harness's report goes (see WriteReport): the
+// Markdown to Stdout when not nil; the JSON document to JSONFile when set;
+// <name>.json, <name>.md and the plots into OutDir when set.
 type Output struct {
 	Stdout   io.Writer
 	JSONFile string
 	OutDir   string
 }
 
-// Write emits a report: tables as Markdown, rows as JSON.
-func (o Output) Write(name string, tables []Table, rows any) error {
-	var md strings.Builder
-	for _, t := range tables {
-		if err := t.WriteMarkdown(&md); err != nil {
-			return err
-		}
+// WriteRowsJSON writes rows alone, as an indented JSON array, to path: the
+// `--json FILE` form of the ttft and fidelity harnesses.
+func WriteRowsJSON(path string, rows any) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return fmt.Errorf("bench: %w", err)
 	}
-	if o.Stdout != nil {
-		if _, err := io.WriteString(o.Stdout, md.String()); err != nil {
-			return err
-		}
+	if err := WriteJSON(f, rows); err != nil {
+		f.Close()
+		return fmt.Errorf("bench: %s: %w", path, err)
 	}
-	writeJSONFile := func(path string) error {
-		f, err := os.Create(path)
-		if err != nil {
-			return err
-		}
-		if err := WriteJSON(f, rows); err != nil {
-			f.Close()
-			return err
-		}
-		return f.Close()
-	}
-	if o.JSONFile != "" {
-		if err := writeJSONFile(o.JSONFile); err != nil {
-			return fmt.Errorf("bench: %w", err)
-		}
-	}
-	if o.OutDir != "" {
-		if err := os.MkdirAll(o.OutDir, 0o755); err != nil {
-			return fmt.Errorf("bench: %w", err)
-		}
-		if err := writeJSONFile(filepath.Join(o.OutDir, name+".json")); err != nil {
-			return fmt.Errorf("bench: %w", err)
-		}
-		if err := os.WriteFile(filepath.Join(o.OutDir, name+".md"), []byte(md.String()), 0o644); err != nil {
-			return fmt.Errorf("bench: %w", err)
-		}
-	}
-	return nil
+	return f.Close()
 }
 
 // f formats a float with the given decimals.

@@ -244,8 +244,8 @@ func ttftRow(c *TTFTConfig, strategy string, ratio float64, n int, m, fullM meas
 		TTFTMs: ms(r.Phases.Total), FullTTFTMs: ms(full.Phases.Total),
 		Speedup: ms(full.Phases.Total) / ms(r.Phases.Total),
 		CPUMs:   ms(m.cpu), FullCPUMs: ms(fullM.cpu),
-		Limit:   full.Cost.Total() / r.Cost.Total(),
-		LoadMs:  ms(r.Phases.Load), AssembleMs: ms(r.Phases.Assemble), SelectMs: ms(r.Phases.Select), RecomputeMs: ms(r.Phases.Recompute),
+		Limit:  full.Cost.Total() / r.Cost.Total(),
+		LoadMs: ms(r.Phases.Load), AssembleMs: ms(r.Phases.Assemble), SelectMs: ms(r.Phases.Select), RecomputeMs: ms(r.Phases.Recompute),
 		BytesLoaded: r.BytesLoaded, Recomputed: r.Recomputed}
 	if m.cpu > 0 {
 		row.CPUSpeedup = ms(fullM.cpu) / ms(m.cpu)
@@ -267,7 +267,7 @@ func TTFTTable(rows []TTFTRow, params int64, elapsed time.Duration) Table {
 	}
 	t.Notes = append(t.Notes, "Speedup = full's TTFT / the method's, both measured in this run; FLOP limit = FLOPs(full) / FLOPs(method) "+
 		"(GEMMs, attention over the keys each query sees, logits). CPU speedup = full's process CPU time / the method's "+
-			"(user + system), which a machine shared with other work distorts less than wall time.",
+		"(user + system), which a machine shared with other work distorts less than wall time.",
 		fmt.Sprintf("Measured in %s.", elapsed.Round(time.Millisecond)))
 	return t
 }
@@ -286,4 +286,43 @@ func TTFTQuickModel() model.Config {
 	c := model.SyntheticLlama30M()
 	c.Dim, c.HiddenDim, c.Layers, c.Heads, c.KVHeads, c.HeadDim = 256, 704, 4, 4, 4, 64
 	return c
+}
+
+// TTFTPlots draws the wall-clock and CPU speedups over full of each strategy
+// against the context size.
+func TTFTPlots(rows []TTFTRow) []Plot {
+	wall := Plot{File: "ttft-speedup.png", Title: "TTFT speedup over full (wall clock)", XLabel: "context tokens",
+		YLabel: "speedup (x)", Kind: Lines, LogY: true}
+	cpu := Plot{File: "ttft-cpu-speedup.png", Title: "Speedup over full (process CPU time)", XLabel: "context tokens",
+		YLabel: "speedup (x)", Kind: Lines, LogY: true}
+	limit := Plot{File: "ttft-limit.png", Title: "FLOP limit: FLOPs(full) / FLOPs(method)", XLabel: "context tokens",
+		YLabel: "limit (x)", Kind: Lines, LogY: true}
+	idx := map[string]int{}
+	for _, r := range rows {
+		if r.Strategy == "full" {
+			continue
+		}
+		name := r.Strategy
+		if r.Strategy != "reuse" {
+			name += " " + pct(r.Ratio)
+		}
+		i, ok := idx[name]
+		if !ok {
+			i = len(wall.Series)
+			idx[name] = i
+			for _, p := range []*Plot{&wall, &cpu, &limit} {
+				p.Series = append(p.Series, Series{Name: name})
+			}
+		}
+		add := func(p *Plot, y float64) {
+			if y > 0 {
+				p.Series[i].X = append(p.Series[i].X, float64(r.ContextTokens))
+				p.Series[i].Y = append(p.Series[i].Y, y)
+			}
+		}
+		add(&wall, r.Speedup)
+		add(&cpu, r.CPUSpeedup)
+		add(&limit, r.Limit)
+	}
+	return []Plot{wall, cpu, limit}
 }
