@@ -395,6 +395,10 @@ func (c *cudaOps) fillRandom(b buf, seed uint64, scale float32) error {
 }
 
 func (c *cudaOps) close() error {
+	if c.ctx == (cu.CUContext{}) {
+		return nil
+	}
+	defer c.enter()()
 	var first error
 	if c.blas != nil {
 		if err := c.blas.close(); err != nil && err != errCublasClosed {
@@ -408,11 +412,9 @@ func (c *cudaOps) close() error {
 		}
 	}
 	c.mods = nil
-	if c.ctx != (cu.CUContext{}) {
-		if err := c.dev.ReleasePrimaryCtx(); err != nil && first == nil {
-			first = fmt.Errorf("cuda: releasing context: %w", err)
-		}
-		c.ctx = cu.CUContext{}
+	if err := c.dev.ReleasePrimaryCtx(); err != nil && first == nil {
+		first = fmt.Errorf("cuda: releasing context: %w", err)
 	}
+	c.ctx = cu.CUContext{}
 	return first
 }
