@@ -127,7 +127,24 @@ func (p Plot) build() (*plot.Plot, error) {
 		pl.X.Tick.Marker = plot.LogTicks{Prec: -1}
 	}
 	if p.LogY {
-		pl.Y.Scale = plot.LogScale{}
+		// Bars start at 0, which a log axis cannot show: the axis starts at
+		// half the smallest positive value and clampedLog draws anything
+		// below it at the bottom.
+		minPos := math.Inf(1)
+		for _, s := range p.Series {
+			for _, y := range s.Y {
+				if finite(y) && y > 0 {
+					minPos = min(minPos, y)
+				}
+			}
+		}
+		if math.IsInf(minPos, 1) {
+			return nil, fmt.Errorf("%w: %s: no positive value on a log axis", ErrEmptyPlot, p.File)
+		}
+		if pl.Y.Min <= 0 {
+			pl.Y.Min = minPos / 2
+		}
+		pl.Y.Scale = clampedLog{}
 		pl.Y.Tick.Marker = plot.LogTicks{Prec: -1}
 	}
 	pl.Legend.TextStyle.Color = color.Black
@@ -162,4 +179,12 @@ func (p Plot) Save(dir string) error {
 		return err
 	}
 	return os.WriteFile(filepath.Join(dir, p.File), buf.Bytes(), 0o644)
+}
+
+// clampedLog is plot.LogScale with values at or below the axis minimum drawn
+// at the minimum instead of panicking.
+type clampedLog struct{}
+
+func (clampedLog) Normalize(lo, hi, x float64) float64 {
+	return plot.LogScale{}.Normalize(lo, hi, max(x, lo))
 }

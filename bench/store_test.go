@@ -1,0 +1,62 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/fusionrag/fusionrag/kvstore"
+)
+
+// testTiers returns mem, disk and, when redis-server is installed, a real
+// Redis tier (stopped at cleanup); it says loudly when Redis is skipped.
+func testTiers(t *testing.T) []string {
+	t.Helper()
+	tiers := []string{"mem://?max=256MiB", "disk://" + t.TempDir() + "?max=1GiB"}
+	r, err := StartRedis()
+	if errors.Is(err, ErrNoRedis) {
+		t.Log("REDIS TIER NOT MEASURED: redis-server not installed (apt-get install redis-server)")
+		return tiers
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.Stop)
+	return append(tiers, r.URL)
+}
+
+func TestStoreQuick(t *testing.T) {
+	tiers := testTiers(t)
+	start := time.Now()
+	shapes := []StoreShape{{Name: "small-fp16", Layers: 4, KVHeads: 2, HeadDim: 16, Tokens: 64, DType: kvstore.Float16},
+		{Name: "small-fp32", Layers: 2, KVHeads: 2, HeadDim: 8, Tokens: 32, DType: kvstore.Float32}}
+	rows, err := RunStore(context.Background(), StoreConfig{Tiers: tiers, Shapes: shapes, Blobs: 3, Rounds: 2, Quiet: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rows) != len(tiers)*len(shapes) {
+		t.Fatalf("%d rows, want %d", len(rows), len(tiers)*len(shapes))
+	}
+	for _, r := range rows {
+		if r.PutMBps <= 0 || r.GetMBps <= 0 || r.MemcpyMBps <= 0 || r.GetP99Ms < r.GetP50Ms || r.Blobs != 3 {
+			t.Errorf("bad row %+v", r)
+		}
+		if want := int64(kvstore.HeaderSize); r.BlobBytes <= want {
+			t.Errorf("%s blob %d bytes: no payload", r.Shape, r.BlobBytes)
+		}
+	}
+	if s := (StoreShape{Layers: 32, KVHeads: 8, HeadDim: 128, Tokens: 512, DType: kvstore.Float16}); s.Bytes() != 64<<20 {
+		t.Errorf("llama3-8b chunk %d bytes, want 64 MiB", s.Bytes())
+	}
+	tb := StoreTable(rows, time.Since(start))
+	var sb stringsBuilder
+	tb.WriteMarkdown(&sb)
+	t.Logf("\n%s", sb.String())
+	if _, err := RunStore(context.Background(), StoreConfig{}); err == nil {
+		t.Error("no tiers: no error")
+	}
+	if _, err := RunStore(context.Background(), StoreConfig{Tiers: []string{"nope://x"}}); err == nil {
+		t.Error("bad URL: no error")
+	}
+}
