@@ -42,9 +42,11 @@ type Config struct {
 	// RequestTimeout bounds one request from admission to its last token.
 	// Default 10 minutes.
 	RequestTimeout time.Duration
-	// MaxBodyBytes bounds request bodies (JSON requests and pushed KV blobs).
-	// Default 256 MiB.
+	// MaxBodyBytes bounds JSON request bodies. Default 256 MiB.
 	MaxBodyBytes int64
+	// MaxKVBytes bounds one pushed KV blob (PUT /v1/kv/{key}). Default 4 GiB
+	// (a 2K-token prompt of a Llama-3-8B-shaped model is 256 MiB in fp16).
+	MaxKVBytes int64
 }
 
 // Defaults used by Normalize.
@@ -57,6 +59,7 @@ const (
 	DefaultPushStoreURL = "mem://?max=1GiB"
 	DefaultTimeout      = 10 * time.Minute
 	DefaultMaxBody      = 256 << 20
+	DefaultMaxKV        = 4 << 30
 )
 
 // ErrConfig is wrapped by every configuration error.
@@ -117,6 +120,12 @@ func (c *Config) Normalize() error {
 	}
 	if c.MaxBodyBytes < 0 {
 		return fmt.Errorf("%w: MaxBodyBytes = %d, must be > 0", ErrConfig, c.MaxBodyBytes)
+	}
+	if c.MaxKVBytes == 0 {
+		c.MaxKVBytes = DefaultMaxKV
+	}
+	if c.MaxKVBytes < 0 {
+		return fmt.Errorf("%w: MaxKVBytes = %d, must be > 0", ErrConfig, c.MaxKVBytes)
 	}
 	return nil
 }

@@ -12,7 +12,7 @@ import (
 func TestNewConfig(t *testing.T) {
 	def := Config{Listen: DefaultListen, ModelName: DefaultModelName, MaxBatch: DefaultMaxBatch, MaxQueue: DefaultMaxQueue,
 		PrefillChunk: DefaultPrefillChunk, Workers: runtime.GOMAXPROCS(0), PushStoreURL: DefaultPushStoreURL,
-		RequestTimeout: DefaultTimeout, MaxBodyBytes: DefaultMaxBody}
+		RequestTimeout: DefaultTimeout, MaxBodyBytes: DefaultMaxBody, MaxKVBytes: DefaultMaxKV}
 	tests := []struct {
 		name string
 		in   Config

@@ -60,7 +60,8 @@ func fingerprintKey(s string) fingerprint.Key {
 type kvSequence interface {
 	Sequence
 	// LoadKV appends per-layer K (before RoPE) and V, each
-	// [tokens, kvHeads, headDim], at positions [Len(), Len()+tokens).
+	// [tokens, kvHeads, headDim], at positions [Len(), Len()+tokens). It
+	// must copy: k and v may be views of store memory released afterwards.
 	LoadKV(k, v [][]float32, tokens int) error
 }
 
@@ -214,16 +215,35 @@ func (c *Connector) tryLoad(ctx context.Context, st kvstore.Store, p fingerprint
 		c.met.lookup("mismatch")
 		return 0
 	}
-	k, v := b.Float32()
-	stride := c.cfg.KVHeads * c.cfg.HeadDim
-	for l := range k {
-		k[l], v[l] = k[l][:use*stride], v[l][:use*stride]
-	}
+	k, v := prefixKV(b, use*c.cfg.KVHeads*c.cfg.HeadDim)
 	if err := s.LoadKV(k, v, use); err != nil {
 		c.met.lookup("error")
 		return 0
 	}
 	return use
+}
+
+// prefixKV returns the first n values of every layer's K and V as float32:
+// views of the blob's payload for fp32 blobs (no copy; valid until the blob
+// is released), converted copies otherwise.
+func prefixKV(b *kvstore.Blob, n int) (k, v [][]float32) {
+	k, v = make([][]float32, b.Layers), make([][]float32, b.Layers)
+	es := b.DType.Size()
+	for l := range b.Layers {
+		kb, vb := b.K(l)[:n*es], b.V(l)[:n*es]
+		if b.DType == kvstore.Float32 {
+			kf, ok1 := kvstore.AsFloat32(kb)
+			vf, ok2 := kvstore.AsFloat32(vb)
+			if ok1 && ok2 {
+				k[l], v[l] = kf, vf
+				continue
+			}
+		}
+		k[l], v[l] = make([]float32, n), make([]float32, n)
+		kvstore.DecodeFloat32(k[l], kb, b.DType)
+		kvstore.DecodeFloat32(v[l], vb, b.DType)
+	}
+	return k, v
 }
 
 // Push verifies and stores a blob pushed for key.
@@ -264,7 +284,7 @@ func (e *Engine) handlePutKV(w http.ResponseWriter, r *http.Request, key string)
 		writeError(w, fmt.Errorf("%w: this engine has no KV connector", ErrNotFound))
 		return
 	}
-	body, err := readBody(r, e.cfg.MaxBodyBytes)
+	body, err := readBody(r, e.cfg.MaxKVBytes)
 	if err != nil {
 		writeError(w, err)
 		return

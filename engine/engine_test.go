@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fusionrag/fusionrag/kvstore"
 	"github.com/google/go-cmp/cmp"
 )
 
@@ -584,5 +585,51 @@ func TestDecodeOverlapRatio(t *testing.T) {
 		seqTime.Round(time.Millisecond), conTime.Round(time.Millisecond), ratio)
 	if ratio > 0.9 {
 		t.Errorf("concurrent/sequential time ratio %.2f: decoding did not overlap", ratio)
+	}
+}
+
+// TestPushLimitsAndErrors: PUT /v1/kv/{key} refuses oversize bodies (413),
+// bad keys and garbage (400), and answers 404 without a connector.
+func TestPushLimitsAndErrors(t *testing.T) {
+	_, plain := startFake(t, &fakeLM{}, Config{})
+	push, err := kvstore.Open("mem://?max=1MiB")
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := NewConnector(ConnectorConfig{Model: "m", Tokenizer: "t", Layers: 1, KVHeads: 1, HeadDim: 2, Pushed: push})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lm := &fakeLM{vocab: 259, maxPos: 256}
+	e, err := New(Config{MaxKVBytes: 1000}, lm, byteTok{}, WithConnector(conn))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(e.Handler())
+	defer func() { e.Close(); srv.Close() }()
+	key := strings.Repeat("ab", 16)
+	put := func(url, key string, body []byte) (int, string) {
+		req, _ := http.NewRequest(http.MethodPut, url+"/v1/kv/"+key, bytes.NewReader(body))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	for _, tt := range []struct {
+		name, url, key string
+		body           []byte
+		status         int
+	}{
+		{"too large", srv.URL, key, make([]byte, 2000), 413},
+		{"bad key", srv.URL, "xyz", []byte("x"), 400},
+		{"garbage", srv.URL, key, []byte("not a blob"), 400},
+		{"no connector", plain, key, []byte("x"), 404},
+	} {
+		if code, body := put(tt.url, tt.key, tt.body); code != tt.status || !strings.Contains(body, `"error"`) {
+			t.Errorf("%s: %d %s, want %d with an error body", tt.name, code, body, tt.status)
+		}
 	}
 }
