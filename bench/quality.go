@@ -850,3 +850,30 @@ func fileSafe(s string) string {
 		return '-'
 	}, s)
 }
+
+// PromptTexts returns the prompt texts of the first n examples of the
+// config's datasets (all when n <= 0), laid out as RunQuality lays them out
+// (the chunks cut in tokens are decoded back to text): the RAG prompts of
+// the load and end-to-end benchmarks. Examples that do not fit are skipped.
+func PromptTexts(c QualityConfig, n int) ([]string, error) {
+	if err := c.fill(); err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, ds := range c.Datasets {
+		for _, e := range ds.Examples {
+			if n > 0 && len(out) == n {
+				return out, nil
+			}
+			p, err := c.layout(e)
+			if errors.Is(err, ErrPromptTooLong) {
+				continue
+			}
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, p.text)
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,336 @@
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// LoadTarget is one OpenAI-compatible base URL under load: the engine
+// directly, the sidecar passing through, the sidecar's fusion path.
+type LoadTarget struct {
+	// Name labels the target ("direct", "passthrough", "fusion").
+	Name string
+	// URL is the base URL (http://host:port).
+	URL string
+	// Headers are sent with every request (e.g. X-Fusionrag-Strategy).
+	Headers map[string]string
+}
+
+// LoadConfig configures RunLoad, which fills zero fields with the defaults
+// documented here.
+type LoadConfig struct {
+	// Targets are measured at every concurrency, interleaved (see RunLoad).
+	// Required.
+	Targets []LoadTarget
+	// Prompts are the completion prompts, sent round-robin. Required.
+	Prompts []string
+	// Model is the request's "model" field.
+	Model string
+	// Concurrency levels (closed-loop clients); default 1, 4, 16.
+	Concurrency []int
+	// Requests per target and level; default 48.
+	Requests int
+	// MaxTokens per completion; default 16.
+	MaxTokens int
+	// Timeout of one request; default 2 minutes.
+	Timeout time.Duration
+	// Progress receives the progress bar; Quiet silences it.
+	Progress io.Writer
+	Quiet    bool
+}
+
+// LoadRow is one target at one concurrency.
+type LoadRow struct {
+	Target      string `json:"target"`
+	Concurrency int    `json:"concurrency"`
+	Requests    int    `json:"requests"`
+	Errors      int    `json:"errors"`
+	// RPS is completed requests per second of wall time; TokensPerS the
+	// streamed completion tokens per second.
+	RPS        float64 `json:"rps"`
+	TokensPerS float64 `json:"tokens_per_s"`
+	// TTFT is the time to the first streamed token, latency to the end of
+	// the stream, both over successful requests.
+	TTFTP50Ms    float64 `json:"ttft_p50_ms"`
+	TTFTP99Ms    float64 `json:"ttft_p99_ms"`
+	LatencyP50Ms float64 `json:"latency_p50_ms"`
+	LatencyP99Ms float64 `json:"latency_p99_ms"`
+	// VsFirst is this row's TTFT p50 / the first target's at the same
+	// concurrency (1 for the first target: the baseline, usually direct).
+	VsFirst float64 `json:"ttft_p50_vs_first"`
+	// FirstError is one error message, for the report.
+	FirstError string `json:"first_error,omitempty"`
+}
+
+func (c *LoadConfig) fill() error {
+	if len(c.Targets) == 0 {
+		return errors.New("bench: LoadConfig.Targets is empty")
+	}
+	if len(c.Prompts) == 0 {
+		return errors.New("bench: LoadConfig.Prompts is empty")
+	}
+	if c.Concurrency == nil {
+		c.Concurrency = []int{1, 4, 16}
+	}
+	for _, n := range c.Concurrency {
+		if n <= 0 {
+			return fmt.Errorf("bench: concurrency %d", n)
+		}
+	}
+	if c.Requests <= 0 {
+		c.Requests = 48
+	}
+	if c.MaxTokens <= 0 {
+		c.MaxTokens = 16
+	}
+	if c.Timeout <= 0 {
+		c.Timeout = 2 * time.Minute
+	}
+	return nil
+}
+
+// streamResult is one streamed completion.
+type streamResult struct {
+	ttft, total time.Duration
+	tokens      int
+}
+
+// streamCompletion posts one streaming completion and reads its SSE events:
+// the first event carrying text is the first token.
+func streamCompletion(ctx context.Context, client *http.Client, t LoadTarget, body []byte) (streamResult, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimRight(t.URL, "/")+"/v1/completions", bytes.NewReader(body))
+	if err != nil {
+		return streamResult{}, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	for k, v := range t.Headers {
+		req.Header.Set(k, v)
+	}
+	t0 := time.Now()
+	resp, err := client.Do(req)
+	if err != nil {
+		return streamResult{}, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return streamResult{}, fmt.Errorf("%s: %s", resp.Status, bytes.TrimSpace(b))
+	}
+	var r streamResult
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 0, 64<<10), 16<<20)
+	done := false
+	for sc.Scan() {
+		line := sc.Bytes()
+		data, ok := bytes.CutPrefix(line, []byte("data:"))
+		if !ok {
+			continue
+		}
+		data = bytes.TrimSpace(data)
+		if string(data) == "[DONE]" {
+			done = true
+			break
+		}
+		var ev struct {
+			Choices []struct {
+				Text string `json:"text"`
+			} `json:"choices"`
+			Error *struct {
+				Message string `json:"message"`
+			} `json:"error"`
+		}
+		if err := json.Unmarshal(data, &ev); err != nil {
+			return r, fmt.Errorf("bad SSE event %q: %w", data[:min(len(data), 120)], err)
+		}
+		if ev.Error != nil {
+			return r, fmt.Errorf("stream error: %s", ev.Error.Message)
+		}
+		if len(ev.Choices) > 0 && ev.Choices[0].Text != "" {
+			if r.tokens == 0 {
+				r.ttft = time.Since(t0)
+			}
+			r.tokens++
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return r, err
+	}
+	if !done {
+		return r, errors.New("stream ended without [DONE]")
+	}
+	r.total = time.Since(t0)
+	if r.tokens == 0 {
+		r.ttft = r.total // an empty completion: its first (and last) event
+	}
+	return r, nil
+}
+
+// loadRun accumulates one target × level.
+type loadRun struct {
+	mu      sync.Mutex
+	ttft    []float64
+	lat     []float64
+	tokens  int
+	errs    int
+	first   string
+	elapsed time.Duration
+	n       int
+}
+
+// runClosedLoop sends n requests to t from conc clients, each sending its
+// next request when the previous one ends.
+func (c *LoadConfig) runClosedLoop(ctx context.Context, client *http.Client, t LoadTarget, conc, n int, offset int, acc *loadRun, bar *Progress) {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	t0 := time.Now()
+	for range conc {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n || ctx.Err() != nil {
+					return
+				}
+				body, _ := json.Marshal(map[string]any{"model": c.Model, "prompt": c.Prompts[(offset+i)%len(c.Prompts)],
+					"max_tokens": c.MaxTokens, "temperature": 0, "stream": true})
+				rctx, cancel := context.WithTimeout(ctx, c.Timeout)
+				r, err := streamCompletion(rctx, client, t, body)
+				cancel()
+				acc.mu.Lock()
+				acc.n++
+				if err != nil {
+					acc.errs++
+					if acc.first == "" {
+						acc.first = err.Error()
+					}
+				} else {
+					acc.ttft = append(acc.ttft, ms(r.ttft))
+					acc.lat = append(acc.lat, ms(r.total))
+					acc.tokens += r.tokens
+				}
+				acc.mu.Unlock()
+				bar.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	acc.elapsed += time.Since(t0)
+}
+
+// RunLoad measures every target at every concurrency with closed-loop
+// streaming clients. On a machine shared with other work, the load drifts
+// over a run: each level runs the targets in order on half the requests,
+// then in reverse order on the other half, so a linear drift weighs on every
+// target alike. Errors are counted, never fatal.
+func RunLoad(ctx context.Context, c LoadConfig) ([]LoadRow, error) {
+	if err := c.fill(); err != nil {
+		return nil, err
+	}
+	maxConc := slices.Max(c.Concurrency)
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: maxConc, MaxConnsPerHost: maxConc,
+		IdleConnTimeout: time.Minute, DisableCompression: true}}
+	defer client.CloseIdleConnections()
+	total := len(c.Concurrency) * len(c.Targets) * c.Requests
+	bar := NewProgress(c.Progress, "load", total, c.Quiet)
+	defer bar.Done()
+	// Warm every target (connections, the engine's first allocations).
+	for _, t := range c.Targets {
+		c.runClosedLoop(ctx, client, t, 1, 1, 0, &loadRun{}, nil)
+	}
+	var rows []LoadRow
+	for _, conc := range c.Concurrency {
+		runs := make([]loadRun, len(c.Targets))
+		half := c.Requests / 2
+		for i, t := range c.Targets {
+			c.runClosedLoop(ctx, client, t, conc, half, 0, &runs[i], bar)
+		}
+		for i := len(c.Targets) - 1; i >= 0; i-- {
+			c.runClosedLoop(ctx, client, c.Targets[i], conc, c.Requests-half, half, &runs[i], bar)
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		for i, t := range c.Targets {
+			r := &runs[i]
+			slices.Sort(r.ttft)
+			slices.Sort(r.lat)
+			row := LoadRow{Target: t.Name, Concurrency: conc, Requests: r.n, Errors: r.errs, FirstError: r.first,
+				TTFTP50Ms: quantile(r.ttft, 0.5), TTFTP99Ms: quantile(r.ttft, 0.99),
+				LatencyP50Ms: quantile(r.lat, 0.5), LatencyP99Ms: quantile(r.lat, 0.99)}
+			if s := r.elapsed.Seconds(); s > 0 {
+				row.RPS = float64(r.n-r.errs) / s
+				row.TokensPerS = float64(r.tokens) / s
+			}
+			rows = append(rows, row)
+		}
+		base := rows[len(rows)-len(c.Targets)]
+		for i := len(rows) - len(c.Targets); i < len(rows); i++ {
+			if base.TTFTP50Ms > 0 {
+				rows[i].VsFirst = rows[i].TTFTP50Ms / base.TTFTP50Ms
+			}
+		}
+	}
+	return rows, nil
+}
+
+// LoadTable renders rows as a Markdown table.
+func LoadTable(rows []LoadRow, elapsed time.Duration, notes ...string) Table {
+	t := Table{Title: "Sidecar under load: streaming completions, closed loop",
+		Header: []string{"target", "clients", "requests", "errors", "req/s", "tokens/s", "TTFT p50 ms", "TTFT p99 ms",
+			"latency p50 ms", "latency p99 ms", "TTFT p50 vs first target"}}
+	var errs []string
+	for _, r := range rows {
+		t.Rows = append(t.Rows, []string{r.Target, fmt.Sprint(r.Concurrency), fmt.Sprint(r.Requests), fmt.Sprint(r.Errors),
+			f(r.RPS, 1), f(r.TokensPerS, 0), f(r.TTFTP50Ms, 1), f(r.TTFTP99Ms, 1), f(r.LatencyP50Ms, 1), f(r.LatencyP99Ms, 1),
+			f(r.VsFirst, 2) + "x"})
+		if r.FirstError != "" {
+			errs = append(errs, fmt.Sprintf("%s at %d clients, first error: %s", r.Target, r.Concurrency, r.FirstError))
+		}
+	}
+	t.Notes = append(t.Notes, "TTFT is the time from sending the request to the first streamed event carrying text; latency to [DONE]. "+
+		"Each level runs the targets in order on half the requests, then in reverse order on the other half, so that drifting "+
+		"load from other work on the machine weighs on every target alike.")
+	t.Notes = append(t.Notes, notes...)
+	t.Notes = append(t.Notes, errs...)
+	t.Notes = append(t.Notes, fmt.Sprintf("Measured in %s.", elapsed.Round(time.Millisecond)))
+	return t
+}
+
+// LoadPlots draws TTFT p50 and throughput against concurrency per target.
+func LoadPlots(rows []LoadRow) []Plot {
+	ttft := Plot{File: "load-ttft.png", Title: "Time to first token (p50) under load", XLabel: "concurrent clients", YLabel: "TTFT p50 (ms)", LogX: true}
+	ttft99 := Plot{File: "load-ttft-p99.png", Title: "Time to first token (p99) under load", XLabel: "concurrent clients", YLabel: "TTFT p99 (ms)", LogX: true}
+	tput := Plot{File: "load-throughput.png", Title: "Throughput under load", XLabel: "concurrent clients", YLabel: "requests / s", LogX: true}
+	idx := map[string]int{}
+	for _, r := range rows {
+		i, ok := idx[r.Target]
+		if !ok {
+			i = len(ttft.Series)
+			idx[r.Target] = i
+			for _, p := range []*Plot{&ttft, &ttft99, &tput} {
+				p.Series = append(p.Series, Series{Name: r.Target})
+			}
+		}
+		x := float64(r.Concurrency)
+		for _, pv := range []struct {
+			p *Plot
+			y float64
+		}{{&ttft, r.TTFTP50Ms}, {&ttft99, r.TTFTP99Ms}, {&tput, r.RPS}} {
+			pv.p.Series[i].X = append(pv.p.Series[i].X, x)
+			pv.p.Series[i].Y = append(pv.p.Series[i].Y, pv.y)
+		}
+	}
+	return []Plot{ttft, ttft99, tput}
+}

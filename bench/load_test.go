@@ -1,0 +1,75 @@
+package bench
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fusionrag/fusionrag/engine"
+	"github.com/fusionrag/fusionrag/internal/shareddata"
+	"github.com/fusionrag/fusionrag/model"
+	"github.com/fusionrag/fusionrag/proxy"
+)
+
+// loadStoriesTok loads stories260K with its tokenizer (the engine needs one).
+func loadStoriesTok(t testing.TB) *model.Model {
+	t.Helper()
+	m, err := model.Load(shareddata.Path(t, "models/stories260K/stories260K.bin"),
+		model.LoadOptions{Tokenizer: shareddata.Path(t, "models/stories260K/tok512.bin")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	return m
+}
+
+// musiquePrompts lays out n MuSiQue prompts for m (3 passages of 48 tokens).
+func musiquePrompts(t testing.TB, m *model.Model, n int) []string {
+	t.Helper()
+	ds, err := LoadDataset(shareddata.Path(t, "rag/cacheblend_musique_s.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps, err := PromptTexts(QualityConfig{Model: m, Datasets: []*Dataset{ds}, Passages: 3, PassageTokens: 48, AnswerTokens: 32}, n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ps
+}
+
+// TestLoadQuick puts the real engine and the sidecar (pass-through) under a
+// little load: every request succeeds through both, rows are complete.
+func TestLoadQuick(t *testing.T) {
+	m := loadStoriesTok(t)
+	st, err := StartStack(m, engine.Config{}, proxy.DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	prompts := musiquePrompts(t, m, 4)
+	start := time.Now()
+	rows, err := RunLoad(context.Background(), LoadConfig{Targets: []LoadTarget{{Name: "direct", URL: st.EngineURL},
+		{Name: "passthrough", URL: st.SidecarURL}}, Prompts: prompts, Concurrency: []int{1, 3}, Requests: 6, MaxTokens: 8, Quiet: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rows) != 4 {
+		t.Fatalf("%d rows, want 4", len(rows))
+	}
+	for _, r := range rows {
+		if r.Errors != 0 || r.Requests != 6 || r.TTFTP50Ms <= 0 || r.LatencyP50Ms < r.TTFTP50Ms || r.RPS <= 0 || r.TokensPerS <= 0 {
+			t.Errorf("bad row %+v", r)
+		}
+	}
+	var md strings.Builder
+	LoadTable(rows, time.Since(start)).WriteMarkdown(&md)
+	t.Logf("\n%s", md.String())
+
+	// A dead target counts errors, it does not fail the run.
+	rows, err = RunLoad(context.Background(), LoadConfig{Targets: []LoadTarget{{Name: "dead", URL: "http://127.0.0.1:1"}},
+		Prompts: prompts, Concurrency: []int{2}, Requests: 2, Quiet: true})
+	if err != nil || rows[0].Errors != 2 || rows[0].FirstError == "" {
+		t.Errorf("dead target: %v %+v", err, rows)
+	}
+}
