@@ -104,6 +104,8 @@ func (c *LoadConfig) fill() error {
 type streamResult struct {
 	ttft, total time.Duration
 	tokens      int
+	// promptTokens is usage.prompt_tokens when the server sent usage.
+	promptTokens int
 }
 
 // streamCompletion posts one streaming completion and reads its SSE events:
@@ -149,12 +151,18 @@ func streamCompletion(ctx context.Context, client *http.Client, t LoadTarget, bo
 			Error *struct {
 				Message string `json:"message"`
 			} `json:"error"`
+			Usage *struct {
+				PromptTokens int `json:"prompt_tokens"`
+			} `json:"usage"`
 		}
 		if err := json.Unmarshal(data, &ev); err != nil {
 			return r, fmt.Errorf("bad SSE event %q: %w", data[:min(len(data), 120)], err)
 		}
 		if ev.Error != nil {
 			return r, fmt.Errorf("stream error: %s", ev.Error.Message)
+		}
+		if ev.Usage != nil {
+			r.promptTokens = ev.Usage.PromptTokens
 		}
 		if len(ev.Choices) > 0 && ev.Choices[0].Text != "" {
 			if r.tokens == 0 {
@@ -203,8 +211,7 @@ func (c *LoadConfig) runClosedLoop(ctx context.Context, client *http.Client, t L
 				if i >= n || ctx.Err() != nil {
 					return
 				}
-				body, _ := json.Marshal(map[string]any{"model": c.Model, "prompt": c.Prompts[(offset+i)%len(c.Prompts)],
-					"max_tokens": c.MaxTokens, "temperature": 0, "stream": true})
+				body := completionBody(c.Model, c.Prompts[(offset+i)%len(c.Prompts)], c.MaxTokens)
 				rctx, cancel := context.WithTimeout(ctx, c.Timeout)
 				r, err := streamCompletion(rctx, client, t, body)
 				cancel()
@@ -333,4 +340,11 @@ func LoadPlots(rows []LoadRow) []Plot {
 		}
 	}
 	return []Plot{ttft, ttft99, tput}
+}
+
+// completionBody is a greedy streaming completion request asking for usage.
+func completionBody(modelName, prompt string, maxTokens int) []byte {
+	body, _ := json.Marshal(map[string]any{"model": modelName, "prompt": prompt, "max_tokens": maxTokens, "temperature": 0,
+		"stream": true, "stream_options": map[string]any{"include_usage": true}})
+	return body
 }

@@ -73,3 +73,42 @@ func TestLoadQuick(t *testing.T) {
 		t.Errorf("dead target: %v %+v", err, rows)
 	}
 }
+
+// TestE2EQuick times a context sweep end to end, direct and through the
+// sidecar; the server's prompt length grows with the nominal context.
+func TestE2EQuick(t *testing.T) {
+	m := loadStoriesTok(t)
+	st, err := StartStack(m, engine.Config{}, proxy.DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ds, err := LoadDataset(shareddata.Path(t, "rag/cacheblend_musique_s.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sizes []E2EPrompts
+	for _, n := range []int{64, 256} {
+		ps, err := PromptTexts(QualityConfig{Model: m, Datasets: []*Dataset{ds}, Passages: 4, PassageTokens: n / 4, AnswerTokens: 32}, 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sizes = append(sizes, E2EPrompts{ContextTokens: n, Prompts: ps})
+	}
+	rows, err := RunE2E(context.Background(), E2EConfig{Targets: []LoadTarget{{Name: "direct", URL: st.EngineURL},
+		{Name: "passthrough", URL: st.SidecarURL}}, Sizes: sizes, Repeats: 1, Quiet: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rows) != 4 {
+		t.Fatalf("%d rows", len(rows))
+	}
+	for _, r := range rows {
+		if r.Errors != 0 || r.TTFTP50Ms <= 0 || r.PromptTokens <= float64(r.ContextTokens) {
+			t.Errorf("bad row %+v", r)
+		}
+	}
+	var md strings.Builder
+	E2ETable(rows, 0).WriteMarkdown(&md)
+	t.Logf("\n%s", md.String())
+}
