@@ -71,6 +71,7 @@ func BenchmarkLlama8B(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer rt.Close()
+	b.Logf("attention kernel: %s", rt.AttentionKernel())
 	ctx := context.Background()
 	const question = 64
 	var rows []benchRow
@@ -136,7 +137,8 @@ func BenchmarkLlama8B(b *testing.B) {
 		})
 	}
 	if path := os.Getenv("FUSIONRAG_BENCH_JSON"); path != "" {
-		buf, _ := json.MarshalIndent(map[string]any{"device": "cuda", "dtype": "bf16", "model": "llama3-8b-shape", "rows": rows}, "", "  ")
+		buf, _ := json.MarshalIndent(map[string]any{"device": "cuda", "dtype": "bf16", "model": "llama3-8b-shape",
+			"attention_kernel": rt.AttentionKernel(), "rows": rows}, "", "  ")
 		if err := os.WriteFile(path, buf, 0o644); err != nil {
 			b.Error(err)
 		}

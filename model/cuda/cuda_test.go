@@ -200,43 +200,62 @@ func TestKernelsMatchHostOps(t *testing.T) {
 
 			// Attention: partial tiles on both axes, GQA, a shadowed cache
 			// entry, cache positions out of order, the head dims the models
-			// use.
-			for _, hd := range []int{8, 64, 128} {
-				for _, sh := range []struct{ N, C, heads, kvHeads int }{{37, 45, 8, 2}, {1, 70, 4, 4}, {50, 0, 4, 1}} {
-					name := fmt.Sprintf("attention hd=%d N=%d C=%d heads=%d/%d", hd, sh.N, sh.C, sh.heads, sh.kvHeads)
-					s := attnShape{N: sh.N, C: sh.C, Heads: sh.heads, KVHeads: sh.kvHeads, HeadDim: hd, Scale: float32(1 / math.Sqrt(float64(hd)))}
-					keys := s.Keys()
-					kpos := make([]int32, keys)
-					for j := range sh.C {
-						kpos[j] = int32(rng.IntN(200))
+			// use; for bf16/f16 both the SIMT and the tensor-core kernel.
+			if dt != F32 && !dv.mma {
+				t.Errorf("tensor-core attention disabled: %s", dv.attentionKernel(128))
+			}
+			kernels := []bool{false}
+			if dt != F32 {
+				kernels = append(kernels, true)
+			}
+			for _, useMMA := range kernels {
+				dv.mma = useMMA
+				// The SIMT kernel rounds like hostOps; the tensor-core one
+				// also rounds Q and P to the storage type (FlashAttention
+				// does the same), which moves outputs by about one storage
+				// ulp of their largest value and lse by ~1e-3 relative.
+				outTol, lseTol, wTol := max(tol, 5e-5), 5e-5, 5e-5
+				if useMMA {
+					outTol, lseTol, wTol = 4*tol, 2e-3, 1e-2
+				}
+				for _, hd := range []int{8, 64, 128} {
+					for _, sh := range []struct{ N, C, heads, kvHeads int }{{37, 45, 8, 2}, {1, 70, 4, 4}, {50, 0, 4, 1}, {130, 200, 2, 1}} {
+						name := fmt.Sprintf("attention mma=%v hd=%d N=%d C=%d heads=%d/%d", useMMA && (hd == 64 || hd == 128), hd, sh.N, sh.C, sh.heads, sh.kvHeads)
+						s := attnShape{N: sh.N, C: sh.C, Heads: sh.heads, KVHeads: sh.kvHeads, HeadDim: hd, Scale: float32(1 / math.Sqrt(float64(hd)))}
+						keys := s.Keys()
+						kpos := make([]int32, keys)
+						for j := range sh.C {
+							kpos[j] = int32(rng.IntN(200))
+						}
+						qpos := make([]int32, sh.N)
+						for i := range qpos {
+							qpos[i] = int32(150 + 3*i)
+							kpos[sh.C+i] = qpos[i]
+						}
+						if sh.C > 0 {
+							kpos[sh.C/2] = math.MaxInt32 // shadowed
+						}
+						kp, qp := p.mk(elemI32, kpos), p.mk(elemI32, qpos)
+						q := p.mk(elemF32, randF32(rng, sh.N*sh.heads*hd, 1))
+						k := p.mk(elemHalf, randF32(rng, keys*sh.kvHeads*hd, 1))
+						vc := p.mk(elemHalf, randF32(rng, max(sh.C, 1)*sh.kvHeads*hd, 1))
+						vb := p.mk(elemHalf, randF32(rng, sh.N*sh.kvHeads*hd, 1))
+						out := p.mk(elemHalf, sh.N*sh.heads*hd)
+						lse := p.mk(elemF32, sh.heads*sh.N)
+						must(t, dv.attention(out.d, q.d, k.d, vc.d, vb.d, kp.d, qp.d, lse.d, s),
+							p.h.attention(out.h, q.h, k.h, vc.h, vb.h, kp.h, qp.h, lse.h, s))
+						p.check(name+" out", out, outTol)
+						p.check(name+" lse", lse, lseTol)
+						wts := p.mk(elemF32, sh.heads*sh.N*keys)
+						part := p.mk(elemF32, sh.heads*keys)
+						must(t, dv.attnWeights(wts.d, part.d, q.d, k.d, kp.d, qp.d, lse.d, s),
+							p.h.attnWeights(wts.h, part.h, q.h, k.h, kp.h, qp.h, lse.h, s))
+						p.check(name+" weights", wts, wTol)
+						p.check(name+" partial", part, wTol)
 					}
-					qpos := make([]int32, sh.N)
-					for i := range qpos {
-						qpos[i] = int32(150 + 3*i)
-						kpos[sh.C+i] = qpos[i]
-					}
-					if sh.C > 0 {
-						kpos[sh.C/2] = math.MaxInt32 // shadowed
-					}
-					kp, qp := p.mk(elemI32, kpos), p.mk(elemI32, qpos)
-					q := p.mk(elemF32, randF32(rng, sh.N*sh.heads*hd, 1))
-					k := p.mk(elemHalf, randF32(rng, keys*sh.kvHeads*hd, 1))
-					vc := p.mk(elemHalf, randF32(rng, max(sh.C, 1)*sh.kvHeads*hd, 1))
-					vb := p.mk(elemHalf, randF32(rng, sh.N*sh.kvHeads*hd, 1))
-					out := p.mk(elemHalf, sh.N*sh.heads*hd)
-					lse := p.mk(elemF32, sh.heads*sh.N)
-					must(t, dv.attention(out.d, q.d, k.d, vc.d, vb.d, kp.d, qp.d, lse.d, s),
-						p.h.attention(out.h, q.h, k.h, vc.h, vb.h, kp.h, qp.h, lse.h, s))
-					p.check(name+" out", out, max(tol, 5e-5))
-					p.check(name+" lse", lse, 5e-5)
-					wts := p.mk(elemF32, sh.heads*sh.N*keys)
-					part := p.mk(elemF32, sh.heads*keys)
-					must(t, dv.attnWeights(wts.d, part.d, q.d, k.d, kp.d, qp.d, lse.d, s),
-						p.h.attnWeights(wts.h, part.h, q.h, k.h, kp.h, qp.h, lse.h, s))
-					p.check(name+" weights", wts, 5e-5)
-					p.check(name+" partial", part, 5e-5)
 				}
 			}
+			dv.mma = dt != F32
 		})
 	}
 }

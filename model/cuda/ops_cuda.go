@@ -19,6 +19,8 @@ var (
 	elementwisePTX string
 	//go:embed kernels/attention.ptx
 	attentionPTX string
+	//go:embed kernels/attention_mma.ptx
+	attentionMMAPTX string
 )
 
 // cudaOps implements ops with gorgonia.org/cu (driver API) on the device's
@@ -32,11 +34,17 @@ type cudaOps struct {
 	fns  map[string]cu.Function
 	blas *cublas
 	sms  int
+	// mma says the tensor-core attention (kernels/attention_mma.cu) passed
+	// its start-up check against the SIMT kernel and is used for bf16/f16
+	// with head dim 64 or 128; mmaNote says why not otherwise.
+	mma     bool
+	mmaNote string
 }
 
 // kernelNames are looked up at start, so a stale PTX fails early.
 var kernelNames = func() []string {
-	names := []string{"add_bias", "sum_rows", "rope_f32in", "rope_table"}
+	names := []string{"add_bias", "sum_rows", "rope_f32in", "rope_table",
+		"attention_mma_bf16_64", "attention_mma_bf16_128", "attention_mma_f16_64", "attention_mma_f16_128"}
 	for _, s := range []string{"f32", "f16", "bf16"} {
 		for _, k := range []string{"embed", "rmsnorm", "to_half", "rope", "silu_mul", "fill_random", "attention", "attn_weights"} {
 			names = append(names, k+"_"+s)
@@ -77,7 +85,7 @@ func newCUDAOps(device int, dt DType) (_ *cudaOps, err error) {
 			c.close()
 		}
 	}()
-	for _, ptx := range []string{elementwisePTX, attentionPTX} {
+	for _, ptx := range []string{elementwisePTX, attentionPTX, attentionMMAPTX} {
 		m, err := cu.LoadData(ptx)
 		if err != nil {
 			return nil, fmt.Errorf("cuda: loading PTX module: %w", err)
@@ -100,7 +108,113 @@ func newCUDAOps(device int, dt DType) (_ *cudaOps, err error) {
 	if c.blas, err = newCublas(dt); err != nil {
 		return nil, err
 	}
+	if dt == F32 {
+		c.mmaNote = "simt (f32 storage)"
+	} else if err := c.checkMMA(); err != nil {
+		c.mmaNote = "simt (tensor-core kernel failed its start-up check: " + err.Error() + ")"
+	} else {
+		c.mma = true
+	}
 	return c, nil
+}
+
+// attentionKernel names the attention kernel in use for head dim hd.
+func (c *cudaOps) attentionKernel(hd int) string {
+	if c.mma && (hd == 64 || hd == 128) {
+		return "mma (tensor cores)"
+	}
+	if c.mmaNote != "" {
+		return c.mmaNote
+	}
+	return fmt.Sprintf("simt (head dim %d)", hd)
+}
+
+// checkMMA runs the tensor-core and the SIMT attention on one random problem
+// per head dim (partial tiles, GQA, a shadowed cache entry) and compares
+// them: outputs within 2^-5 of the largest, lse within 1e-2 relative, all
+// finite. The kernels round Q and P differently, so they agree to a few
+// storage ulps, not bitwise.
+func (c *cudaOps) checkMMA() error {
+	c.mma = true
+	defer func() { c.mma = false }()
+	for _, hd := range []int{64, 128} {
+		s := attnShape{N: 70, C: 50, Heads: 4, KVHeads: 2, HeadDim: hd, Scale: float32(1 / math.Sqrt(float64(hd)))}
+		keys := s.Keys()
+		var bufs []buf
+		var allocErr error
+		mk := func(kind elem, n int, seed uint64) buf {
+			b, err := c.alloc(kind, n)
+			if err == nil && seed != 0 {
+				err = c.fillRandom(b, seed, 1)
+			}
+			if err != nil {
+				allocErr = cmpErr(allocErr, err)
+				return buf{}
+			}
+			bufs = append(bufs, b)
+			return b
+		}
+		err := func() (err error) {
+			defer func() {
+				for _, b := range bufs {
+					c.free(b)
+				}
+			}()
+			q := mk(elemF32, s.N*s.Heads*hd, 11)
+			k := mk(elemHalf, keys*s.KVHeads*hd, 12)
+			vc := mk(elemHalf, s.C*s.KVHeads*hd, 13)
+			vb := mk(elemHalf, s.N*s.KVHeads*hd, 14)
+			kpos, qpos := mk(elemI32, keys, 0), mk(elemI32, s.N, 0)
+			if allocErr != nil {
+				return allocErr
+			}
+			kp, qp := make([]int32, keys), make([]int32, s.N)
+			for j := range s.C {
+				kp[j] = int32((j * 37) % 90)
+			}
+			kp[7] = math.MaxInt32
+			for i := range qp {
+				qp[i] = int32(60 + 2*i)
+				kp[s.C+i] = qp[i]
+			}
+			if err := c.upload(kpos, kp); err != nil {
+				return err
+			}
+			if err := c.upload(qpos, qp); err != nil {
+				return err
+			}
+			var outs [2][]float32
+			var lses [2][]float32
+			for i, useMMA := range []bool{false, true} {
+				out, lse := mk(elemHalf, s.N*s.Heads*hd, 0), mk(elemF32, s.Heads*s.N, 0)
+				if allocErr != nil {
+					return allocErr
+				}
+				c.mma = useMMA
+				if err := c.attention(out, q, k, vc, vb, kpos, qpos, lse, s); err != nil {
+					return err
+				}
+				raw := rawHalf(c.dt, out.n)
+				if err := c.download(raw, out); err != nil {
+					return err
+				}
+				outs[i] = make([]float32, out.n)
+				c.dt.decode(outs[i], raw)
+				lses[i] = make([]float32, lse.n)
+				if err := c.download(lses[i], lse); err != nil {
+					return err
+				}
+			}
+			if err := closeTo(fmt.Sprintf("head dim %d output", hd), outs[1], outs[0], 1.0/32); err != nil {
+				return err
+			}
+			return closeTo(fmt.Sprintf("head dim %d lse", hd), lses[1], lses[0], 1e-2)
+		}()
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 var errUnsupportedDevice = fmt.Errorf("cuda: unsupported device")
@@ -358,9 +472,18 @@ func weightsSmem(hd int) int {
 	return 4 * (attnKTile*(hd+1) + attnWarps*hd + attnWarps*attnKTile)
 }
 
+// mmaSmem is attention_mma's dynamic shared memory: K and V tiles of 64
+// rows of hd+8 storage elements, and 64 key positions.
+func mmaSmem(hd, elemSize int) int { return 2*64*(hd+8)*elemSize + 64*4 }
+
 func (c *cudaOps) attention(out, q, k, vc, vb, kpos, qpos, lse buf, s attnShape) error {
 	if s.N == 0 {
 		return nil
+	}
+	if c.mma && (s.HeadDim == 64 || s.HeadDim == 128) {
+		name := fmt.Sprintf("%s_%d", c.typed("attention_mma"), s.HeadDim)
+		return c.launch(name, (s.N+63)/64, s.Heads, 128, mmaSmem(s.HeadDim, c.dt.Size()),
+			out, q, k, vc, vb, kpos, qpos, lse, s.N, s.C, s.Heads, s.KVHeads, s.Scale)
 	}
 	gx := (s.N + attnQTile - 1) / attnQTile
 	return c.launch(c.typed("attention"), gx, s.Heads, 32*attnWarps, attnSmem(s.HeadDim),
@@ -417,4 +540,12 @@ func (c *cudaOps) close() error {
 	}
 	c.ctx = cu.CUContext{}
 	return first
+}
+
+// cmpErr keeps the first error.
+func cmpErr(first, err error) error {
+	if first != nil {
+		return first
+	}
+	return err
 }

@@ -358,6 +358,16 @@ func (r *Runtime) scratchBuf(name string, kind elem, n int) (buf, error) {
 // Config is the model shape.
 func (r *Runtime) Config() model.Config { return r.cfg }
 
+// AttentionKernel names the attention kernel in use: the tensor-core one
+// for bf16/f16 with head dim 64 or 128 (when it passed its start-up check),
+// else the SIMT one; "go" on hostOps.
+func (r *Runtime) AttentionKernel() string {
+	if k, ok := r.o.(interface{ attentionKernel(hd int) string }); ok {
+		return k.attentionKernel(r.cfg.HeadDim)
+	}
+	return "go"
+}
+
 // DType is the storage type of weights and KV.
 func (r *Runtime) DType() DType { return r.o.dtype() }
 

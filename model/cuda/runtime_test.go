@@ -68,7 +68,7 @@ func loadCaptured(t testing.TB, path string) (*model.Model, []model.NamedWeight)
 // testModels are the shapes the runtime is checked on: the real trained
 // stories260K (llama2.c, interleaved RoPE, GQA 8/4, head dim 8) and
 // synthetic HF models covering rotate_half, GQA 4:1, QKV bias, untied
-// classifier and llama3 RoPE scaling.
+// classifier, llama3 RoPE scaling and head dims 64 and 128.
 func testModels(t testing.TB) map[string]func(testing.TB) string {
 	return map[string]func(testing.TB) string{
 		"stories260K": func(t testing.TB) string {
@@ -77,6 +77,11 @@ func testModels(t testing.TB) map[string]func(testing.TB) string {
 		"llama-gqa": synthDir(model.Config{Arch: model.ArchLlama, Dim: 64, HiddenDim: 96, Layers: 2, Heads: 8, KVHeads: 2,
 			HeadDim: 16, Vocab: 300, MaxPositions: 1024, RopeTheta: 500000, NormEps: 1e-5, TiedEmbeddings: true, BOS: 1, EOS: []int32{2},
 			RopeScaling: &model.RopeScaling{Type: "llama3", Factor: 8, LowFreqFactor: 1, HighFreqFactor: 4, OriginalMaxPositions: 64}}),
+		// Head dims 64 and 128 take the tensor-core attention on the GPU.
+		"llama-hd64": synthDir(model.Config{Arch: model.ArchLlama, Dim: 128, HiddenDim: 256, Layers: 2, Heads: 2, KVHeads: 1,
+			HeadDim: 64, Vocab: 300, MaxPositions: 512, RopeTheta: 10000, NormEps: 1e-5, TiedEmbeddings: true, BOS: 1, EOS: []int32{2}}),
+		"mistral-hd128": synthDir(model.Config{Arch: model.ArchMistral, Dim: 256, HiddenDim: 256, Layers: 2, Heads: 2, KVHeads: 2,
+			HeadDim: 128, Vocab: 300, MaxPositions: 512, RopeTheta: 1e6, NormEps: 1e-5, BOS: 1, EOS: []int32{2}}),
 		"qwen2-bias": synthDir(model.Config{Arch: model.ArchQwen2, Dim: 48, HiddenDim: 80, Layers: 2, Heads: 4, KVHeads: 4,
 			HeadDim: 12, Vocab: 280, MaxPositions: 512, RopeTheta: 10000, NormEps: 1e-6, QKVBias: true, BOS: 1, EOS: []int32{2}}),
 	}
@@ -105,33 +110,6 @@ func synthDir(cfg model.Config) func(testing.TB) string {
 //     the worst case is stories260K's sharp attention weights with head
 //     dim 8 (0.38 vs 0.35 where the largest weight is 1): observed 3.8e-2,
 var tolerance = map[DType]float64{F32: 2e-5, BF16: 6e-2, F16: 5e-3}
-
-// closeTo reports the worst relative difference of got from want, as an
-// error message when above tol.
-func closeTo(what string, got, want []float32, tol float64) error {
-	if len(got) != len(want) {
-		return fmt.Errorf("%s: got %d values, want %d", what, len(got), len(want))
-	}
-	var scale float64
-	for _, w := range want {
-		scale = max(scale, math.Abs(float64(w)))
-	}
-	scale = max(scale, 1e-6)
-	worst, at := 0.0, -1
-	for i := range got {
-		if d := math.Abs(float64(got[i])-float64(want[i])) / scale; d > worst || math.IsNaN(d) {
-			worst, at = d, i
-			if math.IsNaN(d) {
-				break
-			}
-		}
-	}
-	if worst > tol || math.IsNaN(worst) {
-		return fmt.Errorf("%s: max |got-want|/max|want| = %.3g > %.3g at [%d]: got %g, want %g (max|want| %g)",
-			what, worst, tol, at, got[at], want[at], scale)
-	}
-	return nil
-}
 
 // compare checks every part of a Runtime result against the cpu result.
 func compare(t *testing.T, got *Result, want *model.ForwardResult, layers []int, tol float64) {

@@ -5,6 +5,6 @@
 # bf16 needs sm_80 or newer.
 set -eu
 cd "$(dirname "$0")"
-for f in elementwise attention; do
+for f in elementwise attention attention_mma; do
 	nvcc -ptx -arch=compute_80 -O3 -std=c++14 -o "$f.ptx" "$f.cu"
 done
