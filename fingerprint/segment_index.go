@@ -1,0 +1,130 @@
+package fingerprint
+
+import (
+	"slices"
+	"sync"
+
+	"github.com/zeebo/xxh3"
+)
+
+// IndexGram is the number of leading ids a ChunkIndex hashes to find
+// candidates. Chunks shorter than it are not indexed (too short to be worth
+// a lookup, and too likely to occur by accident).
+const IndexGram = 8
+
+// ChunkIndex finds known chunks (ingested, or met before) inside a prompt
+// that carries no markers, convention (c): a hash of each chunk's first
+// IndexGram ids maps to the candidate chunks, the prompt is scanned with a
+// rolling window, and every candidate is verified by comparing all its ids.
+// It is safe for concurrent use; memory is bounded by MaxChunks.
+type ChunkIndex struct {
+	// MaxChunks bounds the number of indexed chunks; Add beyond it is
+	// ignored (0: 1<<20).
+	MaxChunks int
+
+	mu    sync.RWMutex
+	n     int
+	heads map[uint64][][]int32
+}
+
+// Add indexes chunk (a copy is kept). It reports whether the chunk is now
+// indexed: false for one shorter than IndexGram or when the index is full.
+func (x *ChunkIndex) Add(chunk []int32) bool {
+	if len(chunk) < IndexGram {
+		return false
+	}
+	h := gramHash(chunk[:IndexGram])
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.heads == nil {
+		x.heads = map[uint64][][]int32{}
+	}
+	for _, c := range x.heads[h] {
+		if slices.Equal(c, chunk) {
+			return true
+		}
+	}
+	limit := x.MaxChunks
+	if limit <= 0 {
+		limit = 1 << 20
+	}
+	if x.n >= limit {
+		return false
+	}
+	x.heads[h] = append(x.heads[h], slices.Clone(chunk))
+	x.n++
+	return true
+}
+
+// Len is the number of indexed chunks.
+func (x *ChunkIndex) Len() int {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	return x.n
+}
+
+// Find returns the spans of known chunks in ids, left to right, not
+// overlapping, never starting before from: at each position the longest
+// verified candidate wins and the scan resumes after it.
+func (x *ChunkIndex) Find(ids []int32, from int) []Span {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	if x.n == 0 {
+		return nil
+	}
+	var out []Span
+	for i := max(from, 0); i+IndexGram <= len(ids); {
+		best := 0
+		for _, c := range x.heads[gramHash(ids[i:i+IndexGram])] {
+			if len(c) > best && i+len(c) <= len(ids) && slices.Equal(c, ids[i:i+len(c)]) {
+				best = len(c)
+			}
+		}
+		if best == 0 {
+			i++
+			continue
+		}
+		out = append(out, Span{i, i + best})
+		i += best
+	}
+	return out
+}
+
+// Segment splits a prompt of len(ids) tokens around the known chunks found
+// from position prefixMin on (S, which holds at least the BOS, is never
+// searched): S ends where the first known chunk begins, and tokens between
+// two known chunks form a chunk of their own (Exact false: unknown). The
+// last known chunk must leave a question after it; known chunks are then
+// dropped from the end until one does. ok is false when no known chunk is
+// found.
+func (x *ChunkIndex) Segment(ids []int32, prefixMin int) (Segments, bool) {
+	found := x.Find(ids, prefixMin)
+	for len(found) > 0 && found[len(found)-1].End >= len(ids) {
+		found = found[:len(found)-1]
+	}
+	if len(found) == 0 || found[0].Begin == 0 {
+		return Segments{}, false
+	}
+	seg := Segments{Prefix: Span{0, found[0].Begin}, Exact: []bool{}}
+	at := found[0].Begin
+	for _, f := range found {
+		if f.Begin > at {
+			seg.Chunks = append(seg.Chunks, Span{at, f.Begin})
+			seg.Exact = append(seg.Exact, false)
+		}
+		seg.Chunks = append(seg.Chunks, f)
+		seg.Exact = append(seg.Exact, true)
+		at = f.End
+	}
+	seg.Question = Span{at, len(ids)}
+	return seg, seg.Validate(len(ids)) == nil
+}
+
+func gramHash(ids []int32) uint64 {
+	var buf [IndexGram * 4]byte
+	for i, t := range ids {
+		u := uint32(t)
+		buf[4*i], buf[4*i+1], buf[4*i+2], buf[4*i+3] = byte(u), byte(u>>8), byte(u>>16), byte(u>>24)
+	}
+	return xxh3.Hash(buf[:])
+}
