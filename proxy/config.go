@@ -74,6 +74,9 @@ type Fusion struct {
 	MarkerClose        string  `yaml:"marker_close" doc:"Closing marker of a chunk (e.g. </doc>)."`
 	KeepMarkers        bool    `yaml:"keep_markers" doc:"Keep separators and markers in the sequence the engine sees (default: strip them)."`
 	IgnoreOverrides    bool    `yaml:"ignore_overrides" doc:"Ignore per-request strategy and ratio overrides (the body field is still removed)."`
+	Adapter            string  `yaml:"adapter" doc:"Engine adapter that receives the assembled KV: native (this project's engine) or passthrough (publishes nothing: every request is forwarded untouched)." default:"native"`
+	AdapterURL         string  `yaml:"adapter_url" doc:"Base URL the adapter talks to (KV info, KV push). Empty: the upstream."`
+	Transport          string  `yaml:"transport" doc:"How the native adapter hands KV to the engine: push (PUT /v1/kv/{key}) or store (written into the store, which the engine must share)." default:"push"`
 }
 
 // Breaker configures the circuit breaker around the fusion path. When it is
@@ -166,6 +169,17 @@ func (c *Config) Validate() error {
 	}
 	if !(c.Fusion.MaxMissingFraction >= 0 && c.Fusion.MaxMissingFraction <= 1) {
 		bad("fusion.max_missing_fraction", "%v is not in [0, 1]", c.Fusion.MaxMissingFraction)
+	}
+	if c.Fusion.Adapter != "native" && c.Fusion.Adapter != "passthrough" {
+		bad("fusion.adapter", "%q is not native or passthrough", c.Fusion.Adapter)
+	}
+	if c.Fusion.Transport != "push" && c.Fusion.Transport != "store" {
+		bad("fusion.transport", "%q is not push or store", c.Fusion.Transport)
+	}
+	if c.Fusion.AdapterURL != "" {
+		if _, err := upstreamAddr(c.Fusion.AdapterURL); err != nil {
+			bad("fusion.adapter_url", "%v", err)
+		}
 	}
 	if (c.Fusion.MarkerOpen == "") != (c.Fusion.MarkerClose == "") {
 		bad("fusion.marker_open", "marker_open and marker_close go together")

@@ -37,6 +37,13 @@ type Plan struct {
 	// find the published KV, e.g. {"namespace": "<hex>"}. Must not be empty.
 	KVTransferParams map[string]any
 
+	// Body, when set, replaces the request body before the
+	// kv_transfer_params are merged (markers stripped from the prompt, say).
+	// It must be a JSON object the engine turns into exactly the token ids
+	// the KV was published for. The original body is still what a fallback
+	// forwards.
+	Body []byte
+
 	// Stats describe the work done; they become span attributes and metrics.
 	Stats Stats
 

@@ -439,7 +439,11 @@ func (p *Proxy) fuse(x *exchange, req *Request) ([]byte, bool) {
 	}
 	var body []byte
 	if r.err == nil {
-		if body, err = applyPlan(req.Body, r.plan); err != nil {
+		base := req.Body
+		if r.plan.Body != nil {
+			base = r.plan.Body
+		}
+		if body, err = applyPlan(base, r.plan); err != nil {
 			if r.plan.Release != nil {
 				r.plan.Release()
 			}

@@ -9,8 +9,15 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
+	"github.com/fusionrag/fusionrag/adapters"
+	_ "github.com/fusionrag/fusionrag/adapters/native"      // registers "native"
+	_ "github.com/fusionrag/fusionrag/adapters/passthrough" // registers "passthrough"
+	"github.com/fusionrag/fusionrag/kvstore"
+	"github.com/fusionrag/fusionrag/model"
 	"github.com/fusionrag/fusionrag/proxy"
+	"github.com/fusionrag/fusionrag/recompute"
 )
 
 func init() {
@@ -37,13 +44,16 @@ func runServe(args []string) error {
 	if err != nil {
 		return err
 	}
-	// TODO(lead): build the Fuser (fingerprint + kvstore + recompute +
-	// adapters) from cfg.Model and cfg.Store and pass proxy.WithFuser; until
-	// then every request is passed through.
-	if cfg.Model != "" {
-		fmt.Fprintln(os.Stderr, "fusionrag serve: warning: the fusion path is not wired into serve yet; passing every request through")
+	var opts []proxy.Option
+	if cfg.Model != "" && !cfg.Fusion.Disabled {
+		fuser, closeFuser, err := buildFuser(cfg)
+		if err != nil {
+			return err
+		}
+		defer closeFuser()
+		opts = append(opts, proxy.WithFuser(fuser))
 	}
-	p, err := proxy.New(cfg)
+	p, err := proxy.New(cfg, opts...)
 	if err != nil {
 		return err
 	}
@@ -63,4 +73,65 @@ func runServe(args []string) error {
 		return err
 	}
 	return nil
+}
+
+// buildFuser loads the model (--model), opens the store (--store) and builds
+// the fusion path; the engine adapter is opened on first use, so the sidecar
+// may start before the engine. The model must pass recompute.SelfCheck
+// (chunk reuse equals prefix caching for it), or serve refuses to start.
+func buildFuser(cfg proxy.Config) (proxy.Fuser, func(), error) {
+	m, err := model.Load(cfg.Model, model.LoadOptions{})
+	if err != nil {
+		return nil, nil, fmt.Errorf("--model: %w", err)
+	}
+	if m.Tokenizer == nil {
+		m.Close()
+		return nil, nil, fmt.Errorf("--model %s: no tokenizer found beside it", cfg.Model)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := recompute.SelfCheck(ctx, m); err != nil {
+		m.Close()
+		return nil, nil, fmt.Errorf("--model %s fails the reuse self-check: %w", cfg.Model, err)
+	}
+	var store kvstore.Store
+	if cfg.Store != "" {
+		if store, err = kvstore.Open(cfg.Store); err != nil {
+			m.Close()
+			return nil, nil, fmt.Errorf("--store: %w", err)
+		}
+	}
+	url := cfg.Fusion.AdapterURL
+	if url == "" {
+		url = cfg.Upstream
+	}
+	acfg := adapters.Config{URL: url, Transport: cfg.Fusion.Transport,
+		ModelFingerprint: m.Fingerprint(), TokenizerFingerprint: m.Tokenizer.Fingerprint()}
+	if cfg.Fusion.Transport == adapters.TransportStore {
+		if store == nil {
+			m.Close()
+			return nil, nil, errors.New("fusion.transport=store needs --store")
+		}
+		acfg.Store = store
+	}
+	f, err := proxy.NewRAGFuser(proxy.FuserConfig{Proxy: cfg, Model: m, Store: store,
+		OpenEngine: func(ctx context.Context) (adapters.Engine, error) {
+			c := acfg
+			c.Timeout = cfg.Timeouts.Fusion
+			return adapters.Open(cfg.Fusion.Adapter, c)
+		}})
+	if err != nil {
+		m.Close()
+		if store != nil {
+			store.Close()
+		}
+		return nil, nil, err
+	}
+	return f, func() {
+		_ = f.Close()
+		if store != nil {
+			_ = store.Close()
+		}
+		_ = m.Close()
+	}, nil
 }

@@ -1,0 +1,607 @@
+package proxy
+
+import (
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/zeebo/xxh3"
+	"go.opentelemetry.io/otel/attribute"
+
+	"github.com/fusionrag/fusionrag/adapters"
+	"github.com/fusionrag/fusionrag/engine"
+	"github.com/fusionrag/fusionrag/fingerprint"
+	"github.com/fusionrag/fusionrag/kvstore"
+	"github.com/fusionrag/fusionrag/model"
+	"github.com/fusionrag/fusionrag/model/tokenizer"
+	"github.com/fusionrag/fusionrag/recompute"
+)
+
+// RAGFuser is the fusion path: it segments a request on the token ids the
+// engine will run (same tokenizer, same chat template, same prompt -> ids
+// function, engine.PromptTokens), looks the chunks' KV up in the store
+// (computing and storing the missing ones), recomputes with the request's
+// strategy and ratio (package recompute), publishes the KV of the whole
+// prompt but its last token through the engine adapter, and returns the
+// kv_transfer_params that point the engine at it.
+//
+// Segment conventions, tried in this order:
+//
+//	(a) chat content parts: when the last user message has two text parts or
+//	    more, each part but the last is a chunk and the last is Q; S is
+//	    everything before the first chunk (system message, earlier turns).
+//	    Each chunk owns the template's glue in front of it (see
+//	    fingerprint.PartCuts), so with the plain template a part
+//	    "Document: t\n..." is the chunk "\n\nDocument: t\n..." that the
+//	    offline ingest stores (fusion.DefaultTemplate).
+//	(b) Fusion.Separator or Fusion.MarkerOpen/MarkerClose in a completions
+//	    text prompt or in the last user message's string content, stripped
+//	    from what the engine sees unless Fusion.KeepMarkers.
+//	(c) chunks met before (and stored) recognised inside an unmarked prompt
+//	    with a fingerprint.ChunkIndex.
+//
+// Markers are found in the text and mapped onto tokens through the
+// tokenizer's byte offsets, so a marker that tokenizes differently in
+// context is never silently missed; a chunk whose cut falls inside a token
+// keeps exactly the ids it has in the prompt. Every KV is looked up and
+// stored under the exact ids of its span, in a namespace that includes the
+// model, the tokenizer and the tenant: the worst a surprising tokenization
+// can cause is a miss, never a wrong or foreign KV.
+type RAGFuser struct {
+	cfg     Config
+	m       *model.Model
+	tok     tokenizer.Tokenizer
+	chat    *tokenizer.ChatTemplate
+	source  recompute.KVSource
+	modelFP fingerprint.Key
+	tokFP   fingerprint.Key
+	log     *slog.Logger
+	index   fingerprint.ChunkIndex
+
+	engMu    sync.Mutex
+	eng      adapters.Engine
+	openEng  func(ctx context.Context) (adapters.Engine, error)
+	lastOpen time.Time
+	openErr  error
+
+	warming chan struct{} // one background warm-up at a time
+}
+
+// FuserConfig configures NewRAGFuser.
+type FuserConfig struct {
+	// Proxy is the validated proxy configuration: Fusion (strategy, ratio,
+	// missing fraction, separators) and Limits.MaxChunks are used.
+	Proxy Config
+	// Model computes KV; it must have a tokenizer. Required.
+	Model *model.Model
+	// Store holds chunk and prefix KV (tenant in every key). Nil: nothing is
+	// stored and every chunk is computed.
+	Store kvstore.Store
+	// Engine publishes KV to the engine. When nil, OpenEngine is called on
+	// the first fusion (and again, at most once a second, while it fails),
+	// so the sidecar may start before the engine.
+	Engine     adapters.Engine
+	OpenEngine func(ctx context.Context) (adapters.Engine, error)
+	// Logger (default slog.Default()).
+	Logger *slog.Logger
+}
+
+// NewRAGFuser validates cfg and builds the fusion path.
+func NewRAGFuser(cfg FuserConfig) (*RAGFuser, error) {
+	if cfg.Model == nil || cfg.Model.Tokenizer == nil {
+		return nil, errors.New("proxy: the fusion path needs a model with its tokenizer")
+	}
+	if cfg.Engine == nil && cfg.OpenEngine == nil {
+		return nil, errors.New("proxy: the fusion path needs an engine adapter (Engine or OpenEngine)")
+	}
+	if err := cfg.Proxy.Validate(); err != nil {
+		// Upstream is not needed here; every other field must be valid.
+		var bad bool
+		for _, e := range unwrapJoined(err) {
+			if !startsWith(e.Error(), "upstream:") {
+				bad = true
+			}
+		}
+		if bad {
+			return nil, err
+		}
+	}
+	f := &RAGFuser{cfg: cfg.Proxy, m: cfg.Model, tok: cfg.Model.Tokenizer, eng: cfg.Engine, openEng: cfg.OpenEngine,
+		log: cfg.Logger, warming: make(chan struct{}, 1)}
+	if f.log == nil {
+		f.log = slog.Default()
+	}
+	var err error
+	if f.chat, err = engine.TemplateOf(f.tok); err != nil {
+		return nil, fmt.Errorf("proxy: chat template: %w", err)
+	}
+	if f.modelFP, err = fingerprint.ParseKey(cfg.Model.Fingerprint()); err != nil {
+		return nil, fmt.Errorf("proxy: model fingerprint: %w", err)
+	}
+	f.tokFP = fingerprint.TokenizerFingerprint([]byte(f.tok.Fingerprint()))
+	if cfg.Store != nil {
+		f.source = &recompute.StoreSource{Store: cfg.Store}
+	}
+	return f, nil
+}
+
+func unwrapJoined(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
+}
+
+func startsWith(s, p string) bool { return len(s) >= len(p) && s[:len(p)] == p }
+
+// ChunkNamespace is the namespace of chunk KV for a model, tokenizer and
+// tenant, as the sidecar looks it up: an offline ingest that wants its
+// chunks found must store them with recompute.ChunkKey under this namespace
+// (and the S the sidecar's requests start with).
+func ChunkNamespace(m *model.Model, tenant string) (fingerprint.Namespace, error) {
+	if m == nil || m.Tokenizer == nil {
+		return fingerprint.Namespace{}, errors.New("proxy: ChunkNamespace needs a model with its tokenizer")
+	}
+	mk, err := fingerprint.ParseKey(m.Fingerprint())
+	if err != nil {
+		return fingerprint.Namespace{}, err
+	}
+	return fingerprint.Namespace{Model: mk, Tokenizer: fingerprint.TokenizerFingerprint([]byte(m.Tokenizer.Fingerprint())),
+		Tenant: tenant, Variant: fingerprint.VariantRaw}, nil
+}
+
+// Index is the index of known chunks used by convention (c); chunks of
+// every fused request are added to it, and an ingest may add its own.
+func (f *RAGFuser) Index() *fingerprint.ChunkIndex { return &f.index }
+
+// Close closes the adapter the fuser opened.
+func (f *RAGFuser) Close() error {
+	f.engMu.Lock()
+	defer f.engMu.Unlock()
+	if f.eng != nil && f.openEng != nil {
+		err := f.eng.Close()
+		f.eng = nil
+		return err
+	}
+	return nil
+}
+
+func (f *RAGFuser) engine(ctx context.Context) (adapters.Engine, error) {
+	f.engMu.Lock()
+	defer f.engMu.Unlock()
+	if f.eng != nil {
+		return f.eng, nil
+	}
+	if time.Since(f.lastOpen) < time.Second && f.openErr != nil {
+		return nil, f.openErr
+	}
+	f.lastOpen = time.Now()
+	f.eng, f.openErr = f.openEng(ctx)
+	if f.openErr != nil {
+		f.openErr = fmt.Errorf("proxy: opening the engine adapter: %w", f.openErr)
+		f.eng = nil
+	}
+	return f.eng, f.openErr
+}
+
+// Skip reasons of the fusion path (metric labels).
+const (
+	SkipNoChunks        = "no_chunks"
+	SkipTooManyChunks   = "too_many_chunks"
+	SkipTooManyMissing  = "too_many_missing"
+	SkipEngineRejects   = "engine_rejects"
+	SkipBadMarkers      = "bad_markers"
+	SkipTemplateSpans   = "template_spans"
+	SkipTokenMismatch   = "token_mismatch"
+	SkipPromptTooLong   = "prompt_too_long"
+	SkipNoPublish       = "no_publish"
+	AttrInexactChunks   = "fusionrag.inexact_chunks"
+	AttrSegmentation    = "fusionrag.segmentation"
+	AttrPrefixTokens    = "fusionrag.prefix_tokens"
+	AttrQuestionTokens  = "fusionrag.question_tokens"
+	AttrLoadSeconds     = "fusionrag.load_seconds"
+	AttrComputeSeconds  = "fusionrag.compute_seconds"
+	AttrSelectSeconds   = "fusionrag.select_seconds"
+	AttrRecomputeSecond = "fusionrag.recompute_seconds"
+)
+
+// segmented is a request split on the engine's ids.
+type segmented struct {
+	ids  []int32
+	seg  fingerprint.Segments
+	body []byte // rewritten body (markers stripped); nil: req.Body
+	how  string // "parts", "separator", "markers", "index"
+}
+
+// Fuse implements Fuser.
+func (f *RAGFuser) Fuse(ctx context.Context, req *Request) (*Plan, error) {
+	_, span := StartPhase(ctx, SpanSegment)
+	sg, err := f.segment(req)
+	if err == nil {
+		inexact := 0
+		for _, e := range sg.seg.Exact {
+			if !e {
+				inexact++
+			}
+		}
+		span.SetAttributes(attribute.String(AttrSegmentation, sg.how), attribute.Int(AttrChunks, len(sg.seg.Chunks)),
+			attribute.Int(AttrInexactChunks, inexact), attribute.Int(AttrPrefixTokens, sg.seg.Prefix.Len()),
+			attribute.Int(AttrQuestionTokens, sg.seg.Question.Len()))
+	}
+	span.End()
+	if err != nil {
+		return nil, err
+	}
+	if max := f.cfg.Limits.MaxChunks; max > 0 && len(sg.seg.Chunks) > max {
+		return nil, Skip(SkipTooManyChunks)
+	}
+	if sg.seg.Prefix.Len() == 0 {
+		return nil, Skip(SkipNoChunks) // recompute keys chunks by S; BOS-less prompts have none
+	}
+	if len(sg.ids) > f.m.Config.MaxPositions {
+		return nil, Skip(SkipPromptTooLong)
+	}
+
+	strategy, ratio := f.cfg.Fusion.Strategy, f.cfg.Fusion.Ratio
+	if req.Override.Strategy != "" {
+		strategy = req.Override.Strategy
+	}
+	if req.Override.HasRatio {
+		ratio = req.Override.Ratio
+	}
+
+	// Look up and recompute. A source wrapper counts raw-key misses and
+	// stops the run as soon as more than MaxMissingFraction of the chunks
+	// are missing, before any of them is computed.
+	ns, err := ChunkNamespace(f.m, req.Tenant)
+	if err != nil {
+		return nil, err
+	}
+	k := len(sg.seg.Chunks)
+	var src recompute.KVSource
+	if f.source != nil {
+		cs := &countingSource{inner: f.source, raw: make(map[fingerprint.Key]bool, k),
+			allowed: int(math.Floor(f.cfg.Fusion.MaxMissingFraction*float64(k) + 1e-9))}
+		prefix := sg.ids[:sg.seg.Prefix.End]
+		for _, c := range sg.seg.Chunks {
+			cs.raw[recompute.ChunkKey(ns, fingerprint.VariantRaw, prefix, sg.ids[c.Begin:c.End])] = true
+		}
+		src = cs
+	}
+	rp, err := recompute.New(recompute.Config{Model: f.m, Source: src, Namespace: ns,
+		Variant: fingerprint.VariantFused, RecomputeBadKV: true})
+	if err != nil {
+		return nil, err
+	}
+	rreq, err := toRecompute(sg, strategy, ratio)
+	if err != nil {
+		return nil, err
+	}
+	rctx, rspan := StartPhase(ctx, SpanRecompute, attribute.String(AttrStrategy, strategy), attribute.Float64(AttrRatio, ratio))
+	res, err := rp.Run(rctx, rreq)
+	if err != nil {
+		rspan.RecordError(err)
+		rspan.End()
+		if errors.Is(err, errTooManyMissing) {
+			f.warm(ns, rreq)
+			return nil, Skip(SkipTooManyMissing)
+		}
+		if errors.Is(err, recompute.ErrTooLong) {
+			return nil, Skip(SkipPromptTooLong)
+		}
+		return nil, err
+	}
+	rec := res.Record
+	rspan.SetAttributes(
+		attribute.Int(AttrHits, rec.RawHits+rec.FusedHits), attribute.Int(AttrMisses, rec.Misses),
+		attribute.Int("fusionrag.bad_entries", rec.BadEntries), attribute.Int(AttrRecomputedTokens, rec.Recomputed),
+		attribute.Float64(AttrLoadSeconds, rec.Phases.Load.Seconds()), attribute.Float64(AttrComputeSeconds, rec.Phases.Compute.Seconds()),
+		attribute.Float64(AttrSelectSeconds, rec.Phases.Select.Seconds()), attribute.Float64(AttrRecomputeSecond, rec.Phases.Recompute.Seconds()))
+	rspan.End()
+
+	// Publish the KV of every token but the last, which the engine
+	// prefills itself to get the logits.
+	pctx, pspan := StartPhase(ctx, SpanPublish)
+	defer pspan.End()
+	eng, err := f.engine(pctx)
+	if err != nil {
+		pspan.RecordError(err)
+		return nil, err
+	}
+	L := len(sg.ids)
+	pns := publishNamespace(req.Tenant, strategy, ratio)
+	if err := eng.Publish(pctx, pns, sg.ids[:L-1], res.Cache.Slice(0, L-1)); err != nil {
+		pspan.RecordError(err)
+		if errors.Is(err, adapters.ErrNoPublish) {
+			return nil, Skip(SkipNoPublish)
+		}
+		return nil, err
+	}
+	pspan.SetAttributes(attribute.Int("fusionrag.published_tokens", L-1))
+
+	// The chunks are in the store now: later unmarked prompts may find them.
+	for i, c := range sg.seg.Chunks {
+		if sg.seg.Exact[i] {
+			f.index.Add(sg.ids[c.Begin:c.End])
+		}
+	}
+	return &Plan{
+		KVTransferParams: map[string]any{"namespace": pns},
+		Body:             sg.body,
+		Stats: Stats{Strategy: strategy, Ratio: ratio, Chunks: k, Hits: rec.RawHits + rec.FusedHits, Misses: rec.Misses,
+			RecomputedTokens: rec.Recomputed, ContextTokens: rec.PrefixTokens + rec.ContextTokens, BytesLoaded: rec.BytesLoaded},
+	}, nil
+}
+
+// warm computes and stores the chunks of a request that skipped fusion
+// because too many were missing, in the background (at most one warm-up at
+// a time; others are dropped), so that the next request with these chunks
+// finds them. It runs the "reuse" strategy: missing chunks are computed as
+// raw KV and stored, and only the question is prefilled on top.
+func (f *RAGFuser) warm(ns fingerprint.Namespace, req recompute.Request) {
+	select {
+	case f.warming <- struct{}{}:
+	default:
+		return
+	}
+	req.Strategy, req.Ratio = "reuse", 0
+	go func() {
+		defer func() { <-f.warming }()
+		ctx, cancel := context.WithTimeout(context.Background(), warmTimeout)
+		defer cancel()
+		rp, err := recompute.New(recompute.Config{Model: f.m, Source: f.source, Namespace: ns, RecomputeBadKV: true})
+		if err == nil {
+			_, err = rp.Run(ctx, req)
+		}
+		if err != nil {
+			f.log.Debug("fusion warm-up failed", "err", err)
+		}
+	}()
+}
+
+// warmTimeout bounds one background warm-up.
+const warmTimeout = time.Minute
+
+// publishNamespace is the kv_transfer_params namespace of a published
+// prompt KV: the tenant and everything that changes the KV besides the ids
+// (strategy, ratio). The engine folds in its model and tokenizer.
+func publishNamespace(tenant, strategy string, ratio float64) string {
+	h := xxh3.HashString128("fusionrag-publish\x00" + tenant + "\x00" + strategy + "\x00" + strconv.FormatFloat(ratio, 'g', -1, 64)).Bytes()
+	return hex.EncodeToString(h[:])
+}
+
+func toRecompute(sg *segmented, strategy string, ratio float64) (recompute.Request, error) {
+	chunks := make([]recompute.Span, len(sg.seg.Chunks))
+	for i, c := range sg.seg.Chunks {
+		chunks[i] = recompute.Span{Begin: c.Begin, End: c.End}
+	}
+	return recompute.FromSpans(sg.ids, recompute.Span{Begin: sg.seg.Prefix.Begin, End: sg.seg.Prefix.End}, chunks,
+		recompute.Span{Begin: sg.seg.Question.Begin, End: sg.seg.Question.End}, strategy, ratio)
+}
+
+var errTooManyMissing = errors.New("proxy: too many chunks missing from the store")
+
+// countingSource counts misses of chunks' raw keys (the last key tried for
+// a chunk) and fails the run once more than allowed are missing.
+type countingSource struct {
+	inner   recompute.KVSource
+	raw     map[fingerprint.Key]bool
+	allowed int
+	misses  atomic.Int32
+}
+
+func (c *countingSource) GetKV(ctx context.Context, key fingerprint.Key, check fingerprint.Check) (recompute.Loaded, error) {
+	ld, err := c.inner.GetKV(ctx, key, check)
+	if err != nil && c.raw[key] && (errors.Is(err, recompute.ErrMiss) || errors.Is(err, recompute.ErrKVMismatch)) {
+		if int(c.misses.Add(1)) > c.allowed {
+			return recompute.Loaded{}, errTooManyMissing
+		}
+	}
+	return ld, err
+}
+
+func (c *countingSource) PutKV(ctx context.Context, key fingerprint.Key, check fingerprint.Check, kv *model.Cache) error {
+	return c.inner.PutKV(ctx, key, check, kv)
+}
+
+// segment finds S, the chunks and Q on the ids the engine will run for the
+// (possibly rewritten) body.
+func (f *RAGFuser) segment(req *Request) (*segmented, error) {
+	chat := req.Route == RouteChat
+	er, err := engine.ParseRequest(req.Body, chat)
+	if err != nil {
+		return nil, Skip(SkipEngineRejects)
+	}
+	p := er.Prompt
+	sg := &segmented{}
+	var text string
+	var cuts []int
+	bos := f.tok.AddBOS() && f.tok.BOS() >= 0
+
+	switch {
+	case p.IsTokens:
+		// Token prompts carry no text: only known chunks can be found.
+	case p.Messages != nil:
+		u := lastUser(p.Messages)
+		if u < 0 {
+			break
+		}
+		msg := p.Messages[u]
+		if !msg.Content.IsString && len(msg.Content.Parts) >= 2 {
+			r, err := f.chat.RenderSpans(p.Messages, true)
+			if err != nil {
+				return nil, Skip(SkipEngineRejects)
+			}
+			if r.Parts == nil || u >= len(r.Parts) {
+				return nil, Skip(SkipTemplateSpans)
+			}
+			parts := make([]fingerprint.Span, len(r.Parts[u]))
+			for i, s := range r.Parts[u] {
+				parts[i] = fingerprint.Span{Begin: s.Begin, End: s.End}
+			}
+			var ok bool
+			if cuts, ok = fingerprint.PartCuts(r.Text, parts); !ok {
+				return nil, Skip(SkipTemplateSpans)
+			}
+			text, sg.how = r.Text, "parts"
+			break
+		}
+		content := joinedText(msg.Content)
+		lay, how, err := f.markers(content)
+		if err != nil {
+			return nil, err
+		}
+		if how == "" {
+			break
+		}
+		if lay.Text != content {
+			p.Messages = slices.Clone(p.Messages)
+			p.Messages[u].Content = tokenizer.Text(lay.Text)
+			if sg.body, err = replaceMember(req.Body, "messages", p.Messages); err != nil {
+				return nil, err
+			}
+		}
+		r, err := f.chat.RenderSpans(p.Messages, true)
+		if err != nil {
+			return nil, Skip(SkipEngineRejects)
+		}
+		if r.Parts == nil || u >= len(r.Parts) || len(r.Parts[u]) != 1 || r.Parts[u][0].End-r.Parts[u][0].Begin != len(lay.Text) {
+			return nil, Skip(SkipTemplateSpans) // the template trimmed or rewrote the content
+		}
+		base := r.Parts[u][0].Begin
+		for _, c := range lay.Cuts {
+			cuts = append(cuts, base+c)
+		}
+		text, sg.how = r.Text, how
+	default: // completions text prompt
+		lay, how, err := f.markers(p.Text)
+		if err != nil {
+			return nil, err
+		}
+		if how == "" {
+			break
+		}
+		if lay.Text != p.Text {
+			if sg.body, err = replaceMember(req.Body, "prompt", lay.Text); err != nil {
+				return nil, err
+			}
+		}
+		p.Text, text, cuts, sg.how = lay.Text, lay.Text, lay.Cuts, how
+	}
+
+	// The truth: the ids the engine computes for the body it will receive.
+	body := req.Body
+	if sg.body != nil {
+		body = sg.body
+		er2, err := engine.ParseRequest(body, chat)
+		if err != nil {
+			return nil, Skip(SkipEngineRejects)
+		}
+		p = er2.Prompt
+	}
+	ids, err := engine.PromptTokens(f.tok, f.chat, p)
+	if err != nil {
+		return nil, Skip(SkipEngineRejects)
+	}
+	sg.ids = ids
+
+	if sg.how != "" {
+		toks, offs := f.tok.EncodeOffsets(text)
+		if bos && (len(toks) == 0 || toks[0] != f.tok.BOS()) {
+			toks = append([]int32{f.tok.BOS()}, toks...)
+			offs = append([]tokenizer.Span{{}}, offs...)
+		}
+		if !slices.Equal(toks, ids) {
+			return nil, Skip(SkipTokenMismatch)
+		}
+		spans := make([]fingerprint.Span, len(offs))
+		for i, o := range offs {
+			spans[i] = fingerprint.Span{Begin: o.Begin, End: o.End}
+		}
+		if sg.seg, err = fingerprint.Cut(spans, cuts); err != nil {
+			return nil, Skip(SkipNoChunks)
+		}
+	} else {
+		minPrefix := 0
+		if bos {
+			minPrefix = 1
+		}
+		var ok bool
+		if sg.seg, ok = f.index.Segment(ids, minPrefix); !ok {
+			return nil, Skip(SkipNoChunks)
+		}
+		sg.how = "index"
+	}
+	if len(sg.seg.Chunks) == 0 {
+		return nil, Skip(SkipNoChunks)
+	}
+	return sg, nil
+}
+
+// markers applies the configured separator or marker pair to text.
+func (f *RAGFuser) markers(text string) (fingerprint.TextLayout, string, error) {
+	fc := f.cfg.Fusion
+	if fc.MarkerOpen != "" {
+		lay, ok, err := fingerprint.SplitMarkers(text, fc.MarkerOpen, fc.MarkerClose, fc.KeepMarkers)
+		if err != nil {
+			return lay, "", Skip(SkipBadMarkers)
+		}
+		if ok {
+			return lay, "markers", nil
+		}
+	}
+	if fc.Separator != "" {
+		if lay, ok := fingerprint.SplitSeparator(text, fc.Separator, fc.KeepMarkers); ok {
+			return lay, "separator", nil
+		}
+	}
+	return fingerprint.TextLayout{}, "", nil
+}
+
+func lastUser(msgs []tokenizer.Message) int {
+	for i := len(msgs) - 1; i >= 0; i-- {
+		if msgs[i].Role == "user" {
+			return i
+		}
+	}
+	return -1
+}
+
+func joinedText(c tokenizer.Content) string {
+	if len(c.Parts) == 1 {
+		return c.Parts[0].Text
+	}
+	if c.IsString && len(c.Parts) == 0 {
+		return ""
+	}
+	s := ""
+	for i, p := range c.Parts {
+		if i > 0 {
+			s += "\n"
+		}
+		s += p.Text
+	}
+	return s
+}
+
+// replaceMember returns body with the top-level member key set to v.
+func replaceMember(body []byte, key string, v any) ([]byte, error) {
+	raw, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	nb, _, err := removeMember(body, key)
+	if err != nil {
+		return nil, err
+	}
+	return appendMember(nb, key, raw)
+}
