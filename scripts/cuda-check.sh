@@ -53,7 +53,8 @@ build() {
 		tmp=$(mktemp -d)
 		cp model/cuda/kernels/*.cu model/cuda/kernels/*.cuh model/cuda/kernels/gen.sh "$tmp/"
 		sh "$tmp/gen.sh"
-		for f in elementwise attention; do
+		for f in model/cuda/kernels/*.cu; do
+			f=$(basename "$f" .cu)
 			if ! cmp -s "$tmp/$f.ptx" "model/cuda/kernels/$f.ptx"; then
 				echo "cuda-check: model/cuda/kernels/$f.ptx is stale: run go generate ./model/cuda/" >&2
 				exit 1
