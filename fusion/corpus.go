@@ -11,6 +11,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/fusionrag/fusionrag/model/tokenizer"
@@ -284,6 +285,10 @@ type Chunk struct {
 	// Title and Text are what the Template rendered.
 	Title string `json:"title,omitempty"`
 	Text  string `json:"text"`
+	// Begin and End are the byte range [Begin, End) of Text in the
+	// document's text (in its pre-chunk for a pre-chunked document).
+	Begin int `json:"begin"`
+	End   int `json:"end"`
 	// Tokens are Template.Tokens(tok, Title, Text): the ids whose KV is stored.
 	Tokens []int32 `json:"-"`
 }
@@ -344,18 +349,18 @@ func NewChunker(c Chunker) (*Chunker, error) {
 // pre-chunked document's chunks are used as given, except that one longer
 // than Size tokens is cut the same way. Chunks left empty are dropped.
 func (c *Chunker) Split(d Document) ([]Chunk, error) {
-	var texts []string
+	var wins []window
 	if len(d.Chunks) > 0 {
 		for _, t := range d.Chunks {
-			texts = append(texts, c.windows(t)...)
+			wins = append(wins, c.windows(t)...)
 		}
 	} else {
-		texts = c.windows(d.Text)
+		wins = c.windows(d.Text)
 	}
-	out := make([]Chunk, 0, len(texts))
-	for _, t := range texts {
-		ch := Chunk{ID: d.ID + "#" + strconv.Itoa(len(out)), Title: d.Title, Text: t}
-		ch.Tokens = c.Template.Tokens(c.Tokenizer, d.Title, t)
+	out := make([]Chunk, 0, len(wins))
+	for _, w := range wins {
+		ch := Chunk{ID: d.ID + "#" + strconv.Itoa(len(out)), Title: d.Title, Text: w.text, Begin: w.begin, End: w.end}
+		ch.Tokens = c.Template.Tokens(c.Tokenizer, d.Title, w.text)
 		if c.MaxTokens > 0 && len(ch.Tokens) > c.MaxTokens {
 			return out, fmt.Errorf("%w: document %q chunk %d has %d tokens, limit %d", ErrChunkTooLong, d.ID, len(out), len(ch.Tokens), c.MaxTokens)
 		}
@@ -364,10 +369,24 @@ func (c *Chunker) Split(d Document) ([]Chunk, error) {
 	return out, nil
 }
 
-// windows cuts text into the texts of token windows.
-func (c *Chunker) windows(text string) []string {
-	text = strings.TrimSpace(text)
-	if text == "" {
+// window is one chunk's text and its byte range in the source text.
+type window struct {
+	text       string
+	begin, end int
+}
+
+// trimmed returns the window of text[b:e] without surrounding space.
+func trimmed(text string, b, e int) window {
+	t := text[b:e]
+	l := len(t) - len(strings.TrimLeftFunc(t, unicode.IsSpace))
+	t = strings.TrimSpace(t)
+	return window{text: t, begin: b + l, end: b + l + len(t)}
+}
+
+// windows cuts text into token windows.
+func (c *Chunker) windows(text string) []window {
+	whole := trimmed(text, 0, len(text))
+	if whole.text == "" {
 		return nil
 	}
 	_, spans := c.Tokenizer.EncodeOffsets(text)
@@ -379,9 +398,9 @@ func (c *Chunker) windows(text string) []string {
 		}
 	}
 	if len(real) <= c.Size {
-		return []string{text}
+		return []window{whole}
 	}
-	var out []string
+	var out []window
 	step := c.Size - c.Overlap
 	for i := 0; ; i += step {
 		j := min(i+c.Size, len(real))
@@ -392,8 +411,8 @@ func (c *Chunker) windows(text string) []string {
 		for e < len(text) && !utf8.RuneStart(text[e]) {
 			e++
 		}
-		if t := strings.TrimSpace(text[b:e]); t != "" {
-			out = append(out, t)
+		if w := trimmed(text, b, e); w.text != "" {
+			out = append(out, w)
 		}
 		if j == len(real) {
 			return out

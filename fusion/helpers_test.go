@@ -16,6 +16,7 @@ import (
 	"github.com/fusionrag/fusionrag/internal/shareddata"
 	"github.com/fusionrag/fusionrag/kvstore"
 	"github.com/fusionrag/fusionrag/model"
+	"github.com/fusionrag/fusionrag/model/tokenizer"
 )
 
 // tinyConfig is the synthetic model of the tests: small enough that an
@@ -35,6 +36,13 @@ var (
 // with its llama2.c tokenizer.
 func synthModel(t testing.TB, cfg model.Config) *model.Model {
 	t.Helper()
+	return synthModelTok(t, cfg, "")
+}
+
+// synthModelTok is synthModel with another tokenizer file ("" for the
+// synthetic one).
+func synthModelTok(t testing.TB, cfg model.Config, tok string) *model.Model {
+	t.Helper()
 	key := fmt.Sprintf("%+v", cfg)
 	dir, ok := synthDirs.Load(key)
 	if !ok {
@@ -44,7 +52,7 @@ func synthModel(t testing.TB, cfg model.Config) *model.Model {
 		}
 		dir, _ = synthDirs.LoadOrStore(key, d)
 	}
-	m, err := model.Load(dir.(string), model.LoadOptions{})
+	m, err := model.Load(dir.(string), model.LoadOptions{Tokenizer: tok})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -170,4 +178,8 @@ func joinIDs(cs []Chunk) string {
 		ids[i] = c.ID
 	}
 	return strings.Join(ids, ",")
+}
+
+func loadFuzzTokenizer(f *testing.F) tokenizer.Tokenizer {
+	return synthModel(f, tinyConfig(256)).Tokenizer
 }

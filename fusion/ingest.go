@@ -258,12 +258,20 @@ type run struct {
 	raw    []fingerprint.Key
 	fused  []fingerprint.Key
 	sum    Summary
-	mu     sync.Mutex // guards sum's counters written by workers
+	mu     sync.Mutex // guards sum's counters and failed, written by workers
+	// failed[i]: chunk i could not be computed; it is neither fused nor
+	// anyone's neighbour.
+	failed []bool
 }
 
-func (r *run) fail(id string, err error) {
+func (r *run) fail(i int, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.failed[i] {
+		return
+	}
+	r.failed[i] = true
+	id := r.chunks[i].ID
 	r.sum.Failed++
 	if len(r.sum.Errors) < MaxErrors {
 		r.sum.Errors = append(r.sum.Errors, fmt.Sprintf("chunk %s: %v", id, err))
@@ -301,6 +309,7 @@ func (in *Ingester) Run(ctx context.Context, chunks []Chunk) (Summary, error) {
 		r.sum.Tokens += len(c.Tokens)
 	}
 	r.sum.Chunks = len(r.chunks)
+	r.failed = make([]bool, len(r.chunks))
 	err := r.do(ctx)
 	r.sum.Total = time.Since(start)
 	if err != nil && ctx.Err() != nil {
@@ -342,9 +351,10 @@ func (r *run) do(ctx context.Context) error {
 		}
 		mu.Lock()
 		defer mu.Unlock()
-		if ok {
+		switch {
+		case ok:
 			r.sum.FusedSkipped++
-		} else {
+		case !r.failed[i]:
 			todo = append(todo, i)
 		}
 		return nil
@@ -399,11 +409,19 @@ func (r *run) put(ctx context.Context, key fingerprint.Key, tokens []int32, kv *
 func (r *run) fuse(ctx context.Context, i int, nb []int) error {
 	in := r.in
 	c := &r.chunks[i]
+	ok := make([]int, 0, len(nb))
 	for _, j := range nb {
 		if j < 0 || j >= len(r.chunks) || j == i {
 			return fmt.Errorf("fusion: %s gave chunk %d the neighbour %d", in.cfg.Similarity.Name(), i, j)
 		}
+		r.mu.Lock()
+		bad := r.failed[j]
+		r.mu.Unlock()
+		if !bad {
+			ok = append(ok, j)
+		}
 	}
+	nb = ok
 	lens := make([]int, len(nb))
 	for k, j := range nb {
 		lens[k] = len(r.chunks[j].Tokens)
@@ -483,7 +501,7 @@ func (r *run) phaseOver(ctx context.Context, name string, idx []int, fn func(con
 			err := fn(ctx, i)
 			var ce chunkError
 			if errors.As(err, &ce) && ctx.Err() == nil {
-				r.fail(r.chunks[i].ID, ce.err)
+				r.fail(i, ce.err)
 				err = nil
 			}
 			if err != nil {
