@@ -169,3 +169,52 @@ func TestHalfSpecials(t *testing.T) {
 		t.Error("ParseDType(int8): no error")
 	}
 }
+
+// FuzzHalfRounding checks, for any float32 bit pattern, that rounding to
+// bf16 and f16 is idempotent, keeps the sign, and lands on a representable
+// value no farther from x than the next one on either side.
+func FuzzHalfRounding(f *testing.F) {
+	for _, seed := range []uint32{0, 0x3f800000, 0x7f7fffff, 0x00000001, 0x38800000, 0x477fe000, 0x477ff000, 0xc7800000, 0x7fc00000, 0x33800000} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, bits uint32) {
+		x := math.Float32frombits(bits)
+		for _, tc := range []struct {
+			name   string
+			widen  func(uint16) float32
+			narrow func(float32) uint16
+		}{{"bf16", BF16ToF32, F32ToBF16}, {"f16", F16ToF32, F32ToF16}} {
+			h := tc.narrow(x)
+			r := tc.widen(h)
+			if math.IsNaN(float64(x)) {
+				if !math.IsNaN(float64(r)) {
+					t.Fatalf("%s: NaN %#08x rounded to %g", tc.name, bits, r)
+				}
+				continue
+			}
+			if tc.narrow(r) != h {
+				t.Fatalf("%s: not idempotent: %g -> %#04x -> %g -> %#04x", tc.name, x, h, r, tc.narrow(r))
+			}
+			if r != 0 && math.Signbit(float64(r)) != math.Signbit(float64(x)) {
+				t.Fatalf("%s: sign of %g lost: %g", tc.name, x, r)
+			}
+			if math.IsInf(float64(r), 0) {
+				continue // overflow: checked exhaustively by TestHalfRoundingMatchesNearest
+			}
+			// The neighbours of h (same sign) are no closer to x.
+			d := math.Abs(float64(r) - float64(x))
+			for _, nb := range []uint16{h + 1, h - 1} {
+				if nb&0x7fff == 0x7fff || (h&0x7fff == 0 && nb == h-1) {
+					continue
+				}
+				v := tc.widen(nb)
+				if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) || math.Signbit(float64(v)) != math.Signbit(float64(r)) {
+					continue
+				}
+				if dv := math.Abs(float64(v) - float64(x)); dv < d {
+					t.Fatalf("%s: %g rounded to %g, but %g is closer", tc.name, x, r, v)
+				}
+			}
+		}
+	})
+}
