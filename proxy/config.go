@@ -74,6 +74,9 @@ type Fusion struct {
 	MarkerClose        string  `yaml:"marker_close" doc:"Closing marker of a chunk (e.g. </doc>)."`
 	KeepMarkers        bool    `yaml:"keep_markers" doc:"Keep separators and markers in the sequence the engine sees (default: strip them)."`
 	IgnoreOverrides    bool    `yaml:"ignore_overrides" doc:"Ignore per-request strategy and ratio overrides (the body field is still removed)."`
+	Neighbours         int     `yaml:"neighbours" doc:"Fusion parameter n the chunk KV was ingested with (neighbours fused into each chunk); part of every chunk key, so it must match the ingest's --neighbours." default:"10"`
+	Similarity         string  `yaml:"similarity" doc:"Neighbour similarity the chunk KV was ingested with (bm25, or emb:<model>); part of every chunk key like neighbours." default:"bm25"`
+	System             string  `yaml:"system" doc:"System text S that documents ingested through POST /v1/fusion/documents are computed after (BOS alone when empty); chat requests must start with the same system message to hit them."`
 	Adapter            string  `yaml:"adapter" doc:"Engine adapter that receives the assembled KV: native (this project's engine) or passthrough (publishes nothing: every request is forwarded untouched)." default:"native"`
 	AdapterURL         string  `yaml:"adapter_url" doc:"Base URL the adapter talks to (KV info, KV push). Empty: the upstream."`
 	Transport          string  `yaml:"transport" doc:"How the native adapter hands KV to the engine: push (PUT /v1/kv/{key}) or store (written into the store, which the engine must share)." default:"push"`

@@ -20,6 +20,7 @@ import (
 	"github.com/fusionrag/fusionrag/adapters"
 	"github.com/fusionrag/fusionrag/engine"
 	"github.com/fusionrag/fusionrag/fingerprint"
+	"github.com/fusionrag/fusionrag/fusion"
 	"github.com/fusionrag/fusionrag/kvstore"
 	"github.com/fusionrag/fusionrag/model"
 	"github.com/fusionrag/fusionrag/model/tokenizer"
@@ -143,20 +144,15 @@ func unwrapJoined(err error) []error {
 
 func startsWith(s, p string) bool { return len(s) >= len(p) && s[:len(p)] == p }
 
-// ChunkNamespace is the namespace of chunk KV for a model, tokenizer and
-// tenant, as the sidecar looks it up: an offline ingest that wants its
-// chunks found must store them with recompute.ChunkKey under this namespace
-// (and the S the sidecar's requests start with).
-func ChunkNamespace(m *model.Model, tenant string) (fingerprint.Namespace, error) {
+// ChunkNamespace is the namespace of chunk KV for a model, tenant and the
+// configured fusion parameters, as the sidecar looks it up: the offline
+// ingest's (fusion.Namespace with fusion.Params(neighbours, similarity)),
+// so that chunks ingested for the same tenant are found.
+func ChunkNamespace(m *model.Model, tenant string, fc Fusion) (fingerprint.Namespace, error) {
 	if m == nil || m.Tokenizer == nil {
 		return fingerprint.Namespace{}, errors.New("proxy: ChunkNamespace needs a model with its tokenizer")
 	}
-	mk, err := fingerprint.ParseKey(m.Fingerprint())
-	if err != nil {
-		return fingerprint.Namespace{}, err
-	}
-	return fingerprint.Namespace{Model: mk, Tokenizer: fingerprint.TokenizerFingerprint([]byte(m.Tokenizer.Fingerprint())),
-		Tenant: tenant, Variant: fingerprint.VariantRaw}, nil
+	return fusion.Namespace(m, tenant, fusion.Params(fc.Neighbours, fc.Similarity))
 }
 
 // Index is the index of known chunks used by convention (c); chunks of
@@ -262,7 +258,7 @@ func (f *RAGFuser) Fuse(ctx context.Context, req *Request) (*Plan, error) {
 	// Look up and recompute. A source wrapper counts raw-key misses and
 	// stops the run as soon as more than MaxMissingFraction of the chunks
 	// are missing, before any of them is computed.
-	ns, err := ChunkNamespace(f.m, req.Tenant)
+	ns, err := ChunkNamespace(f.m, req.Tenant, f.cfg.Fusion)
 	if err != nil {
 		return nil, err
 	}

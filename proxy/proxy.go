@@ -43,6 +43,7 @@ type Proxy struct {
 	breaker *gobreaker.TwoStepCircuitBreaker[struct{}]
 	addr    string        // upstream host:port
 	fusions chan struct{} // semaphore: running (and abandoned) Fuse calls
+	docs    func(tenant string) (Documents, error)
 }
 
 // Option configures a Proxy.
@@ -263,6 +264,9 @@ func (p *Proxy) Handler(ctx *fasthttp.RequestCtx) {
 		trace.WithAttributes(attribute.String("http.request.method", string(ctx.Method())),
 			attribute.String("url.path", path), attribute.String(AttrRoute, route.String())))
 	x := &exchange{p: p, start: time.Now(), ctx: sctx, span: span, route: route, path: PathPassthrough}
+	if p.serveDocuments(ctx, x) {
+		return
+	}
 
 	limit := p.cfg.Limits.MaxRequestBody
 	cl := ctx.Request.Header.ContentLength()

@@ -8,12 +8,14 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/fusionrag/fusionrag/adapters"
 	_ "github.com/fusionrag/fusionrag/adapters/native"      // registers "native"
 	_ "github.com/fusionrag/fusionrag/adapters/passthrough" // registers "passthrough"
+	"github.com/fusionrag/fusionrag/fusion"
 	"github.com/fusionrag/fusionrag/kvstore"
 	"github.com/fusionrag/fusionrag/model"
 	"github.com/fusionrag/fusionrag/proxy"
@@ -46,12 +48,15 @@ func runServe(args []string) error {
 	}
 	var opts []proxy.Option
 	if cfg.Model != "" && !cfg.Fusion.Disabled {
-		fuser, closeFuser, err := buildFuser(cfg)
+		fp, err := buildFusionPath(cfg)
 		if err != nil {
 			return err
 		}
-		defer closeFuser()
-		opts = append(opts, proxy.WithFuser(fuser))
+		defer fp.close()
+		opts = append(opts, proxy.WithFuser(fp.fuser))
+		if fp.store != nil {
+			opts = append(opts, proxy.WithDocuments(fp.documents))
+		}
 	}
 	p, err := proxy.New(cfg, opts...)
 	if err != nil {
@@ -75,30 +80,47 @@ func runServe(args []string) error {
 	return nil
 }
 
-// buildFuser loads the model (--model), opens the store (--store) and builds
-// the fusion path; the engine adapter is opened on first use, so the sidecar
-// may start before the engine. The model must pass recompute.SelfCheck
-// (chunk reuse equals prefix caching for it), or serve refuses to start.
-func buildFuser(cfg proxy.Config) (proxy.Fuser, func(), error) {
+// fusionPath is what serve builds for --model: the fuser, and the ingest
+// queues of POST /v1/fusion/documents (one per tenant, created on first use).
+type fusionPath struct {
+	cfg   proxy.Config
+	m     *model.Model
+	store kvstore.Store
+	fuser *proxy.RAGFuser
+
+	mu     sync.Mutex
+	queues map[string]*fusion.Queue
+}
+
+// maxIngestTenants bounds the ingest queues serve keeps (one per tenant).
+const maxIngestTenants = 256
+
+// buildFusionPath loads the model (--model), opens the store (--store) and
+// builds the fusion path; the engine adapter is opened on first use, so the
+// sidecar may start before the engine. The model must pass
+// recompute.SelfCheck (chunk reuse equals prefix caching for it), or serve
+// refuses to start.
+func buildFusionPath(cfg proxy.Config) (*fusionPath, error) {
 	m, err := model.Load(cfg.Model, model.LoadOptions{})
 	if err != nil {
-		return nil, nil, fmt.Errorf("--model: %w", err)
+		return nil, fmt.Errorf("--model: %w", err)
+	}
+	fp := &fusionPath{cfg: cfg, m: m, queues: map[string]*fusion.Queue{}}
+	fail := func(err error) (*fusionPath, error) {
+		fp.close()
+		return nil, err
 	}
 	if m.Tokenizer == nil {
-		m.Close()
-		return nil, nil, fmt.Errorf("--model %s: no tokenizer found beside it", cfg.Model)
+		return fail(fmt.Errorf("--model %s: no tokenizer found beside it", cfg.Model))
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if err := recompute.SelfCheck(ctx, m); err != nil {
-		m.Close()
-		return nil, nil, fmt.Errorf("--model %s fails the reuse self-check: %w", cfg.Model, err)
+		return fail(fmt.Errorf("--model %s fails the reuse self-check: %w", cfg.Model, err))
 	}
-	var store kvstore.Store
 	if cfg.Store != "" {
-		if store, err = kvstore.Open(cfg.Store); err != nil {
-			m.Close()
-			return nil, nil, fmt.Errorf("--store: %w", err)
+		if fp.store, err = kvstore.Open(cfg.Store); err != nil {
+			return fail(fmt.Errorf("--store: %w", err))
 		}
 	}
 	url := cfg.Fusion.AdapterURL
@@ -108,30 +130,72 @@ func buildFuser(cfg proxy.Config) (proxy.Fuser, func(), error) {
 	acfg := adapters.Config{URL: url, Transport: cfg.Fusion.Transport,
 		ModelFingerprint: m.Fingerprint(), TokenizerFingerprint: m.Tokenizer.Fingerprint()}
 	if cfg.Fusion.Transport == adapters.TransportStore {
-		if store == nil {
-			m.Close()
-			return nil, nil, errors.New("fusion.transport=store needs --store")
+		if fp.store == nil {
+			return fail(errors.New("fusion.transport=store needs --store"))
 		}
-		acfg.Store = store
+		acfg.Store = fp.store
 	}
-	f, err := proxy.NewRAGFuser(proxy.FuserConfig{Proxy: cfg, Model: m, Store: store,
+	fp.fuser, err = proxy.NewRAGFuser(proxy.FuserConfig{Proxy: cfg, Model: m, Store: fp.store,
 		OpenEngine: func(ctx context.Context) (adapters.Engine, error) {
 			c := acfg
 			c.Timeout = cfg.Timeouts.Fusion
 			return adapters.Open(cfg.Fusion.Adapter, c)
 		}})
 	if err != nil {
-		m.Close()
-		if store != nil {
-			store.Close()
-		}
-		return nil, nil, err
+		return fail(err)
 	}
-	return f, func() {
-		_ = f.Close()
-		if store != nil {
-			_ = store.Close()
-		}
-		_ = m.Close()
-	}, nil
+	return fp, nil
+}
+
+// documents returns the tenant's ingest queue: fused KV of the submitted
+// documents, computed after S = fusion.system, stored under the tenant's
+// keys with the configured fusion parameters (the ones the fuser looks up).
+func (fp *fusionPath) documents(tenant string) (proxy.Documents, error) {
+	fp.mu.Lock()
+	defer fp.mu.Unlock()
+	if q, ok := fp.queues[tenant]; ok {
+		return q, nil
+	}
+	if fp.cfg.Fusion.Similarity != "bm25" {
+		return nil, fmt.Errorf("ingest through the sidecar supports similarity bm25 only (configured %q); use fusionrag ingest", fp.cfg.Fusion.Similarity)
+	}
+	if len(fp.queues) >= maxIngestTenants {
+		return nil, fmt.Errorf("ingest queues for %d tenants already open", maxIngestTenants)
+	}
+	prefix := fusion.EncodePrefix(fp.m.Tokenizer, fp.cfg.Fusion.System)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	in, err := fusion.NewIngester(ctx, fusion.Config{Model: fp.m, Store: fp.store, Tenant: tenant, Prefix: prefix,
+		Neighbours: fp.cfg.Fusion.Neighbours, Workers: 1})
+	if err != nil {
+		return nil, err
+	}
+	ch, err := fusion.NewChunker(fusion.Chunker{Tokenizer: fp.m.Tokenizer, MaxTokens: fp.m.Config.MaxPositions - len(prefix)})
+	if err != nil {
+		return nil, err
+	}
+	q, err := fusion.NewQueue(fusion.QueueConfig{Ingester: in, Chunker: ch})
+	if err != nil {
+		return nil, err
+	}
+	fp.queues[tenant] = q
+	return q, nil
+}
+
+func (fp *fusionPath) close() {
+	fp.mu.Lock()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	for _, q := range fp.queues {
+		_ = q.Close(ctx)
+	}
+	cancel()
+	fp.queues = nil
+	fp.mu.Unlock()
+	if fp.fuser != nil {
+		_ = fp.fuser.Close()
+	}
+	if fp.store != nil {
+		_ = fp.store.Close()
+	}
+	_ = fp.m.Close()
 }
