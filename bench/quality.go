@@ -805,7 +805,6 @@ func QualityPlots(rows []QualityRow) []Plot {
 			if r.Dataset != ds {
 				continue
 			}
-			xmax = max(xmax, r.Ratio*100)
 			switch r.Strategy {
 			case "full":
 				continue
@@ -815,6 +814,7 @@ func QualityPlots(rows []QualityRow) []Plot {
 				reuseF1 = &v
 				continue
 			}
+			xmax = max(xmax, r.Ratio*100)
 			s, ok := series[r.Strategy]
 			if !ok {
 				s = &[2]Series{{Name: r.Strategy}, {Name: r.Strategy}}
@@ -831,7 +831,8 @@ func QualityPlots(rows []QualityRow) []Plot {
 			agree.Series = append(agree.Series, series[n][1])
 		}
 		if reuseFid != nil {
-			fid.Series = append(fid.Series, Series{Name: "reuse", X: []float64{0, xmax}, Y: []float64{*reuseFid, *reuseFid}})
+			fid.Series = append(fid.Series, Series{Name: "reuse", X: []float64{0, xmax}, Y: []float64{*reuseFid, *reuseFid}},
+				Series{Name: "full", X: []float64{0, xmax}, Y: []float64{100, 100}})
 		}
 		if reuseF1 != nil {
 			agree.Series = append(agree.Series, Series{Name: "reuse", X: []float64{0, xmax}, Y: []float64{*reuseF1, *reuseF1}})

@@ -1,0 +1,190 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/fusionrag/fusionrag/bench"
+	"github.com/fusionrag/fusionrag/engine"
+	"github.com/fusionrag/fusionrag/proxy"
+)
+
+func init() {
+	registerBench("load", "the sidecar under concurrency against the engine directly: throughput, p50/p99 TTFT, errors", benchLoad)
+	registerBench("e2e", "end-to-end TTFT over HTTP per context size: engine directly against through the sidecar", benchE2E)
+}
+
+// fusionPathNote says what the load and e2e reports cannot show yet.
+const fusionPathNote = "The sidecar's fusion path is not wired into a Fuser in this build (cmd serve passes every request through): " +
+	"the sidecar rows are pass-through. Give a fusion-enabled sidecar with --target fusion=URL to measure it."
+
+// targetsFlag collects repeated --target name=URL flags.
+type targetsFlag []bench.LoadTarget
+
+func (t *targetsFlag) String() string { return fmt.Sprint(*t) }
+
+func (t *targetsFlag) Set(s string) error {
+	name, url, ok := strings.Cut(s, "=")
+	if !ok || name == "" || !strings.HasPrefix(url, "http") {
+		return fmt.Errorf("want name=http://host:port, got %q", s)
+	}
+	*t = append(*t, bench.LoadTarget{Name: name, URL: url})
+	return nil
+}
+
+// loadSetup is what load and e2e share: the model and prompt flags, and the
+// targets (given, or an in-process engine and sidecar).
+type loadSetup struct {
+	bf       benchFlags
+	targets  targetsFlag
+	datasets *string
+	quiet    *bool
+}
+
+func (l *loadSetup) register(fs *flag.FlagSet) {
+	l.bf.register(fs, `model of the in-process engine: "stories260K" (default), "synthetic", or a model path`)
+	fs.Var(&l.targets, "target", "name=URL of an OpenAI-compatible endpoint, repeatable; the first is the baseline (default: an in-process engine, \"direct\", and the sidecar in front of it, \"passthrough\")")
+	l.datasets = fs.String("datasets", "musique", "where the RAG prompts come from (see bench quality)")
+	l.quiet = fs.Bool("quiet", false, "no progress bar")
+}
+
+// start returns the targets, a prompt config (the model's tokenizer cuts the
+// passages), the model name and a cleanup.
+func (l *loadSetup) start(examples int) ([]bench.LoadTarget, bench.QualityConfig, string, func(), error) {
+	dss, err := loadDatasets(*l.datasets, examples, 4)
+	if err != nil {
+		return nil, bench.QualityConfig{}, "", nil, err
+	}
+	qc := bench.QualityConfig{Datasets: dss, Passages: 4}
+	if len(l.targets) > 0 && l.bf.model == "" {
+		qc.Endpoint = "x" // text prompts without a local tokenizer
+		return l.targets, qc, "", func() {}, nil
+	}
+	m, name, closeModel, err := benchModel(l.bf.model, l.bf.backend, 0)
+	if err != nil {
+		return nil, qc, "", nil, err
+	}
+	qc.Model = m
+	if len(l.targets) > 0 {
+		return l.targets, qc, name, closeModel, nil
+	}
+	st, err := bench.StartStack(m, engine.Config{}, proxy.DefaultConfig())
+	if err != nil {
+		closeModel()
+		return nil, qc, "", nil, err
+	}
+	return []bench.LoadTarget{{Name: "direct", URL: st.EngineURL}, {Name: "passthrough", URL: st.SidecarURL}}, qc, name,
+		func() { st.Close(); closeModel() }, nil
+}
+
+func benchLoad(args []string) error {
+	fs := flag.NewFlagSet("bench load", flag.ContinueOnError)
+	var l loadSetup
+	l.register(fs)
+	conc := fs.String("concurrency", "1,4,16", "closed-loop client counts (--quick: 1,4)")
+	requests := fs.Int("requests", 48, "requests per target and concurrency (--quick: 8)")
+	maxTokens := fs.Int("max-tokens", 16, "completion tokens per request")
+	passageTokens := fs.Int("passage-tokens", 64, "each of the 4 passages of a prompt cut to N tokens")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if l.bf.quick {
+		if !flagSet(fs, "concurrency") {
+			*conc = "1,4"
+		}
+		if !flagSet(fs, "requests") {
+			*requests = 8
+		}
+	}
+	levels, err := parseInts(*conc)
+	if err != nil {
+		return err
+	}
+	targets, qc, name, cleanup, err := l.start(32)
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+	qc.PassageTokens, qc.AnswerTokens = *passageTokens, *maxTokens+16
+	prompts, err := bench.PromptTexts(qc, 32)
+	if err != nil {
+		return err
+	}
+	ctx, stop := benchContext()
+	defer stop()
+	start := time.Now()
+	rows, err := bench.RunLoad(ctx, bench.LoadConfig{Targets: targets, Prompts: prompts, Concurrency: levels, Requests: *requests,
+		MaxTokens: *maxTokens, Progress: os.Stderr, Quiet: *l.quiet})
+	if err != nil {
+		return err
+	}
+	var notes []string
+	if len(l.targets) == 0 {
+		notes = append(notes, fmt.Sprintf("Targets: this project's engine serving %s in process (direct), and the sidecar in front of it "+
+			"(passthrough), both on loopback ports of this machine, so client, sidecar and engine share its CPUs. Prompts: %d MuSiQue "+
+			"RAG prompts (4 passages of %d tokens, CacheBlend template), sent round-robin; greedy, %d tokens each.", name, len(prompts), *passageTokens, *maxTokens),
+			fusionPathNote)
+	}
+	return l.bf.write("load", name, []bench.Table{bench.LoadTable(rows, time.Since(start))}, rows, bench.LoadPlots(rows), notes...)
+}
+
+func benchE2E(args []string) error {
+	fs := flag.NewFlagSet("bench e2e", flag.ContinueOnError)
+	var l loadSetup
+	l.register(fs)
+	contexts := fs.String("contexts", "64,128,256,384", "context sizes (chunk tokens, 4 passages) (--quick: 64,256)")
+	prompts := fs.Int("prompts", 4, "prompts per size (--quick: 2)")
+	repeats := fs.Int("repeats", 3, "requests per prompt and target (--quick: 1)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if l.bf.quick {
+		if !flagSet(fs, "contexts") {
+			*contexts = "64,256"
+		}
+		if !flagSet(fs, "prompts") {
+			*prompts = 2
+		}
+		if !flagSet(fs, "repeats") {
+			*repeats = 1
+		}
+	}
+	sizes, err := parseInts(*contexts)
+	if err != nil {
+		return err
+	}
+	targets, qc, name, cleanup, err := l.start(*prompts * 4)
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+	var e2e []bench.E2EPrompts
+	for _, n := range sizes {
+		qc.PassageTokens, qc.AnswerTokens = max(1, n/4), 24
+		ps, err := bench.PromptTexts(qc, *prompts)
+		if err != nil {
+			return err
+		}
+		if len(ps) == 0 {
+			return fmt.Errorf("no prompt of context %d fits the model", n)
+		}
+		e2e = append(e2e, bench.E2EPrompts{ContextTokens: n, Prompts: ps})
+	}
+	ctx, stop := benchContext()
+	defer stop()
+	start := time.Now()
+	rows, err := bench.RunE2E(ctx, bench.E2EConfig{Targets: targets, Sizes: e2e, Repeats: *repeats, Progress: os.Stderr, Quiet: *l.quiet})
+	if err != nil {
+		return err
+	}
+	var notes []string
+	if len(l.targets) == 0 {
+		notes = append(notes, fmt.Sprintf("Targets: this project's engine serving %s in process (direct), and the sidecar in front of it "+
+			"(passthrough), on loopback. Prompts: MuSiQue, CacheBlend template, 4 passages each cut to context/4 tokens "+
+			"(prompt tokens as the engine counted them); 4 completion tokens.", name), fusionPathNote)
+	}
+	return l.bf.write("e2e", name, []bench.Table{bench.E2ETable(rows, time.Since(start))}, rows, bench.E2EPlots(rows), notes...)
+}

@@ -1,0 +1,90 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/fusionrag/fusionrag/bench"
+	"github.com/fusionrag/fusionrag/kvstore"
+)
+
+func init() {
+	registerBench("store", "KV store tiers: put/get bandwidth and get latency per tier, against memcpy", benchStore)
+}
+
+func benchStore(args []string) error {
+	fs := flag.NewFlagSet("bench store", flag.ContinueOnError)
+	var bf benchFlags
+	bf.register(fs, "unused")
+	tiers := fs.String("tiers", "", `store URLs separated by ";" (a "," inside one makes a tiered store); default mem, disk (a temporary directory) and redis`)
+	redisURL := fs.String("redis", "auto", `redis tier of the default tiers: "auto" starts a local redis-server on a free port, "off", or a redis:// URL`)
+	blobs := fs.Int("blobs", 8, "distinct blobs per shape and tier (--quick: 4)")
+	rounds := fs.Int("rounds", 3, "reads of every blob (--quick: 2)")
+	quiet := fs.Bool("quiet", false, "no progress bar")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	shapes := bench.DefaultStoreShapes()
+	if bf.quick {
+		if !flagSet(fs, "blobs") {
+			*blobs = 4
+		}
+		if !flagSet(fs, "rounds") {
+			*rounds = 2
+		}
+		// A 128-token Llama-3-8B chunk (16 MiB) instead of 512 tokens.
+		shapes[0].Tokens, shapes[0].Name = 128, "llama3-8b-128tok-fp16"
+	}
+	var urls []string
+	var notes []string
+	if *tiers != "" {
+		for _, u := range strings.Split(*tiers, ";") {
+			if u = strings.TrimSpace(u); u != "" {
+				urls = append(urls, u)
+			}
+		}
+	} else {
+		dir, err := os.MkdirTemp("", "fusionrag-bench-disk-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		var big int64
+		for _, s := range shapes {
+			big = max(big, s.Bytes()+kvstore.HeaderSize)
+		}
+		budget := fmt.Sprintf("%d", 2*int64(*blobs)*big)
+		urls = []string{"mem://?max=" + budget, "disk://" + dir + "?max=" + budget}
+		switch *redisURL {
+		case "off":
+			notes = append(notes, "Redis tier not measured (--redis off).")
+		case "auto":
+			r, err := bench.StartRedis()
+			if errors.Is(err, bench.ErrNoRedis) {
+				fmt.Fprintln(os.Stderr, "fusionrag bench store: redis-server not installed: the Redis tier is NOT measured")
+				notes = append(notes, "Redis tier not measured: redis-server not installed.")
+				break
+			}
+			if err != nil {
+				return err
+			}
+			defer r.Stop()
+			urls = append(urls, r.URL)
+			notes = append(notes, "Redis: a local redis-server (persistence off) on a loopback port, started by the benchmark.")
+		default:
+			urls = append(urls, *redisURL)
+		}
+	}
+	ctx, stop := benchContext()
+	defer stop()
+	start := time.Now()
+	rows, err := bench.RunStore(ctx, bench.StoreConfig{Tiers: urls, Shapes: shapes, Blobs: *blobs, Rounds: *rounds, Progress: os.Stderr, Quiet: *quiet})
+	if err != nil {
+		return err
+	}
+	return bf.write("store", "", []bench.Table{bench.StoreTable(rows, time.Since(start))}, rows, bench.StorePlots(rows), notes...)
+}
