@@ -508,6 +508,67 @@ func (c *Cache) reserve(n int) error {
 	return nil
 }
 
+// Append copies o's entries after c's on the device (assembling chunk
+// caches back to back); o is unchanged. Both must belong to one runtime.
+func (c *Cache) Append(o *Cache) error {
+	if o.r != c.r {
+		return fmt.Errorf("cuda: Append of a cache from another runtime")
+	}
+	r := c.r
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if c.k == nil || o.k == nil {
+		return ErrClosed
+	}
+	defer r.o.enter()()
+	n, m, kvd := len(c.pos), len(o.pos), r.cfg.KVDim()
+	if err := c.reserve(n + m); err != nil {
+		return err
+	}
+	for l := range c.k {
+		if err := r.o.copy(c.k[l].view(n*kvd, m*kvd), o.k[l].view(0, m*kvd)); err != nil {
+			return err
+		}
+		if err := r.o.copy(c.v[l].view(n*kvd, m*kvd), o.v[l].view(0, m*kvd)); err != nil {
+			return err
+		}
+	}
+	c.pos = append(c.pos, o.pos...)
+	return nil
+}
+
+// Clone returns a device copy of entries [begin, end) of c (the whole cache
+// for Clone(0, c.Len())).
+func (c *Cache) Clone(begin, end int) (*Cache, error) {
+	r := c.r
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if c.k == nil {
+		return nil, ErrClosed
+	}
+	if begin < 0 || end > len(c.pos) || begin > end {
+		return nil, fmt.Errorf("cuda: Clone [%d, %d) of a cache of %d", begin, end, len(c.pos))
+	}
+	defer r.o.enter()()
+	n, kvd := end-begin, r.cfg.KVDim()
+	d, err := r.newCache(n)
+	if err != nil {
+		return nil, err
+	}
+	for l := range c.k {
+		if err := r.o.copy(d.k[l].view(0, n*kvd), c.k[l].view(begin*kvd, n*kvd)); err != nil {
+			d.free()
+			return nil, err
+		}
+		if err := r.o.copy(d.v[l].view(0, n*kvd), c.v[l].view(begin*kvd, n*kvd)); err != nil {
+			d.free()
+			return nil, err
+		}
+	}
+	d.pos = append([]int32(nil), c.pos[begin:end]...)
+	return d, nil
+}
+
 // Upload copies a host cache (fp32, K pre-RoPE) to the device, rounding to
 // the runtime's DType.
 func (r *Runtime) Upload(hc *model.Cache) (*Cache, error) {

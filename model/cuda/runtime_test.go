@@ -345,6 +345,84 @@ func TestRuntimeGreedyMatchesCPU(t *testing.T) {
 	}
 }
 
+// TestCacheAssembly builds a device cache from chunks with Clone, SetPos
+// and Append, as FusionRAG assembles chunk KVs at their real offsets, and
+// checks it against the same assembly on host caches.
+func TestCacheAssembly(t *testing.T) {
+	ref, weights := loadCaptured(t, synthDir(model.Config{Arch: model.ArchLlama, Dim: 32, HiddenDim: 48, Layers: 2, Heads: 4,
+		KVHeads: 2, HeadDim: 8, Vocab: 300, MaxPositions: 256, RopeTheta: 10000, NormEps: 1e-5, TiedEmbeddings: true, BOS: 1})(t))
+	rt, err := newRuntime(newHostOps(F32), ref.Config, weights)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rt.Close()
+	ctx := context.Background()
+	rng := rand.New(rand.NewPCG(8, 9))
+	// Two chunks prefilled at offset 0 each (position-normalised).
+	var chunks []*Cache
+	var hosts []*model.Cache
+	for _, n := range []int{9, 14} {
+		b := model.Batch{Tokens: randomTokens(rng, n, ref.Config.Vocab), Pos: seq(0, n)}
+		r, err := rt.Forward(ctx, nil, b, model.ForwardOptions{ReturnKV: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.KV.Free()
+		chunks = append(chunks, r.KV)
+		h, err := r.KV.Download()
+		if err != nil {
+			t.Fatal(err)
+		}
+		hosts = append(hosts, h)
+	}
+	asm, err := rt.NewCache(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer asm.Free()
+	want := model.NewCache(ref.Config, 0)
+	offset := int32(5)
+	for i, ch := range chunks {
+		cl, err := ch.Clone(0, ch.Len())
+		if err != nil {
+			t.Fatal(err)
+		}
+		pos := cl.Pos()
+		for j := range pos {
+			pos[j] += offset
+		}
+		if err := cl.SetPos(pos); err != nil {
+			t.Fatal(err)
+		}
+		if err := asm.Append(cl); err != nil {
+			t.Fatal(err)
+		}
+		cl.Free()
+		h := hosts[i].Clone()
+		h.Shift(offset)
+		want.Append(h)
+		offset += int32(ch.Len())
+	}
+	compareCache(t, "assembled", asm, want, 0)
+	part, err := asm.Clone(3, 12)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer part.Free()
+	compareCache(t, "clone [3, 12)", part, want.Slice(3, 12), 0)
+	if _, err := asm.Clone(5, 100); err == nil {
+		t.Error("Clone past the end: no error")
+	}
+	if err := asm.SetPos(make([]int32, asm.Len()-1)); err == nil {
+		t.Error("SetPos with a wrong length: no error")
+	}
+	bad := asm.Pos()
+	bad[0] = 256
+	if err := asm.SetPos(bad); !errors.Is(err, model.ErrPosition) {
+		t.Errorf("SetPos past the limit: %v, want ErrPosition", err)
+	}
+}
+
 func TestRuntimeBadInput(t *testing.T) {
 	cfg := model.Config{Arch: model.ArchLlama, Dim: 16, HiddenDim: 32, Layers: 1, Heads: 2, KVHeads: 1, HeadDim: 8,
 		Vocab: 50, MaxPositions: 64, RopeTheta: 10000, NormEps: 1e-5, TiedEmbeddings: true, BOS: -1}
