@@ -21,6 +21,7 @@ type Bar struct {
 
 	mu       sync.Mutex
 	done     int
+	drawn    int // done at the last draw
 	last     time.Time
 	finished bool
 }
@@ -56,7 +57,9 @@ func (b *Bar) Finish() {
 		return
 	}
 	b.finished = true
-	b.draw()
+	if b.drawn != b.done || b.done == 0 {
+		b.draw()
+	}
 	fmt.Fprintln(b.w)
 }
 
@@ -70,6 +73,7 @@ func (b *Bar) Line() string {
 func (b *Bar) draw() {
 	t := b.now()
 	b.last = t
+	b.drawn = b.done
 	fmt.Fprintf(b.w, "\r%s", b.line(t))
 }
 
