@@ -215,7 +215,7 @@ func (m *Model) Forward(ctx context.Context, cache *Cache, b Batch, opts Forward
 			Pos: st.Batch.Pos, K: make([][]float32, c.Layers), V: make([][]float32, c.Layers)}
 	}
 	for l := range c.Layers {
-		r, err := m.step(ctx, cache, st, StepOptions{Attention: attn[l], AttentionSum: opts.AttentionSum})
+		r, err := m.step(ctx, cache, st, StepOptions{Attention: attn[l], AttentionSum: attn[l] && opts.AttentionSum})
 		if err != nil {
 			return nil, err
 		}
