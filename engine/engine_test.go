@@ -425,10 +425,13 @@ func TestQueueFull(t *testing.T) {
 	e, url := startFake(t, lm, Config{MaxBatch: 1, MaxQueue: 1})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	for range 2 { // one running, one waiting
+	launch := func() {
 		req, _ := http.NewRequestWithContext(ctx, "POST", url+"/v1/completions", strings.NewReader(`{"prompt":"a","max_tokens":100}`))
 		go http.DefaultClient.Do(req)
 	}
+	launch()
+	waitFor(t, "one running", func() bool { return e.Stats().Running == 1 })
+	launch()
 	waitFor(t, "one running and one waiting", func() bool { s := e.Stats(); return s.Running == 1 && s.Waiting == 1 })
 	resp, err := http.Post(url+"/v1/completions", "application/json", strings.NewReader(`{"prompt":"a"}`))
 	if err != nil {
