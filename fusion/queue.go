@@ -85,6 +85,7 @@ type job struct {
 	mu     sync.Mutex
 	st     JobStatus
 	chunks []Chunk
+	tenant string
 }
 
 func (j *job) status() JobStatus {
@@ -123,10 +124,11 @@ func NewQueue(cfg QueueConfig) (*Queue, error) {
 	return q, nil
 }
 
-// Submit chunks docs and queues them as one job. It returns the job's
-// initial status (its ID for Status), ErrNoDocuments when nothing has text,
-// ErrQueueFull or ErrQueueClosed.
-func (q *Queue) Submit(docs []Document) (JobStatus, error) {
+// Submit chunks docs and queues them as one job whose KV belongs to tenant
+// (the sidecar's tenant of the request: the same tenant must look the KV
+// up). It returns the job's initial status (its ID for Status),
+// ErrNoDocuments when nothing has text, ErrQueueFull or ErrQueueClosed.
+func (q *Queue) Submit(tenant string, docs []Document) (JobStatus, error) {
 	chunks, ls := ChunkDocuments(docs, q.chunker)
 	if len(chunks) == 0 {
 		return JobStatus{}, fmt.Errorf("%w (%d documents, %d empty, %d rejected)", ErrNoDocuments, len(docs), ls.Empty, ls.Rejected)
@@ -137,7 +139,7 @@ func (q *Queue) Submit(docs []Document) (JobStatus, error) {
 		return JobStatus{}, ErrQueueClosed
 	}
 	q.seq++
-	j := &job{chunks: chunks, st: JobStatus{ID: "job-" + strconv.Itoa(q.seq), State: JobQueued,
+	j := &job{chunks: chunks, tenant: tenant, st: JobStatus{ID: "job-" + strconv.Itoa(q.seq), State: JobQueued,
 		Documents: ls.Documents, Chunks: len(chunks), Load: ls, Submitted: time.Now().UTC()}}
 	select {
 	case q.ch <- j:
@@ -197,7 +199,9 @@ func (q *Queue) runJob(j *job) {
 	j.st.Started = time.Now().UTC()
 	chunks := j.chunks
 	j.mu.Unlock()
-	in := *q.in // a per-job copy with the job's progress hook
+	in := *q.in // a per-job copy with the job's tenant and progress hook
+	in.cfg.Tenant = j.tenant
+	in.ns.Tenant = j.tenant
 	in.cfg.Progress = nil
 	in.cfg.OnProgress = func(p Progress) {
 		j.mu.Lock()
@@ -273,15 +277,15 @@ func ParseDocuments(body []byte) ([]Document, error) {
 	return docs, nil
 }
 
-// HandleSubmit serves POST /v1/fusion/documents: it returns the HTTP status
-// and JSON body (202 with the JobStatus; 400, 429 or 503 with
+// HandleSubmit serves POST /v1/fusion/documents for tenant: it returns the
+// HTTP status and JSON body (202 with the JobStatus; 400, 429 or 503 with
 // {"error": ...}).
-func (q *Queue) HandleSubmit(body []byte) (int, []byte) {
+func (q *Queue) HandleSubmit(tenant string, body []byte) (int, []byte) {
 	docs, err := ParseDocuments(body)
 	if err != nil {
 		return errorBody(http.StatusBadRequest, err)
 	}
-	st, err := q.Submit(docs)
+	st, err := q.Submit(tenant, docs)
 	switch {
 	case errors.Is(err, ErrNoDocuments):
 		return errorBody(http.StatusBadRequest, err)

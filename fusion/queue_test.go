@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/fusionrag/fusionrag/fingerprint"
+	"github.com/fusionrag/fusionrag/recompute"
 )
 
 // mount serves a Queue the way the sidecar mounts it.
@@ -20,7 +21,7 @@ func mount(q *Queue) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/fusion/documents", func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
-		code, out := q.HandleSubmit(body)
+		code, out := q.HandleSubmit(r.Header.Get("X-Tenant"), body)
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(code)
 		w.Write(out)
@@ -50,8 +51,13 @@ func TestQueueHTTP(t *testing.T) {
 	srv := httptest.NewServer(mount(q))
 	defer srv.Close()
 
-	post := func(body string) (int, JobStatus, string) {
-		resp, err := http.Post(srv.URL+"/v1/fusion/documents", "application/json", strings.NewReader(body))
+	postAs := func(tenant, body string) (int, JobStatus, string) {
+		req, _ := http.NewRequest(http.MethodPost, srv.URL+"/v1/fusion/documents", strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		if tenant != "" {
+			req.Header.Set("X-Tenant", tenant)
+		}
+		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -61,13 +67,15 @@ func TestQueueHTTP(t *testing.T) {
 		json.Unmarshal(raw, &js)
 		return resp.StatusCode, js, string(raw)
 	}
+	post := func(body string) (int, JobStatus, string) { return postAs("", body) }
 	docs, _ := json.Marshal(map[string]any{"documents": storyDocs()})
 	code, js, raw := post(string(docs))
 	if code != http.StatusAccepted || js.ID == "" || js.Chunks == 0 {
 		t.Fatalf("submit: %d %s", code, raw)
 	}
-	// JSONL bodies work too.
-	code2, js2, raw2 := post(`{"id": "x", "text": "A cat and a dog played in the sun all day."}` + "\n")
+	// JSONL bodies work too; this job belongs to tenant acme.
+	xText := "A cat and a dog played in the sun all day."
+	code2, js2, raw2 := postAs("acme", `{"id": "x", "text": "`+xText+`"}`+"\n")
 	if code2 != http.StatusAccepted {
 		t.Fatalf("JSONL submit: %d %s", code2, raw2)
 	}
@@ -118,6 +126,18 @@ func TestQueueHTTP(t *testing.T) {
 	if ok, _ := st.Has(context.Background(), in.Key(fingerprint.VariantFused, c.Tokens)); !ok {
 		t.Error("job 1's first chunk has no fused KV")
 	}
+	// Tenant isolation: acme's chunk is stored under acme's keys only.
+	x := chunksOf(t, m, []Document{{ID: "x", Text: xText}}, 32, 0)[0]
+	acme, err := Namespace(m, "acme", in.Namespace().Params)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := st.Has(context.Background(), recompute.ChunkKey(acme, fingerprint.VariantFused, in.Config().Prefix, x.Tokens)); !ok {
+		t.Error("acme's chunk is not under acme's key")
+	}
+	if ok, _ := st.Has(context.Background(), in.Key(fingerprint.VariantFused, x.Tokens)); ok {
+		t.Error("acme's chunk is visible to the shared tenant")
+	}
 	resp, err := http.Get(srv.URL + "/v1/fusion/documents/job-999")
 	if err != nil {
 		t.Fatal(err)
@@ -139,7 +159,7 @@ func TestQueueFullAndClose(t *testing.T) {
 	var ids []string
 	full := 0
 	for range 6 {
-		st, err := q.Submit(storyDocs())
+		st, err := q.Submit("", storyDocs())
 		switch {
 		case errors.Is(err, ErrQueueFull):
 			full++
@@ -155,10 +175,10 @@ func TestQueueFullAndClose(t *testing.T) {
 	if err := q.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := q.Submit(storyDocs()); !errors.Is(err, ErrQueueClosed) {
+	if _, err := q.Submit("", storyDocs()); !errors.Is(err, ErrQueueClosed) {
 		t.Errorf("submit after close: %v", err)
 	}
-	if code, _ := q.HandleSubmit([]byte(`[{"id":"a","text":"b"}]`)); code != http.StatusServiceUnavailable {
+	if code, _ := q.HandleSubmit("", []byte(`[{"id":"a","text":"b"}]`)); code != http.StatusServiceUnavailable {
 		t.Errorf("HandleSubmit after close: %d", code)
 	}
 	for _, id := range ids {
