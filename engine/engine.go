@@ -5,6 +5,22 @@
 // for the longest prefix of a request's token ids whose KV has been
 // published, loads it, and prefills only the rest.
 //
+// Routes: POST /v1/completions (string or token-id prompt) and
+// POST /v1/chat/completions (rendered with the model's chat template),
+// streaming (OpenAI's SSE chunks, stream_options.include_usage, a final
+// "data: [DONE]") or not; GET /v1/models, /health, /metrics (Prometheus
+// text); GET /v1/kv (what a KV publisher must match) and PUT /v1/kv/{key}
+// (push one KV blob). Errors use OpenAI's body
+// {"error": {"message", "type", "param", "code"}}; httpError maps them.
+//
+// Scheduling: requests wait FIFO (at most MaxQueue, then 503) for one of
+// MaxBatch slots; running requests advance one step at a time (a prefill
+// chunk or one decode token) on Workers execution tokens, round-robin, so
+// their decoding interleaves; a client that disconnects frees its slot
+// before the next step. See the scheduler type.
+//
+// KV connector: see Connector and the protocol comment at KVBlockSize.
+//
 // It serves the demo and the end-to-end tests, and it is the reference for
 // what an adapter (package adapters) must deliver to a production engine.
 package engine
