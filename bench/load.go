@@ -25,6 +25,18 @@ type LoadTarget struct {
 	URL string
 	// Headers are sent with every request (e.g. X-Fusionrag-Strategy).
 	Headers map[string]string
+	// Separated targets get the prompts with their chunk separators (see
+	// LoadConfig.Separator); the others get them with the separators
+	// removed, i.e. the same text the fusion path hands the engine.
+	Separated bool
+}
+
+// prompt is p as target t receives it.
+func (t LoadTarget) prompt(p, sep string) string {
+	if t.Separated || sep == "" {
+		return p
+	}
+	return strings.ReplaceAll(p, sep, "")
 }
 
 // LoadConfig configures RunLoad, which fills zero fields with the defaults
@@ -35,6 +47,8 @@ type LoadConfig struct {
 	Targets []LoadTarget
 	// Prompts are the completion prompts, sent round-robin. Required.
 	Prompts []string
+	// Separator is the chunk separator written in Prompts, if any.
+	Separator string
 	// Model is the request's "model" field.
 	Model string
 	// Concurrency levels (closed-loop clients); default 1, 4, 16.
@@ -69,6 +83,10 @@ type LoadRow struct {
 	// VsFirst is this row's TTFT p50 / the first target's at the same
 	// concurrency (1 for the first target: the baseline, usually direct).
 	VsFirst float64 `json:"ttft_p50_vs_first"`
+	// CachedShare is the share of prompt tokens the engine reported as
+	// loaded from published KV (usage cached_tokens): above 0 only where the
+	// fusion path delivered.
+	CachedShare float64 `json:"cached_share"`
 	// FirstError is one error message, for the report.
 	FirstError string `json:"first_error,omitempty"`
 }
@@ -104,8 +122,10 @@ func (c *LoadConfig) fill() error {
 type streamResult struct {
 	ttft, total time.Duration
 	tokens      int
-	// promptTokens is usage.prompt_tokens when the server sent usage.
-	promptTokens int
+	// promptTokens is usage.prompt_tokens when the server sent usage,
+	// cachedTokens its prompt_tokens_details.cached_tokens: prompt tokens
+	// whose KV the engine loaded instead of computing.
+	promptTokens, cachedTokens int
 }
 
 // streamCompletion posts one streaming completion and reads its SSE events:
@@ -153,6 +173,9 @@ func streamCompletion(ctx context.Context, client *http.Client, t LoadTarget, bo
 			} `json:"error"`
 			Usage *struct {
 				PromptTokens int `json:"prompt_tokens"`
+				Details      *struct {
+					CachedTokens int `json:"cached_tokens"`
+				} `json:"prompt_tokens_details"`
 			} `json:"usage"`
 		}
 		if err := json.Unmarshal(data, &ev); err != nil {
@@ -163,6 +186,9 @@ func streamCompletion(ctx context.Context, client *http.Client, t LoadTarget, bo
 		}
 		if ev.Usage != nil {
 			r.promptTokens = ev.Usage.PromptTokens
+			if ev.Usage.Details != nil {
+				r.cachedTokens = ev.Usage.Details.CachedTokens
+			}
 		}
 		if len(ev.Choices) > 0 && ev.Choices[0].Text != "" {
 			if r.tokens == 0 {
@@ -190,6 +216,8 @@ type loadRun struct {
 	ttft    []float64
 	lat     []float64
 	tokens  int
+	prompt  int
+	cached  int
 	errs    int
 	first   string
 	elapsed time.Duration
@@ -211,7 +239,7 @@ func (c *LoadConfig) runClosedLoop(ctx context.Context, client *http.Client, t L
 				if i >= n || ctx.Err() != nil {
 					return
 				}
-				body := completionBody(c.Model, c.Prompts[(offset+i)%len(c.Prompts)], c.MaxTokens)
+				body := completionBody(c.Model, t.prompt(c.Prompts[(offset+i)%len(c.Prompts)], c.Separator), c.MaxTokens)
 				rctx, cancel := context.WithTimeout(ctx, c.Timeout)
 				r, err := streamCompletion(rctx, client, t, body)
 				cancel()
@@ -226,6 +254,8 @@ func (c *LoadConfig) runClosedLoop(ctx context.Context, client *http.Client, t L
 					acc.ttft = append(acc.ttft, ms(r.ttft))
 					acc.lat = append(acc.lat, ms(r.total))
 					acc.tokens += r.tokens
+					acc.prompt += r.promptTokens
+					acc.cached += r.cachedTokens
 				}
 				acc.mu.Unlock()
 				bar.Add(1)
@@ -252,9 +282,10 @@ func RunLoad(ctx context.Context, c LoadConfig) ([]LoadRow, error) {
 	total := len(c.Concurrency) * len(c.Targets) * c.Requests
 	bar := NewProgress(c.Progress, "load", total, c.Quiet)
 	defer bar.Done()
-	// Warm every target (connections, the engine's first allocations).
+	// Warm every target with one pass over the prompts (connections, the
+	// engine's first allocations, the fusion path's chunk KV in its store).
 	for _, t := range c.Targets {
-		c.runClosedLoop(ctx, client, t, 1, 1, 0, &loadRun{}, nil)
+		c.runClosedLoop(ctx, client, t, 1, len(c.Prompts), 0, &loadRun{}, nil)
 	}
 	var rows []LoadRow
 	for _, conc := range c.Concurrency {
@@ -276,6 +307,9 @@ func RunLoad(ctx context.Context, c LoadConfig) ([]LoadRow, error) {
 			row := LoadRow{Target: t.Name, Concurrency: conc, Requests: r.n, Errors: r.errs, FirstError: r.first,
 				TTFTP50Ms: quantile(r.ttft, 0.5), TTFTP99Ms: quantile(r.ttft, 0.99),
 				LatencyP50Ms: quantile(r.lat, 0.5), LatencyP99Ms: quantile(r.lat, 0.99)}
+			if r.prompt > 0 {
+				row.CachedShare = float64(r.cached) / float64(r.prompt)
+			}
 			if s := r.elapsed.Seconds(); s > 0 {
 				row.RPS = float64(r.n-r.errs) / s
 				row.TokensPerS = float64(r.tokens) / s
@@ -296,17 +330,19 @@ func RunLoad(ctx context.Context, c LoadConfig) ([]LoadRow, error) {
 func LoadTable(rows []LoadRow, elapsed time.Duration, notes ...string) Table {
 	t := Table{Title: "Sidecar under load: streaming completions, closed loop",
 		Header: []string{"target", "clients", "requests", "errors", "req/s", "tokens/s", "TTFT p50 ms", "TTFT p99 ms",
-			"latency p50 ms", "latency p99 ms", "TTFT p50 vs first target"}}
+			"latency p50 ms", "latency p99 ms", "TTFT p50 vs first target", "KV-loaded prompt tokens"}}
 	var errs []string
 	for _, r := range rows {
 		t.Rows = append(t.Rows, []string{r.Target, fmt.Sprint(r.Concurrency), fmt.Sprint(r.Requests), fmt.Sprint(r.Errors),
 			f(r.RPS, 1), f(r.TokensPerS, 0), f(r.TTFTP50Ms, 1), f(r.TTFTP99Ms, 1), f(r.LatencyP50Ms, 1), f(r.LatencyP99Ms, 1),
-			f(r.VsFirst, 2) + "x"})
+			f(r.VsFirst, 2) + "x", pct(r.CachedShare)})
 		if r.FirstError != "" {
 			errs = append(errs, fmt.Sprintf("%s at %d clients, first error: %s", r.Target, r.Concurrency, r.FirstError))
 		}
 	}
 	t.Notes = append(t.Notes, "TTFT is the time from sending the request to the first streamed event carrying text; latency to [DONE]. "+
+		"KV-loaded prompt tokens: the engine's usage cached_tokens over prompt_tokens, above 0 where the fusion path delivered the prompt's KV. "+
+		"Every target first gets one pass over the prompts (not measured), which fills the fusion path's chunk store. "+
 		"Each level runs the targets in order on half the requests, then in reverse order on the other half, so that drifting "+
 		"load from other work on the machine weighs on every target alike.")
 	t.Notes = append(t.Notes, notes...)

@@ -8,29 +8,50 @@ import (
 	"net"
 	"time"
 
+	"github.com/fusionrag/fusionrag/adapters"
+	_ "github.com/fusionrag/fusionrag/adapters/native" // the fusion sidecar's engine adapter
 	"github.com/fusionrag/fusionrag/engine"
+	"github.com/fusionrag/fusionrag/kvstore"
 	"github.com/fusionrag/fusionrag/model"
 	"github.com/fusionrag/fusionrag/proxy"
 )
 
-// Stack is this project's engine serving a model and the sidecar in front of
-// it, both in process on loopback ports: what the load and end-to-end TTFT
+// StackSeparator is the chunk separator of the stack's fusion sidecar and of
+// the prompts sent to it (the LMCache convention S sep C_1 sep ... sep Q);
+// the sidecar strips it, so the engine sees the same text as without it.
+const StackSeparator = " # # "
+
+// StackConfig configures StartStack.
+type StackConfig struct {
+	// Model is served by the engine and, with Fusion, computes the fusion
+	// path's KV. It needs a tokenizer. Required.
+	Model *model.Model
+	// Engine is the engine's configuration (Listen is ignored).
+	Engine engine.Config
+	// Fusion also starts a second sidecar with the fusion path: a RAGFuser
+	// over a memory store that finds chunks at StackSeparator, recomputes
+	// with the request's strategy (default fusionrag at 15%) and pushes the
+	// prompt's KV to the engine through the native adapter.
+	Fusion bool
+}
+
+// Stack is this project's engine serving a model and sidecars in front of
+// it, all in process on loopback ports: what the load and end-to-end TTFT
 // benchmarks measure when no external endpoint is given.
 type Stack struct {
-	// EngineURL and SidecarURL are base URLs (http://127.0.0.1:port).
+	// EngineURL, SidecarURL (pass-through only: no fuser) and FusionURL
+	// (with the fusion path; empty without StackConfig.Fusion) are base URLs.
 	EngineURL  string
 	SidecarURL string
+	FusionURL  string
 
-	eng   *engine.Engine
-	px    *proxy.Proxy
 	close []func()
 }
 
-// StartStack serves m (which needs a tokenizer) with engine config ecfg
-// (Listen is ignored: a free loopback port is used) and a sidecar built from
-// pcfg (Upstream and Listen are set here) with opts, e.g. proxy.WithFuser.
-// Telemetry export is off whatever the environment says.
-func StartStack(m *model.Model, ecfg engine.Config, pcfg proxy.Config, opts ...proxy.Option) (*Stack, error) {
+// StartStack starts the engine, the pass-through sidecar and, when asked,
+// the fusion sidecar. Telemetry export is off whatever the environment says.
+func StartStack(c StackConfig) (*Stack, error) {
+	m := c.Model
 	if m == nil || m.Tokenizer == nil {
 		return nil, errors.New("bench: the engine needs a model with a tokenizer")
 	}
@@ -39,13 +60,13 @@ func StartStack(m *model.Model, ecfg engine.Config, pcfg proxy.Config, opts ...p
 	if err != nil {
 		return nil, err
 	}
+	ecfg := c.Engine
 	ecfg.Listen = eln.Addr().String()
 	eng, err := engine.NewFromModel(ecfg, m)
 	if err != nil {
 		eln.Close()
 		return nil, err
 	}
-	s.eng = eng
 	go eng.Serve(eln)
 	s.close = append(s.close, func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -55,38 +76,78 @@ func StartStack(m *model.Model, ecfg engine.Config, pcfg proxy.Config, opts ...p
 		}
 	})
 	s.EngineURL = "http://" + eln.Addr().String()
-
-	tel, err := proxy.NewTelemetry(context.Background(), func(string) (string, bool) { return "", false })
+	if s.SidecarURL, err = s.sidecar(proxy.DefaultConfig()); err != nil {
+		s.Close()
+		return nil, err
+	}
+	if !c.Fusion {
+		return s, nil
+	}
+	store, err := kvstore.Open("mem://?max=2GiB")
 	if err != nil {
 		s.Close()
 		return nil, err
+	}
+	s.close = append(s.close, func() { store.Close() })
+	pcfg := proxy.DefaultConfig()
+	pcfg.Upstream = s.EngineURL
+	pcfg.Fusion.Separator = StackSeparator
+	// Compute (and store) every missing chunk: the benchmark warms the store
+	// with one pass over its prompts, as an ingest would.
+	pcfg.Fusion.MaxMissingFraction = 1
+	if err := pcfg.Validate(); err != nil {
+		s.Close()
+		return nil, err
+	}
+	acfg := adapters.Config{URL: s.EngineURL, Transport: adapters.TransportPush,
+		ModelFingerprint: m.Fingerprint(), TokenizerFingerprint: m.Tokenizer.Fingerprint()}
+	fuser, err := proxy.NewRAGFuser(proxy.FuserConfig{Proxy: pcfg, Model: m, Store: store,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		OpenEngine: func(ctx context.Context) (adapters.Engine, error) {
+			return adapters.Open(pcfg.Fusion.Adapter, acfg)
+		}})
+	if err != nil {
+		s.Close()
+		return nil, err
+	}
+	s.close = append(s.close, func() { fuser.Close() })
+	if s.FusionURL, err = s.sidecar(pcfg, proxy.WithFuser(fuser)); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// sidecar serves a proxy in front of the engine on a free loopback port.
+func (s *Stack) sidecar(pcfg proxy.Config, opts ...proxy.Option) (string, error) {
+	tel, err := proxy.NewTelemetry(context.Background(), func(string) (string, bool) { return "", false })
+	if err != nil {
+		return "", err
 	}
 	pcfg.Upstream = s.EngineURL
 	pcfg.Listen = "127.0.0.1:0"
 	opts = append([]proxy.Option{proxy.WithTelemetry(tel), proxy.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil)))}, opts...)
 	px, err := proxy.New(pcfg, opts...)
 	if err != nil {
-		s.Close()
-		return nil, err
+		tel.Shutdown(context.Background())
+		return "", err
 	}
-	pln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		s.Close()
-		return nil, err
+		tel.Shutdown(context.Background())
+		return "", err
 	}
-	s.px = px
-	go px.Serve(pln)
+	go px.Serve(ln)
 	s.close = append(s.close, func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		px.Shutdown(ctx)
 		tel.Shutdown(context.Background())
 	})
-	s.SidecarURL = "http://" + pln.Addr().String()
-	return s, nil
+	return "http://" + ln.Addr().String(), nil
 }
 
-// Close stops the sidecar, then the engine.
+// Close stops the sidecars, then the engine.
 func (s *Stack) Close() {
 	for i := len(s.close) - 1; i >= 0; i-- {
 		s.close[i]()

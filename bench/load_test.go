@@ -6,10 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fusionrag/fusionrag/engine"
 	"github.com/fusionrag/fusionrag/internal/shareddata"
 	"github.com/fusionrag/fusionrag/model"
-	"github.com/fusionrag/fusionrag/proxy"
 )
 
 // loadStoriesTok loads stories260K with its tokenizer (the engine needs one).
@@ -31,7 +29,8 @@ func musiquePrompts(t testing.TB, m *model.Model, n int) []string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ps, err := PromptTexts(QualityConfig{Model: m, Datasets: []*Dataset{ds}, Passages: 3, PassageTokens: 48, AnswerTokens: 32}, n)
+	ps, err := PromptTexts(QualityConfig{Model: m, Datasets: []*Dataset{ds}, Passages: 3, PassageTokens: 48, AnswerTokens: 32,
+		Separator: StackSeparator}, n)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,7 +41,7 @@ func musiquePrompts(t testing.TB, m *model.Model, n int) []string {
 // little load: every request succeeds through both, rows are complete.
 func TestLoadQuick(t *testing.T) {
 	m := loadStoriesTok(t)
-	st, err := StartStack(m, engine.Config{}, proxy.DefaultConfig())
+	st, err := StartStack(StackConfig{Model: m, Fusion: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,16 +49,21 @@ func TestLoadQuick(t *testing.T) {
 	prompts := musiquePrompts(t, m, 4)
 	start := time.Now()
 	rows, err := RunLoad(context.Background(), LoadConfig{Targets: []LoadTarget{{Name: "direct", URL: st.EngineURL},
-		{Name: "passthrough", URL: st.SidecarURL}}, Prompts: prompts, Concurrency: []int{1, 3}, Requests: 6, MaxTokens: 8, Quiet: true})
+		{Name: "passthrough", URL: st.SidecarURL}, {Name: "fusion", URL: st.FusionURL, Separated: true}},
+		Prompts: prompts, Separator: StackSeparator, Concurrency: []int{1, 3}, Requests: 6, MaxTokens: 8, Quiet: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(rows) != 4 {
-		t.Fatalf("%d rows, want 4", len(rows))
+	if len(rows) != 6 {
+		t.Fatalf("%d rows, want 6", len(rows))
 	}
 	for _, r := range rows {
 		if r.Errors != 0 || r.Requests != 6 || r.TTFTP50Ms <= 0 || r.LatencyP50Ms < r.TTFTP50Ms || r.RPS <= 0 || r.TokensPerS <= 0 {
 			t.Errorf("bad row %+v", r)
+		}
+		// Only the fusion path publishes KV; the engine loads it.
+		if fused := r.Target == "fusion"; fused != (r.CachedShare > 0) {
+			t.Errorf("%s at %d clients: %.0f%% of prompt tokens loaded from published KV", r.Target, r.Concurrency, 100*r.CachedShare)
 		}
 	}
 	var md strings.Builder
@@ -78,7 +82,7 @@ func TestLoadQuick(t *testing.T) {
 // sidecar; the server's prompt length grows with the nominal context.
 func TestE2EQuick(t *testing.T) {
 	m := loadStoriesTok(t)
-	st, err := StartStack(m, engine.Config{}, proxy.DefaultConfig())
+	st, err := StartStack(StackConfig{Model: m, Fusion: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,23 +93,33 @@ func TestE2EQuick(t *testing.T) {
 	}
 	var sizes []E2EPrompts
 	for _, n := range []int{64, 256} {
-		ps, err := PromptTexts(QualityConfig{Model: m, Datasets: []*Dataset{ds}, Passages: 4, PassageTokens: n / 4, AnswerTokens: 32}, 2)
+		ps, err := PromptTexts(QualityConfig{Model: m, Datasets: []*Dataset{ds}, Passages: 4, PassageTokens: n / 4, AnswerTokens: 32,
+			Separator: StackSeparator}, 2)
 		if err != nil {
 			t.Fatal(err)
 		}
 		sizes = append(sizes, E2EPrompts{ContextTokens: n, Prompts: ps})
 	}
 	rows, err := RunE2E(context.Background(), E2EConfig{Targets: []LoadTarget{{Name: "direct", URL: st.EngineURL},
-		{Name: "passthrough", URL: st.SidecarURL}}, Sizes: sizes, Repeats: 1, Quiet: true})
+		{Name: "passthrough", URL: st.SidecarURL},
+		{Name: "fusion reuse", URL: st.FusionURL, Separated: true, Headers: map[string]string{"X-Fusionrag-Strategy": "reuse"}}},
+		Sizes: sizes, Separator: StackSeparator, Repeats: 1, Quiet: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(rows) != 4 {
+	if len(rows) != 6 {
 		t.Fatalf("%d rows", len(rows))
 	}
-	for _, r := range rows {
+	for i, r := range rows {
 		if r.Errors != 0 || r.TTFTP50Ms <= 0 || r.PromptTokens <= float64(r.ContextTokens) {
 			t.Errorf("bad row %+v", r)
+		}
+		// The same text reaches the engine from every target.
+		if base := rows[i/3*3]; r.PromptTokens != base.PromptTokens {
+			t.Errorf("%s at %d: %v prompt tokens, direct %v", r.Target, r.ContextTokens, r.PromptTokens, base.PromptTokens)
+		}
+		if fused := r.Target == "fusion reuse"; fused != (r.CachedTokens > 0) {
+			t.Errorf("%s at %d: %v KV-loaded tokens", r.Target, r.ContextTokens, r.CachedTokens)
 		}
 	}
 	var md strings.Builder

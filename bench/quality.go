@@ -93,6 +93,11 @@ type QualityConfig struct {
 	PassageChars int
 	// AnswerTokens is the most tokens decoded per answer; default 16.
 	AnswerTokens int
+	// Separator, when set, is written before every chunk and before Q in
+	// text prompts (endpoint mode, PromptTexts): the LMCache convention
+	// S sep C_1 sep ... sep Q by which the sidecar's fusion path finds the
+	// chunks (its fusion.separator).
+	Separator string
 	// Strategies measured besides full and reuse; default fusionrag,
 	// cacheblend, epic.
 	Strategies []string
@@ -155,8 +160,8 @@ func (c *QualityConfig) runKey() string {
 	if c.Endpoint != "" {
 		src = "endpoint " + c.Endpoint
 	}
-	return fmt.Sprintf("%s|%s|k=%d|tok=%d|chars=%d|ans=%d|tmpl=%d", c.Name, src, c.Passages, c.PassageTokens, c.PassageChars,
-		c.AnswerTokens, len(c.Template.Prefix)+len(c.Template.Query)+len(c.Template.Answer))
+	return fmt.Sprintf("%s|%s|k=%d|tok=%d|chars=%d|ans=%d|tmpl=%d|sep=%q", c.Name, src, c.Passages, c.PassageTokens, c.PassageChars,
+		c.AnswerTokens, len(c.Template.Prefix)+len(c.Template.Query)+len(c.Template.Answer), c.Separator)
 }
 
 // QualityResult is one example answered by one method.
@@ -300,8 +305,10 @@ func (c *QualityConfig) layout(e Example) (qualityPrompt, error) {
 		var b strings.Builder
 		b.WriteString(t.Prefix)
 		for _, p := range ps {
+			b.WriteString(c.Separator)
 			b.WriteString(t.PassageText(Passage{Title: p.Title, Text: cutWords(p.Text, c.PassageChars)}))
 		}
+		b.WriteString(c.Separator)
 		b.WriteString(t.QuestionText(e.Question))
 		return qualityPrompt{text: b.String()}, nil
 	}
@@ -336,8 +343,10 @@ func (c *QualityConfig) layout(e Example) (qualityPrompt, error) {
 			continue
 		}
 		req.Chunks = append(req.Chunks, ids)
+		text.WriteString(c.Separator)
 		text.WriteString(tok.Decode(ids))
 	}
+	text.WriteString(c.Separator)
 	text.WriteString(t.QuestionText(e.Question))
 	return qualityPrompt{req: req, text: text.String()}, nil
 }
