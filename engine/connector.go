@@ -173,21 +173,29 @@ func (c *Connector) Load(ctx context.Context, ns string, prompt []int32, s Seque
 		c.met.lookup("error")
 		return 0
 	}
+	// A store that fails (down, stalled: an error, not a miss) is not
+	// asked again in this lookup, so a dead store costs one timeout, not
+	// one per probe.
+	stores := []kvstore.Store{c.cfg.Pushed, c.cfg.Shared}
 	for _, p := range probes {
 		use := min(p.Len, len(prompt)-1)
 		if use < 1 {
 			continue
 		}
-		for _, st := range []kvstore.Store{c.cfg.Pushed, c.cfg.Shared} {
+		for i, st := range stores {
 			if st == nil {
 				continue
 			}
-			if n := c.tryLoad(ctx, st, p, use, ks); n > 0 {
+			n, failed := c.tryLoad(ctx, st, p, use, ks)
+			if n > 0 {
 				c.met.lookup("hit")
 				return n
 			}
 			if ctx.Err() != nil {
 				return 0
+			}
+			if failed {
+				stores[i] = nil
 			}
 		}
 	}
@@ -195,8 +203,10 @@ func (c *Connector) Load(ctx context.Context, ns string, prompt []int32, s Seque
 	return 0
 }
 
-// tryLoad loads the first use tokens of the blob under p.Key from st.
-func (c *Connector) tryLoad(ctx context.Context, st kvstore.Store, p fingerprint.Probe, use int, s kvSequence) int {
+// tryLoad loads the first use tokens of the blob under p.Key from st. It
+// returns the tokens loaded (0 on any miss) and whether the store failed
+// (an error other than a miss).
+func (c *Connector) tryLoad(ctx context.Context, st kvstore.Store, p fingerprint.Probe, use int, s kvSequence) (int, bool) {
 	b, err := st.Get(ctx, p.Key, p.Check)
 	if err != nil {
 		var ce *kvstore.CorruptError
@@ -206,21 +216,22 @@ func (c *Connector) tryLoad(ctx context.Context, st kvstore.Store, p fingerprint
 		case errors.Is(err, kvstore.ErrNotFound):
 		default:
 			c.met.lookup("error")
+			return 0, true
 		}
-		return 0
+		return 0, false
 	}
 	defer b.Release()
 	if b.Layers != c.cfg.Layers || b.KVHeads != c.cfg.KVHeads || b.HeadDim != c.cfg.HeadDim ||
 		b.Tokens != p.Len || !b.PositionFree {
 		c.met.lookup("mismatch")
-		return 0
+		return 0, false
 	}
 	k, v := prefixKV(b, use*c.cfg.KVHeads*c.cfg.HeadDim)
 	if err := s.LoadKV(k, v, use); err != nil {
 		c.met.lookup("error")
-		return 0
+		return 0, false
 	}
-	return use
+	return use, false
 }
 
 // prefixKV returns the first n values of every layer's K and V as float32:

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -47,6 +48,14 @@ func (s *sseReader) next() (string, bool) {
 // and returns its address. It skips loudly when the binary is missing.
 func startRedis(tb testing.TB) string {
 	tb.Helper()
+	addr, _ := startRedisProc(tb)
+	return addr
+}
+
+// startRedisProc is startRedis that also returns the server process (for
+// fault tests); killing it is safe, the cleanup copes.
+func startRedisProc(tb testing.TB) (string, *os.Process) {
+	tb.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		tb.Skip("SKIPPING: redis-server not installed (apt-get install redis-server); this test needs a real Redis")
@@ -63,6 +72,7 @@ func startRedis(tb testing.TB) string {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGCONT)
 		cmd.Process.Kill()
 		cmd.Wait()
 	})
@@ -76,5 +86,5 @@ func startRedis(tb testing.TB) string {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	return addr
+	return addr, cmd.Process
 }

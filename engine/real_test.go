@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -422,4 +423,40 @@ func metricsText(tb testing.TB, url string) string {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return string(b)
+}
+
+// TestStoreDownIsAMiss: with the shared Redis stalled (SIGSTOP: client
+// timeouts) or killed, requests that ask for published KV are served by
+// plain prefill (same answer, no cached tokens); each lookup counts one
+// store error and then stops asking that store, so a dead store costs one
+// timeout per request, not one per probe.
+func TestStoreDownIsAMiss(t *testing.T) {
+	m := loadStories(t)
+	addr, proc := startRedisProc(t)
+	conn, err := OpenConnector("redis://"+addr+"/0?timeout=300ms", "", NewModelLM(m), m.Tokenizer.Fingerprint())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, url := startModel(t, m, Config{}, conn)
+	body := fmt.Sprintf(`{"prompt":%q,"max_tokens":12,"temperature":0%s}`, storyPrompt, "%s")
+	base := completion(t, url, fmt.Sprintf(body, ""))
+	for i, fault := range []struct {
+		name string
+		do   func() error
+	}{
+		{"stalled", func() error { return proc.Signal(syscall.SIGSTOP) }},
+		{"killed", func() error { proc.Signal(syscall.SIGCONT); return proc.Kill() }},
+	} {
+		if err := fault.do(); err != nil {
+			t.Fatal(err)
+		}
+		r := completion(t, url, fmt.Sprintf(body, `,"kv_transfer_params":{"namespace":"ee05"}`))
+		if r.Choices[0].Text != base.Choices[0].Text || r.Usage.PromptTokensDetails.CachedTokens != 0 {
+			t.Errorf("%s: %q cached %d, want plain %q", fault.name, r.Choices[0].Text, r.Usage.PromptTokensDetails.CachedTokens, base.Choices[0].Text)
+		}
+		want := fmt.Sprintf(`fusionrag_engine_kv_lookups_total{result="error"} %d`, i+1)
+		if got := metricsText(t, url); !strings.Contains(got, want) {
+			t.Errorf("%s: want %q (one store error per lookup):\n%s", fault.name, want, got)
+		}
+	}
 }
