@@ -1,9 +1,11 @@
 package proxy
 
 import (
+	"encoding/json"
 	"errors"
 	"io"
 	"strings"
+	"sync"
 
 	"github.com/valyala/fasthttp"
 	"go.opentelemetry.io/otel/attribute"
@@ -13,7 +15,9 @@ import (
 // POST /v1/fusion/documents and GET /v1/fusion/documents/{id}, answering
 // with an HTTP status and a JSON body. fusion.Queue implements it.
 type Documents interface {
-	HandleSubmit(body []byte) (int, []byte)
+	// HandleSubmit ingests the documents of body for tenant: their KV is
+	// stored under the tenant's keys.
+	HandleSubmit(tenant string, body []byte) (int, []byte)
 	HandleStatus(id string) (int, []byte)
 }
 
@@ -22,13 +26,47 @@ const (
 	DocumentsPath = "/v1/fusion/documents"
 )
 
-// WithDocuments mounts the ingest routes. forTenant returns the ingest of a
-// tenant (derived from the request like the fusion path's: tenant header or
-// API key), so that documents are stored under the keys of the tenant that
-// sent them, and a job id is only visible to its tenant. Without it, the
-// routes are forwarded to the engine like any other.
-func WithDocuments(forTenant func(tenant string) (Documents, error)) Option {
-	return func(p *Proxy) { p.docs = forTenant }
+// WithDocuments mounts the ingest routes. The tenant is derived from the
+// request like the fusion path's (tenant header or API key), so documents
+// are stored under the keys of the tenant that sent them, and a job's status
+// is only shown to the tenant that submitted it. Without it, the routes are
+// forwarded to the engine like any other.
+func WithDocuments(d Documents) Option {
+	return func(p *Proxy) { p.docs = &docsRoutes{d: d, owner: map[string]string{}} }
+}
+
+// docsRoutes remembers which tenant submitted which job (the most recent
+// maxJobOwners jobs).
+type docsRoutes struct {
+	d     Documents
+	mu    sync.Mutex
+	owner map[string]string
+	order []string
+}
+
+const maxJobOwners = 10000
+
+func (r *docsRoutes) remember(body []byte, tenant string) {
+	var st struct {
+		ID string `json:"id"`
+	}
+	if json.Unmarshal(body, &st) != nil || st.ID == "" {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.order) >= maxJobOwners {
+		delete(r.owner, r.order[0])
+		r.order = r.order[1:]
+	}
+	r.owner[st.ID] = tenant
+	r.order = append(r.order, st.ID)
+}
+
+func (r *docsRoutes) ownedBy(id, tenant string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.owner[id] == tenant
 }
 
 // serveDocuments answers the ingest routes; it reports false for any other
@@ -57,17 +95,14 @@ func (p *Proxy) serveDocuments(ctx *fasthttp.RequestCtx, x *exchange) bool {
 	}
 	tenant, source := TenantOf(tenantHeader, string(h.Peek("Authorization")))
 	x.span.SetAttributes(attribute.String(AttrTenantSource, source))
-	d, err := p.docs(tenant)
-	if err != nil {
-		writeError(ctx, fasthttp.StatusServiceUnavailable, "server_error", "ingest_unavailable", err.Error())
-		x.firstByte()
-		x.finish(nil)
-		return true
-	}
 	var status int
 	var body []byte
 	if id != "" {
-		status, body = d.HandleStatus(id)
+		if p.docs.ownedBy(id, tenant) {
+			status, body = p.docs.d.HandleStatus(id)
+		} else {
+			status, body = fasthttp.StatusNotFound, []byte(`{"error":"unknown job"}`)
+		}
 	} else {
 		b, err := p.readWhole(ctx)
 		if err != nil {
@@ -81,7 +116,10 @@ func (p *Proxy) serveDocuments(ctx *fasthttp.RequestCtx, x *exchange) bool {
 			x.finish(nil)
 			return true
 		}
-		status, body = d.HandleSubmit(b)
+		status, body = p.docs.d.HandleSubmit(tenant, b)
+		if status < 300 {
+			p.docs.remember(body, tenant)
+		}
 	}
 	ctx.SetStatusCode(status)
 	ctx.SetContentType("application/json")

@@ -43,7 +43,7 @@ type Proxy struct {
 	breaker *gobreaker.TwoStepCircuitBreaker[struct{}]
 	addr    string        // upstream host:port
 	fusions chan struct{} // semaphore: running (and abandoned) Fuse calls
-	docs    func(tenant string) (Documents, error)
+	docs    *docsRoutes
 }
 
 // Option configures a Proxy.

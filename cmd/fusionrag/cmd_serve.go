@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"sync"
 	"syscall"
 	"time"
 
@@ -54,8 +53,8 @@ func runServe(args []string) error {
 		}
 		defer fp.close()
 		opts = append(opts, proxy.WithFuser(fp.fuser))
-		if fp.store != nil {
-			opts = append(opts, proxy.WithDocuments(fp.documents))
+		if fp.queue != nil {
+			opts = append(opts, proxy.WithDocuments(fp.queue))
 		}
 	}
 	p, err := proxy.New(cfg, opts...)
@@ -81,19 +80,14 @@ func runServe(args []string) error {
 }
 
 // fusionPath is what serve builds for --model: the fuser, and the ingest
-// queues of POST /v1/fusion/documents (one per tenant, created on first use).
+// queue of POST /v1/fusion/documents.
 type fusionPath struct {
 	cfg   proxy.Config
 	m     *model.Model
 	store kvstore.Store
 	fuser *proxy.RAGFuser
-
-	mu     sync.Mutex
-	queues map[string]*fusion.Queue
+	queue *fusion.Queue // nil without a store
 }
-
-// maxIngestTenants bounds the ingest queues serve keeps (one per tenant).
-const maxIngestTenants = 256
 
 // buildFusionPath loads the model (--model), opens the store (--store) and
 // builds the fusion path; the engine adapter is opened on first use, so the
@@ -105,7 +99,7 @@ func buildFusionPath(cfg proxy.Config) (*fusionPath, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--model: %w", err)
 	}
-	fp := &fusionPath{cfg: cfg, m: m, queues: map[string]*fusion.Queue{}}
+	fp := &fusionPath{cfg: cfg, m: m}
 	fail := func(err error) (*fusionPath, error) {
 		fp.close()
 		return nil, err
@@ -144,53 +138,45 @@ func buildFusionPath(cfg proxy.Config) (*fusionPath, error) {
 	if err != nil {
 		return fail(err)
 	}
+	switch {
+	case fp.store == nil:
+	case cfg.Fusion.Similarity != "bm25":
+		fmt.Fprintf(os.Stderr, "fusionrag serve: POST /v1/fusion/documents is off: ingest through the sidecar supports similarity bm25 only (configured %q); use fusionrag ingest\n", cfg.Fusion.Similarity)
+	default:
+		if err := fp.newQueue(); err != nil {
+			return fail(fmt.Errorf("ingest queue: %w", err))
+		}
+	}
 	return fp, nil
 }
 
-// documents returns the tenant's ingest queue: fused KV of the submitted
-// documents, computed after S = fusion.system, stored under the tenant's
-// keys with the configured fusion parameters (the ones the fuser looks up).
-func (fp *fusionPath) documents(tenant string) (proxy.Documents, error) {
-	fp.mu.Lock()
-	defer fp.mu.Unlock()
-	if q, ok := fp.queues[tenant]; ok {
-		return q, nil
-	}
-	if fp.cfg.Fusion.Similarity != "bm25" {
-		return nil, fmt.Errorf("ingest through the sidecar supports similarity bm25 only (configured %q); use fusionrag ingest", fp.cfg.Fusion.Similarity)
-	}
-	if len(fp.queues) >= maxIngestTenants {
-		return nil, fmt.Errorf("ingest queues for %d tenants already open", maxIngestTenants)
-	}
+// newQueue builds the ingest queue of POST /v1/fusion/documents: fused KV
+// of the submitted documents, computed after S = fusion.system, stored
+// under the submitting tenant's keys with the configured fusion parameters
+// (the ones the fuser looks up).
+func (fp *fusionPath) newQueue() error {
 	prefix := fusion.EncodePrefix(fp.m.Tokenizer, fp.cfg.Fusion.System)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	in, err := fusion.NewIngester(ctx, fusion.Config{Model: fp.m, Store: fp.store, Tenant: tenant, Prefix: prefix,
+	in, err := fusion.NewIngester(ctx, fusion.Config{Model: fp.m, Store: fp.store, Prefix: prefix,
 		Neighbours: fp.cfg.Fusion.Neighbours, Workers: 1})
 	if err != nil {
-		return nil, err
+		return err
 	}
 	ch, err := fusion.NewChunker(fusion.Chunker{Tokenizer: fp.m.Tokenizer, MaxTokens: fp.m.Config.MaxPositions - len(prefix)})
 	if err != nil {
-		return nil, err
+		return err
 	}
-	q, err := fusion.NewQueue(fusion.QueueConfig{Ingester: in, Chunker: ch})
-	if err != nil {
-		return nil, err
-	}
-	fp.queues[tenant] = q
-	return q, nil
+	fp.queue, err = fusion.NewQueue(fusion.QueueConfig{Ingester: in, Chunker: ch})
+	return err
 }
 
 func (fp *fusionPath) close() {
-	fp.mu.Lock()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	for _, q := range fp.queues {
-		_ = q.Close(ctx)
+	if fp.queue != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_ = fp.queue.Close(ctx)
+		cancel()
 	}
-	cancel()
-	fp.queues = nil
-	fp.mu.Unlock()
 	if fp.fuser != nil {
 		_ = fp.fuser.Close()
 	}
