@@ -56,6 +56,7 @@ func startRedis(tb testing.TB) string {
 }
 
 type fixture struct {
+	e        *engine.Engine
 	m        *model.Model
 	url      string
 	redisURL string
@@ -99,7 +100,7 @@ func setup(t *testing.T) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &fixture{m: m, url: srv.URL, redisURL: redisURL, ids: ids, kv: res.KV}
+	return &fixture{e: e, m: m, url: srv.URL, redisURL: redisURL, ids: ids, kv: res.KV}
 }
 
 type result struct {
@@ -287,4 +288,58 @@ func TestPassthrough(t *testing.T) {
 	if err := down.Health(context.Background()); !errors.Is(err, adapters.ErrUnhealthy) {
 		t.Errorf("Health of a dead engine: %v, want ErrUnhealthy", err)
 	}
+}
+
+// TestForwardStreamCloseCancels: closing the body stream of a forwarded
+// streaming request (what the sidecar does when its client leaves) frees
+// the engine's slot.
+func TestForwardStreamCloseCancels(t *testing.T) {
+	f := setup(t)
+	a, err := adapters.Open(passthrough.Name, adapters.Config{URL: f.url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseRequest(req)
+	defer fasthttp.ReleaseResponse(resp)
+	req.Header.SetMethod("POST")
+	req.SetRequestURI("/v1/completions")
+	req.Header.SetContentType("application/json")
+	// ignore_eos and the whole context: long enough to be cut mid-stream.
+	req.SetBodyString(`{"prompt":"Once upon a time","stream":true,"ignore_eos":true}`)
+	if err := a.Forward(context.Background(), req, resp); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(resp.BodyStream())
+	line, err := br.ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "data: ") {
+		t.Fatalf("first line %q, %v", line, err)
+	}
+	if s := f.e.Stats(); s.Running != 1 {
+		t.Fatalf("stats %+v, want one running", s)
+	}
+	resp.CloseBodyStream()
+	deadline := time.Now().Add(10 * time.Second)
+	for f.e.Stats().Running != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the engine kept decoding after the stream was closed")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	// The request was cut, not run to its end (512 - 5 prompt tokens).
+	_, body, err := fasthttp.Get(nil, f.url+"/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var gen int
+	for _, l := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(l, "fusionrag_engine_generation_tokens_total "); ok {
+			fmt.Sscan(v, &gen)
+		}
+	}
+	if gen >= 507 {
+		t.Errorf("generated %d tokens: the whole completion ran despite the close", gen)
+	}
+	t.Logf("generated %d of 507 tokens before the close stopped the request", gen)
 }
