@@ -7,8 +7,11 @@ import (
 	"math"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"time"
 
+	"github.com/fusionrag/fusionrag/fingerprint"
+	"github.com/fusionrag/fusionrag/fusion"
 	"github.com/fusionrag/fusionrag/kvstore"
 	"github.com/fusionrag/fusionrag/model"
 	"github.com/fusionrag/fusionrag/recompute"
@@ -39,11 +42,19 @@ type FidelityConfig struct {
 	Temperature float64
 	// Seed makes prompts reproducible.
 	Seed uint64
+	// Variant is the chunk KV reused: "raw" (default; prefill of S + C) or
+	// "fused" (the offline stage's: C prefilled after S and its Neighbours
+	// most similar chunks, package fusion).
+	Variant string
+	// Neighbours per chunk for fused KV, found by BM25 over every chunk of
+	// every prompt (the corpus); default 3, fewer when they do not fit.
+	Neighbours int
 }
 
 // FidelityRow is one strategy × ratio, averaged over prompts and steps.
 type FidelityRow struct {
 	Model    string  `json:"model"`
+	Variant  string  `json:"variant"`
 	Strategy string  `json:"strategy"`
 	Ratio    float64 `json:"ratio"`
 	// KL is the mean KL(full || method) of next-token distributions, nats.
@@ -58,6 +69,8 @@ type FidelityRow struct {
 	MedianPromptFidelity float64 `json:"median_prompt_fidelity"`
 	// Recomputed is the mean fraction of context tokens recomputed.
 	Recomputed float64 `json:"recomputed"`
+	// FusedHits is the mean fraction of chunks served from fused KV.
+	FusedHits float64 `json:"fused_hits"`
 	// CostRatio is the mean FLOPs(method) / FLOPs(full).
 	CostRatio float64 `json:"cost_ratio"`
 	Prompts   int     `json:"prompts"`
@@ -115,6 +128,14 @@ func (c *FidelityConfig) fill() error {
 	if c.Name == "" {
 		c.Name = "model"
 	}
+	switch c.Variant {
+	case "":
+		c.Variant = "raw"
+	case "raw", "fused":
+	default:
+		return fmt.Errorf("bench: fidelity variant %q: want raw or fused", c.Variant)
+	}
+	def(&c.Neighbours, 3)
 	return nil
 }
 
@@ -331,9 +352,19 @@ func runFidelityOn(ctx context.Context, c FidelityConfig, prompts []recompute.Re
 		return nil, err
 	}
 	defer store.Close()
-	rep, err := recompute.New(recompute.Config{Model: c.Model, Source: &recompute.StoreSource{Store: store}})
+	src := &recompute.StoreSource{Store: store}
+	rcfg := recompute.Config{Model: c.Model, Source: src}
+	if c.Variant == "fused" {
+		rcfg.Variant = fingerprint.VariantFused
+	}
+	rep, err := recompute.New(rcfg)
 	if err != nil {
 		return nil, err
+	}
+	if c.Variant == "fused" {
+		if err := storeFused(ctx, &c, rep, src, prompts); err != nil {
+			return nil, err
+		}
 	}
 	type method struct {
 		strategy string
@@ -346,8 +377,8 @@ func runFidelityOn(ctx context.Context, c FidelityConfig, prompts []recompute.Re
 		}
 	}
 	type acc struct {
-		kl, top1, recomputed, cost float64
-		perPrompt                  []float64 // KL summed over each prompt's steps
+		kl, top1, recomputed, cost, fused float64
+		perPrompt                         []float64 // KL summed over each prompt's steps
 	}
 	sums := make([]acc, len(methods))
 	steps := 0
@@ -392,14 +423,16 @@ func runFidelityOn(ctx context.Context, c FidelityConfig, prompts []recompute.Re
 			sums[mi].perPrompt = append(sums[mi].perPrompt, promptKL)
 			sums[mi].recomputed += float64(res.Record.Recomputed) / float64(max(1, res.Record.ContextTokens))
 			sums[mi].cost += res.Record.Cost.Total() / full.Record.Cost.Total()
+			sums[mi].fused += float64(res.Record.FusedHits) / float64(max(1, res.Record.Chunks))
 		}
 	}
 	rows := make([]FidelityRow, len(methods))
 	for mi, me := range methods {
-		rows[mi] = FidelityRow{Model: c.Name, Strategy: me.strategy, Ratio: me.ratio,
+		rows[mi] = FidelityRow{Model: c.Name, Variant: c.Variant, Strategy: me.strategy, Ratio: me.ratio,
 			KL: sums[mi].kl / float64(steps), Top1: sums[mi].top1 / float64(steps),
 			Recomputed: sums[mi].recomputed / float64(len(prompts)), CostRatio: sums[mi].cost / float64(len(prompts)),
-			Prompts: len(prompts), Steps: steps}
+			FusedHits: sums[mi].fused / float64(len(prompts)),
+			Prompts:   len(prompts), Steps: steps}
 	}
 	klReuse := rows[1].KL
 	for i := range rows {
@@ -434,18 +467,89 @@ func median(x []float64) float64 {
 	}
 }
 
+// storeFused computes the fused KV of every chunk of every prompt, as the
+// offline stage does: neighbours by BM25 over all the chunks (the corpus),
+// fused KV = C prefilled after S and its neighbours' raw KV (fusion.Builder),
+// stored under recompute.ChunkKey with the fused variant.
+func storeFused(ctx context.Context, c *FidelityConfig, rep *recompute.Reprocessor, src *recompute.StoreSource, prompts []recompute.Request) error {
+	if len(prompts) == 0 {
+		return nil
+	}
+	prefix := prompts[0].Prefix
+	var corpus []fusion.Chunk
+	index := map[string]int{} // chunk ids (as text) -> corpus index, deduplicated
+	for _, p := range prompts {
+		if !slices.Equal(p.Prefix, prefix) {
+			return errors.New("bench: fused fidelity needs one S for all prompts")
+		}
+		for _, ch := range p.Chunks {
+			key := fmt.Sprint(ch)
+			if _, ok := index[key]; ok {
+				continue
+			}
+			index[key] = len(corpus)
+			var text string
+			if tok := c.Model.Tokenizer; tok != nil {
+				text = tok.Decode(ch)
+			} else { // no tokenizer: token ids are the words
+				words := make([]string, len(ch))
+				for i, t := range ch {
+					words[i] = fmt.Sprintf("t%d", t)
+				}
+				text = strings.Join(words, " ")
+			}
+			corpus = append(corpus, fusion.Chunk{ID: fmt.Sprint(len(corpus)), Text: text, Tokens: ch})
+		}
+	}
+	nb, err := (&fusion.BM25{KeepStopWords: c.Model.Tokenizer == nil}).Neighbours(ctx, corpus, c.Neighbours)
+	if err != nil {
+		return err
+	}
+	b, err := fusion.NewBuilder(ctx, c.Model, prefix)
+	if err != nil {
+		return err
+	}
+	raw := make([]*model.Cache, len(corpus))
+	for i, ch := range corpus {
+		if raw[i], err = b.Raw(ctx, ch.Tokens); err != nil {
+			return err
+		}
+	}
+	ns := rep.Config().Namespace
+	for i, ch := range corpus {
+		var lens []int
+		for _, j := range nb[i] {
+			lens = append(lens, len(corpus[j].Tokens))
+		}
+		var neighbours []*model.Cache
+		for _, j := range nb[i][:b.Fits(len(ch.Tokens), lens)] {
+			neighbours = append(neighbours, raw[j])
+		}
+		kv, err := b.Fused(ctx, ch.Tokens, neighbours)
+		if err != nil {
+			return err
+		}
+		key := recompute.ChunkKey(ns, fingerprint.VariantFused, prefix, ch.Tokens)
+		if err := src.PutKV(ctx, key, fingerprint.CheckOf(ch.Tokens), kv); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // FidelityTable renders rows (of one model) as a Markdown table.
 func FidelityTable(rows []FidelityRow, elapsed time.Duration) Table {
 	t := Table{Header: []string{"strategy", "ratio", "KL(full‖method) nats", "top-1 agree", "normalised fidelity", "median per-prompt fidelity", "recomputed", "FLOPs vs full"}}
 	if len(rows) > 0 {
-		t.Title = fmt.Sprintf("Fidelity on %s (%d prompts, %d next-token distributions)", rows[0].Model, rows[0].Prompts, rows[0].Steps)
+		t.Title = fmt.Sprintf("Fidelity on %s, %s chunk KV (%d prompts, %d next-token distributions)", rows[0].Model, rows[0].Variant, rows[0].Prompts, rows[0].Steps)
 	}
 	for _, r := range rows {
 		t.Rows = append(t.Rows, []string{r.Strategy, pct(r.Ratio), fmt.Sprintf("%.3g", r.KL), pct(r.Top1),
 			f(r.NormalizedFidelity, 1), f(r.MedianPromptFidelity, 1), pct(r.Recomputed), f(r.CostRatio, 3)})
 	}
-	t.Notes = append(t.Notes, "Normalised fidelity = 100 × (KL_reuse − KL) / KL_reuse (reuse = 0, full = 100). Chunk KV is raw (prefill of S + C); "+
-		"each method's prompt KV is teacher-forced with full's greedy continuation.",
+	t.Notes = append(t.Notes, "Normalised fidelity = 100 × (KL_reuse − KL) / KL_reuse (reuse = 0, full = 100), reuse with the same chunk KV. "+
+		"Raw chunk KV = prefill of S + C; fused = C prefilled after S and its BM25 neighbours' raw KV (package fusion). "+
+		"Each method's prompt KV is teacher-forced with full's greedy continuation.",
 		fmt.Sprintf("Measured in %s.", elapsed.Round(time.Millisecond)))
 	return t
 }
@@ -459,7 +563,7 @@ func SyntheticFidelityModel() model.Config {
 		Vocab: 512, MaxPositions: 512, RopeTheta: 10000, NormEps: 1e-5, TiedEmbeddings: true, BOS: 1, EOS: []int32{2}}
 }
 
-// FidelityPlots draws, per model, the normalised fidelity of each strategy
+// FidelityPlots draws, per model and chunk KV variant, the normalised fidelity of each strategy
 // against the ratio (full and reuse are the 100 and 0 lines by definition).
 func FidelityPlots(rows []FidelityRow) []Plot {
 	var models []string
@@ -468,14 +572,18 @@ func FidelityPlots(rows []FidelityRow) []Plot {
 		if r.Strategy == "full" || r.Strategy == "reuse" {
 			continue
 		}
-		if series[r.Model] == nil {
-			series[r.Model] = map[string]*Series{}
-			models = append(models, r.Model)
+		label := r.Model
+		if r.Variant != "" {
+			label += ", " + r.Variant + " KV"
 		}
-		s := series[r.Model][r.Strategy]
+		if series[label] == nil {
+			series[label] = map[string]*Series{}
+			models = append(models, label)
+		}
+		s := series[label][r.Strategy]
 		if s == nil {
 			s = &Series{Name: r.Strategy}
-			series[r.Model][r.Strategy] = s
+			series[label][r.Strategy] = s
 		}
 		s.X = append(s.X, r.Ratio*100)
 		s.Y = append(s.Y, r.NormalizedFidelity)

@@ -124,3 +124,26 @@ func TestFidelityAndTTFTPlots(t *testing.T) {
 		t.Errorf("ttft plots %+v", tp)
 	}
 }
+
+// TestFidelityFused runs the harness on fused chunk KV (package fusion's
+// builder, BM25 neighbours): the invariants hold and the fused rows say so.
+func TestFidelityFused(t *testing.T) {
+	m := loadStories(t)
+	rows, err := RunFidelity(context.Background(), FidelityConfig{Model: m, Name: "stories260K", Prompts: 2, Continuation: 8,
+		Ratios: []float64{0, 0.15}, Variant: "fused"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkFidelityRows(t, rows, 3, 2)
+	for _, r := range rows {
+		if r.Variant != "fused" {
+			t.Fatalf("row %+v: variant %q", r, r.Variant)
+		}
+		if r.Strategy != "full" && r.FusedHits != 1 {
+			t.Errorf("%s@%v served %.0f%% of chunks from fused KV, want 100%%", r.Strategy, r.Ratio, 100*r.FusedHits)
+		}
+	}
+	if _, err := RunFidelity(context.Background(), FidelityConfig{Model: m, Variant: "cooked"}); err == nil {
+		t.Error("unknown variant: no error")
+	}
+}

@@ -167,6 +167,8 @@ func benchFidelity(args []string) error {
 	cont := fs.Int("continuation", 24, "teacher-forced continuation tokens per prompt (--quick: 16)")
 	ratios := fs.String("ratios", "0,5,10,15,20,30", "ratios in percent")
 	strategies := fs.String("strategies", "fusionrag,cacheblend,epic", "strategies besides full and reuse")
+	variants := fs.String("variant", "raw,fused", "chunk KV reused: raw, fused (BM25 neighbours, package fusion) or both")
+	neighbours := fs.Int("neighbours", 3, "neighbours per chunk of fused KV")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -186,17 +188,23 @@ func benchFidelity(args []string) error {
 	var all []bench.FidelityRow
 	var tables []bench.Table
 	var names []string
+	defer func() {
+		for _, fm := range models {
+			fm.m.Close()
+		}
+	}()
 	for _, fm := range models {
 		names = append(names, fm.name)
-		start := time.Now()
-		rows, err := bench.RunFidelity(ctx, bench.FidelityConfig{Model: fm.m, Name: fm.name, Prompts: *prompts,
-			Continuation: *cont, Ratios: rs, Strategies: strings.Split(*strategies, ",")})
-		fm.m.Close()
-		if err != nil {
-			return err
+		for _, v := range strings.Split(*variants, ",") {
+			start := time.Now()
+			rows, err := bench.RunFidelity(ctx, bench.FidelityConfig{Model: fm.m, Name: fm.name, Prompts: *prompts,
+				Continuation: *cont, Ratios: rs, Strategies: strings.Split(*strategies, ","), Variant: v, Neighbours: *neighbours})
+			if err != nil {
+				return err
+			}
+			all = append(all, rows...)
+			tables = append(tables, bench.FidelityTable(rows, time.Since(start)))
 		}
-		all = append(all, rows...)
-		tables = append(tables, bench.FidelityTable(rows, time.Since(start)))
 	}
 	return bf.write("fidelity", strings.Join(names, ", "), tables, all, bench.FidelityPlots(all),
 		"Goal (issue 5): fusionrag at 15% reaches a normalised fidelity of at least 80; the paper reports fusionrag above cacheblend at equal ratio.")
