@@ -67,7 +67,7 @@ type Config struct {
 	// Empty: shareddata.Dir() ($FUSIONRAG_DATA, else ../shared/data).
 	DataDir string
 	// Quick selects smaller defaults: 4 queries of 6 chunks of 128 tokens
-	// (about 1K tokens of context) instead of 8 of 10 × 160 (about 2K).
+	// (about 1K tokens of context) instead of 6 of 10 × 160 (about 2K).
 	Quick bool
 	// Queries is the number of RAG queries; each is sent once per strategy.
 	Queries int
@@ -120,7 +120,7 @@ func (c *Config) Normalize() error {
 			}
 		}
 	}
-	def(&c.Queries, 8, 4)
+	def(&c.Queries, 6, 4)
 	def(&c.ChunksPerQuery, 10, 6)
 	def(&c.ChunkTokens, 160, 128)
 	def(&c.MaxTokens, 8, 4)
