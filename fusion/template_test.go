@@ -70,6 +70,14 @@ func TestSegmentContract(t *testing.T) {
 			q := "\nQuestion: who had a red ball?"
 			prompt = append(prompt, EncodeSegment(tok, q)...)
 			text += q
+			// With llama2.c tokenizers the default template's leading
+			// newlines are byte tokens that merge with nothing, so the
+			// concatenation is even what encoding the whole prompt text
+			// gives. (Not a contract for other tokenizers.)
+			whole := append([]int32{tok.BOS()}, tok.Encode("Answer from the documents."+text)...)
+			if diff := cmp.Diff(whole, prompt); diff != "" {
+				t.Errorf("concatenated ids differ from the whole-text encoding (-whole +concatenated):\n%s", diff)
+			}
 			// llama2.c's decode drops the leading space of the piece after BOS.
 			want := "Answer from the documents." + text
 			got := tok.Decode(prompt)
