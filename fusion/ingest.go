@@ -284,7 +284,10 @@ func (r *run) fail(i int, err error) {
 // so a Run that was interrupted (ctx cancelled, process killed) resumes
 // where it stopped when run again; every KV is a pure function of the
 // model, S and the chunks, so results do not depend on Workers or on
-// interruptions. Chunks with identical ids are one chunk.
+// interruptions. Chunks with identical ids are one chunk; chunks without
+// ids are ignored. Skipping relies on Store.Put being atomic (a key exists
+// only once its whole blob does), which the mem, disk (rename) and Redis
+// (parts first, then the manifest) tiers guarantee.
 //
 // A chunk the model cannot take is counted in Summary.Failed and skipped;
 // store errors stop the run. When ctx ends, Run returns the summary so far
