@@ -102,9 +102,9 @@ func readStream(r io.Reader, first func()) (completion, error) {
 	}
 }
 
-// requestBody is the completions request of a prompt: its token ids (the
-// exact ids the chunks were ingested with), greedy, streamed with usage.
-func requestBody(modelName, user string, prompt []int32, maxTokens int) ([]byte, error) {
+// requestBody is the completions request of a prompt (its token ids, or
+// its text), greedy, streamed with usage.
+func requestBody(modelName, user string, prompt any, maxTokens int) ([]byte, error) {
 	return json.Marshal(map[string]any{
 		"model":          modelName,
 		"prompt":         prompt,

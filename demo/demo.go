@@ -96,9 +96,25 @@ type Config struct {
 	// one line per stage. Nil: nothing.
 	Progress io.Writer
 	Log      io.Writer
+	// Format is how prompts are sent: FormatTokens (default) or FormatText.
+	Format string
 	// Command is recorded in the report's meta (os.Args).
 	Command []string
 }
+
+// Prompt formats for Config.Format. Either way the sidecar finds the chunks
+// with its index of known chunks (filled by the ingest) on the ids the
+// engine runs.
+const (
+	// FormatTokens sends the prompt as token ids: S, then each chunk's
+	// ingested ids, then the question's, exactly.
+	FormatTokens = "tokens"
+	// FormatText sends the prompt as text, as most clients do; the engine
+	// encodes it whole, and chunks are found when their ids in context are
+	// their ingested ids (the default template starts with a blank line so
+	// that they are, for tokenizers that do not merge across newlines).
+	FormatText = "text"
+)
 
 // ErrConfig is wrapped by every configuration error.
 var ErrConfig = errors.New("demo: invalid config")
@@ -108,6 +124,12 @@ func (c *Config) Normalize() error {
 	bad := func(f string, a ...any) error { return fmt.Errorf("%w: %s", ErrConfig, fmt.Sprintf(f, a...)) }
 	if c.Corpus == "" {
 		c.Corpus = CorpusAuto
+	}
+	if c.Format == "" {
+		c.Format = FormatTokens
+	}
+	if c.Format != FormatTokens && c.Format != FormatText {
+		return bad("format %q: want tokens or text", c.Format)
 	}
 	if !slices.Contains([]string{CorpusAuto, CorpusNQ, CorpusGenerated}, c.Corpus) {
 		return bad("corpus %q: want auto, nq or generated", c.Corpus)
@@ -321,6 +343,19 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	r.Rows = aggregate(cfg.Strategies, cfg.Ratio, results)
 	r.Notes = notes(&cfg, r, direct)
+	// The engine's ids must be the demo's (they are by construction for
+	// token prompts; for text prompts they are what the comparison assumes).
+	byID := map[string]int{}
+	for i, q := range corpus.Queries {
+		byID[q.ID] = len(prompts[i].Tokens())
+	}
+	for _, q := range results {
+		if q.PromptTokens != byID[q.Query] {
+			r.Notes = append(r.Notes, fmt.Sprintf("WARNING: query %s: the engine ran %d prompt tokens, the demo built %d: "+
+				"the in-process fidelity does not describe what the engine ran.", q.Query, q.PromptTokens, byID[q.Query]))
+			break
+		}
+	}
 	r.Elapsed = time.Since(start)
 	return r, nil
 }
@@ -505,7 +540,7 @@ func measure(ctx context.Context, cfg *Config, st *stack, rec *recorder, corpus 
 
 	// Warm-up: opens the adapter and the connections, not measured.
 	if len(prompts) > 0 {
-		body, err := requestBody(modelName, "warm-up", prompts[0].Tokens(), 1)
+		body, err := requestBody(modelName, "warm-up", payload(cfg, prompts[0]), 1)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -528,7 +563,7 @@ func measure(ctx context.Context, cfg *Config, st *stack, rec *recorder, corpus 
 		order = append(order[k:], order[:k]...)
 		for _, s := range order {
 			user := q.ID + "/" + s
-			body, err := requestBody(modelName, user, ids, cfg.MaxTokens)
+			body, err := requestBody(modelName, user, payload(cfg, p), cfg.MaxTokens)
 			if err != nil {
 				return nil, nil, err
 			}
@@ -567,6 +602,14 @@ func measure(ctx context.Context, cfg *Config, st *stack, rec *recorder, corpus 
 		}
 	}
 	return out, directTTFT, nil
+}
+
+// payload is the "prompt" member of p's requests.
+func payload(cfg *Config, p Prompt) any {
+	if cfg.Format == FormatText {
+		return p.Text
+	}
+	return p.Tokens()
 }
 
 // aggregate turns results into one row per strategy.

@@ -114,6 +114,27 @@ func TestRunQuick(t *testing.T) {
 	checkFiles(t, dir, r)
 }
 
+// TestRunTextFormat: prompts sent as text take the fusion path too (the
+// sidecar finds the ingested chunks in the engine's ids of the whole text).
+func TestRunTextFormat(t *testing.T) {
+	cfg := Config{Format: FormatText, Corpus: CorpusGenerated, Queries: 2, ChunksPerQuery: 3, ChunkTokens: 48, MaxTokens: 2,
+		Neighbours: 2, Strategies: []string{"fusionrag"}}
+	r, err := Run(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, row := range r.Rows {
+		if row.Fused != row.Requests || row.Requests != 2 || (row.Strategy == "fusionrag" && row.HitRate != 1) {
+			t.Errorf("%s: fusion path %d/%d, hit rate %v: %v", row.Strategy, row.Fused, row.Requests, row.HitRate, row.FallbackReasons)
+		}
+	}
+	for _, n := range r.Notes {
+		if strings.HasPrefix(n, "WARNING") {
+			t.Error(n)
+		}
+	}
+}
+
 // checkFiles reads demo.json, demo.md and the PNG back.
 func checkFiles(t *testing.T, dir string, r *Report) {
 	t.Helper()
@@ -234,6 +255,7 @@ func TestConfigNormalize(t *testing.T) {
 		{"chunk tokens", Config{ChunkTokens: 2}, "chunk tokens"},
 		{"pool", Config{Queries: 10, Pool: 5}, "pool"},
 		{"max tokens", Config{MaxTokens: 1000}, "max tokens"},
+		{"format", Config{Format: "chat"}, "format"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -24,6 +24,7 @@ func runDemo(args []string) error {
 	var c demo.Config
 	fs.BoolVar(&c.Quick, "quick", false, "a smaller run (4 queries of ~1K tokens; about half a minute on 2 cores)")
 	fs.StringVar(&c.Model, "model", "", "model directory or llama2.c .bin (default: the built-in synthetic model)")
+	fs.StringVar(&c.Format, "format", demo.FormatTokens, "prompts sent as token ids (tokens) or as text (text)")
 	fs.StringVar(&c.Corpus, "corpus", demo.CorpusAuto, "auto (NQ-open when $FUSIONRAG_DATA has it), nq or generated")
 	fs.IntVar(&c.Queries, "queries", 0, "RAG queries, each sent once per strategy (default 6; --quick 4)")
 	fs.IntVar(&c.ChunksPerQuery, "chunks", 0, "chunks per query (default 10; --quick 6)")
