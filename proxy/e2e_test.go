@@ -427,6 +427,30 @@ func TestE2ESameAnswersAtRatioOne(t *testing.T) {
 			t.Errorf("request %d: cached_tokens %d of %d prompt tokens (direct %d): the fusion path did not run", i, c, n, want.Usage.PromptTokens)
 		}
 	}
+	// Convention (c): the same documents written into an unmarked
+	// completions prompt are recognised by the index of ingested chunks.
+	for i := range 3 {
+		prompt := e2eSystem
+		for j := range 3 {
+			title, text := e2eDoc((i + j*5) % e2eDocs)
+			prompt += "\n\nDocument: " + title + "\n" + text
+		}
+		prompt += "\n\n" + e2eQuestions[i]
+		p := openai.CompletionNewParams{Model: "fusionrag", Prompt: openai.CompletionNewParamsPromptUnion{OfString: openai.String(prompt)},
+			MaxTokens: openai.Int(12), Temperature: openai.Float(0)}
+		want, err := direct.Completions.New(ctx, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := fused.Completions.New(ctx, p, option.WithHeader(HeaderRatio, "1"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Choices[0].Text != want.Choices[0].Text || got.Usage.PromptTokensDetails.CachedTokens != got.Usage.PromptTokens-1 {
+			t.Errorf("unmarked prompt %d: through the sidecar %q (%d of %d tokens cached), direct %q", i,
+				got.Choices[0].Text, got.Usage.PromptTokensDetails.CachedTokens, got.Usage.PromptTokens, want.Choices[0].Text)
+		}
+	}
 	m := s.metrics(s.sidecarURL)
 	if hits, misses := m[`fusionrag_proxy_chunks_total{result="hit"}`], m[`fusionrag_proxy_chunks_total{result="miss"}`]; hits == 0 || misses != 0 {
 		t.Errorf("chunks hit %v missed %v, want all hits after the ingest\n%s", hits, misses, dumpMetrics(m))

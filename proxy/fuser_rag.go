@@ -121,6 +121,7 @@ func NewRAGFuser(cfg FuserConfig) (*RAGFuser, error) {
 	if f.log == nil {
 		f.log = slog.Default()
 	}
+	f.index.MaxChunks = maxIndexedChunks
 	var err error
 	if f.chat, err = engine.TemplateOf(f.tok); err != nil {
 		return nil, fmt.Errorf("proxy: chat template: %w", err)
@@ -155,8 +156,14 @@ func ChunkNamespace(m *model.Model, tenant string, fc Fusion) (fingerprint.Names
 	return fusion.Namespace(m, tenant, fusion.Params(fc.Neighbours, fc.Similarity))
 }
 
-// Index is the index of known chunks used by convention (c); chunks of
-// every fused request are added to it, and an ingest may add its own.
+// maxIndexedChunks bounds the known-chunk index of convention (c): at most
+// about 64 K chunks (some 64-128 MiB of ids for 256-512-token chunks).
+const maxIndexedChunks = 1 << 16
+
+// Index is the index of known chunks used by convention (c): the chunks of
+// every request this sidecar fused are added to it (in memory, per process;
+// tenant-agnostic, since it only finds spans: their KV is still looked up
+// under the requesting tenant's keys). An ingest may add its own.
 func (f *RAGFuser) Index() *fingerprint.ChunkIndex { return &f.index }
 
 // Close closes the adapter the fuser opened.

@@ -14,6 +14,7 @@ import (
 	"github.com/fusionrag/fusionrag/adapters"
 	_ "github.com/fusionrag/fusionrag/adapters/native"      // registers "native"
 	_ "github.com/fusionrag/fusionrag/adapters/passthrough" // registers "passthrough"
+	"github.com/fusionrag/fusionrag/fingerprint"
 	"github.com/fusionrag/fusionrag/fusion"
 	"github.com/fusionrag/fusionrag/kvstore"
 	"github.com/fusionrag/fusionrag/model"
@@ -54,7 +55,7 @@ func runServe(args []string) error {
 		defer fp.close()
 		opts = append(opts, proxy.WithFuser(fp.fuser))
 		if fp.queue != nil {
-			opts = append(opts, proxy.WithDocuments(fp.queue))
+			opts = append(opts, proxy.WithDocuments(indexingQueue{fp.queue, fp.chunker, fp.fuser.Index()}))
 		}
 	}
 	p, err := proxy.New(cfg, opts...)
@@ -82,11 +83,38 @@ func runServe(args []string) error {
 // fusionPath is what serve builds for --model: the fuser, and the ingest
 // queue of POST /v1/fusion/documents.
 type fusionPath struct {
-	cfg   proxy.Config
-	m     *model.Model
-	store kvstore.Store
-	fuser *proxy.RAGFuser
-	queue *fusion.Queue // nil without a store
+	cfg     proxy.Config
+	m       *model.Model
+	store   kvstore.Store
+	fuser   *proxy.RAGFuser
+	queue   *fusion.Queue // nil without a store
+	chunker *fusion.Chunker
+}
+
+// indexingQueue is the ingest queue that also adds the submitted chunks'
+// ids to the fuser's known-chunk index, so that they are recognised in
+// prompts that carry no markers (convention c). Chunking is deterministic:
+// the ids are those the queue stores KV for.
+type indexingQueue struct {
+	*fusion.Queue
+	chunker *fusion.Chunker
+	index   *fingerprint.ChunkIndex
+}
+
+func (q indexingQueue) HandleSubmit(tenant string, body []byte) (int, []byte) {
+	status, out := q.Queue.HandleSubmit(tenant, body)
+	if status >= 300 {
+		return status, out
+	}
+	if docs, err := fusion.ParseDocuments(body); err == nil {
+		for _, d := range docs {
+			chunks, _ := q.chunker.Split(d)
+			for _, c := range chunks {
+				q.index.Add(c.Tokens)
+			}
+		}
+	}
+	return status, out
 }
 
 // buildFusionPath loads the model (--model), opens the store (--store) and
@@ -167,6 +195,7 @@ func (fp *fusionPath) newQueue() error {
 	if err != nil {
 		return err
 	}
+	fp.chunker = ch
 	fp.queue, err = fusion.NewQueue(fusion.QueueConfig{Ingester: in, Chunker: ch})
 	return err
 }
