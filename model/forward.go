@@ -141,7 +141,6 @@ func (st *State) Select(rows []int) *State {
 // (nil rows: all). Returns [len(rows)][Vocab]. Rows out of range are a
 // programming error (panic); Forward validates its options first.
 func (m *Model) Logits(st *State, rows []int) [][]float32 {
-	c := m.Config
 	n := len(st.Batch.Tokens)
 	if rows == nil {
 		rows = make([]int, n)
@@ -152,12 +151,23 @@ func (m *Model) Logits(st *State, rows []int) [][]float32 {
 	if len(rows) == 0 {
 		return nil
 	}
-	x := make([]float32, len(rows)*c.Dim)
-	for j, r := range rows {
+	for _, r := range rows {
 		if r < 0 || r >= n {
 			panic(fmt.Sprintf("model: Logits row %d out of range [0, %d)", r, n))
 		}
-		rmsNorm(x[j*c.Dim:(j+1)*c.Dim], st.Hidden[r*c.Dim:(r+1)*c.Dim], m.norm, c.NormEps)
+	}
+	return m.logits(st.Hidden, rows)
+}
+
+// logits applies the final norm and the classifier to rows of hidden
+// ([n, Dim]) in one GEMM: [len(rows)][Vocab], views of one array.
+func (m *Model) logits(hidden []float32, rows []int) [][]float32 {
+	c := m.Config
+	xb := getFloats(len(rows) * c.Dim)
+	defer putFloats(xb)
+	x := *xb
+	for j, r := range rows {
+		rmsNorm(x[j*c.Dim:(j+1)*c.Dim], hidden[r*c.Dim:(r+1)*c.Dim], m.norm, c.NormEps)
 	}
 	out := make([]float32, len(rows)*c.Vocab)
 	m.backend.MatMulT(out, x, m.cls, len(rows), c.Vocab, c.Dim)
@@ -175,67 +185,43 @@ func (m *Model) Logits(st *State, rows []int) [][]float32 {
 // entry whose position equals a batch token's is shadowed by it: the fresh
 // K/V replaces the cached one for this pass. The cache is modified only with
 // opts.Append. Work is proportional to n × (cache length + n).
+//
+// Forward is ForwardBatch of one sequence; on the host backends the two run
+// the same code.
 func (m *Model) Forward(ctx context.Context, cache *Cache, b Batch, opts ForwardOptions) (*ForwardResult, error) {
-	c := m.Config
-	for _, i := range opts.Logits {
-		if i < 0 || i >= len(b.Tokens) {
-			return nil, fmt.Errorf("model: logits index %d outside batch [0, %d)", i, len(b.Tokens))
-		}
-	}
-	attn := map[int]bool{}
-	for _, l := range opts.AttentionLayers {
-		if l < 0 || l >= c.Layers {
-			return nil, fmt.Errorf("model: attention layer %d outside [0, %d)", l, c.Layers)
-		}
-		attn[l] = true
-	}
-	if opts.Append && cache == nil {
-		return nil, fmt.Errorf("model: Append needs a cache")
-	}
-	if err := cache.check(c); err != nil {
-		return nil, err
-	}
-	if err := m.checkBatch(b); err != nil {
+	if err := m.checkForward(cache, b, opts); err != nil {
 		return nil, err
 	}
 	if f, ok := m.backend.(Forwarder); ok {
 		return f.Forward(ctx, cache, b, opts)
 	}
-	st, err := m.Embed(b)
+	res, err := m.forwardHost(ctx, []SeqBatch{{Cache: cache, Batch: b, Opts: opts}})
 	if err != nil {
 		return nil, err
 	}
-	res := &ForwardResult{}
-	if len(attn) > 0 {
-		res.Attention = map[int]*Attention{}
-	}
-	var kv *Cache
-	if opts.ReturnKV || opts.Append {
-		kv = &Cache{Layers: c.Layers, KVHeads: c.KVHeads, HeadDim: c.HeadDim,
-			Pos: st.Batch.Pos, K: make([][]float32, c.Layers), V: make([][]float32, c.Layers)}
-	}
-	for l := range c.Layers {
-		r, err := m.step(ctx, cache, st, StepOptions{Attention: attn[l], AttentionSum: attn[l] && opts.AttentionSum})
-		if err != nil {
-			return nil, err
-		}
-		if r.Attention != nil {
-			res.Attention[l] = r.Attention
-		}
-		if kv != nil {
-			kv.K[l], kv.V[l] = r.K, r.V
+	return res[0], nil
+}
+
+// checkForward validates Forward's arguments.
+func (m *Model) checkForward(cache *Cache, b Batch, opts ForwardOptions) error {
+	c := m.Config
+	for _, i := range opts.Logits {
+		if i < 0 || i >= len(b.Tokens) {
+			return fmt.Errorf("model: logits index %d outside batch [0, %d)", i, len(b.Tokens))
 		}
 	}
-	if len(opts.Logits) > 0 {
-		res.Logits = m.Logits(st, opts.Logits)
+	for _, l := range opts.AttentionLayers {
+		if l < 0 || l >= c.Layers {
+			return fmt.Errorf("model: attention layer %d outside [0, %d)", l, c.Layers)
+		}
 	}
-	if opts.Append {
-		cache.merge(kv)
+	if opts.Append && cache == nil {
+		return fmt.Errorf("model: Append needs a cache")
 	}
-	if opts.ReturnKV {
-		res.KV = kv
+	if err := cache.check(c); err != nil {
+		return err
 	}
-	return res, nil
+	return m.checkBatch(b)
 }
 
 // merge writes o into c: entries at a position c already holds are
@@ -291,72 +277,43 @@ func (m *Model) Step(ctx context.Context, cache *Cache, st *State, opts StepOpti
 }
 
 func (m *Model) step(ctx context.Context, cache *Cache, st *State, opts StepOptions) (*StepResult, error) {
-	if err := ctx.Err(); err != nil {
+	l := st.Layer
+	if l < 0 || l >= m.Config.Layers {
+		return nil, fmt.Errorf("model: state at layer %d, model has [0, %d)", l, m.Config.Layers)
+	}
+	n := len(st.Batch.Tokens)
+	k, v := make([]float32, n*m.Config.KVDim()), make([]float32, n*m.Config.KVDim())
+	seg := []segment{{cache: cache, begin: 0, end: n, pos: st.Batch.Pos, opts: opts}}
+	if err := m.layer(ctx, l, st.Hidden, k, v, seg); err != nil {
 		return nil, err
 	}
-	c := m.Config
-	l := st.Layer
-	if l < 0 || l >= c.Layers {
-		return nil, fmt.Errorf("model: state at layer %d, model has [0, %d)", l, c.Layers)
-	}
-	w := &m.layers[l]
-	n, d, qd, kvd := len(st.Batch.Tokens), c.Dim, c.QDim(), c.KVDim()
-	be := m.backend
-
-	// Attention block.
-	xb := make([]float32, n*d)
-	for i := range n {
-		rmsNorm(xb[i*d:(i+1)*d], st.Hidden[i*d:(i+1)*d], w.attnNorm, c.NormEps)
-	}
-	q := make([]float32, n*qd)
-	k := make([]float32, n*kvd)
-	v := make([]float32, n*kvd)
-	be.MatMulT(q, xb, w.wq, n, qd, d)
-	be.MatMulT(k, xb, w.wk, n, kvd, d)
-	be.MatMulT(v, xb, w.wv, n, kvd, d)
-	if w.bq != nil {
-		addBias(q, w.bq)
-		addBias(k, w.bk)
-		addBias(v, w.bv)
-	}
-	att, a := m.attention(cache, l, st.Batch.Pos, q, k, v, opts)
-	o := make([]float32, n*d)
-	be.MatMulT(o, att, w.wo, n, d, qd)
-	addInto(st.Hidden, o)
-
-	// Feed-forward block.
-	for i := range n {
-		rmsNorm(xb[i*d:(i+1)*d], st.Hidden[i*d:(i+1)*d], w.ffnNorm, c.NormEps)
-	}
-	h := c.HiddenDim
-	h1 := make([]float32, n*h)
-	h3 := make([]float32, n*h)
-	be.MatMulT(h1, xb, w.w1, n, h, d)
-	be.MatMulT(h3, xb, w.w3, n, h, d)
-	for i, g := range h1 {
-		h1[i] = g / (1 + float32(math.Exp(float64(-g)))) * h3[i]
-	}
-	be.MatMulT(o, h1, w.w2, n, d, h)
-	addInto(st.Hidden, o)
 	st.Layer++
-	return &StepResult{K: k, V: v, Attention: a}, nil
+	return &StepResult{K: k, V: v, Attention: seg[0].attn}, nil
 }
 
 // attention computes softmax(q·K^T/sqrt(HeadDim))·V for the batch queries
 // over [cache entries of layer l, batch keys]. q is [n, Heads, HeadDim]
-// before RoPE; k, v [n, KVHeads, HeadDim] (k pre-RoPE, left untouched).
-// Returns the [n, Heads*HeadDim] output and, when asked, the attention.
-func (m *Model) attention(cache *Cache, l int, pos []int32, q, k, v []float32, opts StepOptions) ([]float32, *Attention) {
+// before RoPE (rotated in place); k, v [n, KVHeads, HeadDim] (k pre-RoPE,
+// left untouched). It writes the [n, Heads*HeadDim] output into out and
+// returns, when asked, the attention. par spreads the work over GOMAXPROCS
+// goroutines; the result is the same either way.
+func (m *Model) attention(cache *Cache, l int, pos []int32, q, k, v, out []float32, opts StepOptions, par bool) *Attention {
 	c := m.Config
 	n, hd, kvh, nh := len(pos), c.HeadDim, c.KVHeads, c.Heads
 	kvd := kvh * hd
 	C := cache.Len()
 	total := C + n
+	forRange := parallelRange
+	if !par {
+		forRange = serialRange
+	}
 
 	// Keys and values regrouped per KV head: kr[h] is [total, hd], keys
 	// rotated to their positions; vr likewise (unrotated).
-	kr := make([]float32, kvh*total*hd)
-	vr := make([]float32, kvh*total*hd)
+	krBuf, vrBuf := getFloats(kvh*total*hd), getFloats(kvh*total*hd)
+	defer putFloats(krBuf)
+	defer putFloats(vrBuf)
+	kr, vr := *krBuf, *vrBuf
 	keyPos := make([]int32, total)
 	visible := make([]bool, total)
 	place := func(j int, kj, vj []float32, p int32, tmp, scratch []float32) {
@@ -367,9 +324,10 @@ func (m *Model) attention(cache *Cache, l int, pos []int32, q, k, v []float32, o
 			copy(vr[(h*total+j)*hd:(h*total+j+1)*hd], vj[h*hd:(h+1)*hd])
 		}
 	}
-	parallelRange(total, 64, func(b, e int) {
-		tmp := make([]float32, kvd)
-		scratch := make([]float32, hd)
+	forRange(total, 64, func(b, e int) {
+		buf := getFloats(kvd + hd)
+		defer putFloats(buf)
+		tmp, scratch := (*buf)[:kvd], (*buf)[kvd:]
 		for j := b; j < e; j++ {
 			if j < C {
 				p := cache.Pos[j]
@@ -385,10 +343,11 @@ func (m *Model) attention(cache *Cache, l int, pos []int32, q, k, v []float32, o
 			}
 		}
 	})
-	parallelRange(n, 64, func(b, e int) {
-		scratch := make([]float32, hd)
+	forRange(n, 64, func(b, e int) {
+		buf := getFloats(hd)
+		defer putFloats(buf)
 		for i := b; i < e; i++ {
-			m.rope.apply(q[i*nh*hd:(i+1)*nh*hd], nh, pos[i], scratch)
+			m.rope.apply(q[i*nh*hd:(i+1)*nh*hd], nh, pos[i], *buf)
 		}
 	})
 
@@ -400,7 +359,6 @@ func (m *Model) attention(cache *Cache, l int, pos []int32, q, k, v []float32, o
 			a.Weights = make([]float32, nh*n*total)
 		}
 	}
-	out := make([]float32, n*nh*hd)
 	scale := float32(1 / math.Sqrt(float64(hd)))
 	group := nh / kvh
 	mm := m.matMul()
@@ -418,10 +376,13 @@ func (m *Model) attention(cache *Cache, l int, pos []int32, q, k, v []float32, o
 	if want {
 		partial = make([]float32, nh*nqb*total)
 	}
-	parallelRange(nh*nqb, 1, func(tb, te int) {
-		qh := make([]float32, qBlock*hd)
-		oh := make([]float32, qBlock*hd)
-		var scores []float32
+	forRange(nh*nqb, 1, func(tb, te int) {
+		rowsMax := min(qBlock, n)
+		buf := getFloats(2*rowsMax*hd + rowsMax*total)
+		defer putFloats(buf)
+		qh := (*buf)[:rowsMax*hd]
+		oh := (*buf)[rowsMax*hd : 2*rowsMax*hd]
+		scores := (*buf)[2*rowsMax*hd:]
 		for t := tb; t < te; t++ {
 			h, qb := t/nqb, t%nqb
 			kh := h / group
@@ -429,9 +390,6 @@ func (m *Model) attention(cache *Cache, l int, pos []int32, q, k, v []float32, o
 			rows, keys := i1-i0, C+i1
 			for i := i0; i < i1; i++ {
 				copy(qh[(i-i0)*hd:(i-i0+1)*hd], q[(i*nh+h)*hd:(i*nh+h+1)*hd])
-			}
-			if cap(scores) < rows*keys {
-				scores = make([]float32, rows*keys)
 			}
 			sc := scores[:rows*keys]
 			m.backend.MatMulT(sc, qh, kr[kh*total*hd:(kh*total+keys)*hd], rows, keys, hd)
@@ -485,7 +443,14 @@ func (m *Model) attention(cache *Cache, l int, pos []int32, q, k, v []float32, o
 			}
 		}
 	}
-	return out, a
+	return a
+}
+
+// serialRange is parallelRange on the calling goroutine: fn(0, n).
+func serialRange(n, _ int, fn func(begin, end int)) {
+	if n > 0 {
+		fn(0, n)
+	}
 }
 
 // parallelRange splits [0, n) into chunks of at least grain and runs fn on
