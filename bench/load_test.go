@@ -46,11 +46,11 @@ func TestLoadQuick(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	prompts := musiquePrompts(t, m, 4)
+	prompts := musiquePrompts(t, m, 2)
 	start := time.Now()
 	rows, err := RunLoad(context.Background(), LoadConfig{Targets: []LoadTarget{{Name: "direct", URL: st.EngineURL},
 		{Name: "passthrough", URL: st.SidecarURL}, {Name: "fusion", URL: st.FusionURL, Separated: true}},
-		Prompts: prompts, Separator: StackSeparator, Concurrency: []int{1, 3}, Requests: 6, MaxTokens: 8, Quiet: true})
+		Prompts: prompts, Separator: StackSeparator, Concurrency: []int{1, 3}, Requests: 4, MaxTokens: 4, Quiet: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -58,7 +58,7 @@ func TestLoadQuick(t *testing.T) {
 		t.Fatalf("%d rows, want 6", len(rows))
 	}
 	for _, r := range rows {
-		if r.Errors != 0 || r.Requests != 6 || r.TTFTP50Ms <= 0 || r.LatencyP50Ms < r.TTFTP50Ms || r.RPS <= 0 || r.TokensPerS <= 0 {
+		if r.Errors != 0 || r.Requests != 4 || r.TTFTP50Ms <= 0 || r.LatencyP50Ms < r.TTFTP50Ms || r.RPS <= 0 || r.TokensPerS <= 0 {
 			t.Errorf("bad row %+v", r)
 		}
 		// Only the fusion path publishes KV; the engine loads it.

@@ -9,6 +9,8 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 
 	"gonum.org/v1/plot"
@@ -123,8 +125,23 @@ func (p Plot) build() (*plot.Plot, error) {
 		return nil, fmt.Errorf("%w: %s", ErrEmptyPlot, p.File)
 	}
 	if p.LogX {
+		// Ticks at the data's own X values (a few concurrency levels or
+		// sizes read better than decades).
+		var xs []float64
+		for _, s := range p.Series {
+			for _, x := range s.X {
+				if finite(x) && x > 0 && !slices.Contains(xs, x) {
+					xs = append(xs, x)
+				}
+			}
+		}
+		slices.Sort(xs)
+		var ticks []plot.Tick
+		for _, x := range xs {
+			ticks = append(ticks, plot.Tick{Value: x, Label: strconv.FormatFloat(x, 'g', 6, 64)})
+		}
 		pl.X.Scale = plot.LogScale{}
-		pl.X.Tick.Marker = plot.LogTicks{Prec: -1}
+		pl.X.Tick.Marker = plot.ConstantTicks(ticks)
 	}
 	if p.LogY {
 		// Bars start at 0, which a log axis cannot show: the axis starts at
@@ -146,6 +163,9 @@ func (p Plot) build() (*plot.Plot, error) {
 		}
 		pl.Y.Scale = clampedLog{}
 		pl.Y.Tick.Marker = plot.LogTicks{Prec: -1}
+		pl.Y.Max *= 3 // headroom for the legend
+	} else if pl.Y.Max > pl.Y.Min {
+		pl.Y.Max += 0.3 * (pl.Y.Max - pl.Y.Min) // headroom for the legend
 	}
 	pl.Legend.TextStyle.Color = color.Black
 	pl.Legend.Padding = vg.Points(2)
