@@ -154,3 +154,43 @@ func TestQualityStories(t *testing.T) {
 		t.Errorf("resumed run appended %d bytes, want none", len(b2)-len(b)-len(`{"run":"torn`))
 	}
 }
+
+// TestQualityEndpoint answers through HTTP: the engine directly and the
+// sidecar's fusion path (chunks marked with the separator); every method
+// gets an answer, and nothing claims fidelity figures it cannot have.
+func TestQualityEndpoint(t *testing.T) {
+	m := tinyTokModel(t)
+	st, err := StartStack(StackConfig{Model: m, Fusion: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ds, err := LoadDataset(filepath.Join("testdata", "tiny_rag.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds.Limit(2)
+	for _, tc := range []struct {
+		name, url, sep string
+	}{{"engine", st.EngineURL, ""}, {"fusion", st.FusionURL, StackSeparator}} {
+		rows, per, err := RunQuality(context.Background(), QualityConfig{Model: m, Endpoint: tc.url, Name: tc.name, Datasets: []*Dataset{ds},
+			Passages: 2, PassageTokens: 32, AnswerTokens: 4, Ratios: []float64{0.15}, Separator: tc.sep, Quiet: true})
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if len(per) != 2*5 || len(rows) != 5 {
+			t.Fatalf("%s: %d results, %d rows", tc.name, len(per), len(rows))
+		}
+		for _, r := range rows {
+			if r.Source != "endpoint" || r.KL != nil || r.NormalizedFidelity != nil {
+				t.Errorf("%s: row %+v", tc.name, r)
+			}
+		}
+		if rows[0].SameAsFull != 100 {
+			t.Errorf("%s: full agrees with itself on %.0f%%", tc.name, rows[0].SameAsFull)
+		}
+	}
+	if _, _, err := RunQuality(context.Background(), QualityConfig{Endpoint: "http://127.0.0.1:1", Datasets: []*Dataset{ds}, Quiet: true}); err == nil {
+		t.Error("dead endpoint: no error")
+	}
+}

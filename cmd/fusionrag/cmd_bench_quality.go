@@ -114,6 +114,7 @@ func benchQuality(args []string) error {
 	ratios := fs.String("ratios", "5,15,30", "ratios in percent")
 	endpoint := fs.String("endpoint", "", "answer through an OpenAI-compatible endpoint (e.g. the sidecar) instead of in process")
 	endpointModel := fs.String("endpoint-model", "", `"model" field of the endpoint's requests`)
+	separator := fs.String("separator", "", "with --endpoint: chunk separator written before every passage and the question (the sidecar's fusion.separator)")
 	results := fs.String("results", "", "resumable per-example results file (JSON lines); default <out>/quality-results.jsonl with --out")
 	quiet := fs.Bool("quiet", false, "no progress bar")
 	if err := fs.Parse(args); err != nil {
@@ -138,7 +139,7 @@ func benchQuality(args []string) error {
 	}
 	cfg := bench.QualityConfig{Datasets: dss, Passages: *passages, PassageTokens: *passageTokens, PassageChars: *passageChars,
 		AnswerTokens: *answerTokens, Strategies: strings.Split(*strategies, ","), Ratios: rs, Endpoint: *endpoint,
-		EndpointModel: *endpointModel, ResultsFile: *results, Progress: os.Stderr, Quiet: *quiet}
+		EndpointModel: *endpointModel, Separator: *separator, ResultsFile: *results, Progress: os.Stderr, Quiet: *quiet}
 	name := *endpoint
 	if *endpoint == "" || bf.model != "" {
 		m, mname, closeModel, err := benchModel(bf.model, bf.backend, 0)
