@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -368,4 +369,38 @@ func FuzzFuserSegment(f *testing.F) {
 			t.Fatal(err)
 		}
 	})
+}
+
+// BenchmarkFuse measures one fusion (segment, load, recompute, publish) of
+// a 7-chunk chat prompt whose chunks are all stored, per strategy, and
+// reports each strategy's time over "full" (a plain prefill of the whole
+// prompt on the same path) measured in the same run.
+func BenchmarkFuse(b *testing.B) {
+	fe := newFuserEnv(b, nil)
+	var parts []string
+	for i := range 7 {
+		parts = append(parts, `{"type":"text","text":`+jsonString(fmt.Sprintf("Document: %d\n%s %s", i, storyA, storyB))+`}`)
+	}
+	body := `{"messages":[{"role":"system","content":"You tell stories."},{"role":"user","content":[` +
+		strings.Join(parts, ",") + `,{"type":"text","text":"Once upon a time"}]}],"max_tokens":2}`
+	r := fe.request(b, RouteChat, body, "bench")
+	if _, err := fe.f.Fuse(context.Background(), r); err != nil { // store the chunks
+		b.Fatal(err)
+	}
+	per := map[string]time.Duration{}
+	for _, s := range []string{"full", "fusionrag", "reuse"} {
+		b.Run(s, func(b *testing.B) {
+			r.Override = Override{Strategy: s, Ratio: 0.15, HasRatio: true}
+			start := time.Now()
+			for range b.N {
+				if _, err := fe.f.Fuse(context.Background(), r); err != nil {
+					b.Fatal(err)
+				}
+			}
+			per[s] = time.Since(start) / time.Duration(b.N)
+			if full := per["full"]; full > 0 {
+				b.ReportMetric(float64(per[s])/float64(full), "x_full")
+			}
+		})
+	}
 }
