@@ -321,7 +321,7 @@ func (f *RAGFuser) Fuse(ctx context.Context, req *Request) (*Plan, error) {
 		return nil, err
 	}
 	L := len(sg.ids)
-	pns := publishNamespace(req.Tenant, strategy, ratio)
+	pns := publishNamespace(req.Tenant, ns.Params, strategy, ratio)
 	if err := eng.Publish(pctx, pns, sg.ids[:L-1], res.Cache.Slice(0, L-1)); err != nil {
 		pspan.RecordError(err)
 		if errors.Is(err, adapters.ErrNoPublish) {
@@ -376,9 +376,11 @@ const warmTimeout = time.Minute
 
 // publishNamespace is the kv_transfer_params namespace of a published
 // prompt KV: the tenant and everything that changes the KV besides the ids
-// (strategy, ratio). The engine folds in its model and tokenizer.
-func publishNamespace(tenant, strategy string, ratio float64) string {
-	h := xxh3.HashString128("fusionrag-publish\x00" + tenant + "\x00" + strategy + "\x00" + strconv.FormatFloat(ratio, 'g', -1, 64)).Bytes()
+// (the chunk KV's fusion parameters, strategy, ratio). The engine folds in
+// its model and tokenizer.
+func publishNamespace(tenant, params, strategy string, ratio float64) string {
+	h := xxh3.HashString128("fusionrag-publish\x00" + tenant + "\x00" + params + "\x00" + strategy + "\x00" +
+		strconv.FormatFloat(ratio, 'g', -1, 64)).Bytes()
 	return hex.EncodeToString(h[:])
 }
 
