@@ -26,11 +26,14 @@ type Config struct {
 	// ContextLimit is the longest sequence (prompt + completion) in tokens. 0
 	// means the model's own limit; a larger value is clamped to it.
 	ContextLimit int
-	// PrefillChunk is the most prompt tokens one sequence prefills per
-	// scheduler step (chunked prefill), so a long prompt does not stall the
-	// other sequences' decoding for its whole prefill. Default 512.
+	// PrefillChunk is the most prompt tokens prefilled per scheduler step
+	// (chunked prefill), per sequence and over all sequences together, so
+	// long prompts do not stall the other sequences' decoding for their
+	// whole prefill. Default 512.
 	PrefillChunk int
-	// Workers is how many sequences' steps run in parallel. Default GOMAXPROCS.
+	// Workers is how many sequences' steps run in parallel when the LM does
+	// not batch (has no ExtendBatch); a batching LM parallelises inside its
+	// call. Default GOMAXPROCS.
 	Workers int
 	// StoreURL is the shared KV store (kvstore.Open syntax, e.g.
 	// "redis://127.0.0.1:6379/0") where a sidecar publishes KV. Empty: only

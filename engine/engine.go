@@ -13,11 +13,13 @@
 // (push one KV blob). Errors use OpenAI's body
 // {"error": {"message", "type", "param", "code"}}; httpError maps them.
 //
-// Scheduling: requests wait FIFO (at most MaxQueue, then 503) for one of
-// MaxBatch slots; running requests advance one step at a time (a prefill
-// chunk or one decode token) on Workers execution tokens, round-robin, so
-// their decoding interleaves; a client that disconnects frees its slot
-// before the next step. See the scheduler type.
+// Scheduling: continuous batching. Requests wait FIFO (at most MaxQueue,
+// then 503) for one of MaxBatch slots; every iteration advances all running
+// requests by one step (a prefill chunk or one decode token) in one batched
+// model call (BatchLM; ModelLM runs model.ForwardBatch), so a decode step for
+// 16 requests costs about one pass over the weights. Requests join and leave
+// at iteration boundaries; a client that disconnects frees its slot before
+// the next step. See the scheduler type.
 //
 // KV connector: see Connector and the protocol comment at KVBlockSize.
 //

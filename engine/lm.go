@@ -28,3 +28,17 @@ type Sequence interface {
 	// their KV, and returns the logits [VocabSize] of the last one.
 	Extend(ctx context.Context, tokens []int32) ([]float32, error)
 }
+
+// BatchLM is an LM that extends several sequences in one model call, so a
+// decode step for many requests costs about one pass over the weights
+// (continuous batching). The scheduler uses it when the LM implements it;
+// ModelLM does.
+type BatchLM interface {
+	LM
+	// ExtendBatch extends seqs[i] (distinct sequences from this LM's
+	// NewSequence) by tokens[i], with the result seqs[i].Extend(ctx,
+	// tokens[i]) would have had, and returns logits[i]. errs[i] != nil
+	// means seqs[i] failed and is no longer usable; the others are not
+	// affected by it. Both slices have len(seqs) entries.
+	ExtendBatch(ctx context.Context, seqs []Sequence, tokens [][]int32) (logits [][]float32, errs []error)
+}

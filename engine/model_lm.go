@@ -2,17 +2,21 @@ package engine
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 
 	"github.com/fusionrag/fusionrag/model"
 )
 
-// ModelLM adapts a loaded *model.Model to LM. Each sequence keeps its own
-// *model.Cache; Forward is safe for concurrent use on different caches.
+// ModelLM adapts a loaded *model.Model to LM and BatchLM. Each sequence
+// keeps its own *model.Cache; Forward and ForwardBatch are safe for
+// concurrent use on different caches.
 type ModelLM struct {
 	M *model.Model
 }
+
+var _ BatchLM = (*ModelLM)(nil)
 
 // NewModelLM wraps m.
 func NewModelLM(m *model.Model) *ModelLM { return &ModelLM{M: m} }
@@ -46,17 +50,62 @@ type modelSeq struct {
 func (s *modelSeq) Len() int { return s.cache.Len() }
 
 func (s *modelSeq) Extend(ctx context.Context, tokens []int32) ([]float32, error) {
+	a := s.arg(tokens)
+	res, err := s.m.Forward(ctx, a.Cache, a.Batch, a.Opts)
+	if err != nil {
+		return nil, err
+	}
+	return res.Logits[0], nil
+}
+
+// arg is the model call that extends s by tokens.
+func (s *modelSeq) arg(tokens []int32) model.SeqBatch {
 	n := s.cache.Len()
 	s.pos = s.pos[:0]
 	for i := range tokens {
 		s.pos = append(s.pos, int32(n+i))
 	}
-	res, err := s.m.Forward(ctx, s.cache, model.Batch{Tokens: tokens, Pos: s.pos},
-		model.ForwardOptions{Logits: []int{len(tokens) - 1}, Append: true})
-	if err != nil {
-		return nil, err
+	return model.SeqBatch{Cache: s.cache, Batch: model.Batch{Tokens: tokens, Pos: s.pos},
+		Opts: model.ForwardOptions{Logits: []int{len(tokens) - 1}, Append: true}}
+}
+
+// ExtendBatch implements BatchLM with one model.ForwardBatch: the weight
+// GEMMs run once over every sequence's new rows, attention per sequence.
+// Results are bit-identical to Extend (see model.ForwardBatch). A sequence
+// the model refuses (a bad token, a position past the context) fails alone:
+// the batch is run again without it.
+func (l *ModelLM) ExtendBatch(ctx context.Context, seqs []Sequence, tokens [][]int32) ([][]float32, []error) {
+	logits, errs := make([][]float32, len(seqs)), make([]error, len(seqs))
+	var args []model.SeqBatch
+	var idx []int // args[j] extends seqs[idx[j]]
+	for i, sq := range seqs {
+		ms, ok := sq.(*modelSeq)
+		if !ok || ms.m != l.M {
+			errs[i] = fmt.Errorf("engine: ExtendBatch: sequence %d (%T) is not from this ModelLM", i, sq)
+			continue
+		}
+		args = append(args, ms.arg(tokens[i]))
+		idx = append(idx, i)
 	}
-	return res.Logits[0], nil
+	for len(args) > 0 {
+		res, err := l.M.ForwardBatch(ctx, args)
+		var be *model.BatchError
+		if errors.As(err, &be) {
+			errs[idx[be.Seq]] = be.Err
+			args = slices.Delete(args, be.Seq, be.Seq+1)
+			idx = slices.Delete(idx, be.Seq, be.Seq+1)
+			continue
+		}
+		for j, i := range idx {
+			if err != nil {
+				errs[i] = err
+			} else {
+				logits[i] = res[j].Logits[0]
+			}
+		}
+		break
+	}
+	return logits, errs
 }
 
 // LoadKV implements kvSequence: it appends per-layer K (pre-RoPE) and V of

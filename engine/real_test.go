@@ -283,14 +283,28 @@ func TestCorruptAndMismatchedKVAreMisses(t *testing.T) {
 	}
 }
 
-// countingLM wraps an LM and records how many Extend calls overlap.
+// countingLM wraps an LM and records how many sequences its model calls
+// served at once: overlapping Extend calls, or the size of an ExtendBatch
+// (which it passes on when the wrapped LM batches).
 type countingLM struct {
 	LM
-	mu         sync.Mutex
-	live, peak int
+	mu                  sync.Mutex
+	live, peak, batches int
 }
 
 func (c *countingLM) NewSequence() Sequence { return &countingSeq{Sequence: c.LM.NewSequence(), c: c} }
+
+func (c *countingLM) ExtendBatch(ctx context.Context, seqs []Sequence, tokens [][]int32) ([][]float32, []error) {
+	c.mu.Lock()
+	c.peak = max(c.peak, len(seqs))
+	c.batches++
+	c.mu.Unlock()
+	inner := make([]Sequence, len(seqs))
+	for i, s := range seqs {
+		inner[i] = s.(*countingSeq).Sequence
+	}
+	return c.LM.(BatchLM).ExtendBatch(ctx, inner, tokens)
+}
 
 type countingSeq struct {
 	Sequence
@@ -339,9 +353,9 @@ func streamText(tb testing.TB, url, body string) (text string, first, last time.
 
 // TestConcurrentStreamsNoCrossTalk: 16 concurrent streaming requests (some
 // greedy, some seeded sampling) each get exactly the answer they get alone;
-// decoding overlaps (all first tokens arrive before any request ends, and
-// model calls ran concurrently). The wall-time ratio to running them one
-// after the other is logged.
+// decoding overlaps (first tokens arrive before any request ends, and model
+// calls served several sequences at once: batched decode steps). The
+// wall-time ratio to running them one after the other is logged.
 func TestConcurrentStreamsNoCrossTalk(t *testing.T) {
 	m := loadStories(t)
 	lm := &countingLM{LM: NewModelLM(m)}
@@ -368,6 +382,9 @@ func TestConcurrentStreamsNoCrossTalk(t *testing.T) {
 		solo[i], _, _ = streamText(t, srv.URL, b)
 	}
 	seqTime := time.Since(t0)
+	lm.mu.Lock()
+	soloCalls := lm.batches
+	lm.mu.Unlock()
 	got := make([]string, len(prompts))
 	firsts := make([]time.Time, len(prompts))
 	lasts := make([]time.Time, len(prompts))
@@ -409,10 +426,17 @@ func TestConcurrentStreamsNoCrossTalk(t *testing.T) {
 		t.Errorf("decoding did not interleave: only %d of %d requests had a first token before the first one ended", early, len(prompts))
 	}
 	if lm.peak < 2 {
-		t.Errorf("model calls never overlapped (peak %d)", lm.peak)
+		t.Errorf("no model call served two sequences at once (peak %d)", lm.peak)
 	}
-	t.Logf("16 streams x 120 tokens: sequential %v, concurrent %v, ratio %.2f; peak overlapping model calls %d",
-		seqTime.Round(time.Millisecond), conTime.Round(time.Millisecond), conTime.Seconds()/seqTime.Seconds(), lm.peak)
+	// Each request takes 121 steps (120 tokens + the prompt); batched, the
+	// 16 share most of theirs. Unbatched they would take 16 × 121 calls.
+	if calls, steps := lm.batches-soloCalls, 121*len(prompts); calls > steps/2 {
+		t.Errorf("16 concurrent requests took %d model calls for %d sequence steps: decode steps were not batched", calls, steps)
+	} else {
+		t.Logf("16 concurrent requests: %d model calls for %d sequence steps", calls, steps)
+	}
+	t.Logf("16 streams x 120 tokens: sequential %v, concurrent %v, ratio %.2f; largest batch %d sequences, %d batched calls",
+		seqTime.Round(time.Millisecond), conTime.Round(time.Millisecond), conTime.Seconds()/seqTime.Seconds(), lm.peak, lm.batches)
 }
 
 func metricsText(tb testing.TB, url string) string {

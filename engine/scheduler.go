@@ -31,8 +31,8 @@ type seq struct {
 	prompt []int32
 	limit  int // context window: the sequence may hold at most limit tokens
 
-	// Owned by the scheduler goroutine that steps the sequence (s may be
-	// created, with loaded KV, by the handler before submission).
+	// Owned by the scheduler's loop once submitted (s may be created, with
+	// loaded KV, by the handler before submission).
 	s         Sequence
 	maxTokens int
 	stopIDs   []int32
@@ -68,6 +68,12 @@ func (q *seq) emit(delta string) {
 	q.deltas = append(q.deltas, delta)
 	q.mu.Unlock()
 	q.signal()
+}
+
+func (q *seq) isDone() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.done
 }
 
 func (q *seq) end(reason string, err error) {
@@ -116,37 +122,46 @@ func (q *seq) usage() *Usage {
 	}
 }
 
-// scheduler runs admitted sequences: up to MaxBatch at once. Each running
-// sequence advances one step at a time (a prefill chunk of at most
-// PrefillChunk tokens, or one decode token) and must hold one of Workers
-// execution tokens for the step; a sequence that finishes a step queues
-// again behind the others, so the steps of all running sequences
-// interleave round-robin and a long prompt or a long generation never holds
-// the others back. There is no global barrier between steps: one slow step
-// (a long prefill chunk) delays no one but its own sequence. A sequence
-// whose context is cancelled (client gone, timeout) stops before its next
-// step and frees its slot.
+// scheduler runs admitted sequences with continuous batching: one
+// goroutine loops over iterations, and each iteration advances every
+// running sequence (at most MaxBatch) by one step in a single model call:
+// one decode token for each sequence that is generating, plus prompt chunks
+// for those still prefilling (at most PrefillChunk tokens per sequence, and
+// PrefillChunk prompt tokens in all, earliest admitted first, so a burst of
+// long prompts cannot stall everyone's decoding for long). New requests join
+// the running set, FIFO, at iteration boundaries; finished, failed and
+// cancelled ones (client gone, timeout) leave it there, so a long generation
+// holds no one back and a cancelled one takes no further step.
+//
+// With an LM that implements BatchLM (ModelLM) the iteration is one
+// ExtendBatch: the model streams its weights once for all the sequences'
+// rows. Other LMs get one Extend per sequence, run concurrently on up to
+// Workers goroutines.
 type scheduler struct {
-	cfg  Config
-	lm   LM
-	tok  tokenizer.Tokenizer
-	met  *metrics
-	exec chan struct{} // execution tokens, cap Workers (send = acquire)
-	stop chan struct{}
-	wake chan struct{}
-	done chan struct{}
-	runs sync.WaitGroup
+	cfg   Config
+	lm    LM
+	batch BatchLM // lm, when it batches; nil otherwise
+	tok   tokenizer.Tokenizer
+	met   *metrics
+	wake  chan struct{}
+	stop  chan struct{}
+	done  chan struct{}
+	// ctx is cancelled by close; batched model calls run under it (a batch
+	// serves many requests, so no single request's context can cancel it).
+	ctx    context.Context
+	cancel context.CancelFunc
 
 	mu      sync.Mutex
 	waiting []*seq
+	running int // len of the loop's running set, for counts
 	closed  bool
-
-	running atomic.Int64
 }
 
 func newScheduler(cfg Config, lm LM, tok tokenizer.Tokenizer, met *metrics) *scheduler {
-	s := &scheduler{cfg: cfg, lm: lm, tok: tok, met: met, exec: make(chan struct{}, cfg.Workers),
+	s := &scheduler{cfg: cfg, lm: lm, tok: tok, met: met,
 		stop: make(chan struct{}), wake: make(chan struct{}, 1), done: make(chan struct{})}
+	s.batch, _ = lm.(BatchLM)
+	s.ctx, s.cancel = context.WithCancel(context.Background())
 	go s.loop()
 	return s
 }
@@ -175,12 +190,13 @@ func (s *scheduler) submit(q *seq) error {
 }
 
 // close stops admitting, fails waiting and running sequences with ErrClosed
-// and waits for every sequence to stop.
+// and waits for the loop to stop (after the iteration in progress).
 func (s *scheduler) close() {
 	s.mu.Lock()
 	if !s.closed {
 		s.closed = true
 		close(s.stop)
+		s.cancel()
 	}
 	s.mu.Unlock()
 	<-s.done
@@ -190,12 +206,14 @@ func (s *scheduler) close() {
 func (s *scheduler) counts() (int, int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return int(s.running.Load()), len(s.waiting)
+	return s.running, len(s.waiting)
 }
 
-// loop admits waiting sequences, FIFO, while fewer than MaxBatch run.
+// loop admits waiting sequences, FIFO, while fewer than MaxBatch run, and
+// steps the running ones together until they leave.
 func (s *scheduler) loop() {
 	defer close(s.done)
+	var running []*seq
 	for {
 		s.mu.Lock()
 		if s.closed {
@@ -203,89 +221,144 @@ func (s *scheduler) loop() {
 				q.end("", ErrClosed)
 			}
 			s.waiting = nil
+			for _, q := range running {
+				q.end("", ErrClosed)
+				q.s = nil
+			}
+			s.running = 0
 			s.mu.Unlock()
-			s.runs.Wait()
 			return
 		}
-		for int(s.running.Load()) < s.cfg.MaxBatch && len(s.waiting) > 0 {
+		for len(running) < s.cfg.MaxBatch && len(s.waiting) > 0 {
 			q := s.waiting[0]
 			s.waiting[0] = nil
 			s.waiting = s.waiting[1:]
-			s.running.Add(1)
-			s.runs.Add(1)
-			go s.run(q)
+			q.admitted = time.Now()
+			running = append(running, q)
 		}
+		s.running = len(running)
 		s.mu.Unlock()
-		select {
-		case <-s.wake:
-		case <-s.stop:
-		}
-	}
-}
 
-// run steps q until it is done, then frees its slot.
-func (s *scheduler) run(q *seq) {
-	defer func() {
-		q.s = nil // release the KV now, not when the handler is done
+		if len(running) == 0 {
+			select {
+			case <-s.wake:
+			case <-s.stop:
+			}
+			continue
+		}
+		s.iterate(running)
+		// Finished, failed and cancelled sequences leave the batch; their KV
+		// is released now, not when their handler is done.
+		kept := running[:0]
+		for _, q := range running {
+			if err := q.ctx.Err(); err != nil {
+				q.end("", err)
+			}
+			if q.isDone() {
+				q.s = nil
+				continue
+			}
+			kept = append(kept, q)
+		}
+		clear(running[len(kept):])
+		running = kept
 		s.mu.Lock()
-		s.running.Add(-1)
+		s.running = len(running)
 		s.mu.Unlock()
-		s.runs.Done()
-		s.poke()
-	}()
-	q.admitted = time.Now()
-	for {
-		select {
-		case <-s.stop:
-			q.end("", ErrClosed)
-			return
-		case <-q.ctx.Done():
-			q.end("", q.ctx.Err())
-			return
-		case s.exec <- struct{}{}:
-		}
-		s.step(q)
-		<-s.exec
-		q.mu.Lock()
-		done := q.done
-		q.mu.Unlock()
-		if done {
-			return
-		}
 	}
 }
 
-// step advances q by one prefill chunk or one decode token.
-func (s *scheduler) step(q *seq) {
-	if q.sampler == nil {
-		if q.s == nil {
-			q.s = s.lm.NewSequence()
+// work is one sequence's part of an iteration.
+type work struct {
+	q       *seq
+	tokens  []int32
+	prefill bool // tokens are prompt tokens; more may follow
+	logits  []float32
+	err     error
+}
+
+// iterate advances the running sequences by one step each: a prompt chunk
+// within the prefill budget, or one decode token.
+func (s *scheduler) iterate(running []*seq) {
+	budget := s.cfg.PrefillChunk
+	ws := make([]work, 0, len(running))
+	for _, q := range running {
+		if q.ctx.Err() != nil {
+			continue // leaves after this iteration
 		}
-		q.sampler = newSampler(q.req.Sampling)
-		q.text = newTextStream(s.tok, q.prompt, q.req.Sampling.Stop)
+		if q.sampler == nil {
+			if q.s == nil {
+				q.s = s.lm.NewSequence()
+			}
+			q.sampler = newSampler(q.req.Sampling)
+			q.text = newTextStream(s.tok, q.prompt, q.req.Sampling.Stop)
+		}
+		n := q.s.Len()
+		if n >= len(q.prompt) {
+			ws = append(ws, work{q: q, tokens: []int32{q.last}})
+			continue
+		}
+		if budget == 0 {
+			continue // prefills on a later iteration
+		}
+		end := min(n+s.cfg.PrefillChunk, n+budget, len(q.prompt))
+		budget -= end - n
+		ws = append(ws, work{q: q, tokens: q.prompt[n:end], prefill: true})
 	}
-	var (
-		logits []float32
-		err    error
-	)
-	if n := q.s.Len(); n < len(q.prompt) {
-		end := min(n+s.cfg.PrefillChunk, len(q.prompt))
-		logits, err = q.s.Extend(q.ctx, q.prompt[n:end])
-		if err != nil {
-			q.end("", err)
-			return
-		}
-		if end < len(q.prompt) {
-			return
-		}
-	} else {
-		if logits, err = q.s.Extend(q.ctx, []int32{q.last}); err != nil {
-			q.end("", err)
-			return
-		}
+	if len(ws) == 0 {
+		return
 	}
-	tok := q.sampler.Sample(logits)
-	s.accept(q, tok)
+	s.extend(ws)
+	for i := range ws {
+		w := &ws[i]
+		q := w.q
+		if w.err != nil {
+			if s.ctx.Err() != nil {
+				return // closing: the loop fails everyone with ErrClosed
+			}
+			q.end("", w.err)
+			continue
+		}
+		if w.prefill && q.s.Len() < len(q.prompt) {
+			continue
+		}
+		s.accept(q, q.sampler.Sample(w.logits))
+	}
+}
+
+// extend runs the iteration's model call(s), filling logits and err.
+func (s *scheduler) extend(ws []work) {
+	if s.batch != nil {
+		seqs := make([]Sequence, len(ws))
+		toks := make([][]int32, len(ws))
+		for i, w := range ws {
+			seqs[i], toks[i] = w.q.s, w.tokens
+		}
+		logits, errs := s.batch.ExtendBatch(s.ctx, seqs, toks)
+		for i := range ws {
+			ws[i].logits, ws[i].err = logits[i], errs[i]
+		}
+		return
+	}
+	// One Extend per sequence under its own request's context, at most
+	// Workers at once.
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(s.cfg.Workers, len(ws)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(ws) {
+					return
+				}
+				w := &ws[i]
+				w.logits, w.err = w.q.s.Extend(w.q.ctx, w.tokens)
+			}
+		}()
+	}
+	wg.Wait()
 }
 
 // accept records one sampled token and decides whether q is finished.

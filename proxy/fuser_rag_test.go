@@ -16,6 +16,7 @@ import (
 	"github.com/fusionrag/fusionrag/adapters"
 	"github.com/fusionrag/fusionrag/adapters/native"
 	"github.com/fusionrag/fusionrag/engine"
+	"github.com/fusionrag/fusionrag/fusion"
 	"github.com/fusionrag/fusionrag/internal/shareddata"
 	"github.com/fusionrag/fusionrag/kvstore"
 	"github.com/fusionrag/fusionrag/model"
@@ -403,4 +404,41 @@ func BenchmarkFuse(b *testing.B) {
 			}
 		})
 	}
+}
+
+// TestFuserSeparatorTokenizedInContext: LMCache's " # # " separator does
+// not tokenize in context as it does alone (with the stories260K tokenizer
+// the space after it merges into the next word), so looking for its
+// standalone ids would silently miss every chunk. Found in the text and
+// mapped through the offsets, both chunks are found; kept in the prompt,
+// the chunks carry exactly the ids the engine runs.
+func TestFuserSeparatorTokenizedInContext(t *testing.T) {
+	fe := newFuserEnv(t, func(c *Config) { c.Fusion.Separator = " # # "; c.Fusion.KeepMarkers = true })
+	text := "Once upon a time # # " + storyA + " # # " + storyB + " # # The end"
+	sepIDs := fusion.EncodeSegment(fe.f.tok, " # # ") // no dummy-prefix space
+	sg, err := fe.f.segment(fe.request(t, RouteCompletions, `{"prompt":`+jsonString(text)+`}`, "t"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if containsIDs(sg.ids, sepIDs) {
+		t.Fatalf("the separator's standalone ids %v occur in the prompt ids: this test no longer shows the context effect", sepIDs)
+	}
+	if len(sg.seg.Chunks) != 2 {
+		t.Fatalf("%d chunks, want 2: %+v", len(sg.seg.Chunks), sg.seg)
+	}
+	for i, c := range sg.seg.Chunks {
+		got := fe.f.tok.Decode(sg.ids[c.Begin:c.End])
+		if !strings.Contains(got, []string{storyA, storyB}[i][:20]) {
+			t.Errorf("chunk %d decodes to %q", i, got)
+		}
+	}
+}
+
+func containsIDs(ids, sub []int32) bool {
+	for i := 0; i+len(sub) <= len(ids); i++ {
+		if equalIDs(ids[i:i+len(sub)], sub) {
+			return true
+		}
+	}
+	return false
 }
