@@ -193,7 +193,11 @@ func (c *Config) Normalize() error {
 // stage reports a stage on the log writer.
 func (c *Config) stage(format string, a ...any) {
 	if c.Log != nil {
-		fmt.Fprintf(c.Log, "demo: "+format+"\n", a...)
+		clear := ""
+		if bench.IsTerminal(c.Log) {
+			clear = "\r\x1b[K" // over the progress bar's line; the bar redraws below
+		}
+		fmt.Fprintf(c.Log, clear+"demo: "+format+"\n", a...)
 	}
 }
 
