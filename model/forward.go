@@ -363,72 +363,106 @@ func (m *Model) attention(cache *Cache, l int, pos []int32, q, k, v, out []float
 	group := nh / kvh
 	mm := m.matMul()
 	// One task per (head, block of queries). A block's queries see at most
-	// the keys [0, C+i1) (batch keys after the block are later positions),
-	// so scores are one GEMM [rows, C+i1] = Q_h · K_h^T and the output one
-	// GEMM [rows, hd] = P · V_h; masked keys get weight exactly 0. Each
-	// output is a sum over keys in key order whatever the block, so the
-	// result does not depend on how the batch was split. A task owns its
-	// slice of out, of Weights and its own partial-sum row, so results do
-	// not depend on scheduling either.
+	// the keys [0, C+i1) (batch keys after the block are later positions);
+	// of those, blockKeys keeps in key order only the ones some query of the
+	// block can see (visible, position <= the block's last position), so a
+	// recompute pass over scattered tokens does not pay for the cache beyond
+	// them nor for shadowed entries. Scores are one GEMM [rows, keys] =
+	// Q_h · K_h^T over the gathered keys and the output one GEMM [rows, hd] =
+	// P · V_h; keys masked for a row get weight exactly 0. Each output is a
+	// sum over keys in key order and dropping keys of weight 0 adds nothing
+	// (x + 0 == x), so the result does not depend on how the batch was
+	// split nor on the gathering. A task owns its slice of out, of Weights
+	// and its own partial-sum row, so results do not depend on scheduling.
 	const qBlock = 64
 	nqb := (n + qBlock - 1) / qBlock
+	blockKeys := make([][]int32, nqb) // [nqb][keys of the block], key indices
+	contiguous := make([]bool, nqb)   // blockKeys[qb] is exactly [0, C+i1)
+	for qb := range nqb {
+		i1 := min((qb+1)*qBlock, n)
+		pmax := pos[i1-1]
+		idx := make([]int32, 0, C+i1)
+		for j := 0; j < C+i1; j++ {
+			if visible[j] && keyPos[j] <= pmax {
+				idx = append(idx, int32(j))
+			}
+		}
+		blockKeys[qb], contiguous[qb] = idx, len(idx) == C+i1
+	}
 	var partial []float32 // [nh*nqb, total]
 	if want {
 		partial = make([]float32, nh*nqb*total)
 	}
 	forRange(nh*nqb, 1, func(tb, te int) {
 		rowsMax := min(qBlock, n)
-		buf := getFloats(2*rowsMax*hd + rowsMax*total)
+		buf := getFloats(2*rowsMax*hd + rowsMax*total + 2*total*hd)
 		defer putFloats(buf)
 		qh := (*buf)[:rowsMax*hd]
 		oh := (*buf)[rowsMax*hd : 2*rowsMax*hd]
-		scores := (*buf)[2*rowsMax*hd:]
+		scores := (*buf)[2*rowsMax*hd : 2*rowsMax*hd+rowsMax*total]
+		gather := (*buf)[2*rowsMax*hd+rowsMax*total:]
 		for t := tb; t < te; t++ {
 			h, qb := t/nqb, t%nqb
 			kh := h / group
 			i0, i1 := qb*qBlock, min((qb+1)*qBlock, n)
-			rows, keys := i1-i0, C+i1
+			idx := blockKeys[qb]
+			rows, keys := i1-i0, len(idx)
+			kh0 := kr[kh*total*hd : (kh*total+C+i1)*hd]
+			vh0 := vr[kh*total*hd : (kh*total+C+i1)*hd]
+			if !contiguous[qb] {
+				kg, vg := gather[:keys*hd], gather[total*hd:total*hd+keys*hd]
+				for jj, j := range idx {
+					copy(kg[jj*hd:(jj+1)*hd], kh0[int(j)*hd:(int(j)+1)*hd])
+					copy(vg[jj*hd:(jj+1)*hd], vh0[int(j)*hd:(int(j)+1)*hd])
+				}
+				kh0, vh0 = kg, vg
+			}
 			for i := i0; i < i1; i++ {
 				copy(qh[(i-i0)*hd:(i-i0+1)*hd], q[(i*nh+h)*hd:(i*nh+h+1)*hd])
 			}
 			sc := scores[:rows*keys]
-			m.backend.MatMulT(sc, qh, kr[kh*total*hd:(kh*total+keys)*hd], rows, keys, hd)
+			m.backend.MatMulT(sc, qh, kh0, rows, keys, hd)
 			for r := range rows {
 				i := i0 + r
 				p := pos[i]
 				row := sc[r*keys : (r+1)*keys]
-				last := C + i // batch keys after i are later positions
+				last := int32(C + i) // batch keys after i are later positions
 				mx := float32(math.Inf(-1))
-				for j := 0; j <= last; j++ {
-					if visible[j] && keyPos[j] <= p {
-						mx = max(mx, row[j]*scale)
+				for jj, j := range idx {
+					if j <= last && keyPos[j] <= p {
+						mx = max(mx, row[jj]*scale)
 					}
 				}
 				var sum float64
-				for j := range row {
-					if j > last || !visible[j] || keyPos[j] > p {
-						row[j] = 0
+				for jj, j := range idx {
+					if j > last || keyPos[j] > p {
+						row[jj] = 0
 						continue
 					}
-					e := float32(math.Exp(float64(row[j]*scale - mx)))
-					row[j] = e
+					e := float32(math.Exp(float64(row[jj]*scale - mx)))
+					row[jj] = e
 					sum += float64(e)
 				}
 				inv := float32(1 / sum)
-				for j := 0; j <= last; j++ {
-					row[j] *= inv
+				for jj := range row {
+					row[jj] *= inv
 				}
 				if want {
-					pr := partial[t*total : t*total+keys]
-					for j, w := range row {
-						pr[j] += w
-					}
+					pr := partial[t*total : (t+1)*total]
+					var wrow []float32
 					if a.Weights != nil {
-						copy(a.Weights[(h*n+i)*total:(h*n+i)*total+keys], row)
+						wrow = a.Weights[(h*n+i)*total : (h*n+i+1)*total]
+					}
+					for jj, w := range row {
+						j := idx[jj]
+						pr[j] += w
+						if wrow != nil {
+							wrow[j] = w
+						}
 					}
 				}
 			}
-			mm(oh[:rows*hd], sc, vr[kh*total*hd:(kh*total+keys)*hd], rows, hd, keys)
+			mm(oh[:rows*hd], sc, vh0, rows, hd, keys)
 			for i := i0; i < i1; i++ {
 				copy(out[(i*nh+h)*hd:(i*nh+h+1)*hd], oh[(i-i0)*hd:(i-i0+1)*hd])
 			}
