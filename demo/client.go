@@ -116,8 +116,8 @@ func requestBody(modelName, user string, prompt any, maxTokens int) ([]byte, err
 	})
 }
 
-// complete sends one streamed completions request to the sidecar at base
-// with the strategy and ratio headers and times it.
+// complete sends one streamed completions request to base (the sidecar,
+// with the strategy and ratio headers, or the engine) and times it.
 func complete(ctx context.Context, client *http.Client, base string, body []byte, strategy string, ratio float64) (completion, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/v1/completions", bytes.NewReader(body))
 	if err != nil {
@@ -125,8 +125,10 @@ func complete(ctx context.Context, client *http.Client, base string, body []byte
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Accept", "text/event-stream")
-	req.Header.Set(proxy.HeaderStrategy, strategy)
-	req.Header.Set(proxy.HeaderRatio, strconv.FormatFloat(ratio, 'g', -1, 64))
+	if strategy != "" { // "": straight to the engine, no override
+		req.Header.Set(proxy.HeaderStrategy, strategy)
+		req.Header.Set(proxy.HeaderRatio, strconv.FormatFloat(ratio, 'g', -1, 64))
+	}
 	start := time.Now()
 	resp, err := client.Do(req)
 	if err != nil {

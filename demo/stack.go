@@ -1,0 +1,156 @@
+package demo
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/fusionrag/fusionrag/adapters"
+	"github.com/fusionrag/fusionrag/adapters/native"
+	"github.com/fusionrag/fusionrag/engine"
+	"github.com/fusionrag/fusionrag/kvstore"
+	"github.com/fusionrag/fusionrag/model"
+	"github.com/fusionrag/fusionrag/proxy"
+)
+
+// stack is the engine and the sidecar with its fusion path, in process on
+// loopback ports.
+type stack struct {
+	engineURL, sidecarURL string
+	fuser                 *proxy.RAGFuser
+	closers               []func()
+}
+
+func (s *stack) close() {
+	for i := len(s.closers) - 1; i >= 0; i-- {
+		s.closers[i]()
+	}
+	s.closers = nil
+}
+
+// startStack serves m with the engine and puts the sidecar in front of it,
+// with the real fusion path (proxy.RAGFuser) over store, publishing KV to
+// the engine with the native adapter (HTTP push, PUT /v1/kv/{key}). rec
+// records what the fusion path did for each request.
+func startStack(m *model.Model, cfg *Config, store kvstore.Store) (_ *stack, _ *recorder, err error) {
+	s := &stack{}
+	defer func() {
+		if err != nil {
+			s.close()
+		}
+	}()
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+
+	eln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, nil, fmt.Errorf("demo: %w", err)
+	}
+	ecfg := engine.Config{Listen: eln.Addr().String(), MaxBatch: 4, PushStoreURL: "mem://?max=2GiB"}
+	eng, err := engine.NewFromModel(ecfg, m)
+	if err != nil {
+		eln.Close()
+		return nil, nil, err
+	}
+	go eng.Serve(eln)
+	s.closers = append(s.closers, func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if eng.Shutdown(ctx) != nil {
+			eng.Close()
+		}
+	})
+	s.engineURL = "http://" + eln.Addr().String()
+
+	pln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, nil, fmt.Errorf("demo: %w", err)
+	}
+	pcfg := proxy.DefaultConfig()
+	pcfg.Listen, pcfg.Upstream = pln.Addr().String(), s.engineURL
+	pcfg.Fusion.Strategy = "fusionrag"
+	pcfg.Fusion.Ratio = cfg.Ratio
+	pcfg.Fusion.Neighbours = cfg.Neighbours
+	// Every chunk is ingested: a miss means something is wrong, and the
+	// request should say so rather than compute it on the spot.
+	pcfg.Fusion.MaxMissingFraction = 0
+	pcfg.Timeouts.Fusion = 2 * time.Minute
+	f, err := proxy.NewRAGFuser(proxy.FuserConfig{Proxy: pcfg, Model: m, Store: store, Logger: quiet,
+		OpenEngine: func(ctx context.Context) (adapters.Engine, error) {
+			return native.Open(adapters.Config{URL: s.engineURL, Transport: adapters.TransportPush,
+				ModelFingerprint: m.Fingerprint(), TokenizerFingerprint: m.Tokenizer.Fingerprint(), Timeout: pcfg.Timeouts.Fusion})
+		}})
+	if err != nil {
+		pln.Close()
+		return nil, nil, err
+	}
+	s.fuser = f
+	s.closers = append(s.closers, func() { f.Close() })
+	rec := &recorder{inner: f, byUser: map[string]outcome{}}
+	// No telemetry export, whatever the environment says.
+	tel, err := proxy.NewTelemetry(context.Background(), nil)
+	if err != nil {
+		pln.Close()
+		return nil, nil, err
+	}
+	px, err := proxy.New(pcfg, proxy.WithFuser(rec), proxy.WithTelemetry(tel), proxy.WithLogger(quiet))
+	if err != nil {
+		pln.Close()
+		tel.Shutdown(context.Background())
+		return nil, nil, err
+	}
+	go px.Serve(pln)
+	s.closers = append(s.closers, func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		px.Shutdown(ctx)
+		tel.Shutdown(ctx)
+	})
+	s.sidecarURL = "http://" + pln.Addr().String()
+	return s, rec, nil
+}
+
+// outcome is what the fusion path did for one request.
+type outcome struct {
+	stats proxy.Stats
+	err   error
+}
+
+// recorder wraps the fusion path to keep, per request ("user" field of the
+// body, unique per request in the demo), the stats it reported or its error.
+// It changes nothing in what the sidecar does.
+type recorder struct {
+	inner  proxy.Fuser
+	mu     sync.Mutex
+	byUser map[string]outcome
+}
+
+// Fuse implements proxy.Fuser.
+func (r *recorder) Fuse(ctx context.Context, req *proxy.Request) (*proxy.Plan, error) {
+	plan, err := r.inner.Fuse(ctx, req)
+	var body struct {
+		User string `json:"user"`
+	}
+	if json.Unmarshal(req.Body, &body) == nil && body.User != "" {
+		o := outcome{err: err}
+		if err == nil && plan != nil {
+			o.stats = plan.Stats
+		}
+		r.mu.Lock()
+		r.byUser[body.User] = o
+		r.mu.Unlock()
+	}
+	return plan, err
+}
+
+func (r *recorder) take(user string) (outcome, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	o, ok := r.byUser[user]
+	delete(r.byUser, user)
+	return o, ok
+}
