@@ -126,9 +126,9 @@ func (q *seq) usage() *Usage {
 // goroutine loops over iterations, and each iteration advances every
 // running sequence (at most MaxBatch) by one step in a single model call:
 // one decode token for each sequence that is generating, plus prompt chunks
-// for those still prefilling (at most PrefillChunk tokens per sequence, and
-// PrefillChunk prompt tokens in all, earliest admitted first, so a burst of
-// long prompts cannot stall everyone's decoding for long). New requests join
+// for those still prefilling (at most PrefillChunk prompt tokens in all,
+// earliest admitted first, so a burst of long prompts cannot stall
+// everyone's decoding for long). New requests join
 // the running set, FIFO, at iteration boundaries; finished, failed and
 // cancelled ones (client gone, timeout) leave it there, so a long generation
 // holds no one back and a cancelled one takes no further step.
@@ -301,7 +301,7 @@ func (s *scheduler) iterate(running []*seq) {
 		if budget == 0 {
 			continue // prefills on a later iteration
 		}
-		end := min(n+s.cfg.PrefillChunk, n+budget, len(q.prompt))
+		end := min(n+budget, len(q.prompt))
 		budget -= end - n
 		ws = append(ws, work{q: q, tokens: q.prompt[n:end], prefill: true})
 	}
