@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/fusionrag/fusionrag/fingerprint"
+	"github.com/fusionrag/fusionrag/internal/redistest"
 )
 
 // Benchmarks: Get and Put throughput per tier for one 512-token chunk, next
@@ -88,8 +89,8 @@ func BenchmarkStore(b *testing.B) {
 				return d
 			}},
 			{"redis", func(b *testing.B) Store {
-				srv := startRedis(b)
-				s, err := Open("redis://" + srv.addr + "/0?part=8MiB&timeout=30s")
+				srv := redistest.Start(b)
+				s, err := Open("redis://" + srv.Addr + "/0?part=8MiB&timeout=30s")
 				if err != nil {
 					b.Fatal(err)
 				}

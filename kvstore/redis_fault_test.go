@@ -9,10 +9,10 @@ import (
 	"runtime"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/fusionrag/fusionrag/internal/redistest"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -39,9 +39,9 @@ func settle(t *testing.T, base int) {
 	}
 }
 
-func newRedisT(t *testing.T, srv *redisServer, query string) *Redis {
+func newRedisT(t *testing.T, srv *redistest.Server, query string) *Redis {
 	t.Helper()
-	s, err := Open("redis://" + srv.addr + "/0?" + query)
+	s, err := Open("redis://" + srv.Addr + "/0?" + query)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -58,7 +58,7 @@ func isTimeout(err error) bool {
 // panics, none returns wrong KV, nothing leaks.
 func TestRedisKilledMidRead(t *testing.T) {
 	ctx := ctxT(t)
-	srv := startRedis(t)
+	srv := redistest.Start(t)
 	base := runtime.NumGoroutine()
 	r := newRedisT(t, srv, "part=256KiB&timeout=2s")
 	b := testBlob(t, Float16, shape{layers: 8, kvHeads: 4, headDim: 64, tokens: 256}, 1) // 2 MiB: 8 parts
@@ -105,7 +105,7 @@ func TestRedisKilledMidRead(t *testing.T) {
 	for range 4 {
 		<-started
 	}
-	srv.kill()
+	srv.Kill()
 	wg.Wait()
 	if fails == 0 {
 		t.Fatal("no read failed after the kill")
@@ -118,7 +118,6 @@ func TestRedisKilledMidRead(t *testing.T) {
 		t.Errorf("read from a dead server: %v", err)
 	}
 	r.Close()
-	<-srv.done
 	settle(t, base)
 }
 
@@ -126,16 +125,14 @@ func TestRedisKilledMidRead(t *testing.T) {
 // out with the timeout as cause; after SIGCONT the tier works again.
 func TestRedisStalled(t *testing.T) {
 	ctx := ctxT(t)
-	srv := startRedis(t)
+	srv := redistest.Start(t)
 	base := runtime.NumGoroutine()
 	r := newRedisT(t, srv, "timeout=300ms")
 	b := testBlob(t, Float16, small, 2)
 	if err := r.Put(ctx, b); err != nil {
 		t.Fatal(err)
 	}
-	if err := srv.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
+	srv.Stop()
 	t0 := time.Now()
 	_, err := r.Get(ctx, b.Key, b.Check)
 	if !isTimeout(err) || errors.Is(err, ErrNotFound) {
@@ -157,7 +154,7 @@ func TestRedisStalled(t *testing.T) {
 		t.Errorf("deadline get: %v after %v", err, time.Since(t0))
 	}
 	t.Logf("stalled: %v", err)
-	srv.cmd.Process.Signal(syscall.SIGCONT)
+	srv.Cont()
 	var got *Blob
 	for range 20 { // connections broken by the stall are discarded as they fail
 		if got, err = r.Get(ctx, b.Key, b.Check); err == nil {
@@ -174,8 +171,7 @@ func TestRedisStalled(t *testing.T) {
 	}
 	r.Close()
 	r2.Close()
-	srv.kill()
-	<-srv.done
+	srv.Kill()
 	settle(t, base)
 }
 
@@ -183,7 +179,7 @@ func TestRedisStalled(t *testing.T) {
 // fails with Redis's OOM error, leaves no parts behind, and reads miss.
 func TestRedisOutOfMemory(t *testing.T) {
 	ctx := ctxT(t)
-	srv := startRedis(t, "--maxmemory", "3mb", "--maxmemory-policy", "noeviction")
+	srv := redistest.Start(t, redistest.Args("--maxmemory", "3mb", "--maxmemory-policy", "noeviction"))
 	base := runtime.NumGoroutine()
 	r := newRedisT(t, srv, "part=256KiB&timeout=2s")
 	big := testBlob(t, Float16, shape{layers: 8, kvHeads: 4, headDim: 64, tokens: 512}, 4) // 4 MiB
@@ -195,7 +191,7 @@ func TestRedisOutOfMemory(t *testing.T) {
 	if _, err := r.Get(ctx, big.Key, big.Check); !errors.Is(err, ErrNotFound) {
 		t.Errorf("get after failed put: %v", err)
 	}
-	if n, err := srv.client(t).DBSize(ctx).Result(); err != nil || n != 0 {
+	if n, err := redisClient(t, srv).DBSize(ctx).Result(); err != nil || n != 0 {
 		t.Errorf("after failed put the db holds %d keys (%v), want 0", n, err)
 	}
 	smallB := testBlob(t, Float16, small, 5)
@@ -206,20 +202,19 @@ func TestRedisOutOfMemory(t *testing.T) {
 		t.Errorf("stats %+v", st)
 	}
 	r.Close()
-	srv.kill()
-	<-srv.done
+	srv.Kill()
 	settle(t, base)
 }
 
 func TestRedisTTL(t *testing.T) {
 	ctx := ctxT(t)
-	srv := startRedis(t)
+	srv := redistest.Start(t)
 	r := openRedisTier(t, srv, "ttl=1h&part=1KiB")
 	b := testBlob(t, Float16, shape{2, 2, 8, 20}, 6) // parts
 	if err := r.Put(ctx, b); err != nil {
 		t.Fatal(err)
 	}
-	c := srv.client(t)
+	c := redisClient(t, srv)
 	ttl, _ := c.TTL(ctx, r.key(b.Key)).Result()
 	pttl, _ := c.TTL(ctx, r.partKey(b.Key, 0)).Result()
 	if ttl <= 59*time.Minute || ttl > time.Hour || pttl <= ttl {

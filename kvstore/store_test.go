@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/fusionrag/fusionrag/fingerprint"
+	"github.com/fusionrag/fusionrag/internal/redistest"
 	"github.com/google/go-cmp/cmp"
 )
 
@@ -106,10 +107,10 @@ func tierCases() []tierCase {
 			return s
 		}, diskFlip},
 		{"redis", func(t *testing.T) Store {
-			return openRedisTier(t, startRedis(t), "ttl=1h&timeout=5s")
+			return openRedisTier(t, redistest.Start(t), "ttl=1h&timeout=5s")
 		}, redisFlip},
 		{"redis-parts", func(t *testing.T) Store {
-			return openRedisTier(t, startRedis(t), "ttl=1h&part=1KiB&streams=3")
+			return openRedisTier(t, redistest.Start(t), "ttl=1h&part=1KiB&streams=3")
 		}, redisFlip},
 	}
 }

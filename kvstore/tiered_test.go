@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/fusionrag/fusionrag/fingerprint"
+	"github.com/fusionrag/fusionrag/internal/redistest"
 )
 
 func memDisk(t *testing.T) (*Tiered, *Mem, *Disk) {
@@ -178,8 +179,8 @@ func TestTieredPutTooLarge(t *testing.T) {
 // and a full miss is an error that names Redis and its cause, not a plain miss.
 func TestTieredRedisDown(t *testing.T) {
 	ctx := ctxT(t)
-	srv := startRedis(t)
-	s, err := Open("mem://?max=1MiB,redis://" + srv.addr + "/0?timeout=500ms")
+	srv := redistest.Start(t)
+	s, err := Open("mem://?max=1MiB,redis://" + srv.Addr + "/0?timeout=500ms")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -188,8 +189,7 @@ func TestTieredRedisDown(t *testing.T) {
 	if err := s.Put(ctx, b); err != nil {
 		t.Fatal(err)
 	}
-	srv.kill()
-	<-srv.done
+	srv.Kill()
 	if _, err := s.Get(ctx, b.Key, b.Check); err != nil {
 		t.Errorf("mem hit failed with redis down: %v", err)
 	}
