@@ -10,11 +10,11 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/fusionrag/fusionrag/fingerprint"
+	"github.com/fusionrag/fusionrag/internal/redistest"
 	"github.com/fusionrag/fusionrag/internal/shareddata"
 	"github.com/fusionrag/fusionrag/kvstore"
 	"github.com/fusionrag/fusionrag/model"
@@ -149,7 +149,7 @@ const storyPrompt = "Once upon a time, there was a little girl named Lily. She l
 // namespace. Both transports: HTTP push and a shared store (real Redis).
 func TestInjectedKVSameGreedyOutput(t *testing.T) {
 	m := loadStories(t)
-	sharedURL := "redis://" + startRedis(t) + "/0"
+	sharedURL := redistest.Start(t).URL(0)
 	lm := NewModelLM(m)
 	conn, err := OpenConnector(sharedURL, "mem://?max=64MiB", lm, m.Tokenizer.Fingerprint())
 	if err != nil {
@@ -228,7 +228,7 @@ func TestInjectedKVSameGreedyOutput(t *testing.T) {
 // answer, no error to the client.
 func TestCorruptAndMismatchedKVAreMisses(t *testing.T) {
 	m := loadStories(t)
-	addr := startRedis(t)
+	addr := redistest.Start(t).Addr
 	sharedURL := "redis://" + addr + "/0"
 	conn, err := OpenConnector(sharedURL, "mem://?max=64MiB", NewModelLM(m), m.Tokenizer.Fingerprint())
 	if err != nil {
@@ -456,8 +456,8 @@ func metricsText(tb testing.TB, url string) string {
 // timeout per request, not one per probe.
 func TestStoreDownIsAMiss(t *testing.T) {
 	m := loadStories(t)
-	addr, proc := startRedisProc(t)
-	conn, err := OpenConnector("redis://"+addr+"/0?timeout=300ms", "", NewModelLM(m), m.Tokenizer.Fingerprint())
+	srv := redistest.Start(t)
+	conn, err := OpenConnector(srv.URL(0)+"?timeout=300ms", "", NewModelLM(m), m.Tokenizer.Fingerprint())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -468,8 +468,8 @@ func TestStoreDownIsAMiss(t *testing.T) {
 		name string
 		do   func() error
 	}{
-		{"stalled", func() error { return proc.Signal(syscall.SIGSTOP) }},
-		{"killed", func() error { proc.Signal(syscall.SIGCONT); return proc.Kill() }},
+		{"stalled", func() error { return srv.Server.Stop() }},
+		{"killed", func() error { srv.Kill(); return nil }},
 	} {
 		if err := fault.do(); err != nil {
 			t.Fatal(err)
