@@ -3,15 +3,12 @@ package fusion
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/fusionrag/fusionrag/internal/shareddata"
 	"github.com/fusionrag/fusionrag/kvstore"
@@ -90,40 +87,6 @@ func storiesModel(t testing.TB) *model.Model {
 	}
 	t.Cleanup(func() { m.Close() })
 	return m
-}
-
-// startRedis runs a real redis-server on a free loopback port for one test
-// and returns its store URL.
-func startRedis(t *testing.T) string {
-	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		t.Skip("SKIPPING: redis-server not installed; the Redis path of ingest is NOT tested")
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	cmd := exec.Command(bin, "--port", fmt.Sprint(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting redis-server: %v", err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	for i := 0; ; i++ {
-		c, err := net.Dial("tcp", addr)
-		if err == nil {
-			c.Close()
-			break
-		}
-		if i > 100 {
-			t.Fatalf("redis-server did not start on %s", addr)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return "redis://" + addr + "/0"
 }
 
 func openStore(t testing.TB, url string) kvstore.Store {

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/fusionrag/fusionrag/fingerprint"
+	"github.com/fusionrag/fusionrag/internal/redistest"
 	"github.com/fusionrag/fusionrag/internal/shareddata"
 	"github.com/fusionrag/fusionrag/kvstore"
 	"github.com/fusionrag/fusionrag/model"
@@ -215,7 +216,7 @@ func TestIngestResume(t *testing.T) {
 }
 
 func TestIngestRedis(t *testing.T) {
-	url := startRedis(t)
+	url := redistest.Start(t).URL(0)
 	m := synthModel(t, tinyConfig(2048))
 	chunks := chunksOf(t, m, storyDocs(), 32, 0)
 	st := openStore(t, url)
