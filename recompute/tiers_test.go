@@ -1,61 +1,13 @@
 package recompute
 
 import (
-	"bufio"
 	"fmt"
-	"net"
-	"os/exec"
 	"strings"
 	"testing"
-	"time"
 
+	"github.com/fusionrag/fusionrag/internal/redistest"
 	"github.com/fusionrag/fusionrag/kvstore"
 )
-
-// startRedis runs a real redis-server on a free loopback port for one test
-// and returns its address; it skips loudly when redis-server is missing.
-func startRedis(t *testing.T) string {
-	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		t.Skip("SKIPPING: redis-server not installed (apt-get install redis-server); recompute over the Redis tier is NOT tested")
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	cmd := exec.Command(bin, "--port", fmt.Sprint(port), "--bind", "127.0.0.1", "--dir", t.TempDir(),
-		"--save", "", "--appendonly", "no", "--loglevel", "warning")
-	var out strings.Builder
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting redis-server: %v", err)
-	}
-	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
-	t.Cleanup(func() { cmd.Process.Kill(); <-done })
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
-			fmt.Fprint(c, "PING\r\n")
-			line, _ := bufio.NewReader(c).ReadString('\n')
-			c.Close()
-			if strings.HasPrefix(line, "+PONG") {
-				return addr
-			}
-		}
-		select {
-		case <-done:
-			t.Fatalf("redis-server exited: %s", out.String())
-		case <-time.After(50 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("redis-server did not come up on %s: %s", addr, out.String())
-		}
-	}
-}
 
 // TestTiersAndDTypes runs the store round trip over every tier (memory,
 // disk with file mappings, real Redis, a tiered mem+redis store) and KV
@@ -69,8 +21,8 @@ func TestTiersAndDTypes(t *testing.T) {
 	req := randomRequest(m, 11, []int{21, 30, 17}, 6)
 	ref := run(t, newRep(t, m, nil), req, "fusionrag", 0.15)
 	redisAddr := ""
-	if _, err := exec.LookPath("redis-server"); err == nil {
-		redisAddr = startRedis(t)
+	if redistest.Installed() {
+		redisAddr = redistest.Start(t).Addr
 	}
 	db := 0 // every Redis subtest gets its own empty database
 	nextDB := func() int { db++; return db }
