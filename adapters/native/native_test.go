@@ -7,9 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http/httptest"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -18,42 +16,12 @@ import (
 	_ "github.com/fusionrag/fusionrag/adapters/native"
 	"github.com/fusionrag/fusionrag/adapters/passthrough"
 	"github.com/fusionrag/fusionrag/engine"
+	"github.com/fusionrag/fusionrag/internal/redistest"
 	"github.com/fusionrag/fusionrag/internal/shareddata"
 	"github.com/fusionrag/fusionrag/kvstore"
 	"github.com/fusionrag/fusionrag/model"
-	"github.com/redis/go-redis/v9"
 	"github.com/valyala/fasthttp"
 )
-
-// startRedis runs a real redis-server on a free loopback port.
-func startRedis(tb testing.TB) string {
-	tb.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		tb.Skip("SKIPPING: redis-server not installed; this test needs a real Redis")
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	cmd := exec.Command(bin, "--port", fmt.Sprint(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", tb.TempDir())
-	if err := cmd.Start(); err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	c := redis.NewClient(&redis.Options{Addr: addr})
-	defer c.Close()
-	for deadline := time.Now().Add(10 * time.Second); c.Ping(context.Background()).Err() != nil; {
-		if time.Now().After(deadline) {
-			tb.Fatalf("redis-server on %s did not come up", addr)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return addr
-}
 
 type fixture struct {
 	e        *engine.Engine
@@ -76,7 +44,7 @@ func setup(t *testing.T) *fixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { m.Close() })
-	redisURL := "redis://" + startRedis(t) + "/0"
+	redisURL := redistest.Start(t).URL(0)
 	lm := engine.NewModelLM(m)
 	conn, err := engine.OpenConnector(redisURL, "mem://?max=64MiB", lm, m.Tokenizer.Fingerprint())
 	if err != nil {
