@@ -72,3 +72,45 @@ func report(b *testing.B, flops, base float64) float64 {
 	}
 	return ns
 }
+
+// BenchmarkMatMulTPacked compares MatMulTPacked with MatMulT on the same
+// weight in the same run, at the row counts of decode (1), batched decode
+// (16), partial recompute (64, 640) and prefill (2048), for a square
+// 512×512 weight and a 1376×512 feed-forward one ([n,k] = [out,in]). The
+// packed sub-benchmark reports x_unpacked, MatMulT's ns/op over its own.
+func BenchmarkMatMulTPacked(b *testing.B) {
+	for _, w := range [][2]int{{512, 512}, {1376, 512}} {
+		n, k := w[0], w[1]
+		r := rand.New(rand.NewPCG(1, 1))
+		wt := randSlice(r, n*k)
+		p := Pack(wt, n, k)
+		for _, m := range []int{1, 16, 64, 640, 2048} {
+			x, out := randSlice(r, m*k), make([]float32, m*n)
+			flops := 2 * float64(m) * float64(n) * float64(k)
+			var base float64
+			b.Run(fmt.Sprintf("unpacked/%dx%dx%d", m, n, k), func(b *testing.B) {
+				for b.Loop() {
+					Go.MatMulT(out, x, wt, m, n, k)
+				}
+				base = reportRatio(b, flops, 0, "")
+			})
+			b.Run(fmt.Sprintf("packed/%dx%dx%d", m, n, k), func(b *testing.B) {
+				for b.Loop() {
+					MatMulTPacked(out, x, p, m)
+				}
+				reportRatio(b, flops, base, "x_unpacked")
+			})
+		}
+	}
+}
+
+// reportRatio sets GFLOP/s and, when base (a baseline's ns/op from the same
+// run) is known, the metric unit = base / this ns/op. It returns ns/op.
+func reportRatio(b *testing.B, flops, base float64, unit string) float64 {
+	ns := float64(b.Elapsed().Nanoseconds()) / float64(b.N)
+	b.ReportMetric(flops/ns, "GFLOP/s")
+	if base > 0 {
+		b.ReportMetric(base/ns, unit)
+	}
+	return ns
+}

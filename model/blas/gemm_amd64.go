@@ -52,3 +52,31 @@ func axpy(s float32, x, y []float32) {
 	}
 	axpyGo(s, x, y)
 }
+
+//go:noescape
+func gemv4x16AVX(a *float32, b *float32, ldp int, kc int, c *[64]float32)
+
+//go:noescape
+func gemv1x16AVX(a *float32, b *float32, kc int, c *[16]float32)
+
+// gemv4x16 continues c[q*16+l] += a[p]·b[q*ldp+p*16+l] for q < 4, l < 16,
+// in increasing p over [0, len(a)): four packed panels ldp floats apart.
+func gemv4x16(a, b []float32, ldp int, c *[64]float32) {
+	kc := len(a)
+	if kc == 0 {
+		return
+	}
+	_ = b[3*ldp+16*kc-1] // the assembly reads b[q*ldp : q*ldp+16*kc], q < 4
+	gemv4x16AVX(&a[0], &b[0], ldp, kc, c)
+}
+
+// gemv1x16 continues c[l] += a[p]·b[p*16+l] for l < 16 over p in
+// [0, len(a)), in increasing p: one packed panel.
+func gemv1x16(a, b []float32, c *[16]float32) {
+	kc := len(a)
+	if kc == 0 {
+		return
+	}
+	_ = b[16*kc-1]
+	gemv1x16AVX(&a[0], &b[0], kc, c)
+}

@@ -214,3 +214,100 @@ axpyloop:
 axpydone:
 	VZEROUPPER
 	RET
+
+// func gemv4x16AVX(a *float32, b *float32, ldp int, kc int, c *[64]float32)
+//
+// GEMV on four packed panels: for q in [0,4), l in [0,16), p in [0,kc), in
+// increasing p:
+//   c[q*16+l] = c[q*16+l] + a[p]*b[q*ldp+p*16+l]
+// a rounding multiply then a rounding add (no FMA), like the scalar loop.
+// Panel q is read through SI, R8, R9, R10; accumulators Y8..Y15 (panel q in
+// Y(8+2q), Y(9+2q)), broadcast a in Y0, products Y1..Y7 and Y0-free temps.
+TEXT ·gemv4x16AVX(SB), NOSPLIT, $0-40
+	MOVQ a+0(FP), BX
+	MOVQ b+8(FP), SI
+	MOVQ ldp+16(FP), DX
+	SHLQ $2, DX
+	MOVQ kc+24(FP), CX
+	MOVQ c+32(FP), DI
+	LEAQ (SI)(DX*1), R8
+	LEAQ (R8)(DX*1), R9
+	LEAQ (R9)(DX*1), R10
+	VMOVUPS 0(DI), Y8
+	VMOVUPS 32(DI), Y9
+	VMOVUPS 64(DI), Y10
+	VMOVUPS 96(DI), Y11
+	VMOVUPS 128(DI), Y12
+	VMOVUPS 160(DI), Y13
+	VMOVUPS 192(DI), Y14
+	VMOVUPS 224(DI), Y15
+	XORQ AX, AX
+	TESTQ CX, CX
+	JEQ gemv4done
+gemv4loop:
+	VBROADCASTSS (BX)(AX*4), Y0
+	VMULPS (SI), Y0, Y1
+	VMULPS 32(SI), Y0, Y2
+	VMULPS (R8), Y0, Y3
+	VMULPS 32(R8), Y0, Y4
+	VADDPS Y1, Y8, Y8
+	VADDPS Y2, Y9, Y9
+	VADDPS Y3, Y10, Y10
+	VADDPS Y4, Y11, Y11
+	VMULPS (R9), Y0, Y5
+	VMULPS 32(R9), Y0, Y6
+	VMULPS (R10), Y0, Y7
+	VMULPS 32(R10), Y0, Y1
+	VADDPS Y5, Y12, Y12
+	VADDPS Y6, Y13, Y13
+	VADDPS Y7, Y14, Y14
+	VADDPS Y1, Y15, Y15
+	ADDQ $64, SI
+	ADDQ $64, R8
+	ADDQ $64, R9
+	ADDQ $64, R10
+	INCQ AX
+	CMPQ AX, CX
+	JNE gemv4loop
+gemv4done:
+	VMOVUPS Y8, 0(DI)
+	VMOVUPS Y9, 32(DI)
+	VMOVUPS Y10, 64(DI)
+	VMOVUPS Y11, 96(DI)
+	VMOVUPS Y12, 128(DI)
+	VMOVUPS Y13, 160(DI)
+	VMOVUPS Y14, 192(DI)
+	VMOVUPS Y15, 224(DI)
+	VZEROUPPER
+	RET
+
+// func gemv1x16AVX(a *float32, b *float32, kc int, c *[16]float32)
+//
+// GEMV on one packed panel: for l in [0,16), p in [0,kc), in increasing p:
+//   c[l] = c[l] + a[p]*b[p*16+l]
+// (multiply then add, no FMA). Accumulators Y8, Y9.
+TEXT ·gemv1x16AVX(SB), NOSPLIT, $0-32
+	MOVQ a+0(FP), BX
+	MOVQ b+8(FP), SI
+	MOVQ kc+16(FP), CX
+	MOVQ c+24(FP), DI
+	VMOVUPS 0(DI), Y8
+	VMOVUPS 32(DI), Y9
+	XORQ AX, AX
+	TESTQ CX, CX
+	JEQ gemv1done
+gemv1loop:
+	VBROADCASTSS (BX)(AX*4), Y0
+	VMULPS (SI), Y0, Y1
+	VMULPS 32(SI), Y0, Y2
+	VADDPS Y1, Y8, Y8
+	VADDPS Y2, Y9, Y9
+	ADDQ $64, SI
+	INCQ AX
+	CMPQ AX, CX
+	JNE gemv1loop
+gemv1done:
+	VMOVUPS Y8, 0(DI)
+	VMOVUPS Y9, 32(DI)
+	VZEROUPPER
+	RET

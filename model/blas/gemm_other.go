@@ -12,3 +12,7 @@ func mulAdd6x16(a []float32, lda int, b []float32, kc int, c *[96]float32) {
 func dot8(a, b []float32, ldb int, c *[8]float32) { dot8Go(a, b, ldb, c) }
 
 func axpy(s float32, x, y []float32) { axpyGo(s, x, y) }
+
+func gemv4x16(a, b []float32, ldp int, c *[64]float32) { gemv4x16Go(a, b, ldp, c) }
+
+func gemv1x16(a, b []float32, c *[16]float32) { gemv1x16Go(a, b, c) }
