@@ -41,7 +41,7 @@ type Config struct {
 type Limits struct {
 	MaxRequestBody  int64 `yaml:"max_request_body" doc:"Largest request body accepted, bytes; larger ones are answered 413 (before contacting the engine when Content-Length says so; chunked bodies are cut when they cross it)." default:"33554432"`
 	BufferBody      int   `yaml:"buffer_body" doc:"Request bodies up to this many bytes are read whole before forwarding (and may be retried on a stale upstream connection); larger ones are streamed to the engine." default:"1048576"`
-	MaxFusionBody   int64 `yaml:"max_fusion_body" doc:"Largest body of an eligible route that is parsed for the fusion path; larger ones are passed through." default:"8388608"`
+	MaxFusionBody   int64 `yaml:"max_fusion_body" doc:"Largest body of an eligible route (POST /v1/completions, /v1/chat/completions) the sidecar reads; larger ones are answered 413, since the sidecar must parse a body to fuse it and to remove a client's kv_transfer_params." default:"8388608"`
 	MaxChunks       int   `yaml:"max_chunks" doc:"Most chunks one request may carry into the fusion path; more and the request is passed through." default:"64"`
 	MaxUpstreamConn int   `yaml:"max_upstream_conns" doc:"Most concurrent keep-alive connections to the engine." default:"1024"`
 	MaxFusions      int   `yaml:"max_concurrent_fusions" doc:"Most fusion-path runs at once, abandoned ones (past their deadline, not yet returned) included; beyond it requests are passed through." default:"64"`

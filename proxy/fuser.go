@@ -32,9 +32,10 @@ func (f FuserFunc) Fuse(ctx context.Context, req *Request) (*Plan, error) { retu
 
 // Plan is the outcome of a successful Fuse.
 type Plan struct {
-	// KVTransferParams are merged into the forwarded body's
-	// "kv_transfer_params" object (created if absent); the engine uses them to
-	// find the published KV, e.g. {"namespace": "<hex>"}. Must not be empty.
+	// KVTransferParams are the forwarded body's "kv_transfer_params" object
+	// (any the client sent is dropped, never merged); the engine uses them
+	// to find the published KV, e.g. {"namespace": "<hex>"}. Must not be
+	// empty.
 	KVTransferParams map[string]any
 
 	// Body, when set, replaces the request body before the
@@ -142,28 +143,19 @@ type PanicError struct{ Value any }
 
 func (e *PanicError) Error() string { return fmt.Sprintf("proxy: fuser panicked: %v", e.Value) }
 
-// applyPlan returns body with the plan's kv_transfer_params merged into the
-// top-level "kv_transfer_params" object, every other byte unchanged.
+// applyPlan returns body with the plan's kv_transfer_params as its
+// top-level "kv_transfer_params" object, every other byte unchanged. Any
+// member an engine would read as kv_transfer_params (isKVParams) is removed
+// first: only the sidecar says where the engine finds KV.
 func applyPlan(body []byte, p *Plan) ([]byte, error) {
 	if p == nil || len(p.KVTransferParams) == 0 {
 		return nil, errors.New("proxy: plan without kv_transfer_params")
 	}
-	ms, err := objectMembers(body)
+	body, _, err := removeMembers(body, isKVParams)
 	if err != nil {
 		return nil, err
 	}
 	params := map[string]json.RawMessage{}
-	if m, ok := lastMember(ms, "kv_transfer_params"); ok {
-		if json.Unmarshal(body[m.valStart:m.valEnd], &params) != nil {
-			return nil, errors.New("proxy: client kv_transfer_params is not an object")
-		}
-		if body, _, err = removeMember(body, "kv_transfer_params"); err != nil {
-			return nil, err
-		}
-		if params == nil { // "kv_transfer_params": null
-			params = map[string]json.RawMessage{}
-		}
-	}
 	for k, v := range p.KVTransferParams {
 		b, err := json.Marshal(v)
 		if err != nil {

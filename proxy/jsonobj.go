@@ -78,6 +78,13 @@ func lastMember(ms []member, key string) (member, bool) {
 // removeMember returns a copy of the object b without any member named key,
 // with every other byte unchanged, and whether one was found.
 func removeMember(b []byte, key string) ([]byte, bool, error) {
+	return removeMembers(b, func(k string) bool { return k == key })
+}
+
+// removeMembers returns a copy of the object b without the members whose
+// (unescaped) name match accepts, every other byte unchanged, and whether
+// one was found.
+func removeMembers(b []byte, match func(key string) bool) ([]byte, bool, error) {
 	found := false
 	for {
 		ms, err := objectMembers(b)
@@ -86,7 +93,7 @@ func removeMember(b []byte, key string) ([]byte, bool, error) {
 		}
 		idx := -1
 		for i, m := range ms {
-			if m.key == key {
+			if match(m.key) {
 				idx = i
 				break
 			}

@@ -277,7 +277,10 @@ func (p *Proxy) Handler(ctx *fasthttp.RequestCtx) {
 	}
 	body, stream, err := p.readBody(ctx, route)
 	if err != nil {
-		if errors.Is(err, errBodyTooLarge) {
+		if errors.Is(err, errEligibleTooLarge) {
+			p.reject(ctx, x, fasthttp.StatusRequestEntityTooLarge, "request_too_large",
+				fmt.Sprintf("request body exceeds limits.max_fusion_body (%d bytes), the most the sidecar reads of a completions request", p.cfg.Limits.MaxFusionBody))
+		} else if errors.Is(err, errBodyTooLarge) {
 			p.reject(ctx, x, fasthttp.StatusRequestEntityTooLarge, "request_too_large",
 				fmt.Sprintf("request body exceeds the limit of %d bytes", limit))
 		} else {
@@ -290,23 +293,30 @@ func (p *Proxy) Handler(ctx *fasthttp.RequestCtx) {
 		p.forward(ctx, x, body, stream, cl)
 		return
 	}
+	if !json.Valid(body) && mayCarryKVParams(body) {
+		p.reject(ctx, x, fasthttp.StatusBadRequest, "bad_request",
+			"invalid JSON body naming kv_transfer_params, which only the sidecar may set")
+		return
+	}
 	if p.fuser == nil || p.cfg.Fusion.Disabled {
-		// The "fusionrag" member is addressed to the sidecar: it never
-		// reaches the engine, fusion or not.
-		if json.Valid(body) {
-			if nb, found, err := removeMember(body, bodyOverride); err == nil && found {
-				body = nb
-			}
-		}
+		// The "fusionrag" member is addressed to the sidecar and
+		// kv_transfer_params is the sidecar's to set: neither reaches the
+		// engine from the client, fusion or not.
+		body = stripClientControl(body)
 		p.forward(ctx, x, body, nil, len(body))
 		return
 	}
 	p.serveEligible(ctx, x, body)
 }
 
-// readBody returns the whole body (buffered) or, for bodies too large to
-// buffer, a stream bounded by MaxRequestBody. Eligible routes buffer up to
-// MaxFusionBody so that the fusion path can parse them.
+// errEligibleTooLarge: a body of an eligible route over MaxFusionBody.
+var errEligibleTooLarge = errors.New("proxy: request body over max_fusion_body")
+
+// readBody returns the whole body (buffered) or, for bodies of other routes
+// too large to buffer, a stream bounded by MaxRequestBody. Eligible routes
+// are always buffered, up to MaxFusionBody (errEligibleTooLarge beyond it):
+// the sidecar must parse them, to fuse and to remove a client's
+// kv_transfer_params, which streaming them unread would let through.
 func (p *Proxy) readBody(ctx *fasthttp.RequestCtx, route Route) ([]byte, io.Reader, error) {
 	cl := ctx.Request.Header.ContentLength()
 	switch {
@@ -316,16 +326,19 @@ func (p *Proxy) readBody(ctx *fasthttp.RequestCtx, route Route) ([]byte, io.Read
 		return ctx.Request.Body(), nil, nil // prefetched whole by the server
 	}
 	stream := io.Reader(&limitReader{r: ctx.RequestBodyStream(), n: p.cfg.Limits.MaxRequestBody})
-	if route == RouteOther || p.fuser == nil || p.cfg.Fusion.Disabled || int64(cl) > p.cfg.Limits.MaxFusionBody {
+	if route == RouteOther {
 		return nil, stream, nil
 	}
 	max := p.cfg.Limits.MaxFusionBody
+	if int64(cl) > max {
+		return nil, nil, errEligibleTooLarge
+	}
 	buf, err := io.ReadAll(io.LimitReader(stream, max+1))
 	if err != nil {
 		return nil, nil, err
 	}
-	if int64(len(buf)) > max { // chunked and too large to parse: stream it through
-		return nil, io.MultiReader(bytesReader(buf), stream), nil
+	if int64(len(buf)) > max { // chunked and too large
+		return nil, nil, errEligibleTooLarge
 	}
 	return buf, nil, nil
 }

@@ -6,8 +6,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/zeebo/xxh3"
 )
@@ -67,8 +69,9 @@ type Request struct {
 	Prompt Prompt
 
 	// Body is the body the engine receives when fusion does not apply: the
-	// client's body with the "fusionrag" member removed, every other byte
-	// unchanged. The fusion path must not modify it.
+	// client's body with the "fusionrag" and any client "kv_transfer_params"
+	// members removed (see isKVParams), every other byte unchanged. The
+	// fusion path must not modify it.
 	Body []byte
 }
 
@@ -159,6 +162,15 @@ func ParseRequest(route Route, body []byte) (*Request, error) {
 		}
 		r.Body = nb
 	}
+	// kv_transfer_params is the sidecar's to set: a client's would point
+	// the engine at KV published for someone else.
+	if slices.ContainsFunc(ms, func(m member) bool { return isKVParams(m.key) }) {
+		nb, _, err := removeMembers(r.Body, isKVParams)
+		if err != nil {
+			return nil, ErrMalformed // unreachable for a valid object
+		}
+		r.Body = nb
+	}
 	if ovErr != nil {
 		return r, ovErr
 	}
@@ -200,6 +212,48 @@ func ParseRequest(route Route, body []byte) (*Request, error) {
 		return r, fmt.Errorf("%w: route %v", ErrNotEligible, route)
 	}
 	return r, nil
+}
+
+// kvParamsMember is the member through which the engine finds published KV.
+const kvParamsMember = "kv_transfer_params"
+
+// isKVParams reports whether an object member named key would be read as
+// kv_transfer_params by an engine: exactly (vLLM) or case-insensitively with
+// Unicode simple folding (Go's encoding/json, as this project's engine).
+func isKVParams(key string) bool { return strings.EqualFold(key, kvParamsMember) }
+
+// stripClientControl returns body without the members addressed to the
+// sidecar ("fusionrag") or that only the sidecar may set
+// ("kv_transfer_params"), every other byte unchanged; body itself when it
+// has none or is not a JSON object.
+func stripClientControl(body []byte) []byte {
+	if !json.Valid(body) {
+		return body
+	}
+	nb, _, err := removeMembers(body, func(k string) bool { return k == bodyOverride || isKVParams(k) })
+	if err != nil {
+		return body
+	}
+	return nb
+}
+
+// mayCarryKVParams reports whether a body that is not valid JSON might still
+// name kv_transfer_params for a lenient engine parser (Python's json reads
+// NaN and Infinity, which encoding/json rejects): the name in any case, with
+// \uXXXX escapes decoded. Such a body cannot be cleaned, so it is refused.
+func mayCarryKVParams(body []byte) bool {
+	var dec []byte
+	for i := 0; i < len(body); i++ {
+		if body[i] == '\\' && i+5 < len(body) && body[i+1] == 'u' {
+			if r, err := strconv.ParseUint(string(body[i+2:i+6]), 16, 32); err == nil {
+				dec = utf8.AppendRune(dec, rune(r))
+				i += 5
+				continue
+			}
+		}
+		dec = append(dec, body[i])
+	}
+	return bytes.Contains(bytes.ToLower(dec), []byte(kvParamsMember))
 }
 
 func parseMessages(raw []byte) ([]Message, error) {
