@@ -256,6 +256,9 @@ func TestComposeWiring(t *testing.T) {
 	if !strings.HasSuffix(cfg.Listen, ":8080") || !strings.HasPrefix(cfg.Listen, "0.0.0.0:") {
 		t.Errorf("sidecar listens on %q: want 0.0.0.0:8080 (the published container port)", cfg.Listen)
 	}
+	if cfg.Fusion.System == "" {
+		t.Errorf("sidecar fusion.system is empty: unmarked text prompts would never hit documents ingested through the sidecar")
+	}
 	if cfg.Fusion.Transport != "store" {
 		t.Errorf("sidecar fusion.transport %q: the compose stack shares Redis, want store", cfg.Fusion.Transport)
 	}
