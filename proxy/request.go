@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bytes"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,7 +10,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
-	"github.com/zeebo/xxh3"
+	"github.com/fusionrag/fusionrag/fingerprint"
 )
 
 // Route is an OpenAI route on which the fusion path may run.
@@ -433,19 +432,14 @@ func ParseOverrideHeaders(strategy, ratio string, body Override) (Override, erro
 // key's hash; the API key itself is never kept.
 func TenantOf(headerValue, authorization string) (tenant, source string) {
 	if v := strings.TrimSpace(headerValue); v != "" {
-		return tenantHash("header", v), "header"
+		return fingerprint.Tenant(fingerprint.TenantFromHeader, v), fingerprint.TenantFromHeader
 	}
 	if a := strings.TrimSpace(authorization); a != "" {
 		key := a
 		if scheme, rest, ok := strings.Cut(a, " "); ok && strings.EqualFold(scheme, "Bearer") {
 			key = strings.TrimSpace(rest)
 		}
-		return tenantHash("api-key", key), "api-key"
+		return fingerprint.Tenant(fingerprint.TenantFromAPIKey, key), fingerprint.TenantFromAPIKey
 	}
-	return tenantHash("anonymous", ""), "anonymous"
-}
-
-func tenantHash(source, v string) string {
-	h := xxh3.HashString128("fusionrag-tenant\x00" + source + "\x00" + v).Bytes()
-	return hex.EncodeToString(h[:])
+	return fingerprint.Tenant(fingerprint.TenantAnonymous, ""), fingerprint.TenantAnonymous
 }

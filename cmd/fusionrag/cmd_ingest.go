@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/fusionrag/fusionrag/fingerprint"
 	"io"
 	"os"
 	"os/signal"
@@ -46,7 +47,8 @@ func runIngest(args []string) error {
 	rawOnly := fs.Bool("raw-only", false, "store raw KV only (no neighbours, no fused KV)")
 	limit := fs.Int("limit", 0, "ingest only the first N documents (0: all)")
 	system := fs.String("system", "", "system text S every prompt starts with (after BOS); part of every key")
-	tenant := fs.String("tenant", "", "tenant the KV belongs to")
+	tenant := fs.String("tenant", "", "tenant the KV belongs to: the value requests carry in the sidecar's tenant header (default: anonymous requests)")
+	apiKey := fs.String("api-key", "", "tenant given as the API key its requests send (only its hash is used); exclusive with --tenant")
 	dtype := fs.String("dtype", "f32", "stored KV element type: f32, f16 or bf16")
 	backend := fs.String("backend", "", "model backend (default cpu)")
 	jsonOut := fs.String("json", "", "also write the summary as JSON to this file")
@@ -81,7 +83,16 @@ func runIngest(args []string) error {
 	if *quiet {
 		progress = nil
 	}
-	cfg := fusion.Config{Model: m, Store: st, Tenant: *tenant, Prefix: fusion.EncodePrefix(m.Tokenizer, *system),
+	tenantID := fingerprint.Tenant(fingerprint.TenantAnonymous, "")
+	switch {
+	case *tenant != "" && *apiKey != "":
+		return errors.New("--tenant and --api-key are exclusive")
+	case *tenant != "":
+		tenantID = fingerprint.Tenant(fingerprint.TenantFromHeader, *tenant)
+	case *apiKey != "":
+		tenantID = fingerprint.Tenant(fingerprint.TenantFromAPIKey, *apiKey)
+	}
+	cfg := fusion.Config{Model: m, Store: st, Tenant: tenantID, Prefix: fusion.EncodePrefix(m.Tokenizer, *system),
 		Neighbours: *neighbours, RawOnly: *rawOnly, Workers: *workers, BatchSize: *batch, DType: dt, Progress: progress}
 	if *embURL != "" {
 		cfg.Similarity = &fusion.Embeddings{URL: *embURL, Model: *embModel, APIKey: os.Getenv("FUSIONRAG_EMBEDDINGS_KEY")}
