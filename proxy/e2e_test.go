@@ -9,7 +9,6 @@ package proxy
 // be told to fail: a real engine cannot be made to fail on demand.
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -39,6 +38,7 @@ import (
 	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	"google.golang.org/grpc"
 
+	"github.com/fusionrag/fusionrag/internal/redistest"
 	"github.com/fusionrag/fusionrag/internal/shareddata"
 )
 
@@ -148,42 +148,6 @@ func (p *proc) stop() {
 	}
 }
 
-// kill ends the process at once (SIGKILL), like a crash.
-func (p *proc) kill() {
-	_ = p.cmd.Process.Kill()
-	<-p.done
-}
-
-func redisBinary(t *testing.T) string {
-	t.Helper()
-	if p, err := exec.LookPath("redis-server"); err == nil {
-		return p
-	}
-	if _, err := os.Stat("/usr/bin/redis-server"); err == nil {
-		return "/usr/bin/redis-server"
-	}
-	t.Skip("SKIPPING END-TO-END TESTS: redis-server not installed (apt-get install redis-server)")
-	return ""
-}
-
-func startRedisAt(t *testing.T, port int) *proc {
-	t.Helper()
-	p := startProc(t, fmt.Sprintf("redis-%d", time.Now().UnixNano()), nil, redisBinary(t),
-		"--port", fmt.Sprint(port), "--bind", "127.0.0.1", "--dir", t.TempDir(), "--save", "", "--appendonly", "no",
-		"--protected-mode", "no", "--loglevel", "warning")
-	waitFor(t, "redis", 10*time.Second, func() bool {
-		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second)
-		if err != nil {
-			return false
-		}
-		defer c.Close()
-		fmt.Fprint(c, "PING\r\n")
-		line, _ := bufio.NewReader(c).ReadString('\n')
-		return strings.HasPrefix(line, "+PONG")
-	})
-	return p
-}
-
 func waitFor(t *testing.T, what string, d time.Duration, ok func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)
@@ -229,8 +193,7 @@ func (k *kvFaults) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 type stack struct {
 	t          *testing.T
 	model      string
-	redisPort  int
-	redis      *proc
+	redis      *redistest.Server
 	engineURL  string
 	faults     *kvFaults
 	sidecarURL string
@@ -245,8 +208,8 @@ func startStack(t *testing.T, sidecarFlags ...string) *stack {
 	t.Helper()
 	modelPath := shareddata.Path(t, "models/stories260K/stories260K.bin")
 	bin := fusionragBin(t)
-	s := &stack{t: t, model: modelPath, bin: bin, redisPort: freePort(t)}
-	s.redis = startRedisAt(t, s.redisPort)
+	s := &stack{t: t, model: modelPath, bin: bin}
+	s.redis = redistest.Start(t)
 
 	enginePort := freePort(t)
 	s.engineURL = fmt.Sprintf("http://127.0.0.1:%d", enginePort)
@@ -281,7 +244,7 @@ func (s *stack) startSidecar(name, adapterURL string, flags ...string) string {
 	port := freePort(t)
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
 	args := append([]string{"serve", "--upstream", s.engineURL, "--listen", fmt.Sprintf("127.0.0.1:%d", port),
-		"--model", s.model, "--store", fmt.Sprintf("redis://127.0.0.1:%d/0?timeout=500ms", s.redisPort),
+		"--model", s.model, "--store", s.redis.URL(0) + "?timeout=500ms",
 		"-fusion.adapter_url", adapterURL, "-fusion.system", e2eSystem}, flags...)
 	startProc(t, name, []string{"OTEL_EXPORTER_OTLP_ENDPOINT=" + s.otlp, "OTEL_EXPORTER_OTLP_INSECURE=true",
 		"OTEL_SERVICE_NAME=" + name, "OTEL_BSP_SCHEDULE_DELAY=200"}, s.bin, args...)
@@ -595,17 +558,17 @@ func TestE2EFaultStorm(t *testing.T) {
 	}
 	start := time.Now()
 	at(120)
-	s.redis.kill() // Redis dies
+	s.redis.Kill() // Redis dies
 	t.Logf("%v: redis killed at request %d", time.Since(start).Round(time.Millisecond), done.Load())
 	at(300)
-	s.redis = startRedisAt(t, s.redisPort) // and comes back empty
+	s.redis.Restart() // and comes back empty
 	t.Logf("%v: redis restarted at request %d", time.Since(start).Round(time.Millisecond), done.Load())
 	at(480)
 	s.faults.failing.Store(true) // the engine's KV endpoint fails
 	at(620)
 	s.faults.failing.Store(false)
 	at(700)
-	n := corruptAll(t, fmt.Sprintf("127.0.0.1:%d", s.redisPort)) // every blob corrupted
+	n := corruptAll(t, s.redis.Addr) // every blob corrupted
 	t.Logf("%v: corrupted %d blobs at request %d", time.Since(start).Round(time.Millisecond), n, done.Load())
 	wg.Wait()
 	elapsed := time.Since(start)
