@@ -225,7 +225,6 @@ func (m *Model) layer(ctx context.Context, l int, hidden, k, v []float32, segs [
 	w := &m.layers[l]
 	d, qd, kvd, hd := c.Dim, c.QDim(), c.KVDim(), c.HiddenDim
 	n := len(hidden) / d
-	be := m.backend
 	bufs := []*[]float32{getFloats(n * d), getFloats(n * qd), getFloats(n * qd), getFloats(n * d), getFloats(n * hd), getFloats(n * hd)}
 	defer func() {
 		for _, b := range bufs {
@@ -238,9 +237,9 @@ func (m *Model) layer(ctx context.Context, l int, hidden, k, v []float32, segs [
 	for i := range n {
 		rmsNorm(xb[i*d:(i+1)*d], hidden[i*d:(i+1)*d], w.attnNorm, c.NormEps)
 	}
-	be.MatMulT(q, xb, w.wq, n, qd, d)
-	be.MatMulT(k, xb, w.wk, n, kvd, d)
-	be.MatMulT(v, xb, w.wv, n, kvd, d)
+	m.linear(q, xb, w.wq, w.packed.wq, n, qd, d)
+	m.linear(k, xb, w.wk, w.packed.wk, n, kvd, d)
+	m.linear(v, xb, w.wv, w.packed.wv, n, kvd, d)
 	if w.bq != nil {
 		addBias(q, w.bq)
 		addBias(k, w.bk)
@@ -267,19 +266,19 @@ func (m *Model) layer(ctx context.Context, l int, hidden, k, v []float32, segs [
 			}
 		})
 	}
-	be.MatMulT(o, att, w.wo, n, d, qd)
+	m.linear(o, att, w.wo, w.packed.wo, n, d, qd)
 	addInto(hidden, o)
 
 	// Feed-forward block.
 	for i := range n {
 		rmsNorm(xb[i*d:(i+1)*d], hidden[i*d:(i+1)*d], w.ffnNorm, c.NormEps)
 	}
-	be.MatMulT(h1, xb, w.w1, n, hd, d)
-	be.MatMulT(h3, xb, w.w3, n, hd, d)
+	m.linear(h1, xb, w.w1, w.packed.w1, n, hd, d)
+	m.linear(h3, xb, w.w3, w.packed.w3, n, hd, d)
 	for i, g := range h1 {
 		h1[i] = g / (1 + float32(math.Exp(float64(-g)))) * h3[i]
 	}
-	be.MatMulT(o, h1, w.w2, n, d, hd)
+	m.linear(o, h1, w.w2, w.packed.w2, n, d, hd)
 	addInto(hidden, o)
 	return nil
 }

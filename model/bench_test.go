@@ -39,8 +39,9 @@ func load30M(b *testing.B) *Model {
 }
 
 // gemmBaseline times the weight GEMMs of one prefill of n tokens (every
-// layer's q/k/v/o and SwiGLU projections, the classifier for one row) on
-// the model's backend: the part of the work any implementation must do.
+// layer's q/k/v/o and SwiGLU projections, the classifier for one row) as
+// the model runs them (packed weights on the cpu backend): the part of the
+// work any implementation must do.
 // Best of three, the first also warming the mapped weights.
 func gemmBaseline(m *Model, n int) time.Duration {
 	best := time.Duration(1<<63 - 1)
@@ -56,15 +57,15 @@ func gemmOnce(m *Model, n int) time.Duration {
 	out := make([]float32, max(n*max(c.HiddenDim, c.Dim, c.QDim()), c.Vocab))
 	start := time.Now()
 	for _, w := range m.layers {
-		m.backend.MatMulT(out, x, w.wq, n, c.QDim(), c.Dim)
-		m.backend.MatMulT(out, x, w.wk, n, c.KVDim(), c.Dim)
-		m.backend.MatMulT(out, x, w.wv, n, c.KVDim(), c.Dim)
-		m.backend.MatMulT(out, x, w.wo, n, c.Dim, c.QDim())
-		m.backend.MatMulT(out, x, w.w1, n, c.HiddenDim, c.Dim)
-		m.backend.MatMulT(out, x, w.w3, n, c.HiddenDim, c.Dim)
-		m.backend.MatMulT(out, x, w.w2, n, c.Dim, c.HiddenDim)
+		m.linear(out, x, w.wq, w.packed.wq, n, c.QDim(), c.Dim)
+		m.linear(out, x, w.wk, w.packed.wk, n, c.KVDim(), c.Dim)
+		m.linear(out, x, w.wv, w.packed.wv, n, c.KVDim(), c.Dim)
+		m.linear(out, x, w.wo, w.packed.wo, n, c.Dim, c.QDim())
+		m.linear(out, x, w.w1, w.packed.w1, n, c.HiddenDim, c.Dim)
+		m.linear(out, x, w.w3, w.packed.w3, n, c.HiddenDim, c.Dim)
+		m.linear(out, x, w.w2, w.packed.w2, n, c.Dim, c.HiddenDim)
 	}
-	m.backend.MatMulT(out, x, m.cls, 1, c.Vocab, c.Dim)
+	m.linear(out, x, m.cls, m.clsPack, 1, c.Vocab, c.Dim)
 	return time.Since(start)
 }
 

@@ -170,7 +170,7 @@ func (m *Model) logits(hidden []float32, rows []int) [][]float32 {
 		rmsNorm(x[j*c.Dim:(j+1)*c.Dim], hidden[r*c.Dim:(r+1)*c.Dim], m.norm, c.NormEps)
 	}
 	out := make([]float32, len(rows)*c.Vocab)
-	m.backend.MatMulT(out, x, m.cls, len(rows), c.Vocab, c.Dim)
+	m.linear(out, x, m.cls, m.clsPack, len(rows), c.Vocab, c.Dim)
 	res := make([][]float32, len(rows))
 	for j := range rows {
 		res[j] = out[j*c.Vocab : (j+1)*c.Vocab : (j+1)*c.Vocab]

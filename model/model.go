@@ -26,6 +26,7 @@ import (
 	"sync"
 	"unsafe"
 
+	"github.com/fusionrag/fusionrag/model/blas"
 	"github.com/fusionrag/fusionrag/model/tokenizer"
 	"github.com/zeebo/xxh3"
 )
@@ -62,6 +63,10 @@ type layerWeights struct {
 	ffnNorm  []float32 // [Dim]
 	w1, w3   []float32 // [HiddenDim, Dim] (gate, up)
 	w2       []float32 // [Dim, HiddenDim] (down)
+
+	// packed holds the same matrices laid out once for the cpu backend's
+	// kernel (blas.Pack); all nil on other backends.
+	packed packedLayer
 }
 
 // tensorInfo is one entry of the weight manifest that Fingerprint hashes.
@@ -82,8 +87,9 @@ type Model struct {
 	backend  Backend
 	tokEmb   []float32 // [Vocab, Dim]
 	layers   []layerWeights
-	norm     []float32 // [Dim]
-	cls      []float32 // [Vocab, Dim], aliases tokEmb when tied
+	norm     []float32    // [Dim]
+	cls      []float32    // [Vocab, Dim], aliases tokEmb when tied
+	clsPack  *blas.Packed // cls packed for the cpu backend, else nil
 	rope     *rope
 	manifest []tensorInfo
 	closers  []io.Closer
@@ -134,6 +140,9 @@ func (m *Model) finish(opts LoadOptions, path string, hf bool) error {
 		m.closers = append(m.closers, c)
 	}
 	m.rope = newRope(m.Config)
+	if _, ok := b.(cpuBackend); ok {
+		m.packWeights()
+	}
 	if wb, ok := b.(WeightBinder); ok {
 		if err := wb.BindWeights(m.Config, m.namedWeights()); err != nil {
 			return fmt.Errorf("model: backend %s: %w", b.Name(), err)
