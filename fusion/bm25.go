@@ -190,30 +190,48 @@ func better(a, b scored) bool {
 // topN returns the n best of the touched docs by acc (positive scores only),
 // excluding self.
 func topN(acc []float32, touched []int32, self, n int) []int {
-	best := make([]scored, 0, n+1)
+	r := newRanking(n)
 	for _, d := range touched {
 		s := acc[d]
 		if int(d) == self || !(s > 0) {
 			continue
 		}
-		c := scored{int(d), s}
-		if len(best) == n && (n == 0 || !better(c, best[n-1])) {
-			continue
-		}
-		// Insertion into the sorted list (n is small).
-		i := len(best)
-		if len(best) < n {
-			best = append(best, c)
-		} else {
-			i = n - 1
-			best[i] = c
-		}
-		for ; i > 0 && better(best[i], best[i-1]); i-- {
-			best[i], best[i-1] = best[i-1], best[i]
-		}
+		r.offer(scored{int(d), s})
 	}
-	res := make([]int, len(best))
-	for i, s := range best {
+	return r.docs()
+}
+
+// ranking keeps the n best docs offered so far in the order of better.
+type ranking struct {
+	n    int
+	best []scored // sorted, len <= n
+}
+
+func newRanking(n int) ranking { return ranking{n: n, best: make([]scored, 0, n+1)} }
+
+// offer keeps c if it is among the n best so far.
+func (r *ranking) offer(c scored) {
+	n := r.n
+	if len(r.best) == n && (n == 0 || !better(c, r.best[n-1])) {
+		return
+	}
+	// Insertion into the sorted list (n is small).
+	i := len(r.best)
+	if len(r.best) < n {
+		r.best = append(r.best, c)
+	} else {
+		i = n - 1
+		r.best[i] = c
+	}
+	for ; i > 0 && better(r.best[i], r.best[i-1]); i-- {
+		r.best[i], r.best[i-1] = r.best[i-1], r.best[i]
+	}
+}
+
+// docs returns the kept docs, best first.
+func (r *ranking) docs() []int {
+	res := make([]int, len(r.best))
+	for i, s := range r.best {
 		res[i] = s.doc
 	}
 	return res

@@ -168,7 +168,7 @@ func (e *Embeddings) Neighbours(ctx context.Context, chunks []Chunk, n int) ([][
 				return nil, err
 			}
 		}
-		best := make([]scored, 0, n+1)
+		r := newRanking(n)
 		for d := range vs {
 			if d == q || n == 0 {
 				continue
@@ -177,25 +177,9 @@ func (e *Embeddings) Neighbours(ctx context.Context, chunks []Chunk, n int) ([][
 			for k, x := range vs[q] {
 				s += x * vs[d][k]
 			}
-			c := scored{d, s}
-			if len(best) == n && !better(c, best[n-1]) {
-				continue
-			}
-			i := len(best)
-			if len(best) < n {
-				best = append(best, c)
-			} else {
-				i = n - 1
-				best[i] = c
-			}
-			for ; i > 0 && better(best[i], best[i-1]); i-- {
-				best[i], best[i-1] = best[i-1], best[i]
-			}
+			r.offer(scored{d, s})
 		}
-		out[q] = make([]int, len(best))
-		for i, s := range best {
-			out[q][i] = s.doc
-		}
+		out[q] = r.docs()
 	}
 	return out, nil
 }
