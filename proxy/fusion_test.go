@@ -18,6 +18,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/sony/gobreaker/v2"
+
+	"github.com/fusionrag/fusionrag/fingerprint"
 )
 
 // The Fusers in this file are fakes on purpose: they produce on demand the
@@ -170,7 +172,7 @@ func TestFusionPathAndFallbacks(t *testing.T) {
 	}
 }
 
-func mustTenant(source, v string) string { return tenantHash(source, v) }
+func mustTenant(source, v string) string { return fingerprint.Tenant(source, v) }
 
 // TestOverrideAndBodyField: the "fusionrag" member reaches the Fuser and
 // never the engine; headers fill what the body leaves out; invalid values
@@ -196,7 +198,7 @@ func TestOverrideAndBodyField(t *testing.T) {
 	if d := cmp.Diff(Override{Strategy: "epic", Ratio: 0.3, HasRatio: true}, r.Override); d != "" {
 		t.Errorf("override (-want +got):\n%s", d)
 	}
-	if r.TenantSource != "header" || r.Tenant != tenantHash("header", "acme") {
+	if r.TenantSource != "header" || r.Tenant != fingerprint.Tenant("header", "acme") {
 		t.Errorf("tenant %s from %s", r.Tenant, r.TenantSource)
 	}
 
