@@ -1,10 +1,15 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"errors"
+	"fmt"
+	"net"
+	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -122,5 +127,49 @@ func TestMalformedBodyWithKVTransferParams(t *testing.T) {
 		if code != 400 || len(rc.got()) != 0 {
 			t.Errorf("body %s: status %d, engine got %d requests; want 400 and none", body, code, len(rc.got()))
 		}
+	}
+}
+
+// TestEngineKVRoutesNotExposed: PUT /v1/kv/{key} stores a KV blob in the
+// engine under any key, another tenant's included; the adapter reaches it
+// directly (fusion.adapter_url or the upstream), so clients of the sidecar
+// never may, in any spelling of the path the engine decodes to it.
+func TestEngineKVRoutesNotExposed(t *testing.T) {
+	var reached atomic.Int64
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		reached.Add(1)
+		w.WriteHeader(204)
+	}))
+	defer up.Close()
+	_, base := startProxy(t, upstreamConfig(up.URL))
+	key := strings.Repeat("ab", 16)
+	for _, tt := range []struct{ method, uri string }{
+		{"PUT", "/v1/kv/" + key},
+		{"PUT", "/v1/kv/" + key + "?x=1"},
+		{"PUT", "/v1/%6bv/" + key},
+		{"PUT", "/v1/kv%2F" + key},
+		{"PUT", "/v1/x/../kv/" + key},
+		{"GET", "/v1/kv"},
+		{"GET", "/v1/kv/"},
+	} {
+		reached.Store(0)
+		c, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(c, "%s %s HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc", tt.method, tt.uri)
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatalf("%s %s: %v", tt.method, tt.uri, err)
+		}
+		resp.Body.Close()
+		c.Close()
+		if resp.StatusCode != http.StatusForbidden || reached.Load() != 0 {
+			t.Errorf("%s %s: status %d, upstream reached %d times; want 403 and never", tt.method, tt.uri, resp.StatusCode, reached.Load())
+		}
+	}
+	// Neighbouring paths still pass.
+	if code, _ := post(t, base+"/v1/kvx", "{}"); code != 204 {
+		t.Errorf("/v1/kvx: status %d, want the upstream's 204", code)
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -260,6 +261,15 @@ func (p *Proxy) Handler(ctx *fasthttp.RequestCtx) {
 		}
 	}
 	route := routeOf(ctx.Method(), ctx.Path())
+	if engineKVRoute(path) {
+		// The engine's KV routes (PUT /v1/kv/{key} stores a blob under any
+		// key, another tenant's included) are for the adapter, which
+		// reaches the engine directly, never for clients of the sidecar.
+		writeError(ctx, fasthttp.StatusForbidden, "permission_error", "forbidden",
+			"the engine's KV routes are not exposed through the sidecar")
+		ctx.SetConnectionClose() // the body, if any, is not read
+		return
+	}
 	sctx, span := p.tel.tracer.Start(context.Background(), SpanRequest, trace.WithSpanKind(trace.SpanKindServer),
 		trace.WithAttributes(attribute.String("http.request.method", string(ctx.Method())),
 			attribute.String("url.path", path), attribute.String(AttrRoute, route.String())))
@@ -311,6 +321,13 @@ func (p *Proxy) Handler(ctx *fasthttp.RequestCtx) {
 
 // errEligibleTooLarge: a body of an eligible route over MaxFusionBody.
 var errEligibleTooLarge = errors.New("proxy: request body over max_fusion_body")
+
+// engineKVRoute reports whether path (decoded and normalised, as
+// fasthttp's Path returns it, and as the engine routes it) is one of the
+// engine's KV routes: /v1/kv and /v1/kv/{key}.
+func engineKVRoute(path string) bool {
+	return path == "/v1/kv" || strings.HasPrefix(path, "/v1/kv/")
+}
 
 // readBody returns the whole body (buffered) or, for bodies of other routes
 // too large to buffer, a stream bounded by MaxRequestBody. Eligible routes
