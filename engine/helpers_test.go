@@ -3,7 +3,6 @@ package engine
 import (
 	"bufio"
 	"io"
-	"os"
 	"strings"
 )
 
@@ -13,9 +12,6 @@ func must[T any](v T, err error) T {
 	}
 	return v
 }
-
-func readFile(p string) ([]byte, error)  { return os.ReadFile(p) }
-func writeFile(p string, b []byte) error { return os.WriteFile(p, b, 0o644) }
 
 // sseReader yields the data payloads of a server-sent event stream.
 type sseReader struct{ sc *bufio.Scanner }

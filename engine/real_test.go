@@ -55,15 +55,6 @@ func startModel(tb testing.TB, m *model.Model, cfg Config, conn *Connector) (*En
 	return e, srv.URL
 }
 
-type golden struct {
-	Cases []struct {
-		Prompt       string  `json:"prompt"`
-		PromptTokens []int32 `json:"prompt_tokens"`
-		GreedyTokens []int32 `json:"greedy_tokens"`
-		GreedyText   string  `json:"greedy_text"`
-	} `json:"cases"`
-}
-
 func completion(tb testing.TB, url, body string) completionResponse {
 	tb.Helper()
 	resp, err := http.Post(url+"/v1/completions", "application/json", strings.NewReader(body))
@@ -87,12 +78,7 @@ func completion(tb testing.TB, url, body string) completionResponse {
 // cross-checked with llama2.c run.c), text and token count.
 func TestGoldenGreedyStories260K(t *testing.T) {
 	m := loadStories(t)
-	var g golden
-	raw := must(readFile(shareddata.Path(t, "models/stories260K/golden_stories260K.json")))
-	if err := json.Unmarshal(raw, &g); err != nil {
-		t.Fatal(err)
-	}
-	c := g.Cases[0]
+	c := shareddata.LoadStoriesGolden(t).Cases[0]
 	ids, err := PromptTokens(m.Tokenizer, nil, Prompt{Text: c.Prompt})
 	if err != nil {
 		t.Fatal(err)

@@ -1,8 +1,6 @@
 package tokenizer
 
 import (
-	"encoding/json"
-	"os"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -59,29 +57,9 @@ func naiveLlama2cEncode(t *Llama2c, text string) []int32 {
 	return toks
 }
 
-type goldenStories struct {
-	Cases []struct {
-		Prompt       string  `json:"prompt"`
-		PromptTokens []int32 `json:"prompt_tokens"`
-		GreedyTokens []int32 `json:"greedy_tokens"`
-		GreedyText   string  `json:"greedy_text"`
-	} `json:"cases"`
-}
-
 func TestLlama2cGolden(t *testing.T) {
 	tok := loadStories(t)
-	raw, err := os.ReadFile(shareddata.Path(t, "models/stories260K/golden_stories260K.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var g goldenStories
-	if err := json.Unmarshal(raw, &g); err != nil {
-		t.Fatal(err)
-	}
-	if len(g.Cases) == 0 {
-		t.Fatal("golden file has no cases")
-	}
-	for _, c := range g.Cases {
+	for _, c := range shareddata.LoadStoriesGolden(t).Cases { // fails on a file without cases
 		ids := append([]int32{tok.BOS()}, tok.Encode(c.Prompt)...)
 		if diff := cmp.Diff(c.PromptTokens, ids); diff != "" {
 			t.Errorf("Encode(%q) with BOS (-want +got):\n%s", c.Prompt, diff)
