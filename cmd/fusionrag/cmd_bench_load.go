@@ -123,7 +123,9 @@ func benchLoad(args []string) error {
 		return err
 	}
 	defer cleanup()
-	qc.PassageTokens, qc.AnswerTokens = *passageTokens, *maxTokens+16
+	// Room for the completion and for the separators: a request the fusion
+	// path gives up on is forwarded as sent, separators included.
+	qc.PassageTokens, qc.AnswerTokens = *passageTokens, *maxTokens+48
 	prompts, err := bench.PromptTexts(qc, 32)
 	if err != nil {
 		return err
@@ -148,7 +150,7 @@ func benchE2E(args []string) error {
 	fs := flag.NewFlagSet("bench e2e", flag.ContinueOnError)
 	var l loadSetup
 	l.register(fs)
-	contexts := fs.String("contexts", "64,128,256,384", "context sizes (chunk tokens, 4 passages) (--quick: 64,256)")
+	contexts := fs.String("contexts", "32,64,128,192", "context sizes (chunk tokens, 4 passages; stories260K's 512 positions hold S, Q and about 200 more) (--quick: 64,128)")
 	prompts := fs.Int("prompts", 4, "prompts per size (--quick: 2)")
 	repeats := fs.Int("repeats", 3, "requests per prompt and target (--quick: 1)")
 	ratios := fs.String("ratios", "5,15,30", "in-process stack: fusionrag ratios of the fusion targets, percent (--quick: 15)")
@@ -157,7 +159,7 @@ func benchE2E(args []string) error {
 	}
 	if l.bf.quick {
 		if !flagSet(fs, "contexts") {
-			*contexts = "64,256"
+			*contexts = "64,128"
 		}
 		if !flagSet(fs, "prompts") {
 			*prompts = 2
@@ -194,7 +196,7 @@ func benchE2E(args []string) error {
 	}
 	var e2e []bench.E2EPrompts
 	for _, n := range sizes {
-		qc.PassageTokens, qc.AnswerTokens = max(1, n/4), 24
+		qc.PassageTokens, qc.AnswerTokens = max(1, n/4), 48 // completion and separators (see benchLoad)
 		ps, err := bench.PromptTexts(qc, *prompts)
 		if err != nil {
 			return err
