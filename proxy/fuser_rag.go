@@ -471,7 +471,7 @@ func (f *RAGFuser) segment(req *Request) (*segmented, error) {
 		if lay.Text != content {
 			p.Messages = slices.Clone(p.Messages)
 			p.Messages[u].Content = tokenizer.Text(lay.Text)
-			if sg.body, err = replaceMember(req.Body, "messages", p.Messages); err != nil {
+			if sg.body, err = replaceMessageContent(req.Body, u, lay.Text); err != nil {
 				return nil, err
 			}
 		}
@@ -609,4 +609,49 @@ func replaceMember(body []byte, key string, v any) ([]byte, error) {
 		return nil, err
 	}
 	return appendMember(nb, key, raw)
+}
+
+// replaceMessageContent returns body with the content of message u (of the
+// top-level "messages" that counts, the last) set to the string text, every
+// other byte as the client sent it: the other members of that message and
+// the other messages (name, tool_calls, null contents...) are not re-encoded,
+// so the engine gets the original request minus the markers.
+func replaceMessageContent(body []byte, u int, text string) ([]byte, error) {
+	ms, err := objectMembers(body)
+	if err != nil {
+		return nil, err
+	}
+	m, ok := lastMember(ms, "messages")
+	if !ok {
+		return nil, errors.New("proxy: no messages to rewrite")
+	}
+	var items []json.RawMessage
+	if err := json.Unmarshal(body[m.valStart:m.valEnd], &items); err != nil {
+		return nil, err
+	}
+	if u < 0 || u >= len(items) {
+		return nil, fmt.Errorf("proxy: message %d of %d", u, len(items))
+	}
+	raw, err := json.Marshal(text)
+	if err != nil {
+		return nil, err
+	}
+	msg, _, err := removeMember(items[u], "content")
+	if err != nil {
+		return nil, err
+	}
+	if items[u], err = appendMember(msg, "content", raw); err != nil {
+		return nil, err
+	}
+	out := make([]byte, 0, len(body)+len(raw))
+	out = append(out, body[:m.valStart]...)
+	out = append(out, '[')
+	for i, it := range items {
+		if i > 0 {
+			out = append(out, ',')
+		}
+		out = append(out, it...)
+	}
+	out = append(out, ']')
+	return append(out, body[m.valEnd:]...), nil
 }

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -171,5 +172,34 @@ func TestEngineKVRoutesNotExposed(t *testing.T) {
 	// Neighbouring paths still pass.
 	if code, _ := post(t, base+"/v1/kvx", "{}"); code != 204 {
 		t.Errorf("/v1/kvx: status %d, want the upstream's 204", code)
+	}
+}
+
+// TestFuserRewriteKeepsMessageMembers: stripping markers from the last user
+// message rewrites only that message's content; every other member of every
+// message (name, tool_calls, ...) reaches the engine as the client sent it,
+// so the fused request is the original one minus the markers.
+func TestFuserRewriteKeepsMessageMembers(t *testing.T) {
+	fe := newFuserEnv(t, func(c *Config) { c.Fusion.MarkerOpen, c.Fusion.MarkerClose = "<doc>", "</doc>" })
+	marked := "Read these.<doc>\n" + storyA + "</doc>\n<doc>\n" + storyB + "</doc>\nOnce upon a time"
+	body := `{"messages":[{"role":"system","content":"You tell stories.","name":"sys"},` +
+		`{"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"f","arguments":"{}"}}]},` +
+		`{"role":"tool","tool_call_id":"c1","content":"done"},` +
+		`{"role":"user","name":"alice","content":` + jsonString(marked) + `}],"max_tokens":8,"temperature":0}`
+	r := fe.request(t, RouteChat, body, "t")
+	p, err := fe.f.Fuse(context.Background(), r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got, want struct {
+		Messages []map[string]any `json:"messages"`
+	}
+	if err := json.Unmarshal(p.Body, &got); err != nil {
+		t.Fatalf("rewritten body %s: %v", p.Body, err)
+	}
+	_ = json.Unmarshal([]byte(body), &want)
+	want.Messages[3]["content"] = "Read these.\n" + storyA + "\n\n" + storyB + "\nOnce upon a time"
+	if d := cmp.Diff(want.Messages, got.Messages); d != "" {
+		t.Errorf("messages the engine gets (-want +got):\n%s", d)
 	}
 }
