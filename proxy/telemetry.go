@@ -230,35 +230,19 @@ func writeMetric(b *strings.Builder, m metricdata.Metrics) {
 	}
 	switch d := m.Data.(type) {
 	case metricdata.Sum[int64]:
-		n := name
-		typ := "gauge"
-		if d.IsMonotonic {
-			n, typ = name+"_total", "counter"
-		}
+		n, typ := sumName(name, d.IsMonotonic)
 		header(typ, n)
-		for _, p := range d.DataPoints {
-			fmt.Fprintf(b, "%s%s %d\n", n, labels(p.Attributes, ""), p.Value)
-		}
+		writePoints(b, n, d.DataPoints)
 	case metricdata.Sum[float64]:
-		n := name
-		typ := "gauge"
-		if d.IsMonotonic {
-			n, typ = name+"_total", "counter"
-		}
+		n, typ := sumName(name, d.IsMonotonic)
 		header(typ, n)
-		for _, p := range d.DataPoints {
-			fmt.Fprintf(b, "%s%s %s\n", n, labels(p.Attributes, ""), promFloat(p.Value))
-		}
+		writePoints(b, n, d.DataPoints)
 	case metricdata.Gauge[int64]:
 		header("gauge", name)
-		for _, p := range d.DataPoints {
-			fmt.Fprintf(b, "%s%s %d\n", name, labels(p.Attributes, ""), p.Value)
-		}
+		writePoints(b, name, d.DataPoints)
 	case metricdata.Gauge[float64]:
 		header("gauge", name)
-		for _, p := range d.DataPoints {
-			fmt.Fprintf(b, "%s%s %s\n", name, labels(p.Attributes, ""), promFloat(p.Value))
-		}
+		writePoints(b, name, d.DataPoints)
 	case metricdata.Histogram[float64]:
 		header("histogram", name)
 		for _, p := range d.DataPoints {
@@ -271,6 +255,30 @@ func writeMetric(b *strings.Builder, m metricdata.Metrics) {
 			fmt.Fprintf(b, "%s_sum%s %s\n", name, labels(p.Attributes, ""), promFloat(p.Sum))
 			fmt.Fprintf(b, "%s_count%s %d\n", name, labels(p.Attributes, ""), p.Count)
 		}
+	}
+}
+
+// sumName returns the exposed name and type of a sum: a monotonic one is a
+// counter named with _total, any other a gauge.
+func sumName(name string, monotonic bool) (n, typ string) {
+	if monotonic {
+		return name + "_total", "counter"
+	}
+	return name, "gauge"
+}
+
+// writePoints writes one sample line per data point: integers as they are,
+// floats as promFloat.
+func writePoints[N int64 | float64](b *strings.Builder, name string, points []metricdata.DataPoint[N]) {
+	for _, p := range points {
+		var v string
+		switch x := any(p.Value).(type) {
+		case int64:
+			v = strconv.FormatInt(x, 10)
+		case float64:
+			v = promFloat(x)
+		}
+		fmt.Fprintf(b, "%s%s %s\n", name, labels(p.Attributes, ""), v)
 	}
 }
 

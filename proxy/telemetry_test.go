@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
@@ -229,5 +231,38 @@ func TestPrometheusExposition(t *testing.T) {
 	if m[`fusionrag_proxy_ttft_seconds_bucket{le="0.0025"}`] != 0 || m[`fusionrag_proxy_ttft_seconds_bucket{le="0.005"}`] != 1 ||
 		m[`fusionrag_proxy_ttft_seconds_bucket{le="+Inf"}`] != 1 || m[`fusionrag_proxy_ttft_seconds_count`] != 1 {
 		t.Errorf("histogram series wrong:\n%s", b.String())
+	}
+}
+
+// TestWriteMetricKinds pins the exposition of every sum and gauge kind:
+// integer and float values, monotonic sums as counters named _total,
+// labels sorted.
+func TestWriteMetricKinds(t *testing.T) {
+	attrs := attribute.NewSet(attribute.String("z", "1"), attribute.String("a", `q"x`))
+	for _, tc := range []struct {
+		name string
+		data metricdata.Aggregation
+		want string
+	}{
+		{"int counter", metricdata.Sum[int64]{IsMonotonic: true, DataPoints: []metricdata.DataPoint[int64]{{Attributes: attrs, Value: 7}}},
+			"# HELP m_total d\n# TYPE m_total counter\nm_total{a=\"q\\\"x\",z=\"1\"} 7\n"},
+		{"int up-down sum", metricdata.Sum[int64]{DataPoints: []metricdata.DataPoint[int64]{{Value: -3}}},
+			"# HELP m d\n# TYPE m gauge\nm -3\n"},
+		{"float counter", metricdata.Sum[float64]{IsMonotonic: true, DataPoints: []metricdata.DataPoint[float64]{{Value: 0.25}, {Attributes: attrs, Value: 1e21}}},
+			"# HELP m_total d\n# TYPE m_total counter\nm_total 0.25\nm_total{a=\"q\\\"x\",z=\"1\"} 1e+21\n"},
+		{"float up-down sum", metricdata.Sum[float64]{DataPoints: []metricdata.DataPoint[float64]{{Value: 2}}},
+			"# HELP m d\n# TYPE m gauge\nm 2\n"},
+		{"int gauge", metricdata.Gauge[int64]{DataPoints: []metricdata.DataPoint[int64]{{Value: 12}}},
+			"# HELP m d\n# TYPE m gauge\nm 12\n"},
+		{"float gauge", metricdata.Gauge[float64]{DataPoints: []metricdata.DataPoint[float64]{{Attributes: attrs, Value: 0.95}}},
+			"# HELP m d\n# TYPE m gauge\nm{a=\"q\\\"x\",z=\"1\"} 0.95\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var b strings.Builder
+			writeMetric(&b, metricdata.Metrics{Name: "m", Description: "d", Data: tc.data})
+			if diff := cmp.Diff(tc.want, b.String()); diff != "" {
+				t.Errorf("exposition (-want +got):\n%s", diff)
+			}
+		})
 	}
 }
