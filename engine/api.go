@@ -161,6 +161,11 @@ func ParseRequest(body []byte, chat bool) (*Request, error) {
 		if *mt < 1 {
 			return nil, badParam("max_tokens", "max_tokens must be at least 1, got %d", *mt)
 		}
+		// Bounded so that prompt + max_tokens cannot overflow an int in
+		// the context-length check; no context is this long anyway.
+		if *mt > math.MaxInt32 {
+			return nil, badParam("max_tokens", "max_tokens must be at most %d, got %d", math.MaxInt32, *mt)
+		}
 		s.MaxTokens = *mt
 	}
 	if s.Stop, err = parseStop(w.Stop); err != nil {
