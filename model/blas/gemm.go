@@ -205,48 +205,68 @@ func gemmTileWide(out, a, b []float32, n, k, i0, i1, j0, j1 int) {
 	buf := getBuf(panels * wideCols * min(blockK, k))
 	defer putBuf(buf)
 	var c [wideRows * wideCols]float32
-	var apad []float32 // [6, kc] copy of a partial row group
+	var apad []float32 // [6, kc] copy of the partial row group
+	full := i0 + (i1-i0)/wideRows*wideRows
 	for p0 := 0; p0 < k; p0 += blockK {
 		p1 := min(p0+blockK, k)
 		kc := p1 - p0
 		packed := (*buf)[:panels*wideCols*kc]
 		packB(packed, b, k, j0, j1, p0, p1)
+		apad = padGroup(apad, a, k, full, i1, p0, p1)
 		for q := range panels {
-			panel := packed[q*wideCols*kc : (q+1)*wideCols*kc]
 			jq := j0 + q*wideCols
-			w := min(wideCols, j1-jq)
-			for i := i0; i < i1; i += wideRows {
-				h := min(wideRows, i1-i) // rows of this group
-				if p0 == 0 {
-					clear(c[:])
-				} else {
-					for r := range h {
-						copy(c[r*wideCols:r*wideCols+w], out[(i+r)*n+jq:(i+r)*n+jq+w])
-					}
-				}
-				if h == wideRows {
-					mulAdd6x16(a[i*k+p0:], k, panel, kc, &c)
-				} else {
-					// A partial group: the kernel reads 6 rows, so give it
-					// the h real ones followed by zero rows whose results
-					// are dropped.
-					if apad == nil {
-						apad = make([]float32, wideRows*blockK)
-					}
-					for r := range wideRows {
-						row := apad[r*kc : (r+1)*kc]
-						if r < h {
-							copy(row, a[(i+r)*k+p0:(i+r)*k+p1])
-						} else {
-							clear(row)
-						}
-					}
-					mulAdd6x16(apad, kc, panel, kc, &c)
-				}
-				for r := range h {
-					copy(out[(i+r)*n+jq:(i+r)*n+jq+w], c[r*wideCols:r*wideCols+w])
-				}
+			panelGroups(out, a, apad, packed[q*wideCols*kc:(q+1)*wideCols*kc], &c, n, k, i0, i1, jq, min(wideCols, j1-jq), p0)
+		}
+	}
+}
+
+// padGroup copies the partial row group a[i:i1, p0:p1] (i1-i < 6 rows) into
+// apad as a [6, p1-p0] block whose rows past i1 are zero: the micro-kernel
+// reads 6 rows, and the results of the zero rows are dropped. It allocates
+// apad ([6, blockK]) on first use and returns it; with no partial group
+// (i == i1) it does nothing.
+func padGroup(apad, a []float32, k, i, i1, p0, p1 int) []float32 {
+	if i >= i1 {
+		return apad
+	}
+	if apad == nil {
+		apad = make([]float32, wideRows*blockK)
+	}
+	kc := p1 - p0
+	for r := range wideRows {
+		row := apad[r*kc : (r+1)*kc]
+		if i+r < i1 {
+			copy(row, a[(i+r)*k+p0:(i+r)*k+p1])
+		} else {
+			clear(row)
+		}
+	}
+	return apad
+}
+
+// panelGroups runs the 6×16 micro-kernel over one panel ([kc][16], kc =
+// len(panel)/16) for every 6-row group of a in [i0, i1):
+// out[i, jq:jq+w] (+)= a[i, p0:p0+kc]·panel, starting from zero when p0 is 0
+// and from out's partial sums otherwise. The partial last group is read from
+// apad, filled by padGroup for this k block.
+func panelGroups(out, a, apad, panel []float32, c *[wideRows * wideCols]float32, n, k, i0, i1, jq, w, p0 int) {
+	kc := len(panel) / wideCols
+	for i := i0; i < i1; i += wideRows {
+		h := min(wideRows, i1-i) // rows of this group
+		if p0 == 0 {
+			clear(c[:])
+		} else {
+			for r := range h {
+				copy(c[r*wideCols:r*wideCols+w], out[(i+r)*n+jq:(i+r)*n+jq+w])
 			}
+		}
+		if h == wideRows {
+			mulAdd6x16(a[i*k+p0:], k, panel, kc, c)
+		} else {
+			mulAdd6x16(apad, kc, panel, kc, c)
+		}
+		for r := range h {
+			copy(out[(i+r)*n+jq:(i+r)*n+jq+w], c[r*wideCols:r*wideCols+w])
 		}
 	}
 }

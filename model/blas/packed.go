@@ -137,42 +137,11 @@ func gemmPackedTile(out, a []float32, p *Packed, i0, i1, j0, j1 int) {
 	full := i0 + (i1-i0)/wideRows*wideRows
 	for p0 := 0; p0 < k; p0 += blockK {
 		p1 := min(p0+blockK, k)
-		kc := p1 - p0
-		if full < i1 {
-			if apad == nil {
-				apad = make([]float32, wideRows*blockK)
-			}
-			for r := range wideRows {
-				row := apad[r*kc : (r+1)*kc]
-				if full+r < i1 {
-					copy(row, a[(full+r)*k+p0:(full+r)*k+p1])
-				} else {
-					clear(row)
-				}
-			}
-		}
+		apad = padGroup(apad, a, k, full, i1, p0, p1)
 		for jq := j0; jq < j1; jq += wideCols {
 			q := jq / wideCols
 			panel := p.panels[q*ldp+p0*wideCols : q*ldp+p1*wideCols]
-			w := min(wideCols, j1-jq)
-			for i := i0; i < i1; i += wideRows {
-				h := min(wideRows, i1-i)
-				if p0 == 0 {
-					clear(c[:])
-				} else {
-					for r := range h {
-						copy(c[r*wideCols:r*wideCols+w], out[(i+r)*n+jq:(i+r)*n+jq+w])
-					}
-				}
-				if h == wideRows {
-					mulAdd6x16(a[i*k+p0:], k, panel, kc, &c)
-				} else {
-					mulAdd6x16(apad, kc, panel, kc, &c)
-				}
-				for r := range h {
-					copy(out[(i+r)*n+jq:(i+r)*n+jq+w], c[r*wideCols:r*wideCols+w])
-				}
-			}
+			panelGroups(out, a, apad, panel, &c, n, k, i0, i1, jq, min(wideCols, j1-jq), p0)
 		}
 	}
 }
