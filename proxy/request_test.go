@@ -161,7 +161,8 @@ func TestTenantOf(t *testing.T) {
 
 // FuzzParseRequest: parsing never panics; when it does not report
 // ErrMalformed, the body it would forward is valid JSON, has no "fusionrag"
-// member, and keeps every other top-level member byte for byte, in order.
+// member nor any the engine would read as kv_transfer_params, and keeps
+// every other top-level member byte for byte, in order.
 func FuzzParseRequest(f *testing.F) {
 	for _, s := range []string{
 		chatBody,
@@ -171,6 +172,8 @@ func FuzzParseRequest(f *testing.F) {
 		`{"messages":[{"role":"user","content":[{"type":"text","text":"a # # b"}]}]}`,
 		`{"a":"\u0000\"}","fusionrag":{"ratio":1}}`,
 		`[1]`, `{`, ``,
+		`{"kv_transfer_params":{"namespace":"ab"},"prompt":"p","KV_Transfer_Params":null}`,
+		`{"\u212av_transfer_params":{"namespace":"ab"},"fusionrag":{"ratio":1},"prompt":"p"}`,
 	} {
 		f.Add(s, true)
 	}
@@ -199,7 +202,7 @@ func FuzzParseRequest(f *testing.F) {
 		}
 		var want []string
 		for _, m := range in {
-			if m.key != bodyOverride {
+			if m.key != bodyOverride && !isKVParams(m.key) {
 				want = append(want, m.key+"="+body[m.valStart:m.valEnd])
 			}
 		}
@@ -213,12 +216,14 @@ func FuzzParseRequest(f *testing.F) {
 	})
 }
 
-// FuzzApplyPlan: the plan's member lands in a valid object, and the
-// existing members other than kv_transfer_params are unchanged.
+// FuzzApplyPlan: the plan's member lands in a valid object as the only
+// member an engine reads as kv_transfer_params, holding exactly the plan's
+// parameters.
 func FuzzApplyPlan(f *testing.F) {
 	f.Add(`{"model":"m"}`, "ns")
 	f.Add(`{"kv_transfer_params":{"a":1}}`, "x\"y")
 	f.Add(` {} `, "")
+	f.Add(`{"KV_TRANSFER_PARAMS":{"namespace":"victim"},"kv_transfer_params":7}`, "ns")
 	f.Fuzz(func(t *testing.T, body, ns string) {
 		if !json.Valid([]byte(body)) {
 			return
@@ -238,6 +243,20 @@ func FuzzApplyPlan(f *testing.F) {
 		_ = json.Unmarshal(b, &want)
 		if !json.Valid(out) || json.Unmarshal(out, &v) != nil || v.KV.Namespace != want {
 			t.Fatalf("applyPlan(%q) = %q", body, out)
+		}
+		ms, _ := objectMembers(out)
+		n := 0
+		for _, m := range ms {
+			if isKVParams(m.key) {
+				n++
+				var params map[string]any
+				if json.Unmarshal(out[m.valStart:m.valEnd], &params) != nil || len(params) != 1 {
+					t.Fatalf("applyPlan(%q) = %q: kv_transfer_params is not the plan's", body, out)
+				}
+			}
+		}
+		if n != 1 {
+			t.Fatalf("applyPlan(%q) = %q: %d kv_transfer_params members", body, out, n)
 		}
 	})
 }
