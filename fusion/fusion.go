@@ -47,6 +47,20 @@ type LoadStats struct {
 	Rejections []string `json:"-"`
 }
 
+// split appends the chunks of d to out; a chunk that does not fit counts as
+// rejected, its message kept among the first MaxErrors.
+func (st *LoadStats) split(out []Chunk, ch *Chunker, d Document) []Chunk {
+	cs, err := ch.Split(d)
+	out = append(out, cs...)
+	if err != nil {
+		st.Rejected++
+		if len(st.Rejections) < MaxErrors {
+			st.Rejections = append(st.Rejections, err.Error())
+		}
+	}
+	return out
+}
+
 var errLimit = errors.New("limit reached")
 
 // LoadChunks reads a JSONL corpus (see ReadCorpus) and chunks it. limit > 0
@@ -61,14 +75,7 @@ func LoadChunks(r io.Reader, ch *Chunker, limit, maxLine int) ([]Chunk, LoadStat
 			return errLimit
 		}
 		docs++
-		cs, err := ch.Split(d)
-		out = append(out, cs...)
-		if err != nil {
-			st.Rejected++
-			if len(st.Rejections) < MaxErrors {
-				st.Rejections = append(st.Rejections, err.Error())
-			}
-		}
+		out = st.split(out, ch, d)
 		return nil
 	})
 	st.ReadStats = rs
@@ -93,14 +100,7 @@ func ChunkDocuments(docs []Document, ch *Chunker) ([]Chunk, LoadStats) {
 			continue
 		}
 		st.Documents++
-		cs, err := ch.Split(d)
-		out = append(out, cs...)
-		if err != nil {
-			st.Rejected++
-			if len(st.Rejections) < MaxErrors {
-				st.Rejections = append(st.Rejections, err.Error())
-			}
-		}
+		out = st.split(out, ch, d)
 	}
 	st.Chunks = len(out)
 	return out, st
