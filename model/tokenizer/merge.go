@@ -52,7 +52,21 @@ func (h *candidates) pop() candidate {
 	last := len(q) - 1
 	q[0] = q[last]
 	q = q[:last]
-	for i := 0; ; {
+	q.down(0)
+	*h = q
+	return top
+}
+
+func (h *candidates) init() {
+	q := *h
+	for i := len(q)/2 - 1; i >= 0; i-- {
+		q.down(i)
+	}
+}
+
+// down moves q[i] towards the leaves until neither child is less.
+func (q candidates) down(i int) {
+	for {
 		l, r, m := 2*i+1, 2*i+2, i
 		if l < len(q) && q.less(l, m) {
 			m = l
@@ -61,32 +75,10 @@ func (h *candidates) pop() candidate {
 			m = r
 		}
 		if m == i {
-			break
+			return
 		}
 		q[i], q[m] = q[m], q[i]
 		i = m
-	}
-	*h = q
-	return top
-}
-
-func (h *candidates) init() {
-	q := *h
-	for i := len(q)/2 - 1; i >= 0; i-- {
-		for j := i; ; {
-			l, r, m := 2*j+1, 2*j+2, j
-			if l < len(q) && q.less(l, m) {
-				m = l
-			}
-			if r < len(q) && q.less(r, m) {
-				m = r
-			}
-			if m == j {
-				break
-			}
-			q[j], q[m] = q[m], q[j]
-			j = m
-		}
 	}
 }
 
