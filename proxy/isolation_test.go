@@ -203,3 +203,54 @@ func TestFuserRewriteKeepsMessageMembers(t *testing.T) {
 		t.Errorf("messages the engine gets (-want +got):\n%s", d)
 	}
 }
+
+// TestCrossTenantReadThroughEngine is the attack end to end, on the real
+// model and engine: tenant A's prompt KV is published; tenant B sends the
+// same prompt through the sidecar with kv_transfer_params naming A's
+// namespace. Sent straight to the engine this loads A's KV (the attack
+// payload is live); through the sidecar, on the pass-through and the fusion
+// path alike, the engine must load nothing of A's.
+func TestCrossTenantReadThroughEngine(t *testing.T) {
+	fe := newFuserEnv(t, func(c *Config) { c.Fusion.Separator = " # # " })
+	text := "Once upon a time # # " + storyA + " # # " + storyB + " # # The end"
+	body := `{"prompt":` + jsonString(text) + `,"max_tokens":4,"temperature":0}`
+	pa, err := fe.f.Fuse(context.Background(), fe.request(t, RouteCompletions, body, "tenant-a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nsA := pa.KVTransferParams["namespace"].(string)
+	attack, err := applyPlan([]byte(pa.Body), &Plan{KVTransferParams: map[string]any{"namespace": nsA}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, n, cached := fe.engineAnswer(t, "/v1/completions", attack); cached != n-1 {
+		t.Fatalf("straight to the engine, A's namespace loads %d of %d tokens; the attack payload is not live", cached, n)
+	}
+	// The attacker's body: the stripped prompt (what A's KV is for) and A's
+	// namespace, on every path that forwards the client's body.
+	for name, fu := range map[string]Fuser{
+		"passthrough": nil,
+		"skip":        FuserFunc(func(context.Context, *Request) (*Plan, error) { return nil, Skip("no_chunks") }),
+		"fallback":    FuserFunc(func(context.Context, *Request) (*Plan, error) { return nil, errors.New("store down") }),
+	} {
+		var opts []Option
+		if fu != nil {
+			opts = append(opts, WithFuser(fu))
+		}
+		_, base := startProxy(t, upstreamConfig(fe.engine), opts...)
+		code, resp := post(t, base+"/v1/completions", string(attack), "X-Fusionrag-Tenant", "tenant-b")
+		var out struct {
+			Usage struct {
+				Details struct {
+					Cached int `json:"cached_tokens"`
+				} `json:"prompt_tokens_details"`
+			}
+		}
+		if code != 200 || json.Unmarshal([]byte(resp), &out) != nil {
+			t.Fatalf("%s: %d %s", name, code, resp)
+		}
+		if out.Usage.Details.Cached != 0 {
+			t.Errorf("%s: through the sidecar, tenant B loaded %d cached tokens of tenant A's KV", name, out.Usage.Details.Cached)
+		}
+	}
+}
