@@ -1,0 +1,55 @@
+// Package streamtest drives streaming HTTP responses at the connection level
+// for tests: it sends a raw request on a connection of its own, reads the
+// response until a given line, and hands the connection back so that the
+// test can hang up mid-stream, as a client that goes away does.
+package streamtest
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"strings"
+	"testing"
+)
+
+// Request is a raw HTTP/1.1 request. A non-empty Body is sent as JSON with
+// its Content-Length; an empty one sends no body and no content headers.
+type Request struct {
+	Method, Path, Body string
+}
+
+// bytes renders r as it goes on the wire.
+func (r Request) bytes() string {
+	if r.Body == "" {
+		return fmt.Sprintf("%s %s HTTP/1.1\r\nHost: x\r\n\r\n", r.Method, r.Path)
+	}
+	return fmt.Sprintf("%s %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s",
+		r.Method, r.Path, len(r.Body), r.Body)
+}
+
+// ReadUntil sends req to base ("http://host:port") on a new connection and
+// reads the response line by line (headers included) until one starts with
+// prefix. It returns the connection still open; the caller closes it. A
+// connection or read error, or a response that ends first, fails the test.
+func ReadUntil(tb testing.TB, base string, req Request, prefix string) net.Conn {
+	tb.Helper()
+	conn, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if _, err := fmt.Fprint(conn, req.bytes()); err != nil {
+		conn.Close()
+		tb.Fatal(err)
+	}
+	br := bufio.NewReader(conn)
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			conn.Close()
+			tb.Fatalf("%s %s: no line starting with %q: %v", req.Method, req.Path, prefix, err)
+		}
+		if strings.HasPrefix(line, prefix) {
+			return conn
+		}
+	}
+}
