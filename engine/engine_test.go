@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fusionrag/fusionrag/internal/streamtest"
 	"github.com/fusionrag/fusionrag/kvstore"
 	"github.com/google/go-cmp/cmp"
 )
@@ -386,23 +387,9 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 func TestDisconnectFreesSlot(t *testing.T) {
 	lm := &fakeLM{perToken: 5 * time.Millisecond, maxPos: 100000}
 	e, url := startFake(t, lm, Config{MaxBatch: 1})
-	conn, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	body := `{"prompt":"abc","max_tokens":50000,"stream":true}`
-	fmt.Fprintf(conn, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
-	br := bufio.NewReader(conn)
 	// Read until the first data event: the request holds the only slot.
-	for {
-		line, err := br.ReadString('\n')
-		if err != nil {
-			t.Fatal(err)
-		}
-		if strings.HasPrefix(line, "data: ") {
-			break
-		}
-	}
+	conn := streamtest.ReadUntil(t, url, streamtest.Request{Method: "POST", Path: "/v1/completions",
+		Body: `{"prompt":"abc","max_tokens":50000,"stream":true}`}, "data: ")
 	if s := e.Stats(); s.Running != 1 {
 		t.Fatalf("stats %+v, want one running", s)
 	}
