@@ -1,13 +1,11 @@
 package proxy
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -20,6 +18,7 @@ import (
 	"github.com/sony/gobreaker/v2"
 
 	"github.com/fusionrag/fusionrag/fingerprint"
+	"github.com/fusionrag/fusionrag/internal/streamtest"
 )
 
 // The Fusers in this file are fakes on purpose: they produce on demand the
@@ -348,22 +347,8 @@ func TestClientCancelIsNotAFailure(t *testing.T) {
 	cfg := upstreamConfig(up.URL)
 	cfg.Breaker.ConsecutiveFailures = 1
 	p, base := startProxy(t, cfg, WithFuser(FuserFunc(func(context.Context, *Request) (*Plan, error) { return okPlan("x"), nil })))
-	conn, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	body := `{"model":"m","stream":true,"messages":[{"role":"user","content":"q"}]}`
-	fmt.Fprintf(conn, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
-	br := bufio.NewReader(conn)
-	for {
-		line, err := br.ReadString('\n')
-		if err != nil {
-			t.Fatal(err)
-		}
-		if strings.HasPrefix(line, "data: 2") {
-			break
-		}
-	}
+	conn := streamtest.ReadUntil(t, base, streamtest.Request{Method: "POST", Path: "/v1/chat/completions",
+		Body: `{"model":"m","stream":true,"messages":[{"role":"user","content":"q"}]}`}, "data: 2")
 	conn.Close()
 	select {
 	case <-gone:

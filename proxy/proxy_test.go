@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fusionrag/fusionrag/internal/streamtest"
 	"github.com/google/go-cmp/cmp"
 )
 
@@ -376,21 +377,7 @@ func TestClientDisconnectPropagates(t *testing.T) {
 	}))
 	defer up.Close()
 	_, base := startProxy(t, upstreamConfig(up.URL))
-	conn, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	fmt.Fprintf(conn, "GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
-	br := bufio.NewReader(conn)
-	for {
-		line, err := br.ReadString('\n')
-		if err != nil {
-			t.Fatal(err)
-		}
-		if strings.HasPrefix(line, "data: 1") {
-			break
-		}
-	}
+	conn := streamtest.ReadUntil(t, base, streamtest.Request{Method: "GET", Path: "/stream"}, "data: 1")
 	conn.Close()
 	select {
 	case <-canceled:
