@@ -1,6 +1,10 @@
 package model
 
-import "github.com/fusionrag/fusionrag/model/blas"
+import (
+	"unsafe"
+
+	"github.com/fusionrag/fusionrag/model/blas"
+)
 
 func init() {
 	RegisterBackend("cpu", func() (Backend, error) { return cpuBackend{}, nil })
@@ -37,27 +41,83 @@ type packedLayer struct {
 }
 
 // packWeights packs every linear layer's weight and the classifier for the
-// cpu backend (blas.Pack spreads each over the cores). Memory: about one more copy of those
-// matrices (blas.Packed pads the output dimension to a multiple of 16); the
-// raw slices stay, for namedWeights (saving, binding) and the embedding
-// table the classifier may alias. With the SIMD kernel absent (purego,
-// non-amd64) blas.Pack keeps the raw slice and costs nothing.
+// cpu backend (blas.Pack spreads each over the cores).
+//
+// Memory: a packed matrix is the size of the raw one (its output dimension
+// padded to a multiple of 16). A raw matrix that was converted at load
+// (F16/BF16 safetensors) is dropped once packed, so the packed copy
+// replaces it; namedWeights rebuilds it on demand (blas.Packed.Unpack). A
+// raw matrix that is the stored bytes themselves (F32 safetensors and
+// llama2.c files, mapped; synthetic models) stays, since the fingerprint
+// hashes those bytes: for a mapped file that is page cache the kernels no
+// longer touch. The classifier keeps its raw matrix when it is the
+// embedding table. Without the SIMD kernel (purego, non-amd64) blas.Pack
+// keeps the raw slice and costs nothing.
 func (m *Model) packWeights() {
 	c := m.Config
 	d, qd, kvd, hd := c.Dim, c.QDim(), c.KVDim(), c.HiddenDim
+	stored := m.storedRanges()
+	pack := func(raw *[]float32, n, k int) *blas.Packed {
+		p := blas.Pack(*raw, n, k)
+		if p.Bytes() > 0 && !stored(*raw) {
+			*raw = nil
+		}
+		return p
+	}
 	for i := range m.layers {
 		w := &m.layers[i]
 		w.packed = packedLayer{
-			wq: blas.Pack(w.wq, qd, d),
-			wk: blas.Pack(w.wk, kvd, d),
-			wv: blas.Pack(w.wv, kvd, d),
-			wo: blas.Pack(w.wo, d, qd),
-			w1: blas.Pack(w.w1, hd, d),
-			w3: blas.Pack(w.w3, hd, d),
-			w2: blas.Pack(w.w2, d, hd),
+			wq: pack(&w.wq, qd, d),
+			wk: pack(&w.wk, kvd, d),
+			wv: pack(&w.wv, kvd, d),
+			wo: pack(&w.wo, d, qd),
+			w1: pack(&w.w1, hd, d),
+			w3: pack(&w.w3, hd, d),
+			w2: pack(&w.w2, d, hd),
 		}
 	}
-	m.clsPack = blas.Pack(m.cls, c.Vocab, d)
+	if c.TiedEmbeddings {
+		m.clsPack = blas.Pack(m.cls, c.Vocab, d)
+	} else {
+		m.clsPack = pack(&m.cls, c.Vocab, d)
+	}
+}
+
+// storedRanges returns a test for whether a weight's memory lies inside the
+// bytes of some manifest tensor (the stored file data).
+func (m *Model) storedRanges() func(w []float32) bool {
+	type span struct{ begin, end uintptr } // [begin, end)
+	var spans []span
+	for _, t := range m.manifest {
+		if len(t.raw) > 0 {
+			b := uintptr(unsafe.Pointer(&t.raw[0]))
+			spans = append(spans, span{b, b + uintptr(len(t.raw))})
+		}
+	}
+	return func(w []float32) bool {
+		if len(w) == 0 {
+			return true
+		}
+		a := uintptr(unsafe.Pointer(&w[0]))
+		for _, s := range spans {
+			if a >= s.begin && a < s.end {
+				return true
+			}
+		}
+		return false
+	}
+}
+
+// rawWeight returns w, or when packing dropped it (nil) a fresh copy
+// unpacked from p.
+func rawWeight(w []float32, p *blas.Packed) []float32 {
+	if w != nil || p == nil {
+		return w
+	}
+	n, k := p.Dims()
+	out := make([]float32, n*k)
+	p.Unpack(out)
+	return out
 }
 
 // linear computes out[rows, n] = x[rows, k] · w[n, k]^T for a weight w: on

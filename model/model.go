@@ -159,7 +159,8 @@ func (m *Model) finish(opts LoadOptions, path string, hf bool) error {
 	return nil
 }
 
-// namedWeights lists the fp32 weights in HF naming.
+// namedWeights lists the fp32 weights in HF naming. Matrices that packing
+// replaced (packWeights) are unpacked into fresh arrays.
 func (m *Model) namedWeights() []NamedWeight {
 	c := m.Config
 	var ws []NamedWeight
@@ -172,21 +173,21 @@ func (m *Model) namedWeights() []NamedWeight {
 	for i, l := range m.layers {
 		p := fmt.Sprintf("model.layers.%d.", i)
 		add(p+"input_layernorm.weight", l.attnNorm, c.Dim)
-		add(p+"self_attn.q_proj.weight", l.wq, c.QDim(), c.Dim)
-		add(p+"self_attn.k_proj.weight", l.wk, c.KVDim(), c.Dim)
-		add(p+"self_attn.v_proj.weight", l.wv, c.KVDim(), c.Dim)
+		add(p+"self_attn.q_proj.weight", rawWeight(l.wq, l.packed.wq), c.QDim(), c.Dim)
+		add(p+"self_attn.k_proj.weight", rawWeight(l.wk, l.packed.wk), c.KVDim(), c.Dim)
+		add(p+"self_attn.v_proj.weight", rawWeight(l.wv, l.packed.wv), c.KVDim(), c.Dim)
 		add(p+"self_attn.q_proj.bias", l.bq, c.QDim())
 		add(p+"self_attn.k_proj.bias", l.bk, c.KVDim())
 		add(p+"self_attn.v_proj.bias", l.bv, c.KVDim())
-		add(p+"self_attn.o_proj.weight", l.wo, c.Dim, c.QDim())
+		add(p+"self_attn.o_proj.weight", rawWeight(l.wo, l.packed.wo), c.Dim, c.QDim())
 		add(p+"post_attention_layernorm.weight", l.ffnNorm, c.Dim)
-		add(p+"mlp.gate_proj.weight", l.w1, c.HiddenDim, c.Dim)
-		add(p+"mlp.up_proj.weight", l.w3, c.HiddenDim, c.Dim)
-		add(p+"mlp.down_proj.weight", l.w2, c.Dim, c.HiddenDim)
+		add(p+"mlp.gate_proj.weight", rawWeight(l.w1, l.packed.w1), c.HiddenDim, c.Dim)
+		add(p+"mlp.up_proj.weight", rawWeight(l.w3, l.packed.w3), c.HiddenDim, c.Dim)
+		add(p+"mlp.down_proj.weight", rawWeight(l.w2, l.packed.w2), c.Dim, c.HiddenDim)
 	}
 	add("model.norm.weight", m.norm, c.Dim)
 	if !c.TiedEmbeddings {
-		add("lm_head.weight", m.cls, c.Vocab, c.Dim)
+		add("lm_head.weight", rawWeight(m.cls, m.clsPack), c.Vocab, c.Dim)
 	}
 	return ws
 }

@@ -53,6 +53,29 @@ func (p *Packed) Dims() (n, k int) { return p.n, p.k }
 // Bytes is the memory the packed layout holds (0 when it keeps b itself).
 func (p *Packed) Bytes() int { return 4 * len(p.panels) }
 
+// Unpack writes the packed matrix back as b [n,k] row-major into dst
+// (len(dst) >= n*k), exactly the values given to Pack. It lets a holder of
+// the packed copy drop b and rebuild it when needed (to save a model). It
+// panics when dst is short.
+func (p *Packed) Unpack(dst []float32) {
+	n, k := p.n, p.k
+	if len(dst) < n*k {
+		panic(fmt.Sprintf("blas.Packed.Unpack: len(dst)=%d < %d*%d", len(dst), n, k))
+	}
+	if p.panels == nil {
+		copy(dst, p.raw)
+		return
+	}
+	for j := range n {
+		q, l := j/wideCols, j%wideCols
+		panel := p.panels[q*wideCols*k : (q+1)*wideCols*k]
+		row := dst[j*k : (j+1)*k]
+		for pp := range row {
+			row[pp] = panel[pp*wideCols+l]
+		}
+	}
+}
+
 // MatMulTPacked computes out[m,n] = a[m,k] · b[n,k]^T for the b packed in
 // p, bit-identical to Go.MatMulT(out, a, b, m, n, k) for every m: the same
 // summation order (one float32 accumulator per output, increasing k), only

@@ -42,6 +42,11 @@ func TestMatMulTPacked(t *testing.T) {
 		got := randSlice(r, m*n) // garbage: must be overwritten
 		MatMulTPacked(got, a, p, m)
 		sameBits(t, fmt.Sprintf("m=%d n=%d k=%d", m, n, k), got, want)
+		if m == 1 {
+			un := make([]float32, n*k)
+			p.Unpack(un)
+			sameBits(t, fmt.Sprintf("Unpack n=%d k=%d", n, k), un, b)
+		}
 	}
 	for _, s := range packedShapes {
 		for m := 1; m <= 70; m++ {
@@ -80,6 +85,9 @@ func TestMatMulTPackedScalar(t *testing.T) {
 		}
 		MatMulTPacked(got, a, p, m)
 		sameBits(t, fmt.Sprint(s), got, want)
+		un := make([]float32, n*k)
+		p.Unpack(un)
+		sameBits(t, fmt.Sprint("Unpack ", s), un, b)
 	}
 }
 
@@ -111,6 +119,13 @@ func TestPackLayout(t *testing.T) {
 					t.Fatalf("panels[%d][%d][%d] = %v, want %v", q, pp, l, got, want)
 				}
 			}
+		}
+	}
+	un := make([]float32, n*k)
+	p.Unpack(un)
+	for i := range b {
+		if math.Float32bits(un[i]) != math.Float32bits(b[i]) {
+			t.Fatalf("Unpack: [%d] = %v, want %v", i, un[i], b[i])
 		}
 	}
 	clear(b) // Pack copied: the product must not change.
@@ -160,6 +175,7 @@ func TestMatMulTPackedPanics(t *testing.T) {
 		"short out":  func() { MatMulTPacked(make([]float32, 5), make([]float32, 8), p, 2) },
 		"negative m": func() { MatMulTPacked(nil, nil, p, -1) },
 		"short b":    func() { Pack(make([]float32, 11), 3, 4) },
+		"short dst":  func() { p.Unpack(make([]float32, 11)) },
 	} {
 		func() {
 			defer func() {
