@@ -114,3 +114,15 @@ func reportRatio(b *testing.B, flops, base float64, unit string) float64 {
 	}
 	return ns
 }
+
+// BenchmarkPack measures the one-time cost of Pack on a 1376×512 weight
+// (GB/s of the weight read), to set against the repacking MatMulT does on
+// every call.
+func BenchmarkPack(b *testing.B) {
+	const n, k = 1376, 512
+	w := randSlice(rand.New(rand.NewPCG(1, 1)), n*k)
+	for b.Loop() {
+		Pack(w, n, k)
+	}
+	b.ReportMetric(float64(4*n*k)/(float64(b.Elapsed().Nanoseconds())/float64(b.N)), "GB/s")
+}
