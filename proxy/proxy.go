@@ -98,7 +98,10 @@ func New(cfg Config, opts ...Option) (*Proxy, error) {
 			p.log.Warn("fusion circuit breaker", "from", from.String(), "to", to.String())
 		},
 		// Skips and client cancels say nothing about the fusion path's health.
-		IsExcluded: func(err error) bool { return errors.Is(err, ErrSkip) || isClientCancel(err) },
+		// Nor do engine failures that the original request meets too.
+		IsExcluded: func(err error) bool {
+			return errors.Is(err, ErrSkip) || isClientCancel(err) || errors.Is(err, errEngineFailing)
+		},
 	})
 	p.tel.breakerState = p.breaker.State
 	p.server = &fasthttp.Server{
@@ -412,15 +415,32 @@ func (p *Proxy) serveEligible(ctx *fasthttp.RequestCtx, x *exchange, body []byte
 		_ = resp.CloseBodyStream()
 		fasthttp.ReleaseResponse(resp)
 	}
-	x.done(err)
+	done := x.done
 	x.done = nil
 	x.fallback(ReasonUpstreamError)
 	if x.plan.Release != nil {
 		x.plan.Release()
 	}
 	x.plan = nil
-	p.forward(ctx, x, req.Body, nil, len(req.Body))
+	// The fusion path is at fault only if the engine serves the original:
+	// an engine that fails both (down, overloaded) is not a fusion failure,
+	// and opening the breaker would only add full prefills to its load.
+	resp, oerr := p.roundTrip(ctx, x, req.Body, nil, len(req.Body), "original")
+	if oerr != nil || resp.StatusCode() >= 500 {
+		done(fmt.Errorf("%w: %w", errEngineFailing, err))
+	} else {
+		done(err)
+	}
+	if oerr != nil {
+		p.upstreamError(ctx, x, oerr)
+		return
+	}
+	p.respond(ctx, x, resp)
 }
+
+// errEngineFailing marks a fused request's failure that the original
+// request met too: the engine's, not the fusion path's (breaker-excluded).
+var errEngineFailing = errors.New("proxy: the engine fails the original request too")
 
 type fuseResult struct {
 	plan *Plan
