@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -59,12 +58,7 @@ func startFakeLM(t *testing.T, lm LM, cfg Config) (*Engine, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(e.Handler())
-	t.Cleanup(func() {
-		e.Close()
-		srv.Close()
-	})
-	return e, srv.URL
+	return e, serve(t, e)
 }
 
 func (f *batchFakeLM) snapshot() [][]int {

@@ -9,7 +9,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -29,16 +28,7 @@ func startFake(t *testing.T, lm *fakeLM, cfg Config) (*Engine, string) {
 	if lm.maxPos == 0 {
 		lm.maxPos = 256
 	}
-	e, err := New(cfg, lm, byteTok{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(e.Handler())
-	t.Cleanup(func() {
-		e.Close() // fails what still runs, so the server's connections end
-		srv.Close()
-	})
-	return e, srv.URL
+	return startFakeLM(t, lm, cfg)
 }
 
 func post(t *testing.T, url, body string) (int, []byte) {
@@ -595,8 +585,7 @@ func TestPushLimitsAndErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(e.Handler())
-	defer func() { e.Close(); srv.Close() }()
+	srvURL := serve(t, e)
 	key := strings.Repeat("ab", 16)
 	put := func(url, key string, body []byte) (int, string) {
 		req, _ := http.NewRequest(http.MethodPut, url+"/v1/kv/"+key, bytes.NewReader(body))
@@ -613,9 +602,9 @@ func TestPushLimitsAndErrors(t *testing.T) {
 		body           []byte
 		status         int
 	}{
-		{"too large", srv.URL, key, make([]byte, 2000), 413},
-		{"bad key", srv.URL, "xyz", []byte("x"), 400},
-		{"garbage", srv.URL, key, []byte("not a blob"), 400},
+		{"too large", srvURL, key, make([]byte, 2000), 413},
+		{"bad key", srvURL, "xyz", []byte("x"), 400},
+		{"garbage", srvURL, key, []byte("not a blob"), 400},
 		{"no connector", plain, key, []byte("x"), 404},
 	} {
 		if code, body := put(tt.url, tt.key, tt.body); code != tt.status || !strings.Contains(body, `"error"`) {

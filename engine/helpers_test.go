@@ -3,7 +3,9 @@ package engine
 import (
 	"bufio"
 	"io"
+	"net/http/httptest"
 	"strings"
+	"testing"
 )
 
 func must[T any](v T, err error) T {
@@ -29,4 +31,16 @@ func (s *sseReader) next() (string, bool) {
 		}
 	}
 	return "", false
+}
+
+// serve runs e on a loopback httptest server until the test ends and
+// returns its URL. At cleanup the engine closes first (it fails what still
+// runs, so the server's connections end), then the server.
+func serve(tb testing.TB, e *Engine) string {
+	srv := httptest.NewServer(e.Handler())
+	tb.Cleanup(func() {
+		e.Close()
+		srv.Close()
+	})
+	return srv.URL
 }

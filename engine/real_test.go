@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -47,12 +46,7 @@ func startModel(tb testing.TB, m *model.Model, cfg Config, conn *Connector) (*En
 	if err != nil {
 		tb.Fatal(err)
 	}
-	srv := httptest.NewServer(e.Handler())
-	tb.Cleanup(func() {
-		srv.Close()
-		e.Close()
-	})
-	return e, srv.URL
+	return e, serve(tb, e)
 }
 
 func completion(tb testing.TB, url, body string) completionResponse {
@@ -349,8 +343,7 @@ func TestConcurrentStreamsNoCrossTalk(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(e.Handler())
-	defer func() { srv.Close(); e.Close() }()
+	srvURL := serve(t, e)
 	prompts := []string{"Once upon a time", "The cat", "Lily and Ben", "One day", "A big dog", "The sun was",
 		"Tom had a red ball", "In the park", "Mom said", "The little bird", "Sara wanted", "There was a tree",
 		"The boy ran", "Max liked to", "A girl named Sue", "The car"}
@@ -365,7 +358,7 @@ func TestConcurrentStreamsNoCrossTalk(t *testing.T) {
 	solo := make([]string, len(prompts))
 	t0 := time.Now()
 	for i, b := range bodies {
-		solo[i], _, _ = streamText(t, srv.URL, b)
+		solo[i], _, _ = streamText(t, srvURL, b)
 	}
 	seqTime := time.Since(t0)
 	lm.mu.Lock()
@@ -380,7 +373,7 @@ func TestConcurrentStreamsNoCrossTalk(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			got[i], firsts[i], lasts[i] = streamText(t, srv.URL, b)
+			got[i], firsts[i], lasts[i] = streamText(t, srvURL, b)
 		}()
 	}
 	wg.Wait()
