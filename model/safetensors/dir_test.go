@@ -43,54 +43,60 @@ func setValues(t *testing.T, s *Set) map[string]float32 {
 }
 
 func TestOpenDir(t *testing.T) {
-	t.Run("single", func(t *testing.T) {
-		dir := t.TempDir()
-		writeFile(t, filepath.Join(dir, "model.safetensors"), scalar("a", 1), scalar("b", 2))
-		s, err := OpenDir(dir)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer s.Close()
-		if diff := cmp.Diff(map[string]float32{"a": 1, "b": 2}, setValues(t, s)); diff != "" {
-			t.Errorf("(-want +got):\n%s", diff)
-		}
-	})
-	t.Run("several without index", func(t *testing.T) {
-		dir := t.TempDir()
-		writeFile(t, filepath.Join(dir, "x.safetensors"), scalar("a", 1))
-		writeFile(t, filepath.Join(dir, "y.safetensors"), scalar("b", 2))
-		s, err := OpenDir(dir)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer s.Close()
-		if diff := cmp.Diff(map[string]float32{"a": 1, "b": 2}, setValues(t, s)); diff != "" {
-			t.Errorf("(-want +got):\n%s", diff)
-		}
-		if len(s.Files) != 2 || !slices.IsSortedFunc(s.Files, func(a, b *File) int { return strings.Compare(a.Path(), b.Path()) }) {
-			t.Errorf("Files not the two shards in name order")
-		}
-	})
-	t.Run("sharded", func(t *testing.T) {
-		dir := t.TempDir()
-		writeFile(t, filepath.Join(dir, "model-00001-of-00002.safetensors"), scalar("a", 1), scalar("c", 3))
-		writeFile(t, filepath.Join(dir, "model-00002-of-00002.safetensors"), scalar("b", 2))
-		writeFile(t, filepath.Join(dir, "stray.safetensors"), scalar("z", 9)) // not in the index: ignored
-		writeIndex(t, dir, `{"metadata":{"total_size":12},"weight_map":{"a":"model-00001-of-00002.safetensors","c":"model-00001-of-00002.safetensors","b":"model-00002-of-00002.safetensors"}}`)
-		s, err := OpenDir(dir)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if diff := cmp.Diff(map[string]float32{"a": 1, "b": 2, "c": 3}, setValues(t, s)); diff != "" {
-			t.Errorf("(-want +got):\n%s", diff)
-		}
-		if err := s.Close(); err != nil {
-			t.Fatal(err)
-		}
-		if err := s.Close(); err != nil {
-			t.Fatalf("second Close: %v", err)
-		}
-	})
+	for _, tt := range []struct {
+		name  string
+		files map[string][]Tensor
+		index string // IndexFile's content; "" writes none
+		want  map[string]float32
+		check func(t *testing.T, s *Set)
+	}{
+		{name: "single",
+			files: map[string][]Tensor{"model.safetensors": {scalar("a", 1), scalar("b", 2)}},
+			want:  map[string]float32{"a": 1, "b": 2}},
+		{name: "several without index",
+			files: map[string][]Tensor{"x.safetensors": {scalar("a", 1)}, "y.safetensors": {scalar("b", 2)}},
+			want:  map[string]float32{"a": 1, "b": 2},
+			check: func(t *testing.T, s *Set) {
+				if len(s.Files) != 2 || !slices.IsSortedFunc(s.Files, func(a, b *File) int { return strings.Compare(a.Path(), b.Path()) }) {
+					t.Errorf("Files not the two shards in name order")
+				}
+			}},
+		{name: "sharded",
+			files: map[string][]Tensor{
+				"model-00001-of-00002.safetensors": {scalar("a", 1), scalar("c", 3)},
+				"model-00002-of-00002.safetensors": {scalar("b", 2)},
+				"stray.safetensors":                {scalar("z", 9)}, // not in the index: ignored
+			},
+			index: `{"metadata":{"total_size":12},"weight_map":{"a":"model-00001-of-00002.safetensors","c":"model-00001-of-00002.safetensors","b":"model-00002-of-00002.safetensors"}}`,
+			want:  map[string]float32{"a": 1, "b": 2, "c": 3}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			for name, ts := range tt.files {
+				writeFile(t, filepath.Join(dir, name), ts...)
+			}
+			if tt.index != "" {
+				writeIndex(t, dir, tt.index)
+			}
+			s, err := OpenDir(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close() // on a failure before the Close checks below
+			if diff := cmp.Diff(tt.want, setValues(t, s)); diff != "" {
+				t.Errorf("(-want +got):\n%s", diff)
+			}
+			if tt.check != nil {
+				tt.check(t, s)
+			}
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Close(); err != nil {
+				t.Fatalf("second Close: %v", err)
+			}
+		})
+	}
 }
 
 func TestOpenDirErrors(t *testing.T) {
