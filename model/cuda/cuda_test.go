@@ -304,23 +304,13 @@ func TestCUDABackendGreedy(t *testing.T) {
 		}
 		defer m.Close()
 		c := model.NewCache(m.Config, 300)
-		var out []int32
-		b := model.Batch{Tokens: []int32{1}, Pos: []int32{0}}
-		for i := range 256 {
+		return greedyDecode(t, 256, func(b model.Batch) ([]float32, error) {
 			r, err := m.Forward(ctx, c, b, model.ForwardOptions{Logits: []int{0}, Append: true})
 			if err != nil {
-				t.Fatal(err)
+				return nil, err
 			}
-			lg, best := r.Logits[0], 0
-			for j, v := range lg {
-				if v > lg[best] {
-					best = j
-				}
-			}
-			out = append(out, int32(best))
-			b = model.Batch{Tokens: []int32{int32(best)}, Pos: []int32{int32(i + 1)}}
-		}
-		return out
+			return r.Logits[0], nil
+		})
 	}
 	want, got := decode("cpu"), decode(BackendName)
 	if fmt.Sprint(got) != fmt.Sprint(want) {

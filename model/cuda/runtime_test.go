@@ -286,6 +286,30 @@ func checkPasses(t *testing.T, rt *Runtime, ref *model.Model, tol float64) {
 	})
 }
 
+// greedyDecode decodes steps tokens greedily from a lone BOS (id 1) at
+// position 0, one token per call of fwd, which returns the logits of the
+// batch's one row; a tie goes to the lowest id.
+func greedyDecode(t testing.TB, steps int, fwd func(b model.Batch) ([]float32, error)) []int32 {
+	t.Helper()
+	var out []int32
+	b := model.Batch{Tokens: []int32{1}, Pos: []int32{0}}
+	for i := range steps {
+		lg, err := fwd(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		best := 0
+		for j, v := range lg {
+			if v > lg[best] {
+				best = j
+			}
+		}
+		out = append(out, int32(best))
+		b = model.Batch{Tokens: []int32{int32(best)}, Pos: []int32{int32(i + 1)}}
+	}
+	return out
+}
+
 // TestRuntimeGoldenStories260K checks the runtime on hostOps in fp32
 // against the golden greedy continuation through the incremental path:
 // prefill, then one token at a time appended to a device cache.
@@ -298,27 +322,8 @@ func TestRuntimeGreedyMatchesCPU(t *testing.T) {
 	}
 	defer rt.Close()
 	ctx := context.Background()
-	greedy := func(fwd func(b model.Batch) ([]float32, error)) []int32 {
-		var out []int32
-		b := model.Batch{Tokens: []int32{1}, Pos: []int32{0}}
-		for i := range 40 {
-			lg, err := fwd(b)
-			if err != nil {
-				t.Fatal(err)
-			}
-			best := 0
-			for j, v := range lg {
-				if v > lg[best] {
-					best = j
-				}
-			}
-			out = append(out, int32(best))
-			b = model.Batch{Tokens: []int32{int32(best)}, Pos: []int32{int32(i + 1)}}
-		}
-		return out
-	}
 	hc := model.NewCache(ref.Config, 64)
-	want := greedy(func(b model.Batch) ([]float32, error) {
+	want := greedyDecode(t, 40, func(b model.Batch) ([]float32, error) {
 		r, err := ref.Forward(ctx, hc, b, model.ForwardOptions{Logits: []int{0}, Append: true})
 		if err != nil {
 			return nil, err
@@ -330,7 +335,7 @@ func TestRuntimeGreedyMatchesCPU(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer dc.Free()
-	got := greedy(func(b model.Batch) ([]float32, error) {
+	got := greedyDecode(t, 40, func(b model.Batch) ([]float32, error) {
 		r, err := rt.Forward(ctx, dc, b, model.ForwardOptions{Logits: []int{0}, Append: true})
 		if err != nil {
 			return nil, err
