@@ -287,7 +287,7 @@ func (f *RAGFuser) Fuse(ctx context.Context, req *Request) (*Plan, error) {
 	}
 	rreq, err := toRecompute(sg, strategy, ratio)
 	if err != nil {
-		return nil, err
+		return nil, requestSkip(err)
 	}
 	rctx, rspan := StartPhase(ctx, SpanRecompute, attribute.String(AttrStrategy, strategy), attribute.Float64(AttrRatio, ratio))
 	res, err := rp.Run(rctx, rreq)
@@ -298,10 +298,7 @@ func (f *RAGFuser) Fuse(ctx context.Context, req *Request) (*Plan, error) {
 			f.warm(ns, rreq)
 			return nil, Skip(SkipTooManyMissing)
 		}
-		if errors.Is(err, recompute.ErrTooLong) {
-			return nil, Skip(SkipPromptTooLong)
-		}
-		return nil, err
+		return nil, requestSkip(err)
 	}
 	rec := res.Record
 	rspan.SetAttributes(
@@ -369,6 +366,23 @@ func (f *RAGFuser) warm(ns fingerprint.Namespace, req recompute.Request) {
 			f.log.Debug("fusion warm-up failed", "err", err)
 		}
 	}()
+}
+
+// requestSkip turns the recompute errors that a request's own content
+// causes (ids outside the vocabulary, which the engine refuses too; an empty
+// segment; a prompt over the context) into skips: bad input is not a failure
+// of the fusion path and must not count against its breaker. Other errors
+// are returned as they are.
+func requestSkip(err error) error {
+	switch {
+	case errors.Is(err, recompute.ErrTooLong):
+		return Skip(SkipPromptTooLong)
+	case errors.Is(err, recompute.ErrToken):
+		return Skip(SkipEngineRejects)
+	case errors.Is(err, recompute.ErrEmptySegment), errors.Is(err, recompute.ErrOverlap):
+		return Skip(SkipNoChunks)
+	}
+	return err
 }
 
 // warmTimeout bounds one background warm-up.
