@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/url"
+	"strings"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -125,12 +126,19 @@ func truncate(b []byte) string {
 }
 
 // WithKVParams returns body with "kv_transfer_params": {"namespace": ns}
-// set (replacing any present), every other field kept. The body must be a
-// JSON object.
+// set, every other field kept. Any member an engine could read as
+// kv_transfer_params (the name in any case, Unicode simple folding
+// included, as encoding/json matches it) is replaced: only the caller says
+// where the engine finds KV. The body must be a JSON object.
 func WithKVParams(body []byte, ns string) ([]byte, error) {
 	var obj map[string]json.RawMessage
 	if err := json.Unmarshal(body, &obj); err != nil || obj == nil {
 		return nil, fmt.Errorf("adapters: request body is not a JSON object: %v", err)
+	}
+	for k := range obj {
+		if strings.EqualFold(k, "kv_transfer_params") {
+			delete(obj, k)
+		}
 	}
 	p, _ := json.Marshal(map[string]string{"namespace": ns})
 	obj["kv_transfer_params"] = p
