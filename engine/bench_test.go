@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/fusionrag/fusionrag/fingerprint"
+	"github.com/fusionrag/fusionrag/internal/modeltest"
 	"github.com/fusionrag/fusionrag/kvstore"
 	"github.com/fusionrag/fusionrag/model"
 )
@@ -18,12 +19,7 @@ func benchModel(tb testing.TB) *model.Model {
 	tb.Helper()
 	cfg := model.Config{Arch: model.ArchLlama, Dim: 128, HiddenDim: 384, Layers: 4, Heads: 4, KVHeads: 2, HeadDim: 32,
 		Vocab: 512, MaxPositions: 4096, RopeTheta: 10000, NormEps: 1e-5, TiedEmbeddings: true, BOS: 1, EOS: []int32{2}}
-	m, err := model.Synthetic(cfg, 42)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { m.Close() })
-	return m
+	return modeltest.Synthetic(tb, cfg, 42)
 }
 
 // run submits one request of prompt ids and waits for it, returning the
@@ -163,11 +159,7 @@ type unbatchedLM struct{ LM }
 func BenchmarkDecodeConcurrency(b *testing.B) {
 	cfg := model.Config{Arch: model.ArchLlama, Dim: 256, HiddenDim: 768, Layers: 4, Heads: 8, KVHeads: 4, HeadDim: 32,
 		Vocab: 2048, MaxPositions: 1024, RopeTheta: 10000, NormEps: 1e-5, TiedEmbeddings: true, BOS: 1, EOS: []int32{2}}
-	m, err := model.Synthetic(cfg, 7)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer m.Close()
+	m := modeltest.Synthetic(b, cfg, 7)
 	const streams, tokens = 16, 32
 	engines := map[string]*Engine{}
 	for name, lm := range map[string]LM{"batched": NewModelLM(m), "interleaved": unbatchedLM{NewModelLM(m)}} {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/fusionrag/fusionrag/fingerprint"
+	"github.com/fusionrag/fusionrag/internal/modeltest"
 	"github.com/fusionrag/fusionrag/internal/redistest"
 	"github.com/fusionrag/fusionrag/internal/shareddata"
 	"github.com/fusionrag/fusionrag/kvstore"
@@ -20,19 +21,6 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/redis/go-redis/v9"
 )
-
-// loadStories loads the real stories260K model with its tokenizer.
-func loadStories(tb testing.TB) *model.Model {
-	tb.Helper()
-	bin := shareddata.Path(tb, "models/stories260K/stories260K.bin")
-	tok := shareddata.Path(tb, "models/stories260K/tok512.bin")
-	m, err := model.Load(bin, model.LoadOptions{Tokenizer: tok})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { m.Close() })
-	return m
-}
 
 // startModel serves m with an optional connector.
 func startModel(tb testing.TB, m *model.Model, cfg Config, conn *Connector) (*Engine, string) {
@@ -71,7 +59,7 @@ func completion(tb testing.TB, url, body string) completionResponse {
 // model equals the golden continuation (independent fp32 reference,
 // cross-checked with llama2.c run.c), text and token count.
 func TestGoldenGreedyStories260K(t *testing.T) {
-	m := loadStories(t)
+	m := modeltest.Stories(t)
 	c := shareddata.LoadStoriesGolden(t).Cases[0]
 	ids, err := PromptTokens(m.Tokenizer, nil, Prompt{Text: c.Prompt})
 	if err != nil {
@@ -128,7 +116,7 @@ const storyPrompt = "Once upon a time, there was a little girl named Lily. She l
 // prefix, and KV is only used by requests that ask for it with the right
 // namespace. Both transports: HTTP push and a shared store (real Redis).
 func TestInjectedKVSameGreedyOutput(t *testing.T) {
-	m := loadStories(t)
+	m := modeltest.Stories(t)
 	sharedURL := redistest.Start(t).URL(0)
 	lm := NewModelLM(m)
 	conn, err := OpenConnector(sharedURL, "mem://?max=64MiB", lm, m.Tokenizer.Fingerprint())
@@ -207,7 +195,7 @@ func TestInjectedKVSameGreedyOutput(t *testing.T) {
 // the store, or a blob of the wrong shape, is a miss: plain prefill, same
 // answer, no error to the client.
 func TestCorruptAndMismatchedKVAreMisses(t *testing.T) {
-	m := loadStories(t)
+	m := modeltest.Stories(t)
 	addr := redistest.Start(t).Addr
 	sharedURL := "redis://" + addr + "/0"
 	conn, err := OpenConnector(sharedURL, "mem://?max=64MiB", NewModelLM(m), m.Tokenizer.Fingerprint())
@@ -337,7 +325,7 @@ func streamText(tb testing.TB, url, body string) (text string, first, last time.
 // calls served several sequences at once: batched decode steps). The
 // wall-time ratio to running them one after the other is logged.
 func TestConcurrentStreamsNoCrossTalk(t *testing.T) {
-	m := loadStories(t)
+	m := modeltest.Stories(t)
 	lm := &countingLM{LM: NewModelLM(m)}
 	e, err := New(Config{MaxBatch: 16}, lm, m.Tokenizer, WithStopIDs(NewModelLM(m).StopIDs()))
 	if err != nil {
@@ -434,7 +422,7 @@ func metricsText(tb testing.TB, url string) string {
 // store error and then stops asking that store, so a dead store costs one
 // timeout per request, not one per probe.
 func TestStoreDownIsAMiss(t *testing.T) {
-	m := loadStories(t)
+	m := modeltest.Stories(t)
 	srv := redistest.Start(t)
 	conn, err := OpenConnector(srv.URL(0)+"?timeout=300ms", "", NewModelLM(m), m.Tokenizer.Fingerprint())
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/fusionrag/fusionrag/internal/modeltest"
 	"github.com/openai/openai-go"
 	"github.com/openai/openai-go/option"
 )
@@ -14,7 +15,7 @@ import (
 // real stories260K model: completions, chat, streaming with usage, and
 // errors surfacing as *openai.Error with the right status and fields.
 func TestOpenAISDK(t *testing.T) {
-	m := loadStories(t)
+	m := modeltest.Stories(t)
 	_, url := startModel(t, m, Config{ModelName: "stories260K"}, nil)
 	client := openai.NewClient(option.WithBaseURL(url+"/v1/"), option.WithAPIKey("unused"), option.WithMaxRetries(0))
 	ctx := context.Background()
