@@ -10,7 +10,6 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"github.com/fusionrag/fusionrag/internal/shareddata"
 	"github.com/fusionrag/fusionrag/kvstore"
 	"github.com/fusionrag/fusionrag/model"
 	"github.com/fusionrag/fusionrag/model/tokenizer"
@@ -75,18 +74,6 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	os.RemoveAll(d)
 	os.Exit(code)
-}
-
-// storiesModel loads the real stories260K model, skipping loudly without it.
-func storiesModel(t testing.TB) *model.Model {
-	t.Helper()
-	p := shareddata.Path(t, "models/stories260K/stories260K.bin")
-	m, err := model.Load(p, model.LoadOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { m.Close() })
-	return m
 }
 
 func openStore(t testing.TB, url string) kvstore.Store {

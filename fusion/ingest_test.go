@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/fusionrag/fusionrag/fingerprint"
+	"github.com/fusionrag/fusionrag/internal/modeltest"
 	"github.com/fusionrag/fusionrag/internal/redistest"
 	"github.com/fusionrag/fusionrag/internal/shareddata"
 	"github.com/fusionrag/fusionrag/kvstore"
@@ -60,7 +61,7 @@ func loadKV(t *testing.T, in *Ingester, st kvstore.Store, v fingerprint.Variant,
 // The real model: what is stored is what the Builder computes, raw and
 // fused with the BM25 neighbours, and a second run stores nothing.
 func TestIngestStories(t *testing.T) {
-	m := storiesModel(t)
+	m := modeltest.Stories(t)
 	chunks := chunksOf(t, m, storyDocs(), 24, 4)
 	st := openStore(t, "mem://")
 	in := newIngester(t, Config{Model: m, Store: st, Neighbours: 3, Workers: 2})

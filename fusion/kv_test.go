@@ -5,6 +5,7 @@ import (
 	"math"
 	"testing"
 
+	"github.com/fusionrag/fusionrag/internal/modeltest"
 	"github.com/fusionrag/fusionrag/model"
 )
 
@@ -59,7 +60,7 @@ func concat(parts ...[]int32) []int32 {
 func exactModels(t *testing.T) map[string]func(*testing.T) *model.Model {
 	return map[string]func(*testing.T) *model.Model{
 		"synthetic":   func(t *testing.T) *model.Model { return synthModel(t, tinyConfig(1024)) },
-		"stories260K": func(t *testing.T) *model.Model { return storiesModel(t) },
+		"stories260K": func(t *testing.T) *model.Model { return modeltest.Stories(t) },
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/fusionrag/fusionrag/fingerprint"
+	"github.com/fusionrag/fusionrag/internal/modeltest"
 	"github.com/fusionrag/fusionrag/recompute"
 )
 
@@ -15,7 +16,7 @@ import (
 // reused prompt's last logits to a full prefill's is logged for both, not
 // asserted: on a 260K-parameter model it measures, it does not prove.
 func TestServingFindsFusedKV(t *testing.T) {
-	m := storiesModel(t)
+	m := modeltest.Stories(t)
 	ctx := context.Background()
 	st := openStore(t, "mem://")
 	system := "Read the stories."

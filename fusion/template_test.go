@@ -4,6 +4,7 @@ import (
 	"errors"
 	"testing"
 
+	"github.com/fusionrag/fusionrag/internal/modeltest"
 	"github.com/fusionrag/fusionrag/model/tokenizer"
 	"github.com/google/go-cmp/cmp"
 )
@@ -43,7 +44,7 @@ func TestTemplateRender(t *testing.T) {
 func TestSegmentContract(t *testing.T) {
 	toks := map[string]func(*testing.T) tokenizer.Tokenizer{
 		"synthetic":   func(t *testing.T) tokenizer.Tokenizer { return synthModel(t, tinyConfig(256)).Tokenizer },
-		"stories260K": func(t *testing.T) tokenizer.Tokenizer { return storiesModel(t).Tokenizer },
+		"stories260K": func(t *testing.T) tokenizer.Tokenizer { return modeltest.Stories(t).Tokenizer },
 	}
 	for name, load := range toks {
 		t.Run(name, func(t *testing.T) {
