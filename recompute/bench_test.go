@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fusionrag/fusionrag/internal/modeltest"
 	"github.com/fusionrag/fusionrag/model"
 )
 
@@ -16,11 +17,7 @@ import (
 func BenchmarkStrategies(b *testing.B) {
 	cfg := model.Config{Arch: model.ArchLlama, Dim: 128, HiddenDim: 352, Layers: 4, Heads: 4, KVHeads: 4, HeadDim: 32,
 		Vocab: 512, MaxPositions: 2048, RopeTheta: 10000, NormEps: 1e-5, TiedEmbeddings: true, BOS: 1}
-	m, err := model.Synthetic(cfg, 3)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer m.Close()
+	m := modeltest.Synthetic(b, cfg, 3)
 	r, err := New(Config{Model: m, Source: &StoreSource{Store: memStore(b)}})
 	if err != nil {
 		b.Fatal(err)

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/fusionrag/fusionrag/fingerprint"
+	"github.com/fusionrag/fusionrag/internal/modeltest"
 	"github.com/fusionrag/fusionrag/internal/shareddata"
 	"github.com/fusionrag/fusionrag/kvstore"
 	"github.com/fusionrag/fusionrag/model"
@@ -31,34 +32,19 @@ const (
 	placeTol = 1e-6
 )
 
-func stories(t testing.TB) *model.Model {
-	t.Helper()
-	m, err := model.Load(shareddata.Path(t, "models/stories260K/stories260K.bin"), model.LoadOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { m.Close() })
-	return m
-}
-
 // tinySynthetic is a small random Llama with rotate_half RoPE and GQA:
 // structurally different from stories260K (interleaved), fast to run.
 func tinySynthetic(t testing.TB) *model.Model {
 	t.Helper()
 	cfg := model.Config{Arch: model.ArchLlama, Dim: 64, HiddenDim: 160, Layers: 4, Heads: 4, KVHeads: 2, HeadDim: 16,
 		Vocab: 300, MaxPositions: 1024, RopeTheta: 10000, NormEps: 1e-5, TiedEmbeddings: true, BOS: 1, EOS: []int32{2}}
-	m, err := model.Synthetic(cfg, 42)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { m.Close() })
-	return m
+	return modeltest.Synthetic(t, cfg, 42)
 }
 
 func testModels(t *testing.T) map[string]*model.Model {
 	ms := map[string]*model.Model{"synthetic": tinySynthetic(t)}
 	if _, ok := shareddata.Dir(); ok {
-		ms["stories260K"] = stories(t)
+		ms["stories260K"] = modeltest.Stories(t)
 	} else {
 		t.Logf("SKIPPING stories260K variants: reference data not found (set %s)", shareddata.EnvVar)
 	}
@@ -512,11 +498,7 @@ func TestSelfCheck(t *testing.T) {
 	}
 	tiny := model.Config{Arch: model.ArchLlama, Dim: 8, HiddenDim: 8, Layers: 1, Heads: 1, KVHeads: 1, HeadDim: 8,
 		Vocab: 16, MaxPositions: 4, RopeTheta: 10000, NormEps: 1e-5, BOS: -1}
-	m, err := model.Synthetic(tiny, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
+	m := modeltest.Synthetic(t, tiny, 1)
 	if err := SelfCheck(context.Background(), m); err == nil {
 		t.Error("self-check on a 4-position model: no error")
 	}
