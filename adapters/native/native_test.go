@@ -16,8 +16,8 @@ import (
 	_ "github.com/fusionrag/fusionrag/adapters/native"
 	"github.com/fusionrag/fusionrag/adapters/passthrough"
 	"github.com/fusionrag/fusionrag/engine"
+	"github.com/fusionrag/fusionrag/internal/modeltest"
 	"github.com/fusionrag/fusionrag/internal/redistest"
-	"github.com/fusionrag/fusionrag/internal/shareddata"
 	"github.com/fusionrag/fusionrag/kvstore"
 	"github.com/fusionrag/fusionrag/model"
 	"github.com/valyala/fasthttp"
@@ -38,12 +38,7 @@ const prompt = "Once upon a time, there was a little girl named Lily. She loved 
 // Redis (shared store) and an in-memory push store.
 func setup(t *testing.T) *fixture {
 	t.Helper()
-	bin := shareddata.Path(t, "models/stories260K/stories260K.bin")
-	m, err := model.Load(bin, model.LoadOptions{Tokenizer: shareddata.Path(t, "models/stories260K/tok512.bin")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { m.Close() })
+	m := modeltest.Stories(t)
 	redisURL := redistest.Start(t).URL(0)
 	lm := engine.NewModelLM(m)
 	conn, err := engine.OpenConnector(redisURL, "mem://?max=64MiB", lm, m.Tokenizer.Fingerprint())
