@@ -6,6 +6,7 @@
 package modeltest
 
 import (
+	"context"
 	"testing"
 
 	"github.com/fusionrag/fusionrag/internal/shareddata"
@@ -41,4 +42,19 @@ func Synthetic(tb testing.TB, cfg model.Config, seed uint64) *model.Model {
 	}
 	tb.Cleanup(func() { m.Close() })
 	return m
+}
+
+// Prefill returns the KV of ids at positions [0, len(ids)), computed by one
+// full prefill with no cache: the reference every reuse is compared with.
+func Prefill(tb testing.TB, m *model.Model, ids []int32) *model.Cache {
+	tb.Helper()
+	pos := make([]int32, len(ids))
+	for i := range pos {
+		pos[i] = int32(i)
+	}
+	res, err := m.Forward(context.Background(), nil, model.Batch{Tokens: ids, Pos: pos}, model.ForwardOptions{ReturnKV: true})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return res.KV
 }

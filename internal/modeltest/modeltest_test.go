@@ -30,3 +30,13 @@ func TestSynthetic(t *testing.T) {
 		t.Error("one model returned twice")
 	}
 }
+
+// TestPrefill: the KV covers every token.
+func TestPrefill(t *testing.T) {
+	m := Stories(t)
+	ids := append([]int32{m.Tokenizer.BOS()}, m.Tokenizer.Encode("Once upon a time")...)
+	kv := Prefill(t, m, ids)
+	if kv.Len() != len(ids) {
+		t.Fatalf("KV of %d tokens, want %d", kv.Len(), len(ids))
+	}
+}
