@@ -78,20 +78,6 @@ func TestGoldenGreedyStories260K(t *testing.T) {
 	}
 }
 
-// exactKV returns the exact KV of ids[:n] computed by a full prefill.
-func exactKV(tb testing.TB, m *model.Model, ids []int32, n int) *model.Cache {
-	tb.Helper()
-	pos := make([]int32, n)
-	for i := range pos {
-		pos[i] = int32(i)
-	}
-	res, err := m.Forward(context.Background(), nil, model.Batch{Tokens: ids[:n], Pos: pos}, model.ForwardOptions{ReturnKV: true})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return res.KV
-}
-
 // publishBlob encodes kv as the blob a publisher stores for prefix [0, n)
 // of ids under namespace ns.
 func publishBlob(tb testing.TB, m *model.Model, ns string, ids []int32, kv *model.Cache, dt kvstore.DType) *kvstore.Blob {
@@ -139,7 +125,7 @@ func TestInjectedKVSameGreedyOutput(t *testing.T) {
 	}
 
 	// HTTP push of the whole prompt's KV (length L): the engine loads L-1.
-	blob := publishBlob(t, m, "aa01", ids, exactKV(t, m, ids, L), kvstore.Float32)
+	blob := publishBlob(t, m, "aa01", ids, modeltest.Prefill(t, m, ids[:L]), kvstore.Float32)
 	enc := must(blob.Encode())
 	putReq, _ := http.NewRequest(http.MethodPut, url+"/v1/kv/"+blob.Key.String(), bytes.NewReader(enc))
 	resp, err := http.DefaultClient.Do(putReq)
@@ -158,7 +144,7 @@ func TestInjectedKVSameGreedyOutput(t *testing.T) {
 	}
 	defer pub.Close()
 	n2 := L / KVBlockSize * KVBlockSize
-	b2 := publishBlob(t, m, "bb02", ids, exactKV(t, m, ids, n2), kvstore.Float32)
+	b2 := publishBlob(t, m, "bb02", ids, modeltest.Prefill(t, m, ids[:n2]), kvstore.Float32)
 	// Publish it under the block key (the exact PrefixKey differs from a
 	// block key): the engine probes block boundaries after exact lengths.
 	probes := must(fingerprint.Lookup(KVNamespace(m.Fingerprint(), m.Tokenizer.Fingerprint(), "bb02"), ids, KVBlockSize))
@@ -207,7 +193,7 @@ func TestCorruptAndMismatchedKVAreMisses(t *testing.T) {
 	base := completion(t, url, fmt.Sprintf(`{"prompt":%q,"max_tokens":20,"temperature":0}`, storyPrompt))
 
 	// Publish the exact KV, then flip one payload bit inside Redis.
-	b := publishBlob(t, m, "dd04", ids, exactKV(t, m, ids, len(ids)), kvstore.Float32)
+	b := publishBlob(t, m, "dd04", ids, modeltest.Prefill(t, m, ids), kvstore.Float32)
 	pub := must(kvstore.Open(sharedURL))
 	if err := pub.Put(context.Background(), b); err != nil {
 		t.Fatal(err)

@@ -32,21 +32,6 @@ func maxDiff(t *testing.T, got, want *model.Cache) float64 {
 	return d
 }
 
-// prefill runs ids at positions [0, len) in one pass with no cache and
-// returns the KV.
-func prefill(t *testing.T, m *model.Model, ids []int32) *model.Cache {
-	t.Helper()
-	pos := make([]int32, len(ids))
-	for i := range pos {
-		pos[i] = int32(i)
-	}
-	res, err := m.Forward(context.Background(), nil, model.Batch{Tokens: ids, Pos: pos}, model.ForwardOptions{ReturnKV: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return res.KV
-}
-
 func concat(parts ...[]int32) []int32 {
 	var out []int32
 	for _, p := range parts {
@@ -96,7 +81,7 @@ func TestFusedExactness(t *testing.T) {
 
 			// Raw KV is the slice of a direct prefill of [S, C], positions
 			// starting right after S.
-			direct := prefill(t, m, concat(S, C)).Slice(s, s+len(C))
+			direct := modeltest.Prefill(t, m, concat(S, C)).Slice(s, s+len(C))
 			if d := maxDiff(t, raw, direct); d > kvTol {
 				t.Errorf("raw vs direct prefill of [S, C]: max |diff| %g > %g", d, kvTol)
 			} else {
@@ -123,7 +108,7 @@ func TestFusedExactness(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			ref := prefill(t, m, concat(S, N1, C))
+			ref := modeltest.Prefill(t, m, concat(S, N1, C))
 			want := ref.Slice(s+len(N1), ref.Len()).Clone()
 			want.Shift(-int32(len(N1)))
 			if d := maxDiff(t, f1, want); d > kvTol {
@@ -146,9 +131,9 @@ func TestFusedExactness(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			cache := prefill(t, m, S)
-			p1 := prefill(t, m, concat(S, N1)).Slice(s, s+len(N1)).Clone() // [s, s+|N1|)
-			p2 := prefill(t, m, concat(S, N2)).Slice(s, s+len(N2)).Clone()
+			cache := modeltest.Prefill(t, m, S)
+			p1 := modeltest.Prefill(t, m, concat(S, N1)).Slice(s, s+len(N1)).Clone() // [s, s+|N1|)
+			p2 := modeltest.Prefill(t, m, concat(S, N2)).Slice(s, s+len(N2)).Clone()
 			p2.Shift(int32(len(N1))) // to [s+|N1|, s+|N1|+|N2|)
 			cache.Append(p1)
 			cache.Append(p2)
@@ -171,7 +156,7 @@ func TestFusedExactness(t *testing.T) {
 			// What fusion leaves out: in a causal prefill of [S, N_1, N_2, C]
 			// N_2 also attends to N_1. Logged, not asserted (an approximation
 			// by design).
-			full := prefill(t, m, concat(S, N1, N2, C))
+			full := modeltest.Prefill(t, m, concat(S, N1, N2, C))
 			wantFull := full.Slice(off, full.Len()).Clone()
 			wantFull.Shift(-int32(len(N1) + len(N2)))
 			t.Logf("%s: |S|=%d |C|=%d |N1|=%d |N2|=%d; fused(N1,N2) vs causal prefill of [S,N1,N2,C]: max |diff| %.3g (neighbours do not see each other)",

@@ -55,15 +55,7 @@ func setup(t *testing.T) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pos := make([]int32, len(ids))
-	for i := range pos {
-		pos[i] = int32(i)
-	}
-	res, err := m.Forward(context.Background(), nil, model.Batch{Tokens: ids, Pos: pos}, model.ForwardOptions{ReturnKV: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &fixture{e: e, m: m, url: srv.URL, redisURL: redisURL, ids: ids, kv: res.KV}
+	return &fixture{e: e, m: m, url: srv.URL, redisURL: redisURL, ids: ids, kv: modeltest.Prefill(t, m, ids)}
 }
 
 type result struct {
