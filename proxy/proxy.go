@@ -402,15 +402,17 @@ func (p *Proxy) serveEligible(ctx *fasthttp.RequestCtx, x *exchange, body []byte
 		p.forward(ctx, x, req.Body, nil, len(req.Body))
 		return
 	}
-	// Try the fused request; if the engine fails it before anything reached
-	// the client, send the original instead.
+	// Try the fused request; if the engine fails or refuses it before
+	// anything reached the client, send the original instead.
 	resp, err := p.roundTrip(ctx, x, fused, nil, len(fused), "fused")
-	if err == nil && resp.StatusCode() < 500 {
+	if err == nil && resp.StatusCode() < 400 {
 		x.path = PathFusion
 		p.respond(ctx, x, resp)
 		return
 	}
+	fusedClass := 5
 	if err == nil {
+		fusedClass = min(resp.StatusCode()/100, 5)
 		err = fmt.Errorf("proxy: engine answered %d to the fused request", resp.StatusCode())
 		_ = resp.CloseBodyStream()
 		fasthttp.ReleaseResponse(resp)
@@ -422,11 +424,16 @@ func (p *Proxy) serveEligible(ctx *fasthttp.RequestCtx, x *exchange, body []byte
 		x.plan.Release()
 	}
 	x.plan = nil
-	// The fusion path is at fault only if the engine serves the original:
-	// an engine that fails both (down, overloaded) is not a fusion failure,
-	// and opening the breaker would only add full prefills to its load.
+	// The fusion path is at fault only if the engine treats the original
+	// better: an engine that fails both (down, overloaded) is not a fusion
+	// failure, and opening the breaker would only add full prefills to its
+	// load; a request it refuses both ways is the client's error.
 	resp, oerr := p.roundTrip(ctx, x, req.Body, nil, len(req.Body), "original")
-	if oerr != nil || resp.StatusCode() >= 500 {
+	origClass := 5
+	if oerr == nil {
+		origClass = min(resp.StatusCode()/100, 5)
+	}
+	if origClass == fusedClass {
 		done(fmt.Errorf("%w: %w", errEngineFailing, err))
 	} else {
 		done(err)
@@ -438,9 +445,10 @@ func (p *Proxy) serveEligible(ctx *fasthttp.RequestCtx, x *exchange, body []byte
 	p.respond(ctx, x, resp)
 }
 
-// errEngineFailing marks a fused request's failure that the original
-// request met too: the engine's, not the fusion path's (breaker-excluded).
-var errEngineFailing = errors.New("proxy: the engine fails the original request too")
+// errEngineFailing marks a fused request's failure or refusal that the
+// original request met too: the engine's or the client's, not the fusion
+// path's (breaker-excluded).
+var errEngineFailing = errors.New("proxy: the engine fails or refuses the original request too")
 
 type fuseResult struct {
 	plan *Plan
