@@ -109,8 +109,8 @@ func TestClientKVTransferParamsLargeBody(t *testing.T) {
 
 // TestMalformedBodyWithKVTransferParams: malformed bodies are forwarded
 // untouched (the engine answers them), unless they may carry
-// kv_transfer_params that a lenient engine parser (Python's json accepts
-// NaN) would read: those are refused.
+// kv_transfer_params that a lenient engine parser would read (Python's
+// json.loads on bytes accepts NaN, a UTF-8 BOM, UTF-16): those are refused.
 func TestMalformedBodyWithKVTransferParams(t *testing.T) {
 	rc := &recorder{}
 	up := httptest.NewServer(rc)
@@ -122,6 +122,8 @@ func TestMalformedBodyWithKVTransferParams(t *testing.T) {
 		`{"model":"m","temperature":NaN,"kv_transfer_params":{"namespace":"abcd"},"prompt":"p"}`,
 		`{"model":"m","temperature":NaN,"KV_Transfer_Params":{"namespace":"abcd"},"prompt":"p"}`,
 		`{"model":"m","temperature":NaN,"\u006bv_transfer_params":{"namespace":"abcd"},"prompt":"p"}`,
+		"\xef\xbb\xbf" + `{"model":"m","kv_transfer_params":{"namespace":"abcd"},"prompt":"p"}`, // UTF-8 BOM
+		utf16LE(`{"model":"m","kv_transfer_params":{"namespace":"abcd"},"prompt":"p"}`),
 	} {
 		rc.reset()
 		code, _ := post(t, base+"/v1/completions", body)
@@ -253,4 +255,12 @@ func TestCrossTenantReadThroughEngine(t *testing.T) {
 			t.Errorf("%s: through the sidecar, tenant B loaded %d cached tokens of tenant A's KV", name, out.Usage.Details.Cached)
 		}
 	}
+}
+
+func utf16LE(s string) string {
+	var b []byte
+	for _, c := range []byte(s) {
+		b = append(b, c, 0)
+	}
+	return string(b)
 }

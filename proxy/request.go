@@ -238,9 +238,12 @@ func stripClientControl(body []byte) []byte {
 
 // mayCarryKVParams reports whether a body that is not valid JSON might still
 // name kv_transfer_params for a lenient engine parser (Python's json reads
-// NaN and Infinity, which encoding/json rejects): the name in any case, with
-// \uXXXX escapes decoded. Such a body cannot be cleaned, so it is refused.
+// NaN and Infinity, a UTF-8 BOM, UTF-16 and UTF-32, all of which
+// encoding/json rejects): the name in any case, NUL bytes dropped (UTF-16/32
+// ASCII), \uXXXX escapes decoded. Such a body cannot be cleaned, so it is
+// refused.
 func mayCarryKVParams(body []byte) bool {
+	body = bytes.ReplaceAll(body, []byte{0}, nil)
 	var dec []byte
 	for i := 0; i < len(body); i++ {
 		if body[i] == '\\' && i+5 < len(body) && body[i+1] == 'u' {
