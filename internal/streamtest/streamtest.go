@@ -1,15 +1,19 @@
 // Package streamtest drives streaming HTTP responses at the connection level
 // for tests: it sends a raw request on a connection of its own, reads the
 // response until a given line, and hands the connection back so that the
-// test can hang up mid-stream, as a client that goes away does.
+// test can hang up mid-stream, as a client that goes away does. Counter is
+// the other side: an upstream that streams until its client is gone.
 package streamtest
 
 import (
 	"bufio"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"strings"
 	"testing"
+	"time"
 )
 
 // Request is a raw HTTP/1.1 request. A non-empty Body is sent as JSON with
@@ -52,4 +56,29 @@ func ReadUntil(tb testing.TB, base string, req Request, prefix string) net.Conn 
 			return conn
 		}
 	}
+}
+
+// Counter is an upstream that streams server-sent events "data: 0",
+// "data: 1", ... one every interval, until its client is gone (the request's
+// context ends or a write fails); then it closes gone. It drains the request
+// body first.
+func Counter(every time.Duration, gone chan<- struct{}) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "text/event-stream")
+		fl := w.(http.Flusher)
+		for i := 0; ; i++ {
+			if _, err := fmt.Fprintf(w, "data: %d\n\n", i); err != nil {
+				close(gone)
+				return
+			}
+			fl.Flush()
+			select {
+			case <-r.Context().Done():
+				close(gone)
+				return
+			case <-time.After(every):
+			}
+		}
+	})
 }

@@ -1,35 +1,26 @@
 package streamtest
 
 import (
-	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 )
 
 // TestReadUntil: the request arrives as sent (method, path, body), the
 // reading stops at the wanted line, and closing the returned connection
-// cancels the handler's request.
+// ends Counter's stream.
 func TestReadUntil(t *testing.T) {
-	gone := make(chan struct{})
 	type seen struct{ method, path, ctype, body string }
 	got := make(chan seen, 1)
+	var gone chan struct{}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
 		got <- seen{r.Method, r.URL.Path, r.Header.Get("Content-Type"), string(b)}
-		w.Header().Set("Content-Type", "text/event-stream")
-		for i := 0; ; i++ {
-			fmt.Fprintf(w, "data: %d\n\n", i)
-			w.(http.Flusher).Flush()
-			select {
-			case <-r.Context().Done():
-				close(gone)
-				return
-			case <-time.After(5 * time.Millisecond):
-			}
-		}
+		r.Body = io.NopCloser(strings.NewReader(""))
+		Counter(5*time.Millisecond, gone).ServeHTTP(w, r)
 	}))
 	defer srv.Close()
 	for _, tc := range []struct {
