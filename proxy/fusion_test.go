@@ -326,23 +326,7 @@ func TestBreakerOpensAndCloses(t *testing.T) {
 // the exchange as a cancel, which the breaker does not count.
 func TestClientCancelIsNotAFailure(t *testing.T) {
 	gone := make(chan struct{})
-	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_, _ = io.Copy(io.Discard, r.Body)
-		w.Header().Set("Content-Type", "text/event-stream")
-		for i := 0; ; i++ {
-			if _, err := fmt.Fprintf(w, "data: %d\n\n", i); err != nil {
-				close(gone)
-				return
-			}
-			w.(http.Flusher).Flush()
-			select {
-			case <-r.Context().Done():
-				close(gone)
-				return
-			case <-time.After(10 * time.Millisecond):
-			}
-		}
-	}))
+	up := httptest.NewServer(streamtest.Counter(10*time.Millisecond, gone))
 	defer up.Close()
 	cfg := upstreamConfig(up.URL)
 	cfg.Breaker.ConsecutiveFailures = 1

@@ -358,23 +358,7 @@ func TestSSEEventByEvent(t *testing.T) {
 // make the proxy drop the engine's stream, so the engine stops generating.
 func TestClientDisconnectPropagates(t *testing.T) {
 	canceled := make(chan struct{})
-	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/event-stream")
-		fl := w.(http.Flusher)
-		for i := 0; ; i++ {
-			if _, err := fmt.Fprintf(w, "data: %d\n\n", i); err != nil {
-				close(canceled)
-				return
-			}
-			fl.Flush()
-			select {
-			case <-r.Context().Done():
-				close(canceled)
-				return
-			case <-time.After(20 * time.Millisecond):
-			}
-		}
-	}))
+	up := httptest.NewServer(streamtest.Counter(20*time.Millisecond, canceled))
 	defer up.Close()
 	_, base := startProxy(t, upstreamConfig(up.URL))
 	conn := streamtest.ReadUntil(t, base, streamtest.Request{Method: "GET", Path: "/stream"}, "data: 1")
