@@ -3,7 +3,10 @@
 // amd64 with AVX a small assembly micro-kernel (6 rows × 16 outputs,
 // vectorised across outputs, no FMA) computes the bulk of large products;
 // everywhere else, and with the build tag purego, scalar Go kernels do, with
-// bit-identical results.
+// bit-identical results. Constant weights can be packed once (Pack) for
+// MatMulTPacked, which skips the per-call repacking and, on CPUs with
+// AVX-512, runs a 6×32 kernel in 512-bit registers (same operations per
+// lane, same bits).
 // Backends with faster kernels (OpenBLAS, CUDA) live in leaf packages behind
 // build tags and register themselves with package model; they can also be
 // installed here, process-wide, with SetKernel.

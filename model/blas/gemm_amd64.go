@@ -80,3 +80,22 @@ func gemv1x16(a, b []float32, c *[16]float32) {
 	_ = b[16*kc-1]
 	gemv1x16AVX(&a[0], &b[0], kc, c)
 }
+
+// haveAVX512 reports whether the 512-bit two-panel micro-kernel can run
+// (AVX-512 Foundation, with OS support for the ZMM registers).
+var haveAVX512 = cpu.X86.HasAVX512F
+
+//go:noescape
+func mulAdd6x32AVX512(a *float32, lda int, b *float32, ldp int, kc int, c *[192]float32)
+
+// mulAdd6x32 continues c[r*32+h*16+l] += a[r*lda+p]·b[h*ldp+p*16+l] for
+// r < 6, h < 2, l < 16, in increasing p over [0, kc): the 6×16 kernel on the
+// two panels b[0:] and b[ldp:] at once. Only with haveAVX512.
+func mulAdd6x32(a []float32, lda int, b []float32, ldp, kc int, c *[192]float32) {
+	if kc == 0 {
+		return
+	}
+	_ = a[5*lda+kc-1]
+	_ = b[ldp+16*kc-1]
+	mulAdd6x32AVX512(&a[0], lda, &b[0], ldp, kc, c)
+}

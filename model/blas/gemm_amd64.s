@@ -311,3 +311,96 @@ gemv1done:
 	VMOVUPS Y9, 32(DI)
 	VZEROUPPER
 	RET
+
+// func mulAdd6x32AVX512(a *float32, lda int, b *float32, ldp int, kc int, c *[192]float32)
+//
+// The 6×16 micro-kernel on two packed panels at once, in 512-bit registers:
+// for r in [0,6), h in [0,2), l in [0,16), p in [0,kc), in increasing p:
+//   c[r*32+h*16+l] = c[r*32+h*16+l] + a[r*lda+p]*b[h*ldp+p*16+l]
+// with a rounding multiply (VMULPS) then a rounding add (VADDPS), no FMA:
+// lane for lane the same operations as mulAdd6x16AVX and the scalar Go
+// loop, so the same bits. Accumulators Z4..Z15 (row r in Z(4+2r) for panel
+// 0, Z(5+2r) for panel 1), panel rows in Z0/Z1, broadcast a in Z2, product Z3.
+TEXT ·mulAdd6x32AVX512(SB), NOSPLIT, $0-48
+	MOVQ a+0(FP), SI
+	MOVQ lda+8(FP), DX
+	SHLQ $2, DX
+	MOVQ b+16(FP), DI
+	MOVQ ldp+24(FP), R13
+	SHLQ $2, R13
+	ADDQ DI, R13
+	MOVQ kc+32(FP), CX
+	MOVQ c+40(FP), BX
+	LEAQ (SI)(DX*1), R8
+	LEAQ (R8)(DX*1), R9
+	LEAQ (R9)(DX*1), R10
+	LEAQ (R10)(DX*1), R11
+	LEAQ (R11)(DX*1), R12
+	VMOVUPS 0(BX), Z4
+	VMOVUPS 64(BX), Z5
+	VMOVUPS 128(BX), Z6
+	VMOVUPS 192(BX), Z7
+	VMOVUPS 256(BX), Z8
+	VMOVUPS 320(BX), Z9
+	VMOVUPS 384(BX), Z10
+	VMOVUPS 448(BX), Z11
+	VMOVUPS 512(BX), Z12
+	VMOVUPS 576(BX), Z13
+	VMOVUPS 640(BX), Z14
+	VMOVUPS 704(BX), Z15
+	XORQ AX, AX
+	TESTQ CX, CX
+	JEQ mul512done
+mul512loop:
+	VMOVUPS (DI), Z0
+	VMOVUPS (R13), Z1
+	VBROADCASTSS (SI)(AX*4), Z2
+	VMULPS Z0, Z2, Z3
+	VADDPS Z3, Z4, Z4
+	VMULPS Z1, Z2, Z3
+	VADDPS Z3, Z5, Z5
+	VBROADCASTSS (R8)(AX*4), Z2
+	VMULPS Z0, Z2, Z3
+	VADDPS Z3, Z6, Z6
+	VMULPS Z1, Z2, Z3
+	VADDPS Z3, Z7, Z7
+	VBROADCASTSS (R9)(AX*4), Z2
+	VMULPS Z0, Z2, Z3
+	VADDPS Z3, Z8, Z8
+	VMULPS Z1, Z2, Z3
+	VADDPS Z3, Z9, Z9
+	VBROADCASTSS (R10)(AX*4), Z2
+	VMULPS Z0, Z2, Z3
+	VADDPS Z3, Z10, Z10
+	VMULPS Z1, Z2, Z3
+	VADDPS Z3, Z11, Z11
+	VBROADCASTSS (R11)(AX*4), Z2
+	VMULPS Z0, Z2, Z3
+	VADDPS Z3, Z12, Z12
+	VMULPS Z1, Z2, Z3
+	VADDPS Z3, Z13, Z13
+	VBROADCASTSS (R12)(AX*4), Z2
+	VMULPS Z0, Z2, Z3
+	VADDPS Z3, Z14, Z14
+	VMULPS Z1, Z2, Z3
+	VADDPS Z3, Z15, Z15
+	ADDQ $64, DI
+	ADDQ $64, R13
+	INCQ AX
+	CMPQ AX, CX
+	JNE mul512loop
+mul512done:
+	VMOVUPS Z4, 0(BX)
+	VMOVUPS Z5, 64(BX)
+	VMOVUPS Z6, 128(BX)
+	VMOVUPS Z7, 192(BX)
+	VMOVUPS Z8, 256(BX)
+	VMOVUPS Z9, 320(BX)
+	VMOVUPS Z10, 384(BX)
+	VMOVUPS Z11, 448(BX)
+	VMOVUPS Z12, 512(BX)
+	VMOVUPS Z13, 576(BX)
+	VMOVUPS Z14, 640(BX)
+	VMOVUPS Z15, 704(BX)
+	VZEROUPPER
+	RET

@@ -161,10 +161,70 @@ func gemmPackedTile(out, a []float32, p *Packed, i0, i1, j0, j1 int) {
 	for p0 := 0; p0 < k; p0 += blockK {
 		p1 := min(p0+blockK, k)
 		apad = padGroup(apad, a, k, full, i1, p0, p1)
-		for jq := j0; jq < j1; jq += wideCols {
+		jq := j0
+		if use512 {
+			// Two panels per pass of the 512-bit kernel while both hold
+			// columns of the tile.
+			var c2 [wideRows * 2 * wideCols]float32
+			for ; jq+wideCols < j1; jq += 2 * wideCols {
+				q := jq / wideCols
+				pair := p.panels[q*ldp+p0*wideCols : (q+1)*ldp+p1*wideCols]
+				panelPairGroups(out, a, apad, pair, ldp, p1-p0, &c2, n, k, i0, i1, jq, min(2*wideCols, j1-jq), p0)
+			}
+		}
+		for ; jq < j1; jq += wideCols {
 			q := jq / wideCols
 			panel := p.panels[q*ldp+p0*wideCols : q*ldp+p1*wideCols]
 			panelGroups(out, a, apad, panel, &c, n, k, i0, i1, jq, min(wideCols, j1-jq), p0)
+		}
+	}
+}
+
+// use512 selects the 512-bit two-panel micro-kernel for packed products
+// where the CPU has it. Its results are the 6×16 kernel's bits (tests turn
+// it off to compare).
+var use512 = haveAVX512
+
+// panelPairGroups is panelGroups on two adjacent panels (pair[0:] and
+// pair[ldp:], kc rows each of this k block): out[i, jq:jq+w] (+)=
+// a[i, p0:p0+kc]·[panel0 panel1] for every 6-row group in [i0, i1), w in
+// (16, 32].
+func panelPairGroups(out, a, apad, pair []float32, ldp, kc int, c *[wideRows * 2 * wideCols]float32, n, k, i0, i1, jq, w, p0 int) {
+	const cw = 2 * wideCols
+	for i := i0; i < i1; i += wideRows {
+		h := min(wideRows, i1-i) // rows of this group
+		if p0 == 0 {
+			clear(c[:])
+		} else {
+			for r := range h {
+				copy(c[r*cw:r*cw+w], out[(i+r)*n+jq:(i+r)*n+jq+w])
+			}
+		}
+		if h == wideRows {
+			mulAdd6x32(a[i*k+p0:], k, pair, ldp, kc, c)
+		} else {
+			mulAdd6x32(apad, kc, pair, ldp, kc, c)
+		}
+		for r := range h {
+			copy(out[(i+r)*n+jq:(i+r)*n+jq+w], c[r*cw:r*cw+w])
+		}
+	}
+}
+
+// mulAdd6x32Go is the reference of the 512-bit kernel:
+// c[r*32+h*16+l] += a[r*lda+p]·b[h*ldp+p*16+l], in increasing p.
+func mulAdd6x32Go(a []float32, lda int, b []float32, ldp, kc int, c *[192]float32) {
+	for r := range wideRows {
+		ar := a[r*lda : r*lda+kc]
+		for h := range 2 {
+			cr := c[r*2*wideCols+h*wideCols : r*2*wideCols+(h+1)*wideCols]
+			bh := b[h*ldp:]
+			for pp, x := range ar {
+				bp := bh[pp*wideCols : (pp+1)*wideCols]
+				for l := range cr {
+					cr[l] += x * bp[l]
+				}
+			}
 		}
 	}
 }
