@@ -66,7 +66,13 @@ type RAGFuser struct {
 	modelFP fingerprint.Key
 	tokFP   fingerprint.Key
 	log     *slog.Logger
-	index   fingerprint.ChunkIndex
+	index   fingerprint.ChunkIndex // explicitly indexed chunks, known to every tenant
+
+	// seen holds, per tenant, the chunks met in that tenant's requests
+	// (convention c): one tenant's prompts never reveal what another sent.
+	seenMu    sync.Mutex
+	seen      map[string]*fingerprint.ChunkIndex
+	seenTotal int
 
 	engMu    sync.Mutex
 	eng      adapters.Engine
@@ -160,11 +166,42 @@ func ChunkNamespace(m *model.Model, tenant string, fc Fusion) (fingerprint.Names
 // about 64 K chunks (some 64-128 MiB of ids for 256-512-token chunks).
 const maxIndexedChunks = 1 << 16
 
-// Index is the index of known chunks used by convention (c): the chunks of
-// every request this sidecar fused are added to it (in memory, per process;
-// tenant-agnostic, since it only finds spans: their KV is still looked up
-// under the requesting tenant's keys). An ingest may add its own.
+// Index is the index of known chunks used by convention (c) for every
+// tenant (in memory, per process): an ingest may add its chunks (their KV is
+// still looked up under the requesting tenant's keys). The chunks of the
+// requests this sidecar fuses are indexed apart, per tenant, and only found
+// in that tenant's prompts: a shared index would let a tenant learn whether
+// another had sent a chunk.
 func (f *RAGFuser) Index() *fingerprint.ChunkIndex { return &f.index }
+
+// remember indexes chunk as met in tenant's requests, within a budget of
+// maxIndexedChunks over all tenants.
+func (f *RAGFuser) remember(tenant string, chunk []int32) {
+	f.seenMu.Lock()
+	defer f.seenMu.Unlock()
+	if f.seenTotal >= maxIndexedChunks {
+		return
+	}
+	x := f.seen[tenant]
+	if x == nil {
+		if f.seen == nil {
+			f.seen = map[string]*fingerprint.ChunkIndex{}
+		}
+		x = &fingerprint.ChunkIndex{MaxChunks: maxIndexedChunks}
+		f.seen[tenant] = x
+	}
+	n := x.Len()
+	x.Add(chunk)
+	f.seenTotal += x.Len() - n
+}
+
+// seenBy returns the index of the chunks met in tenant's requests (nil:
+// none).
+func (f *RAGFuser) seenBy(tenant string) *fingerprint.ChunkIndex {
+	f.seenMu.Lock()
+	defer f.seenMu.Unlock()
+	return f.seen[tenant]
+}
 
 // Close closes the adapter the fuser opened.
 func (f *RAGFuser) Close() error {
@@ -331,7 +368,7 @@ func (f *RAGFuser) Fuse(ctx context.Context, req *Request) (*Plan, error) {
 	// The chunks are in the store now: later unmarked prompts may find them.
 	for i, c := range sg.seg.Chunks {
 		if sg.seg.Exact[i] {
-			f.index.Add(sg.ids[c.Begin:c.End])
+			f.remember(req.Tenant, sg.ids[c.Begin:c.End])
 		}
 	}
 	return &Plan{
@@ -555,7 +592,13 @@ func (f *RAGFuser) segment(req *Request) (*segmented, error) {
 			minPrefix = 1
 		}
 		var ok bool
-		if sg.seg, ok = f.index.Segment(ids, minPrefix); !ok {
+		if own := f.seenBy(req.Tenant); own != nil {
+			sg.seg, ok = own.Segment(ids, minPrefix)
+		}
+		if !ok {
+			sg.seg, ok = f.index.Segment(ids, minPrefix)
+		}
+		if !ok {
 			return nil, Skip(SkipNoChunks)
 		}
 		sg.how = "index"

@@ -298,11 +298,12 @@ func TestFuserFindsKnownChunks(t *testing.T) {
 	partsBody := `{"messages":[{"role":"system","content":"You tell stories."},{"role":"user","content":[{"type":"text","text":` +
 		jsonString("Document: A\n"+storyA) + `},{"type":"text","text":` + jsonString("Document: B\n"+storyB) +
 		`},{"type":"text","text":"Once upon a time"}]}],"max_tokens":2}`
-	if _, err := fe.f.Fuse(context.Background(), fe.request(t, RouteChat, partsBody, "t")); err != nil {
+	req := fe.request(t, RouteChat, partsBody, "t")
+	if _, err := fe.f.Fuse(context.Background(), req); err != nil {
 		t.Fatal(err)
 	}
-	if fe.f.Index().Len() != 2 {
-		t.Fatalf("index holds %d chunks, want 2", fe.f.Index().Len())
+	if x := fe.f.seenBy(req.Tenant); x == nil || x.Len() != 2 {
+		t.Fatalf("tenant's index holds %v, want 2 chunks", x)
 	}
 	prompt := "You tell stories.\n\nDocument: A\n" + storyA + "\n\nDocument: B\n" + storyB + "\n\nThe end"
 	r := fe.request(t, RouteCompletions, `{"prompt":`+jsonString(prompt)+`,"max_tokens":2}`, "t")

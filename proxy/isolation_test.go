@@ -264,3 +264,35 @@ func utf16LE(s string) string {
 	}
 	return string(b)
 }
+
+// TestKnownChunksPerTenant: the chunks the fusion path meets in one
+// tenant's requests are recognised in that tenant's later unmarked prompts
+// only. Shared, another tenant's unmarked prompt would be segmented (and,
+// once warmed under its own keys, fused: cached tokens in its usage) exactly
+// when some other tenant had sent the chunk: a membership oracle.
+func TestKnownChunksPerTenant(t *testing.T) {
+	fe := newFuserEnv(t, nil)
+	partsBody := `{"messages":[{"role":"system","content":"You tell stories."},{"role":"user","content":[{"type":"text","text":` +
+		jsonString("Document: A\n"+storyA) + `},{"type":"text","text":` + jsonString("Document: B\n"+storyB) +
+		`},{"type":"text","text":"Once upon a time"}]}],"max_tokens":2}`
+	if _, err := fe.f.Fuse(context.Background(), fe.request(t, RouteChat, partsBody, "tenant-a")); err != nil {
+		t.Fatal(err)
+	}
+	prompt := "You tell stories.\n\nDocument: A\n" + storyA + "\n\nDocument: B\n" + storyB + "\n\nThe end"
+	body := `{"prompt":` + jsonString(prompt) + `,"max_tokens":2}`
+	sgA, err := fe.f.segment(fe.request(t, RouteCompletions, body, "tenant-a"))
+	if err != nil {
+		t.Fatalf("tenant A's own chunks not found in its unmarked prompt: %v", err)
+	}
+	if sg, err := fe.f.segment(fe.request(t, RouteCompletions, body, "tenant-b")); err == nil {
+		t.Errorf("tenant B's unmarked prompt segmented by %q with tenant A's chunks: %+v", sg.how, sg.seg)
+	}
+	// Chunks indexed explicitly (Index: ingest, documents) are known to all.
+	c := sgA.seg.Chunks[0]
+	if !fe.f.Index().Add(sgA.ids[c.Begin:c.End]) {
+		t.Fatal("Index().Add refused the chunk")
+	}
+	if _, err := fe.f.segment(fe.request(t, RouteCompletions, body, "tenant-b")); err != nil {
+		t.Errorf("an explicitly indexed chunk is not found for tenant B: %v", err)
+	}
+}
