@@ -2,7 +2,7 @@ package bench
 
 import (
 	"context"
-	"errors"
+	"github.com/fusionrag/fusionrag/internal/redistest"
 	"testing"
 	"time"
 
@@ -14,16 +14,12 @@ import (
 func testTiers(t *testing.T) []string {
 	t.Helper()
 	tiers := []string{"mem://?max=256MiB", "disk://" + t.TempDir() + "?max=1GiB"}
-	r, err := StartRedis()
-	if errors.Is(err, ErrNoRedis) {
+	if !redistest.Installed() {
 		t.Log("REDIS TIER NOT MEASURED: redis-server not installed (apt-get install redis-server)")
 		return tiers
 	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(r.Stop)
-	return append(tiers, r.URL)
+	r := redistest.Start(t, redistest.Args("--proto-max-bulk-len", "1gb"))
+	return append(tiers, r.URL(0))
 }
 
 func TestStoreQuick(t *testing.T) {

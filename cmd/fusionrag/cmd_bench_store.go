@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/fusionrag/fusionrag/internal/redisproc"
 	"os"
 	"strings"
 	"time"
@@ -63,8 +64,8 @@ func benchStore(args []string) error {
 		case "off":
 			notes = append(notes, "Redis tier not measured (--redis off).")
 		case "auto":
-			r, err := bench.StartRedis()
-			if errors.Is(err, bench.ErrNoRedis) {
+			r, err := redisproc.Start(redisproc.Config{Args: []string{"--proto-max-bulk-len", "1gb"}})
+			if errors.Is(err, redisproc.ErrNotInstalled) {
 				fmt.Fprintln(os.Stderr, "fusionrag bench store: redis-server not installed: the Redis tier is NOT measured")
 				notes = append(notes, "Redis tier not measured: redis-server not installed.")
 				break
@@ -72,8 +73,8 @@ func benchStore(args []string) error {
 			if err != nil {
 				return err
 			}
-			defer r.Stop()
-			urls = append(urls, r.URL)
+			defer r.Close()
+			urls = append(urls, r.URL(0))
 			notes = append(notes, "Redis: a local redis-server (persistence off) on a loopback port, started by the benchmark.")
 		default:
 			urls = append(urls, *redisURL)
