@@ -174,9 +174,12 @@ const maxIndexedChunks = 1 << 16
 // another had sent a chunk.
 func (f *RAGFuser) Index() *fingerprint.ChunkIndex { return &f.index }
 
-// remember indexes chunk as met in tenant's requests, within a budget of
-// maxIndexedChunks over all tenants.
-func (f *RAGFuser) remember(tenant string, chunk []int32) {
+// Remember indexes chunk (its exact ids in context) as known to tenant
+// only: found in that tenant's unmarked prompts, never in another's. The
+// fusion path calls it for the chunks of every request it fuses; an ingest
+// of a tenant's documents should call it rather than add to Index(). All
+// tenants together hold at most maxIndexedChunks such chunks.
+func (f *RAGFuser) Remember(tenant string, chunk []int32) {
 	f.seenMu.Lock()
 	defer f.seenMu.Unlock()
 	if f.seenTotal >= maxIndexedChunks {
@@ -368,7 +371,7 @@ func (f *RAGFuser) Fuse(ctx context.Context, req *Request) (*Plan, error) {
 	// The chunks are in the store now: later unmarked prompts may find them.
 	for i, c := range sg.seg.Chunks {
 		if sg.seg.Exact[i] {
-			f.remember(req.Tenant, sg.ids[c.Begin:c.End])
+			f.Remember(req.Tenant, sg.ids[c.Begin:c.End])
 		}
 	}
 	return &Plan{
