@@ -14,7 +14,6 @@ import (
 	"github.com/fusionrag/fusionrag/adapters"
 	_ "github.com/fusionrag/fusionrag/adapters/native"      // registers "native"
 	_ "github.com/fusionrag/fusionrag/adapters/passthrough" // registers "passthrough"
-	"github.com/fusionrag/fusionrag/fingerprint"
 	"github.com/fusionrag/fusionrag/fusion"
 	"github.com/fusionrag/fusionrag/kvstore"
 	"github.com/fusionrag/fusionrag/model"
@@ -55,7 +54,7 @@ func runServe(args []string) error {
 		defer fp.close()
 		opts = append(opts, proxy.WithFuser(fp.fuser))
 		if fp.queue != nil {
-			opts = append(opts, proxy.WithDocuments(indexingQueue{fp.queue, fp.chunker, fp.fuser.Index()}))
+			opts = append(opts, proxy.WithDocuments(indexingQueue{fp.queue, fp.chunker, fp.fuser.Remember}))
 		}
 	}
 	p, err := proxy.New(cfg, opts...)
@@ -92,13 +91,14 @@ type fusionPath struct {
 }
 
 // indexingQueue is the ingest queue that also adds the submitted chunks'
-// ids to the fuser's known-chunk index, so that they are recognised in
-// prompts that carry no markers (convention c). Chunking is deterministic:
-// the ids are those the queue stores KV for.
+// ids to the submitting tenant's known-chunk index, so that they are
+// recognised in that tenant's prompts that carry no markers (convention c),
+// and never reveal to another tenant what was submitted. Chunking is
+// deterministic: the ids are those the queue stores KV for.
 type indexingQueue struct {
 	*fusion.Queue
-	chunker *fusion.Chunker
-	index   *fingerprint.ChunkIndex
+	chunker  *fusion.Chunker
+	remember func(tenant string, chunk []int32)
 }
 
 func (q indexingQueue) HandleSubmit(tenant string, body []byte) (int, []byte) {
@@ -110,7 +110,7 @@ func (q indexingQueue) HandleSubmit(tenant string, body []byte) (int, []byte) {
 		for _, d := range docs {
 			chunks, _ := q.chunker.Split(d)
 			for _, c := range chunks {
-				q.index.Add(c.Tokens)
+				q.remember(tenant, c.Tokens)
 			}
 		}
 	}
