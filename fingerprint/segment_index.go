@@ -67,27 +67,7 @@ func (x *ChunkIndex) Len() int {
 // overlapping, never starting before from: at each position the longest
 // verified candidate wins and the scan resumes after it.
 func (x *ChunkIndex) Find(ids []int32, from int) []Span {
-	x.mu.RLock()
-	defer x.mu.RUnlock()
-	if x.n == 0 {
-		return nil
-	}
-	var out []Span
-	for i := max(from, 0); i+IndexGram <= len(ids); {
-		best := 0
-		for _, c := range x.heads[gramHash(ids[i:i+IndexGram])] {
-			if len(c) > best && i+len(c) <= len(ids) && slices.Equal(c, ids[i:i+len(c)]) {
-				best = len(c)
-			}
-		}
-		if best == 0 {
-			i++
-			continue
-		}
-		out = append(out, Span{i, i + best})
-		i += best
-	}
-	return out
+	return findAny(ids, from, []*ChunkIndex{x})
 }
 
 // Segment splits a prompt of len(ids) tokens around the known chunks found
@@ -98,7 +78,15 @@ func (x *ChunkIndex) Find(ids []int32, from int) []Span {
 // dropped from the end until one does. ok is false when no known chunk is
 // found.
 func (x *ChunkIndex) Segment(ids []int32, prefixMin int) (Segments, bool) {
-	found := x.Find(ids, prefixMin)
+	return SegmentAny(ids, prefixMin, x)
+}
+
+// SegmentAny is Segment over several indexes at once (nil ones are
+// skipped): at each position the longest chunk any of them knows. A caller
+// that keeps chunks in separate indexes (per tenant, and shared) gets the
+// segmentation one index holding them all would give.
+func SegmentAny(ids []int32, prefixMin int, xs ...*ChunkIndex) (Segments, bool) {
+	found := findAny(ids, prefixMin, xs)
 	for len(found) > 0 && found[len(found)-1].End >= len(ids) {
 		found = found[:len(found)-1]
 	}
@@ -118,6 +106,44 @@ func (x *ChunkIndex) Segment(ids []int32, prefixMin int) (Segments, bool) {
 	}
 	seg.Question = Span{at, len(ids)}
 	return seg, seg.Validate(len(ids)) == nil
+}
+
+// findAny scans ids from position from, taking at each position the longest
+// chunk known to any of xs that matches there exactly, and skipping past it.
+func findAny(ids []int32, from int, xs []*ChunkIndex) []Span {
+	live := make([]*ChunkIndex, 0, len(xs))
+	for _, x := range xs {
+		if x == nil || slices.Contains(live, x) { // a second RLock could deadlock behind a writer
+			continue
+		}
+		x.mu.RLock()
+		defer x.mu.RUnlock()
+		if x.n > 0 {
+			live = append(live, x)
+		}
+	}
+	if len(live) == 0 {
+		return nil
+	}
+	var out []Span
+	for i := max(from, 0); i+IndexGram <= len(ids); {
+		best := 0
+		h := gramHash(ids[i : i+IndexGram])
+		for _, x := range live {
+			for _, c := range x.heads[h] {
+				if len(c) > best && i+len(c) <= len(ids) && slices.Equal(c, ids[i:i+len(c)]) {
+					best = len(c)
+				}
+			}
+		}
+		if best == 0 {
+			i++
+			continue
+		}
+		out = append(out, Span{i, i + best})
+		i += best
+	}
+	return out
 }
 
 func gramHash(ids []int32) uint64 {

@@ -269,3 +269,36 @@ func FuzzSegment(f *testing.F) {
 		}
 	})
 }
+
+// TestSegmentAny: chunks split over two indexes segment as one index
+// holding them all would.
+func TestSegmentAny(t *testing.T) {
+	mk := func(base int32) []int32 {
+		c := make([]int32, 12)
+		for i := range c {
+			c[i] = base + int32(i)
+		}
+		return c
+	}
+	a, b := mk(100), mk(200)
+	prompt := append(append(append([]int32{1, 2, 3}, a...), b...), 7, 8, 9)
+	var one, x, y ChunkIndex
+	one.Add(a)
+	one.Add(b)
+	x.Add(a)
+	y.Add(b)
+	want, ok := one.Segment(prompt, 1)
+	if !ok {
+		t.Fatal("one index: no segmentation")
+	}
+	got, ok := SegmentAny(prompt, 1, &x, nil, &y, &x)
+	if !ok {
+		t.Fatal("SegmentAny: no segmentation")
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("SegmentAny over two indexes differs from one index (-want +got):\n%s", diff)
+	}
+	if len(got.Chunks) != 2 || !got.Exact[0] || !got.Exact[1] {
+		t.Errorf("chunks %v exact %v, want both chunks found", got.Chunks, got.Exact)
+	}
+}

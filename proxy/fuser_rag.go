@@ -595,13 +595,10 @@ func (f *RAGFuser) segment(req *Request) (*segmented, error) {
 			minPrefix = 1
 		}
 		var ok bool
-		if own := f.seenBy(req.Tenant); own != nil {
-			sg.seg, ok = own.Segment(ids, minPrefix)
-		}
-		if !ok {
-			sg.seg, ok = f.index.Segment(ids, minPrefix)
-		}
-		if !ok {
+		// The tenant's own chunks and the shared ones together: segmenting
+		// with one and then the other would cut a prompt that mixes them
+		// at the first index's chunks only, and miss the rest.
+		if sg.seg, ok = fingerprint.SegmentAny(ids, minPrefix, f.seenBy(req.Tenant), &f.index); !ok {
 			return nil, Skip(SkipNoChunks)
 		}
 		sg.how = "index"
