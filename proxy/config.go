@@ -93,8 +93,17 @@ type Breaker struct {
 
 // Tenant says how requests are assigned to tenants. The tenant is part of every
 // cache key, so one tenant can never hit another's KV.
+//
+// By default no header is trusted: a client reaching the sidecar could name
+// any tenant in one, and read or fill that tenant's cache. The tenant is then
+// an xxh3 hash of the request's bearer key, or the one anonymous tenant
+// without a key. Header is an opt-in for deployments where a gateway in front
+// of the sidecar authenticates clients and sets (or strips) that header on
+// every request. The sidecar forwards the header to the engine like any other
+// header, trusted or not: stripping it could not tell a gateway's value from a
+// client's, so keeping clients' values out is the gateway's job.
 type Tenant struct {
-	Header string `yaml:"header" doc:"Header naming the tenant; it must be set by a trusted gateway. Without it, the tenant is an xxh3 hash of the Authorization bearer key (never the key itself). \"-\" disables the header." default:"X-Fusionrag-Tenant"`
+	Header string `yaml:"header" doc:"Header whose value names the tenant (e.g. X-Fusionrag-Tenant). Set this only when a trusted gateway sets or strips this header on every request: any client that reaches the sidecar can claim any tenant with it. \"-\" (the default): no header is trusted, and the tenant is an xxh3 hash of the Authorization bearer key (never the key itself), or anonymous (one tenant shared by every request without a key). The header is forwarded to the engine either way." default:"-"`
 }
 
 // Strategies lists the recompute strategies a request may name.
@@ -410,6 +419,13 @@ The fusion path is tried for ` + "`POST /v1/chat/completions` and `POST /v1/comp
 request the fusion path cannot serve, is forwarded to the engine untouched. A request may override the
 strategy and ratio with the headers ` + "`X-Fusionrag-Strategy` and `X-Fusionrag-Ratio`" + `, or with a body field
 ` + "`\"fusionrag\": {\"strategy\": \"epic\", \"ratio\": 0.3}`" + ` that the sidecar removes before forwarding.
+
+Every cache key includes the request's tenant: an xxh3 hash of its bearer API key, or one anonymous tenant
+for requests without a key. No header is trusted for the tenant unless ` + "`tenant.header`" + ` names one: set it
+(e.g. ` + "`tenant.header: X-Fusionrag-Tenant`, `FUSIONRAG_TENANT_HEADER=X-Fusionrag-Tenant` or" + `
+` + "`-tenant.header X-Fusionrag-Tenant`" + `) only when a trusted gateway in front of the sidecar sets or strips that
+header on every request, since any client reaching the sidecar could otherwise claim any tenant. Unconfigured,
+` + "`X-Fusionrag-Tenant`" + ` is an ordinary header, forwarded to the engine; the sidecar never strips it.
 
 Tracing uses the standard OpenTelemetry variables: ` + "`OTEL_TRACES_EXPORTER` (`otlp` or `none`)" + `,
 ` + "`OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`" + ` (OTLP/gRPC), ` + "`OTEL_EXPORTER_OTLP_INSECURE`" + `,

@@ -54,7 +54,7 @@ limits:
 	want := map[string]any{
 		"listen": "127.0.0.1:9999", "read": 5 * time.Second, "connect": 250 * time.Millisecond, "write": time.Minute,
 		"strategy": "epic", "ratio": 0.2, "sep": " # # ", "chunks": 8,
-		"tenant": "X-Fusionrag-Tenant", "metrics": "/metrics",
+		"tenant": "-", "metrics": "/metrics",
 	}
 	if d := cmp.Diff(want, got); d != "" {
 		t.Errorf("flags > env > file > defaults violated (-want +got):\n%s", d)

@@ -243,9 +243,11 @@ func (s *stack) startSidecar(name, adapterURL string, flags ...string) string {
 	t := s.t
 	port := freePort(t)
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
+	// The test's clients play the trusted gateway that sets the tenant
+	// header, so the sidecar is told to trust it (it does not by default).
 	args := append([]string{"serve", "--upstream", s.engineURL, "--listen", fmt.Sprintf("127.0.0.1:%d", port),
 		"--model", s.model, "--store", s.redis.URL(0) + "?timeout=500ms",
-		"-fusion.adapter_url", adapterURL, "-fusion.system", e2eSystem}, flags...)
+		"-fusion.adapter_url", adapterURL, "-fusion.system", e2eSystem, "-tenant.header", HeaderTenant}, flags...)
 	startProc(t, name, []string{"OTEL_EXPORTER_OTLP_ENDPOINT=" + s.otlp, "OTEL_EXPORTER_OTLP_INSECURE=true",
 		"OTEL_SERVICE_NAME=" + name, "OTEL_BSP_SCHEDULE_DELAY=200"}, s.bin, args...)
 	waitFor(t, name, 60*time.Second, httpOK(base+"/healthz"))
@@ -294,7 +296,7 @@ func (s *stack) ingest(base, tenant string) {
 	}
 	body, _ := json.Marshal(docs)
 	req, _ := http.NewRequest("POST", base+DocumentsPath, bytes.NewReader(body))
-	req.Header.Set("X-Fusionrag-Tenant", tenant)
+	req.Header.Set(HeaderTenant, tenant)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -314,7 +316,7 @@ func (s *stack) ingest(base, tenant string) {
 	}
 	waitFor(t, "ingest job", 120*time.Second, func() bool {
 		req, _ := http.NewRequest("GET", base+DocumentsPath+"/"+st.ID, nil)
-		req.Header.Set("X-Fusionrag-Tenant", tenant)
+		req.Header.Set(HeaderTenant, tenant)
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			return false
@@ -325,7 +327,7 @@ func (s *stack) ingest(base, tenant string) {
 	})
 	// A job's status is its tenant's business.
 	req, _ = http.NewRequest("GET", base+DocumentsPath+"/"+st.ID, nil)
-	req.Header.Set("X-Fusionrag-Tenant", tenant+"-other")
+	req.Header.Set(HeaderTenant, tenant+"-other")
 	if resp, err := http.DefaultClient.Do(req); err != nil {
 		t.Error(err)
 	} else {
@@ -360,7 +362,7 @@ var e2eQuestions = []string{"Once upon a time", "One day, Lily", "The little dog
 
 func sdkClient(base, tenant string) openai.Client {
 	return openai.NewClient(option.WithBaseURL(base+"/v1/"), option.WithAPIKey("e2e"), option.WithMaxRetries(0),
-		option.WithHeader("X-Fusionrag-Tenant", tenant), option.WithRequestTimeout(60*time.Second))
+		option.WithHeader(HeaderTenant, tenant), option.WithRequestTimeout(60*time.Second))
 }
 
 // TestE2ESameAnswersAtRatioOne: through the sidecar, with every chunk's KV

@@ -181,12 +181,14 @@ func TestOverrideAndBodyField(t *testing.T) {
 	up := httptest.NewServer(rc)
 	defer up.Close()
 	var seen atomic.Pointer[Request]
-	_, base := startProxy(t, upstreamConfig(up.URL), WithFuser(FuserFunc(func(_ context.Context, r *Request) (*Plan, error) {
+	cfg := upstreamConfig(up.URL)
+	cfg.Tenant.Header = HeaderTenant // as behind a gateway that sets it
+	_, base := startProxy(t, cfg, WithFuser(FuserFunc(func(_ context.Context, r *Request) (*Plan, error) {
 		seen.Store(r)
 		return nil, Skip("test")
 	})))
 	body := `{"model":"m",  "fusionrag" : {"strategy":"epic","ratio":0.3},"messages":[{"role":"user","content":"x"}], "temperature":0}`
-	code, _ := post(t, base+"/v1/chat/completions", body, HeaderRatio, "0.9", HeaderStrategy, "reuse", "X-Fusionrag-Tenant", "acme")
+	code, _ := post(t, base+"/v1/chat/completions", body, HeaderRatio, "0.9", HeaderStrategy, "reuse", HeaderTenant, "acme")
 	if code != 200 {
 		t.Fatal(code)
 	}

@@ -239,8 +239,10 @@ func TestCrossTenantReadThroughEngine(t *testing.T) {
 		if fu != nil {
 			opts = append(opts, WithFuser(fu))
 		}
-		_, base := startProxy(t, upstreamConfig(fe.engine), opts...)
-		code, resp := post(t, base+"/v1/completions", string(attack), "X-Fusionrag-Tenant", "tenant-b")
+		cfg := upstreamConfig(fe.engine)
+		cfg.Tenant.Header = HeaderTenant // B is a tenant of its own, as a gateway would name it
+		_, base := startProxy(t, cfg, opts...)
+		code, resp := post(t, base+"/v1/completions", string(attack), HeaderTenant, "tenant-b")
 		var out struct {
 			Usage struct {
 				Details struct {

@@ -135,6 +135,12 @@ const (
 	bodyOverride   = "fusionrag"
 )
 
+// HeaderTenant is the conventional name of the tenant header. The sidecar
+// reads it only when configured to (Tenant.Header, off by default): behind a
+// gateway that sets or strips it. Otherwise it is an ordinary header,
+// forwarded to the engine and never consulted for the tenant.
+const HeaderTenant = "X-Fusionrag-Tenant"
+
 // ParseRequest parses the body of an eligible route. It returns the request
 // (with Body set to the body minus the "fusionrag" member) even alongside
 // ErrNotEligible, so the caller can forward that body. On ErrMalformed the
@@ -429,10 +435,14 @@ func ParseOverrideHeaders(strategy, ratio string, body Override) (Override, erro
 	return o, nil
 }
 
-// TenantOf derives the tenant from the tenant header's value (empty: absent)
-// and the Authorization header. The result is 32 hex digits of an xxh3-128
-// hash, domain-separated by source so that a header value can never equal a
-// key's hash; the API key itself is never kept.
+// TenantOf derives the tenant from the tenant header's value and the
+// Authorization header. headerValue must come from the configured, trusted
+// tenant header only (Tenant.Header), and be empty when none is configured or
+// the request has none: then the tenant is the bearer key's, or anonymous.
+// The result is 32 hex digits of an xxh3-128 hash (fingerprint.Tenant),
+// domain-separated by source so that a header value can never equal a key's
+// hash; the API key itself is never kept. `fusionrag ingest --tenant T`
+// stores KV for the tenant TenantOf(T, "") names.
 func TenantOf(headerValue, authorization string) (tenant, source string) {
 	if v := strings.TrimSpace(headerValue); v != "" {
 		return fingerprint.Tenant(fingerprint.TenantFromHeader, v), fingerprint.TenantFromHeader
