@@ -26,7 +26,14 @@ const root = ".."
 // test process's environment, so the result does not depend on the machine).
 func loadProject(t *testing.T, profiles []string, env ...string) *types.Project {
 	t.Helper()
-	opts, err := cli.NewProjectOptions([]string{filepath.Join(root, "docker-compose.yml")},
+	return loadProjectFiles(t, nil, profiles, env...)
+}
+
+// loadProjectFiles is loadProject with override files applied over
+// docker-compose.yml, in order, as `docker compose -f ... -f ...` would.
+func loadProjectFiles(t *testing.T, overrides []string, profiles []string, env ...string) *types.Project {
+	t.Helper()
+	opts, err := cli.NewProjectOptions(append([]string{filepath.Join(root, "docker-compose.yml")}, overrides...),
 		cli.WithWorkingDirectory(root),
 		cli.WithEnv(env),
 		cli.WithProfiles(profiles),
@@ -324,6 +331,62 @@ func TestComposeModelOverride(t *testing.T) {
 	}
 	if diff := cmp.Diff([]port{{"", "9090", 8080}}, ports(p.Services["sidecar"])); diff != "" {
 		t.Errorf("sidecar ports with FUSIONRAG_PORT=9090 (-want +got):\n%s", diff)
+	}
+}
+
+// TestComposeTrustsNoTenantHeader: the compose sidecars are published with
+// no gateway in front, so they must not take the tenant from a header any
+// client can send; a variable in the caller's environment or .env does not
+// change that (only an override that adds a gateway does).
+func TestComposeTrustsNoTenantHeader(t *testing.T) {
+	for _, vars := range [][]string{nil, {"FUSIONRAG_TENANT_HEADER=" + proxy.HeaderTenant}} {
+		p := loadProject(t, []string{"gpu"}, vars...)
+		for _, name := range []string{"sidecar", "sidecar-vllm"} {
+			e := env(p.Services[name])
+			cfg, err := proxy.LoadConfig("", func(k string) (string, bool) { v, ok := e[k]; return v, ok }, nil)
+			if err != nil {
+				t.Fatalf("%s refuses its environment: %v", name, err)
+			}
+			if cfg.Tenant.Header != "-" {
+				t.Errorf("%s (interpolation %v) trusts tenant header %q, but is published with no gateway in front",
+					name, vars, cfg.Tenant.Header)
+			}
+		}
+	}
+}
+
+// TestComposeGatewayOverride loads the override of docs/deploy.md (a gateway
+// in front of the sidecar) over the compose file: the sidecar trusts the
+// tenant header there and is no longer published; the gateway is, on the
+// sidecar's former port.
+func TestComposeGatewayOverride(t *testing.T) {
+	doc, err := os.ReadFile(filepath.Join(root, "docs", "deploy.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const first = "# docker-compose.override.yml: a gateway in front of the sidecar\n"
+	_, block, ok := strings.Cut(string(doc), "```yaml\n"+first)
+	if block, _, ok = strings.Cut(block, "```"); !ok {
+		t.Fatalf("docs/deploy.md has no yaml block starting %q", first)
+	}
+	override := filepath.Join(t.TempDir(), "docker-compose.override.yml")
+	if err := os.WriteFile(override, []byte(first+block), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p := loadProjectFiles(t, []string{override}, nil, "FUSIONRAG_PORT=9090")
+	e := env(p.Services["sidecar"])
+	cfg, err := proxy.LoadConfig("", func(k string) (string, bool) { v, ok := e[k]; return v, ok }, nil)
+	if err != nil {
+		t.Fatalf("the sidecar refuses its environment with the gateway override: %v", err)
+	}
+	if cfg.Tenant.Header != proxy.HeaderTenant {
+		t.Errorf("behind the gateway the sidecar trusts tenant header %q, want %q", cfg.Tenant.Header, proxy.HeaderTenant)
+	}
+	if got := ports(p.Services["sidecar"]); len(got) != 0 {
+		t.Errorf("behind the gateway the sidecar is still published: %v (clients could bypass the gateway)", got)
+	}
+	if d := cmp.Diff([]port{{"", "9090", 8080}}, ports(p.Services["gateway"])); d != "" {
+		t.Errorf("gateway ports (-want +got):\n%s", d)
 	}
 }
 

@@ -3,8 +3,9 @@
 // Compose itself uses), the Dockerfile and .dockerignore. No Docker engine
 // runs in CI, so these tests are what keeps the files honest: every service
 // has an image or a build, healthchecks exist where a dependency waits for
-// them, ports are bound where they should be, and the sidecar's environment
-// is a configuration the sidecar accepts.
+// them, ports are bound where they should be, the sidecar's environment
+// is a configuration the sidecar accepts, and the published sidecar trusts
+// no tenant header (only the gateway override of docs/deploy.md makes it).
 //
 // The package has no code of its own; docs/deploy.md describes the stack.
 package deploy

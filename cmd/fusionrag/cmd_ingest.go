@@ -47,7 +47,7 @@ func runIngest(args []string) error {
 	rawOnly := fs.Bool("raw-only", false, "store raw KV only (no neighbours, no fused KV)")
 	limit := fs.Int("limit", 0, "ingest only the first N documents (0: all)")
 	system := fs.String("system", "", "system text S every prompt starts with (after BOS); part of every key")
-	tenant := fs.String("tenant", "", "tenant the KV belongs to: the value requests carry in the sidecar's tenant header (default: anonymous requests)")
+	tenant := fs.String("tenant", "", "tenant the KV belongs to: the value a trusted gateway sets in the tenant header the sidecar is configured to trust (tenant.header; none by default); default: requests with no API key (anonymous)")
 	apiKey := fs.String("api-key", "", "tenant given as the API key its requests send (only its hash is used); exclusive with --tenant")
 	dtype := fs.String("dtype", "f32", "stored KV element type: f32, f16 or bf16")
 	backend := fs.String("backend", "", "model backend (default cpu)")
