@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -43,10 +44,37 @@ func connectionTokens(v []byte) []string {
 // fasthttpSpecial are the fields fasthttp keeps outside its ordered list
 // (they are framing, or parsed); deleting and re-adding them is either
 // unnecessary or lossy, so stripHop leaves them where they are.
-var fasthttpSpecial = map[string]bool{
-	"host": true, "content-type": true, "content-length": true, "user-agent": true, "cookie": true,
-	"set-cookie": true, "server": true, "date": true, "transfer-encoding": true, "connection": true,
-	"trailer": true, "content-encoding": true,
+var fasthttpSpecial = []string{
+	"Host", "Content-Type", "Content-Length", "User-Agent", "Cookie",
+	"Set-Cookie", "Server", "Date", "Transfer-Encoding", "Connection",
+	"Trailer", "Content-Encoding",
+}
+
+// equalFold reports whether b and s are equal under ASCII case folding
+// (field names are tokens: ASCII only).
+func equalFold(b []byte, s string) bool {
+	if len(b) != len(s) {
+		return false
+	}
+	for i := range len(b) {
+		c, d := b[i], s[i]
+		if c == d {
+			continue
+		}
+		if c|0x20 != d|0x20 || c|0x20 < 'a' || c|0x20 > 'z' {
+			return false
+		}
+	}
+	return true
+}
+
+func isSpecial(k []byte) bool {
+	for _, s := range fasthttpSpecial {
+		if equalFold(k, s) {
+			return true
+		}
+	}
+	return false
 }
 
 // headerList is what stripHop needs of fasthttp's request and response headers.
@@ -54,33 +82,137 @@ type headerList interface {
 	VisitAll(func(key, value []byte))
 	Peek(key string) []byte
 	Del(key string)
+	DelBytes(key []byte)
 	Add(key, value string)
 }
 
-// stripHop removes the hop-by-hop fields (and the fields the Connection
+// Bounds of hopScan's fixed arrays; a header beyond them takes the general
+// (allocating) path of stripHopSlow.
+const (
+	maxHopTokens  = 8
+	maxHopDropped = 8
+	maxHopKept    = 48
+)
+
+// hopScan is one pass over a header's fields, without allocating: the
+// Connection header's tokens, the fields to drop, and whether a kept
+// ordinary field name occurs more than once (then dropping by Del, which
+// swaps the last field into the hole, could reorder its lines). All slices
+// are views into the header, valid until it is modified.
+type hopScan struct {
+	keep     bool // keep Transfer-Encoding (responses: it is framing)
+	tokens   [maxHopTokens][]byte
+	nTokens  int
+	dropped  [maxHopDropped][]byte
+	nDropped int
+	kept     [maxHopKept][]byte
+	nKept    int
+	repeat   bool // a kept ordinary field name occurs twice
+	overflow bool // an array was too small: use stripHopSlow
+}
+
+// connection notes the names listed in the Connection header value v.
+func (s *hopScan) connection(v []byte) {
+	for len(v) > 0 {
+		var f []byte
+		if i := bytes.IndexByte(v, ','); i >= 0 {
+			f, v = v[:i], v[i+1:]
+		} else {
+			f, v = v, nil
+		}
+		f = bytes.TrimSpace(f)
+		if len(f) == 0 || equalFold(f, "close") || equalFold(f, "keep-alive") {
+			continue
+		}
+		if s.nTokens == maxHopTokens {
+			s.overflow = true
+			return
+		}
+		s.tokens[s.nTokens] = f
+		s.nTokens++
+	}
+}
+
+// dropped reports whether field k is hop-by-hop (and not kept) or listed
+// in the Connection header.
+func (s *hopScan) drops(k []byte) bool {
+	for _, name := range hopHeaders {
+		if equalFold(k, name) {
+			return !(s.keep && name == "Transfer-Encoding")
+		}
+	}
+	for _, t := range s.tokens[:s.nTokens] {
+		if bytes.EqualFold(k, t) {
+			return true
+		}
+	}
+	return false
+}
+
+// visit looks at one field name.
+func (s *hopScan) visit(k []byte) {
+	if s.overflow {
+		return
+	}
+	if s.drops(k) {
+		for _, d := range s.dropped[:s.nDropped] {
+			if bytes.EqualFold(d, k) {
+				return // Del removes every line of a name at once
+			}
+		}
+		if s.nDropped == maxHopDropped {
+			s.overflow = true
+			return
+		}
+		s.dropped[s.nDropped] = k
+		s.nDropped++
+		return
+	}
+	if s.repeat || isSpecial(k) {
+		return
+	}
+	for _, o := range s.kept[:s.nKept] {
+		if bytes.EqualFold(o, k) {
+			s.repeat = true
+			return
+		}
+	}
+	if s.nKept == maxHopKept {
+		s.overflow = true
+		return
+	}
+	s.kept[s.nKept] = k
+	s.nKept++
+}
+
+// apply removes the dropped fields from h. Without a repeated kept name,
+// deleting reorders only lines of different names, whose order carries no
+// meaning (RFC 9110 §5.3); otherwise stripHopSlow keeps every line's place.
+func (s *hopScan) apply(h headerList) {
+	switch {
+	case s.overflow || s.repeat && s.nDropped > 0:
+		stripHopSlow(h, s.keep)
+	case s.nDropped > 0:
+		for _, k := range s.dropped[:s.nDropped] {
+			h.DelBytes(k)
+		}
+	}
+}
+
+// stripHopSlow removes the hop-by-hop fields (and the fields the Connection
 // header lists), keeping every other field line in its order: fasthttp's Del
 // swaps the last field into the hole, and the order of repeated fields is
 // significant (RFC 9110 §5.3), so the ordinary fields are re-added in order.
-func stripHop(h headerList, keep map[string]bool) {
+func stripHopSlow(h headerList, keepTE bool) {
 	tokens := connectionTokens(h.Peek("Connection"))
-	// Fast path, the common case: nothing to drop, nothing allocated.
-	any := false
-	h.VisitAll(func(k, _ []byte) {
-		if !any && isDropped(k, keep, tokens) {
-			any = true
-		}
-	})
-	if !any {
-		return
-	}
 	type kv struct{ k, v string }
 	var kept []kv
 	var dropped []string
 	h.VisitAll(func(k, v []byte) {
 		switch {
-		case isDropped(k, keep, tokens):
+		case isDropped(k, keepTE, tokens):
 			dropped = append(dropped, string(k))
-		case !fasthttpSpecial[strings.ToLower(string(k))]:
+		case !isSpecial(k):
 			kept = append(kept, kv{string(k), string(v)})
 		}
 	})
@@ -95,33 +227,64 @@ func stripHop(h headerList, keep map[string]bool) {
 	}
 }
 
-// isDropped reports whether field k is hop-by-hop (and not in keep) or
-// listed in the Connection header's tokens.
-func isDropped(k []byte, keep map[string]bool, tokens []string) bool {
+// isDropped reports whether field k is hop-by-hop (Transfer-Encoding
+// excepted when keepTE) or listed in the Connection header's tokens.
+func isDropped(k []byte, keepTE bool, tokens []string) bool {
 	for _, name := range hopHeaders {
-		if len(k) == len(name) && bytes.EqualFold(k, []byte(name)) {
-			return !keep[name]
+		if equalFold(k, name) {
+			return !(keepTE && name == "Transfer-Encoding")
 		}
 	}
 	for _, t := range tokens {
-		if len(k) == len(t) && bytes.EqualFold(k, []byte(t)) {
+		if equalFold(k, t) {
 			return true
 		}
 	}
 	return false
 }
 
+// stripRequestHopHeaders removes the hop-by-hop fields of a request about
+// to go upstream.
 func stripRequestHopHeaders(h *fasthttp.RequestHeader) {
-	stripHop(h, nil)
+	var s hopScan
+	s.connection(h.Peek("Connection"))
+	for k := range h.All() {
+		s.visit(k)
+	}
+	s.apply(h)
 	h.ResetConnectionClose()
 }
 
-// responseKeep: Transfer-Encoding is framing, which fasthttp sets from the body.
-var responseKeep = map[string]bool{"Transfer-Encoding": true}
-
+// stripResponseHopHeaders removes the hop-by-hop fields of a response about
+// to go to the client; Transfer-Encoding is framing, which fasthttp sets
+// from the body.
 func stripResponseHopHeaders(h *fasthttp.ResponseHeader) {
-	stripHop(h, responseKeep)
+	s := hopScan{keep: true}
+	s.connection(h.Peek("Connection"))
+	for k := range h.All() {
+		s.visit(k)
+	}
+	s.apply(h)
 	h.ResetConnectionClose()
+}
+
+// setForwardedFor appends the client's address to X-Forwarded-For (or sets
+// it), without allocating: net.IP.String would.
+func setForwardedFor(h *fasthttp.RequestHeader, ip net.IP) {
+	if ip == nil || ip.IsUnspecified() {
+		return
+	}
+	addr, ok := netip.AddrFromSlice(ip)
+	if !ok {
+		return
+	}
+	var buf [128]byte
+	xff := buf[:0]
+	if prior := h.Peek("X-Forwarded-For"); len(prior) > 0 {
+		xff = append(append(xff, prior...), ", "...)
+	}
+	xff = addr.Unmap().AppendTo(xff)
+	h.SetBytesV("X-Forwarded-For", xff)
 }
 
 // idleConn applies idle read and write timeouts: each Read (Write) must make

@@ -11,6 +11,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -19,7 +20,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -45,6 +45,7 @@ type Proxy struct {
 	addr    string        // upstream host:port
 	fusions chan struct{} // semaphore: running (and abandoned) Fuse calls
 	docs    *docsRoutes
+	debug   *debugServer // FUSIONRAG_PPROF listener, nil when off
 }
 
 // Option configures a Proxy.
@@ -127,6 +128,15 @@ func New(cfg Config, opts ...Option) (*Proxy, error) {
 		},
 		Logger: slogPrintf{p.log},
 	}
+	if addr, ok := os.LookupEnv(EnvPprof); ok && addr != "" {
+		if p.debug, err = startDebug(addr); err != nil {
+			if p.ownTel {
+				_ = p.tel.Shutdown(context.Background())
+			}
+			return nil, err
+		}
+		p.log.Info("pprof debug listener", "addr", p.debug.addr)
+	}
 	return p, nil
 }
 
@@ -155,6 +165,7 @@ func (p *Proxy) ListenAndServe() error {
 func (p *Proxy) Shutdown(ctx context.Context) error {
 	err := p.server.ShutdownWithContext(ctx)
 	p.client.CloseIdleConnections()
+	err = errors.Join(err, p.debug.shutdown(ctx))
 	if p.ownTel {
 		err = errors.Join(err, p.tel.Shutdown(ctx))
 	}
@@ -209,14 +220,24 @@ type exchange struct {
 	finished atomic.Bool
 }
 
-func (x *exchange) firstByte() {
+// noSpan is the span of exchanges when tracing is off: a no-op, whose
+// IsRecording is false.
+var noSpan = trace.SpanFromContext(context.Background())
+
+func (x *exchange) firstByte() { x.firstByteAt(time.Now()) }
+
+// firstByteAt records the time to first byte, as of now.
+func (x *exchange) firstByteAt(now time.Time) {
 	if x.ttft.CompareAndSwap(false, true) {
-		x.p.tel.ttft.Record(x.ctx, time.Since(x.start).Seconds(), x.p.tel.pathOpt(x.path))
+		x.p.tel.ttft.Record(x.ctx, now.Sub(x.start).Seconds(), x.p.tel.pathOpts(x.path)...)
 	}
 }
 
 // finish ends the exchange: err nil when the response was delivered whole.
-func (x *exchange) finish(err error) {
+func (x *exchange) finish(err error) { x.finishAt(time.Now(), err) }
+
+// finishAt is finish as of now.
+func (x *exchange) finishAt(now time.Time, err error) {
 	if !x.finished.CompareAndSwap(false, true) {
 		return
 	}
@@ -230,16 +251,18 @@ func (x *exchange) finish(err error) {
 	if x.plan != nil && x.plan.Release != nil {
 		x.plan.Release()
 	}
-	x.p.tel.requests.Add(x.ctx, 1, x.p.tel.pathRouteOpt(x.path, x.route))
-	x.p.tel.duration.Record(x.ctx, time.Since(x.start).Seconds(), x.p.tel.pathOpt(x.path))
-	x.span.SetAttributes(attribute.String(AttrPath, x.path))
-	if x.reason != "" {
-		x.span.SetAttributes(attribute.String(AttrFallbackReason, x.reason))
-	}
-	if err != nil {
-		x.span.RecordError(err)
-		if !isClientCancel(err) {
-			x.span.SetStatus(codes.Error, err.Error())
+	x.p.tel.requests.Add(x.ctx, 1, x.p.tel.pathRouteOpts(x.path, x.route)...)
+	x.p.tel.duration.Record(x.ctx, now.Sub(x.start).Seconds(), x.p.tel.pathOpts(x.path)...)
+	if x.span.IsRecording() {
+		x.span.SetAttributes(attribute.String(AttrPath, x.path))
+		if x.reason != "" {
+			x.span.SetAttributes(attribute.String(AttrFallbackReason, x.reason))
+		}
+		if err != nil {
+			x.span.RecordError(err)
+			if !isClientCancel(err) {
+				x.span.SetStatus(codes.Error, err.Error())
+			}
 		}
 	}
 	x.span.End()
@@ -252,9 +275,9 @@ func (x *exchange) fallback(reason string) {
 
 // Handler is the fasthttp handler of the sidecar.
 func (p *Proxy) Handler(ctx *fasthttp.RequestCtx) {
-	path := string(ctx.Path())
+	path := ctx.Path() // valid until the handler returns; string(path) where kept
 	if ctx.IsGet() || ctx.IsHead() {
-		switch path {
+		switch string(path) {
 		case p.cfg.MetricsPath:
 			p.serveMetrics(ctx)
 			return
@@ -263,7 +286,7 @@ func (p *Proxy) Handler(ctx *fasthttp.RequestCtx) {
 			return
 		}
 	}
-	route := routeOf(ctx.Method(), ctx.Path())
+	route := routeOf(ctx.Method(), path)
 	if engineKVRoute(path) {
 		// The engine's KV routes (PUT /v1/kv/{key} stores a blob under any
 		// key, another tenant's included) are for the adapter, which
@@ -273,10 +296,12 @@ func (p *Proxy) Handler(ctx *fasthttp.RequestCtx) {
 		ctx.SetConnectionClose() // the body, if any, is not read
 		return
 	}
-	sctx, span := p.tel.tracer.Start(context.Background(), SpanRequest, trace.WithSpanKind(trace.SpanKindServer),
-		trace.WithAttributes(attribute.String("http.request.method", string(ctx.Method())),
-			attribute.String("url.path", path), attribute.String(AttrRoute, route.String())))
-	x := &exchange{p: p, start: time.Now(), ctx: sctx, span: span, route: route, path: PathPassthrough}
+	x := &exchange{p: p, start: time.Now(), ctx: context.Background(), span: noSpan, route: route, path: PathPassthrough}
+	if p.tel.tracing {
+		x.ctx, x.span = p.tel.tracer.Start(x.ctx, SpanRequest, trace.WithSpanKind(trace.SpanKindServer),
+			trace.WithAttributes(attribute.String("http.request.method", string(ctx.Method())),
+				attribute.String("url.path", string(path)), attribute.String(AttrRoute, route.String())))
+	}
 	if p.serveDocuments(ctx, x) {
 		return
 	}
@@ -328,8 +353,8 @@ var errEligibleTooLarge = errors.New("proxy: request body over max_fusion_body")
 // engineKVRoute reports whether path (decoded and normalised, as
 // fasthttp's Path returns it, and as the engine routes it) is one of the
 // engine's KV routes: /v1/kv and /v1/kv/{key}.
-func engineKVRoute(path string) bool {
-	return path == "/v1/kv" || strings.HasPrefix(path, "/v1/kv/")
+func engineKVRoute(path []byte) bool {
+	return string(path) == "/v1/kv" || bytes.HasPrefix(path, []byte("/v1/kv/"))
 }
 
 // readBody returns the whole body (buffered) or, for bodies of other routes
@@ -395,7 +420,9 @@ func (p *Proxy) serveEligible(ctx *fasthttp.RequestCtx, x *exchange, body []byte
 		tenantHeader = string(h.Peek(p.cfg.Tenant.Header))
 	}
 	req.Tenant, req.TenantSource = TenantOf(tenantHeader, string(h.Peek("Authorization")))
-	x.span.SetAttributes(attribute.String(AttrTenantSource, req.TenantSource))
+	if x.span.IsRecording() {
+		x.span.SetAttributes(attribute.String(AttrTenantSource, req.TenantSource))
+	}
 
 	fused, ok := p.fuse(x, req)
 	if !ok {
@@ -519,7 +546,9 @@ func (p *Proxy) fuse(x *exchange, req *Request) ([]byte, bool) {
 	switch {
 	case r.err == nil:
 		x.done, x.plan = done, r.plan
-		x.span.SetAttributes(r.plan.Stats.Attributes()...)
+		if x.span.IsRecording() {
+			x.span.SetAttributes(r.plan.Stats.Attributes()...)
+		}
 		p.tel.recordStats(x.ctx, r.plan.Stats)
 		return body, true
 	case errors.As(r.err, &skip) || errors.Is(r.err, ErrSkip):
@@ -550,8 +579,11 @@ func (p *Proxy) fuse(x *exchange, req *Request) ([]byte, bool) {
 // or stream (size: Content-Length or -1). The response body is a stream the
 // caller must hand to respond or close.
 func (p *Proxy) roundTrip(ctx *fasthttp.RequestCtx, x *exchange, body []byte, stream io.Reader, size int, attempt string) (*fasthttp.Response, error) {
-	_, span := p.tel.tracer.Start(x.ctx, SpanForward, trace.WithSpanKind(trace.SpanKindClient),
-		trace.WithAttributes(attribute.String("fusionrag.attempt", attempt)))
+	span := noSpan
+	if p.tel.tracing {
+		_, span = p.tel.tracer.Start(x.ctx, SpanForward, trace.WithSpanKind(trace.SpanKindClient),
+			trace.WithAttributes(attribute.String("fusionrag.attempt", attempt)))
+	}
 	defer span.End()
 	req := fasthttp.AcquireRequest()
 	defer fasthttp.ReleaseRequest(req)
@@ -559,13 +591,7 @@ func (p *Proxy) roundTrip(ctx *fasthttp.RequestCtx, x *exchange, body []byte, st
 	stripRequestHopHeaders(&req.Header)
 	req.Header.SetNoDefaultContentType(true)
 	req.SetRequestURIBytes(ctx.Request.Header.RequestURI())
-	if ip := ctx.RemoteIP(); ip != nil && !ip.IsUnspecified() {
-		xff := ip.String()
-		if prior := req.Header.Peek("X-Forwarded-For"); len(prior) > 0 {
-			xff = string(prior) + ", " + xff
-		}
-		req.Header.Set("X-Forwarded-For", xff)
-	}
+	setForwardedFor(&req.Header, ctx.RemoteIP())
 	switch {
 	case stream != nil:
 		req.SetBodyStream(stream, size)
@@ -582,7 +608,9 @@ func (p *Proxy) roundTrip(ctx *fasthttp.RequestCtx, x *exchange, body []byte, st
 		span.SetStatus(codes.Error, err.Error())
 		return nil, err
 	}
-	span.SetAttributes(attribute.Int("http.response.status_code", resp.StatusCode()))
+	if span.IsRecording() {
+		span.SetAttributes(attribute.Int("http.response.status_code", resp.StatusCode()))
+	}
 	return resp, nil
 }
 
@@ -614,16 +642,24 @@ func (p *Proxy) respond(ctx *fasthttp.RequestCtx, x *exchange, resp *fasthttp.Re
 		}
 		_ = resp.CloseBodyStream()
 		fasthttp.ReleaseResponse(resp)
-		x.firstByte()
-		x.finish(nil)
+		now := time.Now()
+		x.firstByteAt(now)
+		x.finishAt(now, nil)
 		return
 	}
 	if cl > 0 && cl <= smallBody {
 		// Small bodies are read at once so the engine connection goes back
-		// to the pool before the client is written to.
-		buf := make([]byte, cl)
+		// to the pool before the client is written to. They are read into
+		// the client response's own (pooled) body buffer: no allocation,
+		// one copy.
+		buf := ctx.Response.SwapBody(nil)
+		if cap(buf) < cl {
+			buf = make([]byte, cl)
+		}
+		buf = buf[:cl]
 		_, err := io.ReadFull(bs, buf)
 		if err != nil {
+			ctx.Response.SwapBody(buf)
 			if bsc, ok := bs.(fasthttp.ReadCloserWithError); ok {
 				_ = bsc.CloseWithError(err)
 			}
@@ -634,9 +670,10 @@ func (p *Proxy) respond(ctx *fasthttp.RequestCtx, x *exchange, resp *fasthttp.Re
 		}
 		_ = resp.CloseBodyStream()
 		fasthttp.ReleaseResponse(resp)
-		x.firstByte()
-		ctx.Response.SetBodyRaw(buf)
-		x.finish(nil)
+		ctx.Response.SwapBody(buf)
+		now := time.Now()
+		x.firstByteAt(now)
+		x.finishAt(now, nil)
 		return
 	}
 	if cl < 0 { // chunked or until-close: re-chunk, one flushed chunk per read

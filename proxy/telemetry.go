@@ -16,6 +16,7 @@ import (
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
 	"go.opentelemetry.io/otel/metric"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/exemplar"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -39,24 +40,58 @@ type Telemetry struct {
 	hits, misses atomic.Int64
 	breakerState func() gobreaker.State
 
-	// Attribute sets of the hot path, built once: building a set per
-	// request costs allocations and a sort.
-	byPath      map[string]metric.MeasurementOption
-	byPathRoute map[string]metric.MeasurementOption
+	// tracing is false when no span can ever be exported (no exporter):
+	// the proxy then starts no spans at all. A non-recording span still
+	// costs a context, option slices and attribute conversions per request.
+	tracing bool
+
+	// Option slices of the hot path, built once: building an attribute set
+	// per request costs allocations and a sort, and passing one option to a
+	// variadic parameter allocates its slice.
+	byPath      [numPaths][]metric.RecordOption
+	byPathRoute [numPaths][numRoutes][]metric.AddOption
 }
 
-func (t *Telemetry) pathOpt(path string) metric.MeasurementOption {
-	if o, ok := t.byPath[path]; ok {
-		return o
+// hotPaths are the exchange paths whose option slices are prebuilt, in
+// pathIndex order.
+var hotPaths = [...]string{PathFusion, PathPassthrough, PathFallback, PathRejected}
+
+const (
+	numPaths  = len(hotPaths)
+	numRoutes = int(RouteCompletions) + 1
+)
+
+// pathIndex returns the index of path in hotPaths, or -1.
+func pathIndex(path string) int {
+	switch path {
+	case PathFusion:
+		return 0
+	case PathPassthrough:
+		return 1
+	case PathFallback:
+		return 2
+	case PathRejected:
+		return 3
 	}
-	return metric.WithAttributes(attribute.String("path", path))
+	return -1
 }
 
-func (t *Telemetry) pathRouteOpt(path string, r Route) metric.MeasurementOption {
-	if o, ok := t.byPathRoute[path+"|"+r.String()]; ok {
-		return o
+// pathOpts returns the measurement options labelling a histogram point
+// with path.
+func (t *Telemetry) pathOpts(path string) []metric.RecordOption {
+	if i := pathIndex(path); i >= 0 {
+		return t.byPath[i]
 	}
-	return metric.WithAttributes(attribute.String("path", path), attribute.String("route", r.String()))
+	return []metric.RecordOption{metric.WithAttributes(attribute.String("path", path))}
+}
+
+// pathRouteOpts returns the measurement options labelling a counter with
+// path and route.
+func (t *Telemetry) pathRouteOpts(path string, r Route) []metric.AddOption {
+	if i := pathIndex(path); i >= 0 && r >= 0 && int(r) < numRoutes {
+		return t.byPathRoute[i][r]
+	}
+	return []metric.AddOption{metric.WithAttributes(attribute.String("path", path), attribute.String("route", r.String()))}
 }
 
 // NewTelemetry builds the providers. env looks variables up (os.LookupEnv);
@@ -79,15 +114,17 @@ func NewTelemetry(ctx context.Context, env func(string) (string, bool)) (*Teleme
 	}
 	topts := []sdktrace.TracerProviderOption{sdktrace.WithResource(res)}
 	exporter := strings.ToLower(get("OTEL_TRACES_EXPORTER"))
+	tracing := false
 	if exporter == "" && (get("OTEL_EXPORTER_OTLP_ENDPOINT") != "" || get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") != "") {
 		exporter = "otlp"
 	}
 	switch exporter {
 	case "", "none":
-		// Nothing is exported: make spans non-recording so they cost
-		// next to nothing on the hot path.
+		// Nothing is exported: the proxy starts no spans (tracing false),
+		// and spans others start from this provider are non-recording.
 		topts = append(topts, sdktrace.WithSampler(sdktrace.NeverSample()))
 	case "otlp":
+		tracing = true
 		proto := get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
 		if proto == "" {
 			proto = get("OTEL_EXPORTER_OTLP_PROTOCOL")
@@ -103,15 +140,16 @@ func NewTelemetry(ctx context.Context, env func(string) (string, bool)) (*Teleme
 	default:
 		return nil, fmt.Errorf("telemetry: OTEL_TRACES_EXPORTER=%q not supported (otlp or none)", exporter)
 	}
-	t := &Telemetry{tp: sdktrace.NewTracerProvider(topts...), reader: sdkmetric.NewManualReader()}
-	t.mp = sdkmetric.NewMeterProvider(sdkmetric.WithReader(t.reader), sdkmetric.WithResource(res))
+	t := &Telemetry{tp: sdktrace.NewTracerProvider(topts...), reader: sdkmetric.NewManualReader(), tracing: tracing}
+	// Exemplars are never exposed (the Prometheus page has none): keeping
+	// them would only cost each measurement a span-context lookup.
+	t.mp = sdkmetric.NewMeterProvider(sdkmetric.WithReader(t.reader), sdkmetric.WithResource(res),
+		sdkmetric.WithExemplarFilter(exemplar.AlwaysOffFilter))
 	t.tracer = t.tp.Tracer(instrumentationName)
-	t.byPath = map[string]metric.MeasurementOption{}
-	t.byPathRoute = map[string]metric.MeasurementOption{}
-	for _, path := range []string{PathFusion, PathPassthrough, PathFallback, PathRejected} {
-		t.byPath[path] = metric.WithAttributeSet(attribute.NewSet(attribute.String("path", path)))
-		for _, r := range []Route{RouteOther, RouteChat, RouteCompletions} {
-			t.byPathRoute[path+"|"+r.String()] = metric.WithAttributeSet(attribute.NewSet(attribute.String("path", path), attribute.String("route", r.String())))
+	for i, path := range hotPaths {
+		t.byPath[i] = []metric.RecordOption{metric.WithAttributeSet(attribute.NewSet(attribute.String("path", path)))}
+		for r := range Route(numRoutes) {
+			t.byPathRoute[i][r] = []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(attribute.String("path", path), attribute.String("route", r.String())))}
 		}
 	}
 	if err := t.instruments(); err != nil {
@@ -161,6 +199,10 @@ func (t *Telemetry) instruments() error {
 	errs = append(errs, err)
 	return errors.Join(errs...)
 }
+
+// Tracing reports whether spans are exported; without an exporter the proxy
+// starts none.
+func (t *Telemetry) Tracing() bool { return t.tracing }
 
 // TracerProvider returns the provider the proxy's spans come from.
 func (t *Telemetry) TracerProvider() trace.TracerProvider { return t.tp }

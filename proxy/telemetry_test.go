@@ -183,19 +183,24 @@ func TestTelemetryEnv(t *testing.T) {
 		return func(k string) (string, bool) { v, ok := m[k]; return v, ok }
 	}
 	for _, tt := range []struct {
-		env  map[string]string
-		fail bool
+		env     map[string]string
+		fail    bool
+		tracing bool // spans are started (an exporter is configured)
 	}{
-		{map[string]string{}, false},
-		{map[string]string{"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1"}, false},
-		{map[string]string{"OTEL_TRACES_EXPORTER": "zipkin"}, true},
-		{map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}, true},
+		{map[string]string{}, false, false},
+		{map[string]string{"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1"}, false, false},
+		{map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1"}, false, true},
+		{map[string]string{"OTEL_TRACES_EXPORTER": "zipkin"}, true, false},
+		{map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}, true, false},
 	} {
 		tel, err := NewTelemetry(context.Background(), env(tt.env))
 		if (err != nil) != tt.fail {
 			t.Errorf("env %v: err %v, want failure %v", tt.env, err, tt.fail)
 		}
 		if tel != nil {
+			if tel.Tracing() != tt.tracing {
+				t.Errorf("env %v: Tracing() = %v, want %v", tt.env, tel.Tracing(), tt.tracing)
+			}
 			_ = tel.Shutdown(context.Background())
 		}
 	}
