@@ -296,7 +296,13 @@ func (p *Proxy) Handler(ctx *fasthttp.RequestCtx) {
 		ctx.SetConnectionClose() // the body, if any, is not read
 		return
 	}
-	x := &exchange{p: p, start: time.Now(), ctx: context.Background(), span: noSpan, route: route, path: PathPassthrough}
+	// The server read the clock when it called the handler: arrival time
+	// without another clock read (zero only for a context built by hand).
+	start := ctx.Time()
+	if start.IsZero() {
+		start = time.Now()
+	}
+	x := &exchange{p: p, start: start, ctx: context.Background(), span: noSpan, route: route, path: PathPassthrough}
 	if p.tel.tracing {
 		x.ctx, x.span = p.tel.tracer.Start(x.ctx, SpanRequest, trace.WithSpanKind(trace.SpanKindServer),
 			trace.WithAttributes(attribute.String("http.request.method", string(ctx.Method())),
