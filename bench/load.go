@@ -1,10 +1,7 @@
 package bench
 
 import (
-	"bufio"
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -118,98 +115,6 @@ func (c *LoadConfig) fill() error {
 	return nil
 }
 
-// streamResult is one streamed completion.
-type streamResult struct {
-	ttft, total time.Duration
-	tokens      int
-	// promptTokens is usage.prompt_tokens when the server sent usage,
-	// cachedTokens its prompt_tokens_details.cached_tokens: prompt tokens
-	// whose KV the engine loaded instead of computing.
-	promptTokens, cachedTokens int
-}
-
-// streamCompletion posts one streaming completion and reads its SSE events:
-// the first event carrying text is the first token.
-func streamCompletion(ctx context.Context, client *http.Client, t LoadTarget, body []byte) (streamResult, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimRight(t.URL, "/")+"/v1/completions", bytes.NewReader(body))
-	if err != nil {
-		return streamResult{}, err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	for k, v := range t.Headers {
-		req.Header.Set(k, v)
-	}
-	t0 := time.Now()
-	resp, err := client.Do(req)
-	if err != nil {
-		return streamResult{}, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return streamResult{}, fmt.Errorf("%s: %s", resp.Status, bytes.TrimSpace(b))
-	}
-	var r streamResult
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 0, 64<<10), 16<<20)
-	done := false
-	for sc.Scan() {
-		line := sc.Bytes()
-		data, ok := bytes.CutPrefix(line, []byte("data:"))
-		if !ok {
-			continue
-		}
-		data = bytes.TrimSpace(data)
-		if string(data) == "[DONE]" {
-			done = true
-			break
-		}
-		var ev struct {
-			Choices []struct {
-				Text string `json:"text"`
-			} `json:"choices"`
-			Error *struct {
-				Message string `json:"message"`
-			} `json:"error"`
-			Usage *struct {
-				PromptTokens int `json:"prompt_tokens"`
-				Details      *struct {
-					CachedTokens int `json:"cached_tokens"`
-				} `json:"prompt_tokens_details"`
-			} `json:"usage"`
-		}
-		if err := json.Unmarshal(data, &ev); err != nil {
-			return r, fmt.Errorf("bad SSE event %q: %w", data[:min(len(data), 120)], err)
-		}
-		if ev.Error != nil {
-			return r, fmt.Errorf("stream error: %s", ev.Error.Message)
-		}
-		if ev.Usage != nil {
-			r.promptTokens = ev.Usage.PromptTokens
-			if ev.Usage.Details != nil {
-				r.cachedTokens = ev.Usage.Details.CachedTokens
-			}
-		}
-		if len(ev.Choices) > 0 && ev.Choices[0].Text != "" {
-			if r.tokens == 0 {
-				r.ttft = time.Since(t0)
-			}
-			r.tokens++
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return r, err
-	}
-	if !done {
-		return r, errors.New("stream ended without [DONE]")
-	}
-	r.total = time.Since(t0)
-	if r.tokens == 0 {
-		r.ttft = r.total // an empty completion: its first (and last) event
-	}
-	return r, nil
-}
-
 // loadRun accumulates one target × level.
 type loadRun struct {
 	mu      sync.Mutex
@@ -241,7 +146,7 @@ func (c *LoadConfig) runClosedLoop(ctx context.Context, client *http.Client, t L
 				}
 				body := completionBody(c.Model, t.prompt(c.Prompts[(offset+i)%len(c.Prompts)], c.Separator), c.MaxTokens)
 				rctx, cancel := context.WithTimeout(ctx, c.Timeout)
-				r, err := streamCompletion(rctx, client, t, body)
+				r, err := StreamCompletion(rctx, client, t.URL, t.Headers, body)
 				cancel()
 				acc.mu.Lock()
 				acc.n++
@@ -251,11 +156,11 @@ func (c *LoadConfig) runClosedLoop(ctx context.Context, client *http.Client, t L
 						acc.first = err.Error()
 					}
 				} else {
-					acc.ttft = append(acc.ttft, ms(r.ttft))
-					acc.lat = append(acc.lat, ms(r.total))
-					acc.tokens += r.tokens
-					acc.prompt += r.promptTokens
-					acc.cached += r.cachedTokens
+					acc.ttft = append(acc.ttft, ms(r.TTFT))
+					acc.lat = append(acc.lat, ms(r.Total))
+					acc.tokens += r.Tokens
+					acc.prompt += r.PromptTokens
+					acc.cached += r.CachedTokens
 				}
 				acc.mu.Unlock()
 				bar.Add(1)
@@ -316,12 +221,7 @@ func RunLoad(ctx context.Context, c LoadConfig) ([]LoadRow, error) {
 			}
 			rows = append(rows, row)
 		}
-		base := rows[len(rows)-len(c.Targets)]
-		for i := len(rows) - len(c.Targets); i < len(rows); i++ {
-			if base.TTFTP50Ms > 0 {
-				rows[i].VsFirst = rows[i].TTFTP50Ms / base.TTFTP50Ms
-			}
-		}
+		vsFirst(rows[len(rows)-len(c.Targets):], func(r *LoadRow) (float64, *float64) { return r.TTFTP50Ms, &r.VsFirst })
 	}
 	return rows, nil
 }
@@ -378,9 +278,30 @@ func LoadPlots(rows []LoadRow) []Plot {
 	return []Plot{ttft, ttft99, tput}
 }
 
-// completionBody is a greedy streaming completion request asking for usage.
+// completionBody is a greedy streaming completion request of a text
+// prompt asking for usage.
 func completionBody(modelName, prompt string, maxTokens int) []byte {
-	body, _ := json.Marshal(map[string]any{"model": modelName, "prompt": prompt, "max_tokens": maxTokens, "temperature": 0,
-		"stream": true, "stream_options": map[string]any{"include_usage": true}})
+	body, err := CompletionBody(modelName, "", prompt, maxTokens)
+	if err != nil {
+		panic(fmt.Sprintf("bench: marshal a completions request: %v", err)) // strings and ints: cannot fail
+	}
 	return body
+}
+
+// vsFirst sets, for every row of one level, the ratio its field returns
+// (the pointer) to its TTFT p50 (the value) over the first row's p50: the
+// first row is the baseline, 1. The ratios stay 0 when that p50 is 0 (the
+// baseline had no successful request).
+func vsFirst[R any](rows []R, field func(*R) (p50 float64, ratio *float64)) {
+	if len(rows) == 0 {
+		return
+	}
+	base, _ := field(&rows[0])
+	if base <= 0 {
+		return
+	}
+	for i := range rows {
+		p50, ratio := field(&rows[i])
+		*ratio = p50 / base
+	}
 }

@@ -85,7 +85,7 @@ func RunE2E(ctx context.Context, c E2EConfig) ([]E2ERow, error) {
 	for _, size := range c.Sizes {
 		for _, p := range size.Prompts {
 			for _, t := range c.Targets {
-				streamCompletion(ctx, client, t, completionBody(c.Model, t.prompt(p, c.Separator), 1))
+				StreamCompletion(ctx, client, t.URL, t.Headers, completionBody(c.Model, t.prompt(p, c.Separator), 1))
 			}
 		}
 	}
@@ -104,7 +104,7 @@ func RunE2E(ctx context.Context, c E2EConfig) ([]E2ERow, error) {
 				for k := range c.Targets {
 					i := (k + rep) % len(c.Targets) // rotate who goes first
 					t := c.Targets[i]
-					r, err := streamCompletion(ctx, client, t, completionBody(c.Model, t.prompt(p, c.Separator), c.MaxTokens))
+					r, err := StreamCompletion(ctx, client, t.URL, t.Headers, completionBody(c.Model, t.prompt(p, c.Separator), c.MaxTokens))
 					a := &accs[i]
 					a.n++
 					if err != nil {
@@ -113,9 +113,9 @@ func RunE2E(ctx context.Context, c E2EConfig) ([]E2ERow, error) {
 							a.first = err.Error()
 						}
 					} else {
-						a.ttft = append(a.ttft, ms(r.ttft))
-						a.prompt += r.promptTokens
-						a.cached += r.cachedTokens
+						a.ttft = append(a.ttft, ms(r.TTFT))
+						a.prompt += r.PromptTokens
+						a.cached += r.CachedTokens
 					}
 					bar.Add(1)
 				}
@@ -136,12 +136,7 @@ func RunE2E(ctx context.Context, c E2EConfig) ([]E2ERow, error) {
 			}
 			rows = append(rows, row)
 		}
-		base := rows[len(rows)-len(c.Targets)]
-		for i := len(rows) - len(c.Targets); i < len(rows); i++ {
-			if base.TTFTP50Ms > 0 {
-				rows[i].VsFirst = rows[i].TTFTP50Ms / base.TTFTP50Ms
-			}
-		}
+		vsFirst(rows[len(rows)-len(c.Targets):], func(r *E2ERow) (float64, *float64) { return r.TTFTP50Ms, &r.VsFirst })
 	}
 	return rows, nil
 }

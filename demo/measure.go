@@ -56,7 +56,7 @@ func measure(ctx context.Context, cfg *Config, st *stack, rec *recorder, corpus 
 				if err != nil {
 					return nil, nil, fmt.Errorf("demo: query %s straight to the engine: %w", q.ID, err)
 				}
-				directTTFT = append(directTTFT, c.TTFT)
+				directTTFT = append(directTTFT, c.FirstChoice)
 				bar.Add(1)
 				continue
 			}
@@ -65,7 +65,7 @@ func measure(ctx context.Context, cfg *Config, st *stack, rec *recorder, corpus 
 				return nil, nil, fmt.Errorf("demo: query %s, strategy %s: %w", q.ID, s, err)
 			}
 			o, ok := rec.take(user)
-			qr := QueryResult{Query: q.ID, Strategy: s, TTFTMs: ms(c.TTFT), PromptTokens: c.PromptTokens,
+			qr := QueryResult{Query: q.ID, Strategy: s, TTFTMs: ms(c.FirstChoice), PromptTokens: c.PromptTokens,
 				ContextTokens: ctxTokens, CachedTokens: c.CachedTokens, Answer: c.Text}
 			switch {
 			case !ok:
