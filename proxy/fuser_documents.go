@@ -89,11 +89,7 @@ func (p *Proxy) serveDocuments(ctx *fasthttp.RequestCtx, x *exchange) bool {
 	}
 	x.path = "documents"
 	h := &ctx.Request.Header
-	var tenantHeader string
-	if p.cfg.Tenant.Header != "-" {
-		tenantHeader = string(h.Peek(p.cfg.Tenant.Header))
-	}
-	tenant, source := TenantOf(tenantHeader, string(h.Peek("Authorization")))
+	tenant, source := p.tenantOf(h)
 	x.span.SetAttributes(attribute.String(AttrTenantSource, source))
 	var status int
 	var body []byte

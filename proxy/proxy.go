@@ -421,11 +421,7 @@ func (p *Proxy) serveEligible(ctx *fasthttp.RequestCtx, x *exchange, body []byte
 		p.reject(ctx, x, fasthttp.StatusBadRequest, "invalid_fusion_override", err.Error())
 		return
 	}
-	var tenantHeader string
-	if p.cfg.Tenant.Header != "-" {
-		tenantHeader = string(h.Peek(p.cfg.Tenant.Header))
-	}
-	req.Tenant, req.TenantSource = TenantOf(tenantHeader, string(h.Peek("Authorization")))
+	req.Tenant, req.TenantSource = p.tenantOf(h)
 	if x.span.IsRecording() {
 		x.span.SetAttributes(attribute.String(AttrTenantSource, req.TenantSource))
 	}
@@ -809,4 +805,15 @@ func (r *byteReader) Read(p []byte) (int, error) {
 	n := copy(p, r.b)
 	r.b = r.b[n:]
 	return n, nil
+}
+
+// tenantOf is the tenant of a request: the configured tenant header's value
+// when one is trusted (tenant.header not "-"), else a hash of its API key,
+// else anonymous (TenantOf). Every route that keys KV by tenant uses it.
+func (p *Proxy) tenantOf(h *fasthttp.RequestHeader) (tenant, source string) {
+	var v string
+	if p.cfg.Tenant.Header != "-" {
+		v = string(h.Peek(p.cfg.Tenant.Header))
+	}
+	return TenantOf(v, string(h.Peek("Authorization")))
 }
