@@ -45,17 +45,7 @@ func (Kernel) MatMulT(out, a, b []float32, m, n, k int) {
 		blas.Go.MatMulT(out, a, b, m, n, k)
 		return
 	}
-	if m == 0 || n == 0 {
-		return
-	}
-	if k == 0 {
-		clear(out[:m*n])
-		return
-	}
-	C.cblas_sgemm(C.CblasRowMajor, C.CblasNoTrans, C.CblasTrans,
-		C.blasint(m), C.blasint(n), C.blasint(k),
-		1, ptr(a), C.blasint(k), ptr(b), C.blasint(k),
-		0, ptr(out), C.blasint(n))
+	sgemm(out, a, b, m, n, k, C.CblasTrans, k)
 }
 
 // MatMul computes out[m,n] = a[m,k] · b[k,n] with cblas_sgemm
@@ -66,6 +56,13 @@ func (Kernel) MatMul(out, a, b []float32, m, n, k int) {
 		blas.Go.MatMul(out, a, b, m, n, k)
 		return
 	}
+	sgemm(out, a, b, m, n, k, C.CblasNoTrans, n)
+}
+
+// sgemm runs out[m,n] = a[m,k] · op(b) in row-major order, op(b) = b when
+// transB is CblasNoTrans (b is [k,n], ldb = n) and b^T when CblasTrans (b is
+// [n,k], ldb = k). Empty products write nothing; k == 0 zeroes out.
+func sgemm(out, a, b []float32, m, n, k int, transB C.enum_CBLAS_TRANSPOSE, ldb int) {
 	if m == 0 || n == 0 {
 		return
 	}
@@ -73,9 +70,9 @@ func (Kernel) MatMul(out, a, b []float32, m, n, k int) {
 		clear(out[:m*n])
 		return
 	}
-	C.cblas_sgemm(C.CblasRowMajor, C.CblasNoTrans, C.CblasNoTrans,
+	C.cblas_sgemm(C.CblasRowMajor, C.CblasNoTrans, transB,
 		C.blasint(m), C.blasint(n), C.blasint(k),
-		1, ptr(a), C.blasint(k), ptr(b), C.blasint(n),
+		1, ptr(a), C.blasint(k), ptr(b), C.blasint(ldb),
 		0, ptr(out), C.blasint(n))
 }
 
