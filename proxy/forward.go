@@ -354,6 +354,7 @@ func newUpstreamClient(cfg Config) (*fasthttp.HostClient, error) {
 			}
 			return &idleConn{Conn: c, read: t.Read, write: t.Write}, nil
 		},
+		Transport:                     engineTransport{},
 		MaxConns:                      cfg.Limits.MaxUpstreamConn,
 		MaxConnWaitTimeout:            t.Connect,
 		MaxIdleConnDuration:           t.Idle,
@@ -439,11 +440,7 @@ func (r *relay) CloseWithError(werr error) error {
 		} else if werr != nil {
 			end = errors.Join(errClientGone, werr)
 		}
-		if bs, ok := r.resp.BodyStream().(fasthttp.ReadCloserWithError); ok && end != nil {
-			_ = bs.CloseWithError(end) // drops the upstream connection: the engine sees the cancel
-		} else {
-			_ = r.resp.CloseBodyStream()
-		}
+		closeEngineBody(r.resp, end) // end non-nil drops the engine connection: the engine sees the cancel
 		fasthttp.ReleaseResponse(r.resp)
 		r.x.finish(end)
 	})

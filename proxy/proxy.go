@@ -20,6 +20,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -218,6 +219,38 @@ type exchange struct {
 	plan     *Plan
 	ttft     atomic.Bool
 	finished atomic.Bool
+	refs     atomic.Int32 // the handler's and finish's; see newExchange
+}
+
+// exchanges recycles exchange records: the pass-through path allocates
+// nothing else per request, and a collector with nothing to do keeps the
+// sidecar's tail latency down (see transport.go).
+var exchanges = sync.Pool{New: func() any { return new(exchange) }}
+
+// newExchange takes an exchange from the pool. It holds two references:
+// the handler's, dropped with a deferred unref when the handler returns,
+// and the one finish drops. Whatever still runs once the handler returned
+// (the relay of a streamed body) ends in finish, so the record goes back
+// to the pool only when nothing can reach it.
+func (p *Proxy) newExchange(start time.Time, route Route) *exchange {
+	x := exchanges.Get().(*exchange)
+	x.p, x.start, x.ctx, x.span, x.route, x.path = p, start, context.Background(), noSpan, route, PathPassthrough
+	x.refs.Store(2)
+	return x
+}
+
+// unref drops a reference; the last one returns x to the pool.
+func (x *exchange) unref() {
+	switch n := x.refs.Add(-1); {
+	case n > 0:
+		return
+	case n < 0:
+		panic("proxy: exchange released twice")
+	}
+	x.p, x.ctx, x.span, x.reason, x.done, x.plan = nil, nil, nil, "", nil, nil
+	x.ttft.Store(false)
+	x.finished.Store(false)
+	exchanges.Put(x)
 }
 
 // noSpan is the span of exchanges when tracing is off: a no-op, whose
@@ -266,6 +299,7 @@ func (x *exchange) finishAt(now time.Time, err error) {
 		}
 	}
 	x.span.End()
+	x.unref()
 }
 
 func (x *exchange) fallback(reason string) {
@@ -302,7 +336,8 @@ func (p *Proxy) Handler(ctx *fasthttp.RequestCtx) {
 	if start.IsZero() {
 		start = time.Now()
 	}
-	x := &exchange{p: p, start: start, ctx: context.Background(), span: noSpan, route: route, path: PathPassthrough}
+	x := p.newExchange(start, route)
+	defer x.unref()
 	if p.tel.tracing {
 		x.ctx, x.span = p.tel.tracer.Start(x.ctx, SpanRequest, trace.WithSpanKind(trace.SpanKindServer),
 			trace.WithAttributes(attribute.String("http.request.method", string(ctx.Method())),
@@ -627,52 +662,25 @@ func (p *Proxy) forward(ctx *fasthttp.RequestCtx, x *exchange, body []byte, stre
 	p.respond(ctx, x, resp)
 }
 
-// smallBody is the largest response body read whole before answering.
-const smallBody = 64 << 10
-
-// respond copies the engine's status and headers and relays its body.
+// respond copies the engine's status and headers and relays its body:
+// one already read (engineTransport reads small bodies at once) is handed
+// over without a copy, a stream is relayed read by read.
 func (p *Proxy) respond(ctx *fasthttp.RequestCtx, x *exchange, resp *fasthttp.Response) {
 	resp.Header.CopyTo(&ctx.Response.Header)
 	stripResponseHopHeaders(&ctx.Response.Header)
 	bs := resp.BodyStream()
 	cl := resp.Header.ContentLength()
 	if bs == nil || cl == 0 || ctx.IsHead() {
-		// No body to relay (HEAD, 204, 304, empty): keep the engine's
-		// Content-Length as is and end the exchange now.
 		if ctx.IsHead() || resp.StatusCode() == fasthttp.StatusNotModified {
+			// No body to relay: keep the engine's Content-Length as is.
 			ctx.Response.SkipBody = true
+		} else if bs == nil && len(resp.Body()) > 0 {
+			// Swap buffers: the client response takes the engine's body,
+			// the engine response (released now) takes the old buffer.
+			ctx.Response.SwapBody(resp.SwapBody(ctx.Response.SwapBody(nil)))
 		}
-		_ = resp.CloseBodyStream()
+		closeEngineBody(resp, nil)
 		fasthttp.ReleaseResponse(resp)
-		now := time.Now()
-		x.firstByteAt(now)
-		x.finishAt(now, nil)
-		return
-	}
-	if cl > 0 && cl <= smallBody {
-		// Small bodies are read at once so the engine connection goes back
-		// to the pool before the client is written to. They are read into
-		// the client response's own (pooled) body buffer: no allocation,
-		// one copy.
-		buf := ctx.Response.SwapBody(nil)
-		if cap(buf) < cl {
-			buf = make([]byte, cl)
-		}
-		buf = buf[:cl]
-		_, err := io.ReadFull(bs, buf)
-		if err != nil {
-			ctx.Response.SwapBody(buf)
-			if bsc, ok := bs.(fasthttp.ReadCloserWithError); ok {
-				_ = bsc.CloseWithError(err)
-			}
-			fasthttp.ReleaseResponse(resp)
-			ctx.Response.Reset()
-			p.upstreamError(ctx, x, err)
-			return
-		}
-		_ = resp.CloseBodyStream()
-		fasthttp.ReleaseResponse(resp)
-		ctx.Response.SwapBody(buf)
 		now := time.Now()
 		x.firstByteAt(now)
 		x.finishAt(now, nil)

@@ -1,0 +1,194 @@
+package proxy
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// rawEngine answers each request with the raw HTTP bytes answers[path]
+// (written as is: framing errors included; the header alone to a HEAD) and
+// counts its connections. A response that ends the connection ("close" in
+// the path) is followed by a close.
+type rawEngine struct {
+	ln      net.Listener
+	answers map[string]string
+	conns   atomic.Int64
+	wg      sync.WaitGroup
+}
+
+func newRawEngine(t *testing.T, answers map[string]string) *rawEngine {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &rawEngine{ln: ln, answers: answers}
+	e.wg.Add(1)
+	go e.serve()
+	t.Cleanup(func() { ln.Close(); e.wg.Wait() })
+	return e
+}
+
+func (e *rawEngine) serve() {
+	defer e.wg.Done()
+	for {
+		c, err := e.ln.Accept()
+		if err != nil {
+			return
+		}
+		e.conns.Add(1)
+		e.wg.Add(1)
+		go func() {
+			defer e.wg.Done()
+			defer c.Close()
+			br := bufio.NewReader(c)
+			for {
+				req, err := http.ReadRequest(br)
+				if err != nil {
+					return
+				}
+				_, _ = io.Copy(io.Discard, req.Body)
+				a, ok := e.answers[req.URL.Path]
+				if !ok {
+					a = "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+				}
+				if req.Method == "HEAD" {
+					a = a[:strings.Index(a, "\r\n\r\n")+4]
+				}
+				if _, err := io.WriteString(c, a); err != nil || strings.Contains(req.URL.Path, "close") {
+					return
+				}
+			}
+		}()
+	}
+}
+
+// TestEngineTransportFraming sends each answer shape through the proxy and
+// checks what the client gets and whether the engine connection was kept
+// (a second request on the same shape reuses it) or dropped.
+func TestEngineTransportFraming(t *testing.T) {
+	big := strings.Repeat("x", smallBody+1)
+	answers := map[string]string{
+		"/small":       "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{\"ok\":true}",
+		"/empty":       "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+		"/no-content":  "HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n",
+		"/not-mod":     "HTTP/1.1 304 Not Modified\r\nContent-Length: 99\r\nETag: \"e\"\r\n\r\n",
+		"/interim":     "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi",
+		"/chunked":     "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+		"/trailers":    "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-T\r\n\r\n3\r\nabc\r\n0\r\nX-T: v\r\n\r\n",
+		"/big":         "HTTP/1.1 200 OK\r\nContent-Length: " + fmt.Sprint(len(big)) + "\r\n\r\n" + big,
+		"/until-close": "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end",
+		"/error":       "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy",
+	}
+	tests := []struct {
+		path     string
+		method   string
+		status   int
+		body     string
+		header   string // a response field to check, "name: value"
+		newConns int64  // engine connections the two requests open
+	}{
+		{"/small", "GET", 200, `{"ok":true}`, "Content-Type: application/json", 1},
+		{"/empty", "GET", 200, "", "", 1},
+		{"/no-content", "GET", 204, "", "X-A: 1", 1},
+		{"/not-mod", "GET", 304, "", "Etag: \"e\"", 1},
+		{"/interim", "GET", 200, "hi", "", 1},
+		{"/chunked", "GET", 200, "hello world", "", 1},
+		{"/trailers", "GET", 200, "abc", "", 1},
+		{"/big", "GET", 200, big, "", 1},
+		{"/big", "HEAD", 200, "", "Content-Length: 65537", 1},
+		{"/until-close", "GET", 200, "until the end", "", 2},
+		{"/error", "POST", 503, "busy", "", 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.method+tt.path, func(t *testing.T) {
+			e := newRawEngine(t, answers)
+			_, base := startProxy(t, upstreamConfig("http://"+e.ln.Addr().String()))
+			for i := range 2 {
+				req, _ := http.NewRequest(tt.method, base+tt.path, nil)
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					t.Fatalf("request %d: %v", i, err)
+				}
+				b, err := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if err != nil {
+					t.Fatalf("request %d: reading body: %v", i, err)
+				}
+				got := fmt.Sprintf("%d %q", resp.StatusCode, b)
+				if want := fmt.Sprintf("%d %q", tt.status, tt.body); got != want {
+					t.Fatalf("request %d: got %.200s, want %.200s", i, got, want)
+				}
+				if tt.header != "" {
+					k, v, _ := strings.Cut(tt.header, ": ")
+					if resp.Header.Get(k) != v {
+						t.Errorf("request %d: %s = %q, want %q", i, k, resp.Header.Get(k), v)
+					}
+				}
+			}
+			if n := e.conns.Load(); n != tt.newConns {
+				t.Errorf("two requests opened %d engine connections, want %d", n, tt.newConns)
+			}
+		})
+	}
+}
+
+// TestEngineTransportTruncated: an engine that dies inside a body. A small
+// body is read before answering, so the client gets a 502; a streamed one
+// has its header out already, so the client sees the stream cut. Either
+// way the next request works on a fresh connection.
+func TestEngineTransportTruncated(t *testing.T) {
+	answers := map[string]string{
+		"/close-small":   "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc",
+		"/close-chunked": "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n",
+		"/ok":            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+	}
+	e := newRawEngine(t, answers)
+	cfg := upstreamConfig("http://" + e.ln.Addr().String())
+	cfg.Timeouts.Read = 2 * time.Second
+	_, base := startProxy(t, cfg)
+
+	resp, err := http.Get(base + "/close-small")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 502 || !strings.Contains(string(b), "upstream_error") {
+		t.Errorf("truncated small body: %d %s, want 502 upstream_error", resp.StatusCode, b)
+	}
+
+	resp, err = http.Get(base + "/close-chunked")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || err == nil {
+		t.Errorf("truncated stream: %d %q, err %v; want 200 and a cut stream", resp.StatusCode, b, err)
+	}
+
+	var got []string
+	for range 3 {
+		resp, err := http.Get(base + "/ok")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		got = append(got, fmt.Sprintf("%d %s", resp.StatusCode, b))
+	}
+	if d := cmp.Diff([]string{"200 ok", "200 ok", "200 ok"}, got); d != "" {
+		t.Errorf("after the failures (-want +got):\n%s", d)
+	}
+}
