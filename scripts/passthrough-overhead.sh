@@ -1,10 +1,18 @@
 #!/usr/bin/env bash
 # Pass-through overhead of the sidecar, measured the way a sidecar is deployed:
 # with its own CPU. A trivial upstream (nginx, one worker, `return 200`) and
-# the load generator (wrk, one thread) share core 0; `fusionrag serve`
-# (pass-through, GOMAXPROCS=1) gets core 1. Direct and proxied rounds
-# alternate in the same run; the report gives the throughput ratio and the
-# added p50/p99 latency.
+# the load generator (wrk, one thread, closed loop) share core 0; the proxy
+# under test gets core 1 (`fusionrag serve` in pass-through, GOMAXPROCS=1).
+# Direct and proxied rounds alternate in the same run; each line gives the
+# throughput ratio against the round's direct run and the added p50/p99.
+#
+# Reference proxies, measured the same way on the same core when installed
+# (REFERENCES, default "nginx haproxy"): nginx as a reverse proxy (one
+# worker, upstream keepalive) and HAProxy (one thread, http-reuse always).
+# They show what the machine allows a proxy hop at all: on a 2-core VM the
+# hop's own syscalls and the loopback wake-ups of the peers on the other
+# core cost more than nginx's whole answer, so no proxy comes near the
+# direct rate there (see docs/passthrough.md).
 #
 # Without pinning, on a 2-core machine the proxy competes with the client and
 # the upstream for the same cores in a CPU-saturated closed loop, and the
@@ -12,15 +20,16 @@
 # per-request work), not whether the proxy keeps up: use
 # `go test ./proxy -bench PassthroughOverhead` for that figure.
 #
-# Needs: wrk, nginx (Debian: apt-get install wrk nginx-light), taskset.
+# Needs: wrk, nginx (Debian: apt-get install wrk nginx-light), taskset;
+# haproxy for its reference line.
 # Usage: scripts/passthrough-overhead.sh [ROUNDS] [SECONDS] [CONNECTIONS]
 #
 # Environment:
 #   FUSIONRAG_BIN=path  measure this binary instead of building ./cmd/fusionrag
-#   BASELINE_BIN=path   also measure this binary (A/B in the same run: each
-#                       round runs direct, baseline, proxy; both sidecars on
-#                       core 1, only one loaded at a time); the report then
-#                       has base_* columns
+#   BASELINE_BIN=path   also measure this binary as target "baseline" (A/B in
+#                       the same run)
+#   REFERENCES=list     reference proxies to measure: any of nginx, haproxy
+#                       ("" for none); missing ones are skipped with a note
 #   PROFILE=file        after the rounds, write a 10 s CPU profile of the
 #                       sidecar under the same load (FUSIONRAG_PPROF listener;
 #                       read it with `go tool pprof -top BIN FILE`)
@@ -28,13 +37,24 @@ set -euo pipefail
 rounds=${1:-3}
 secs=${2:-10}
 conns=${3:-32}
+refs=${REFERENCES-nginx haproxy}
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null; rm -rf "$work"' EXIT
+cleanup() {
+	kill $(jobs -p) 2>/dev/null || true
+	for f in "$work"/*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null; done
+	rm -rf "$work"
+}
+trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_up() { # $1 port, $2 name, $3 log
+	for _ in $(seq 50); do curl -sf "http://127.0.0.1:$1/v1/models" >/dev/null && return; sleep 0.1; done
+	echo "$2 did not start:" >&2
+	cat "$3" >&2 || true
+	exit 1
+}
 up=$(free_port)
-px=$(free_port)
 
 cat >"$work/nginx.conf" <<NGINX
 worker_processes 1;
@@ -52,27 +72,83 @@ http {
 NGINX
 taskset -c 0 nginx -c "$work/nginx.conf" -p "$work"
 
+# targets: "name port" lines, measured in this order each round.
+targets=("direct $up")
+
 bin=${FUSIONRAG_BIN:-}
 if [ -z "$bin" ]; then
 	(cd "$root" && go build -o "$work/fusionrag" ./cmd/fusionrag)
 	bin=$work/fusionrag
 fi
 dbg=$(free_port)
-start_sidecar() { # $1 binary, $2 port, $3 log, $4 pprof address or ""
-	FUSIONRAG_PPROF=$4 GOMAXPROCS=1 taskset -c 1 "$1" serve --upstream "http://127.0.0.1:$up" \
-		--listen "127.0.0.1:$2" -fusion.disabled true >"$3" 2>&1 &
-	for _ in $(seq 50); do curl -sf "http://127.0.0.1:$2/v1/models" >/dev/null && return; sleep 0.1; done
-	echo "sidecar $1 did not start:" >&2
-	cat "$3" >&2
-	exit 1
+start_sidecar() { # $1 name, $2 binary, $3 pprof address or ""
+	local port
+	port=$(free_port)
+	FUSIONRAG_PPROF=$3 GOMAXPROCS=1 taskset -c 1 "$2" serve --upstream "http://127.0.0.1:$up" \
+		--listen "127.0.0.1:$port" -fusion.disabled true >"$work/$1.log" 2>&1 &
+	wait_up "$port" "$1" "$work/$1.log"
+	targets+=("$1 $port")
 }
 pprof_addr=""
 [ -n "${PROFILE:-}" ] && pprof_addr=127.0.0.1:$dbg
-start_sidecar "$bin" "$px" "$work/serve.log" "$pprof_addr"
-if [ -n "${BASELINE_BIN:-}" ]; then
-	bx=$(free_port)
-	start_sidecar "$BASELINE_BIN" "$bx" "$work/base.log" ""
-fi
+start_sidecar fusionrag "$bin" "$pprof_addr"
+px=${targets[1]#* }
+[ -n "${BASELINE_BIN:-}" ] && start_sidecar baseline "$BASELINE_BIN" ""
+
+for ref in $refs; do
+	port=$(free_port)
+	case $ref in
+	nginx)
+		cat >"$work/nginx-proxy.conf" <<NGINX
+worker_processes 1;
+pid $work/nginx-proxy.pid;
+error_log $work/nginx-proxy.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream engine { server 127.0.0.1:$up; keepalive 64; keepalive_requests 1000000; }
+  server {
+    listen 127.0.0.1:$port;
+    location / { proxy_pass http://engine; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+NGINX
+		taskset -c 1 nginx -c "$work/nginx-proxy.conf" -p "$work"
+		;;
+	haproxy)
+		if ! command -v haproxy >/dev/null; then
+			echo "note: haproxy not installed (apt-get install haproxy): no haproxy reference" >&2
+			continue
+		fi
+		cat >"$work/haproxy.cfg" <<HAPROXY
+global
+  nbthread 1
+  maxconn 4096
+  pidfile $work/haproxy.pid
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  option http-keep-alive
+  http-reuse always
+frontend front
+  bind 127.0.0.1:$port
+  default_backend engine
+backend engine
+  server engine 127.0.0.1:$up
+HAPROXY
+		taskset -c 1 haproxy -D -f "$work/haproxy.cfg" >"$work/haproxy.log" 2>&1
+		;;
+	*)
+		echo "unknown reference proxy $ref (want nginx or haproxy)" >&2
+		exit 2
+		;;
+	esac
+	wait_up "$port" "$ref" "$work/$ref.log"
+	targets+=("$ref $port")
+done
 
 run() { # $1 url -> "rps p50_us p99_us"
 	taskset -c 0 wrk -t1 -c"$conns" -d"${secs}s" --latency "$1" | awk '
@@ -80,25 +156,19 @@ run() { # $1 url -> "rps p50_us p99_us"
 		/^ +50%/ { p50 = us($2) } /^ +99%/ { p99 = us($2) } /^Requests\/sec/ { rps = $2 }
 		END { printf "%s %s %s\n", rps, p50, p99 }'
 }
-if [ -z "${BASELINE_BIN:-}" ]; then
-	echo "round direct_rps proxy_rps ratio direct_p50_us proxy_p50_us direct_p99_us proxy_p99_us"
-else
-	echo "round direct_rps proxy_rps ratio direct_p50_us proxy_p50_us direct_p99_us proxy_p99_us base_rps base_ratio base_p50_us base_p99_us"
-fi
+echo "# $conns connections, $secs s per run; ratio and added latency against the round's direct run"
+printf '%-5s %-9s %8s %6s %6s %6s %10s %10s\n' round target rps ratio p50_us p99_us +p50_us +p99_us
 for r in $(seq "$rounds"); do
-	read -r drps dp50 dp99 < <(run "http://127.0.0.1:$up/v1/models")
-	if [ -n "${BASELINE_BIN:-}" ]; then
-		read -r brps bp50 bp99 < <(run "http://127.0.0.1:$bx/v1/models")
-	fi
-	read -r prps pp50 pp99 < <(run "http://127.0.0.1:$px/v1/models")
-	if [ -z "${BASELINE_BIN:-}" ]; then
-		awk -v r="$r" -v a="$drps" -v b="$prps" -v c="$dp50" -v d="$pp50" -v e="$dp99" -v f="$pp99" \
-			'BEGIN { printf "%d %.0f %.0f %.3f %.0f %.0f %.0f %.0f\n", r, a, b, b/a, c, d, e, f }'
-	else
-		awk -v r="$r" -v a="$drps" -v b="$prps" -v c="$dp50" -v d="$pp50" -v e="$dp99" -v f="$pp99" \
-			-v g="$brps" -v h="$bp50" -v i="$bp99" \
-			'BEGIN { printf "%d %.0f %.0f %.3f %.0f %.0f %.0f %.0f %.0f %.3f %.0f %.0f\n", r, a, b, b/a, c, d, e, f, g, g/a, h, i }'
-	fi
+	for t in "${targets[@]}"; do
+		name=${t% *}
+		port=${t#* }
+		read -r rps p50 p99 < <(run "http://127.0.0.1:$port/v1/models")
+		if [ "$name" = direct ]; then
+			drps=$rps dp50=$p50 dp99=$p99
+		fi
+		awk -v r="$r" -v n="$name" -v a="$rps" -v b="$p50" -v c="$p99" -v d="$drps" -v e="$dp50" -v f="$dp99" \
+			'BEGIN { printf "%-5d %-9s %8.0f %6.3f %6.0f %6.0f %10.0f %10.0f\n", r, n, a, a/d, b, c, b-e, c-f }'
+	done
 done
 if [ -n "${PROFILE:-}" ]; then
 	curl -sf -o "$PROFILE" "http://$pprof_addr/debug/pprof/profile?seconds=10" &
