@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/valyala/fasthttp"
 )
 
 // rawEngine answers each request with the raw HTTP bytes answers[path]
@@ -191,4 +192,63 @@ func TestEngineTransportTruncated(t *testing.T) {
 	if d := cmp.Diff([]string{"200 ok", "200 ok", "200 ok"}, got); d != "" {
 		t.Errorf("after the failures (-want +got):\n%s", d)
 	}
+}
+
+// FuzzEngineTransport feeds arbitrary engine answers to engineTransport
+// (over an in-memory connection the engine closes after answering): it
+// must return an error or a response whose body reads to an end, and give
+// the connection back or drop it, never panic or hang.
+func FuzzEngineTransport(f *testing.F) {
+	for _, a := range []string{
+		"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+		"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+		"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n",
+		"HTTP/1.1 200 OK\r\n\r\nuntil close",
+		"HTTP/1.1 200 OK\r\nContent-Length: 70000\r\n\r\nshort",
+		"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\n",
+		"garbage\r\n\r\n",
+		"",
+	} {
+		f.Add(a, false)
+		f.Add(a, true)
+	}
+	f.Fuzz(func(t *testing.T, answer string, head bool) {
+		hc := &fasthttp.HostClient{
+			Addr:               "engine",
+			Transport:          engineTransport{},
+			StreamResponseBody: true,
+			Dial: func(string) (net.Conn, error) {
+				c, s := net.Pipe()
+				go func() {
+					defer s.Close()
+					_ = s.SetDeadline(time.Now().Add(2 * time.Second))
+					br := bufio.NewReader(s)
+					if _, err := http.ReadRequest(br); err != nil {
+						return
+					}
+					_, _ = io.WriteString(s, answer)
+				}()
+				return c, nil
+			},
+		}
+		req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+		defer fasthttp.ReleaseRequest(req)
+		defer fasthttp.ReleaseResponse(resp)
+		req.SetRequestURI("http://engine/v1/models")
+		if head {
+			req.Header.SetMethod("HEAD")
+		}
+		if err := hc.DoTimeout(req, resp, 3*time.Second); err != nil {
+			return
+		}
+		if bs := resp.BodyStream(); bs != nil {
+			_, _ = io.Copy(io.Discard, io.LimitReader(bs, 1<<20))
+		}
+		closeEngineBody(resp, nil)
+		if n := hc.ConnsCount(); n > 1 {
+			t.Errorf("%d connections held after the exchange, want at most 1", n)
+		}
+	})
 }
