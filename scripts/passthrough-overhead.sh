@@ -30,6 +30,12 @@
 #                       the same run)
 #   REFERENCES=list     reference proxies to measure: any of nginx, haproxy
 #                       ("" for none); missing ones are skipped with a note
+#   PACE_MS=n           paced instead of saturated: each connection waits n ms
+#                       (an integer, wrk's delay()) after each answer, so the
+#                       offered load is about CONNECTIONS/(n ms + latency) and
+#                       no target is CPU-bound: the added latency a hop costs
+#                       at a load it carries, without the queueing of a
+#                       saturated closed loop
 #   PROFILE=file        after the rounds, write a 10 s CPU profile of the
 #                       sidecar under the same load (FUSIONRAG_PPROF listener;
 #                       read it with `go tool pprof -top BIN FILE`)
@@ -150,13 +156,20 @@ HAPROXY
 	targets+=("$ref $port")
 done
 
+pace=()
+mode=saturated
+if [ -n "${PACE_MS:-}" ]; then
+	printf 'function delay() return %d end\n' "$PACE_MS" >"$work/pace.lua"
+	pace=(-s "$work/pace.lua")
+	mode="paced ($PACE_MS ms between requests on each connection)"
+fi
 run() { # $1 url -> "rps p50_us p99_us"
-	taskset -c 0 wrk -t1 -c"$conns" -d"${secs}s" --latency "$1" | awk '
+	taskset -c 0 wrk -t1 -c"$conns" -d"${secs}s" --latency "${pace[@]}" "$1" | awk '
 		function us(v) { if (v ~ /us$/) return v+0; if (v ~ /ms$/) return (v+0)*1000; if (v ~ /s$/) return (v+0)*1e6; return v }
 		/^ +50%/ { p50 = us($2) } /^ +99%/ { p99 = us($2) } /^Requests\/sec/ { rps = $2 }
 		END { printf "%s %s %s\n", rps, p50, p99 }'
 }
-echo "# $conns connections, $secs s per run; ratio and added latency against the round's direct run"
+echo "# $mode, $conns connections, $secs s per run; ratio and added latency against the round's direct run"
 printf '%-5s %-9s %8s %6s %6s %6s %10s %10s\n' round target rps ratio p50_us p99_us +p50_us +p99_us
 for r in $(seq "$rounds"); do
 	for t in "${targets[@]}"; do
