@@ -29,7 +29,11 @@ import (
 // smallBody is the largest response body read whole before answering.
 const smallBody = 64 << 10
 
-// engineTransport is the fasthttp.RoundTripper of the engine client.
+// engineTransport is the fasthttp.RoundTripper of the engine client. It
+// sets no deadlines: HostClient.ReadTimeout, WriteTimeout, MaxConnDuration
+// and per-request timeouts (DoTimeout) are not applied, because the
+// client's connections are idleConns, whose idle timeouts suit streams
+// that last minutes (see newUpstreamClient).
 type engineTransport struct{}
 
 func (engineTransport) RoundTrip(hc *fasthttp.HostClient, req *fasthttp.Request, resp *fasthttp.Response) (retry bool, err error) {
