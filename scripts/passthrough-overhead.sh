@@ -36,6 +36,13 @@
 #                       no target is CPU-bound: the added latency a hop costs
 #                       at a load it carries, without the queueing of a
 #                       saturated closed loop
+#   CLIENT_CPUS=list    cores for wrk and the upstream (taskset -c list;
+#                       default 0)
+#   PROXY_CPUS=list     cores for the proxy under test and the reference
+#                       proxies (default 1); the sidecar's GOMAXPROCS, nginx's
+#                       workers and HAProxy's threads follow the number of
+#                       cores, so on a larger machine (e.g. PROXY_CPUS=2-5)
+#                       the proxies get the CPU to keep up with the upstream
 #   PROFILE=file        after the rounds, write a 10 s CPU profile of the
 #                       sidecar under the same load (FUSIONRAG_PPROF listener;
 #                       read it with `go tool pprof -top BIN FILE`)
@@ -44,6 +51,9 @@ rounds=${1:-3}
 secs=${2:-10}
 conns=${3:-32}
 refs=${REFERENCES-nginx haproxy}
+client_cpus=${CLIENT_CPUS:-0}
+proxy_cpus=${PROXY_CPUS:-1}
+nproxy=$(taskset -c "$proxy_cpus" nproc)
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d)
 cleanup() {
@@ -76,7 +86,7 @@ http {
   }
 }
 NGINX
-taskset -c 0 nginx -c "$work/nginx.conf" -p "$work"
+taskset -c "$client_cpus" nginx -c "$work/nginx.conf" -p "$work"
 
 # targets: "name port" lines, measured in this order each round.
 targets=("direct $up")
@@ -90,7 +100,7 @@ dbg=$(free_port)
 start_sidecar() { # $1 name, $2 binary, $3 pprof address or ""
 	local port
 	port=$(free_port)
-	FUSIONRAG_PPROF=$3 GOMAXPROCS=1 taskset -c 1 "$2" serve --upstream "http://127.0.0.1:$up" \
+	FUSIONRAG_PPROF=$3 GOMAXPROCS=$nproxy taskset -c "$proxy_cpus" "$2" serve --upstream "http://127.0.0.1:$up" \
 		--listen "127.0.0.1:$port" -fusion.disabled true >"$work/$1.log" 2>&1 &
 	wait_up "$port" "$1" "$work/$1.log"
 	targets+=("$1 $port")
@@ -106,7 +116,7 @@ for ref in $refs; do
 	case $ref in
 	nginx)
 		cat >"$work/nginx-proxy.conf" <<NGINX
-worker_processes 1;
+worker_processes $nproxy;
 pid $work/nginx-proxy.pid;
 error_log $work/nginx-proxy.log;
 events { worker_connections 4096; }
@@ -120,7 +130,7 @@ http {
   }
 }
 NGINX
-		taskset -c 1 nginx -c "$work/nginx-proxy.conf" -p "$work"
+		taskset -c "$proxy_cpus" nginx -c "$work/nginx-proxy.conf" -p "$work"
 		;;
 	haproxy)
 		if ! command -v haproxy >/dev/null; then
@@ -129,7 +139,7 @@ NGINX
 		fi
 		cat >"$work/haproxy.cfg" <<HAPROXY
 global
-  nbthread 1
+  nbthread $nproxy
   maxconn 4096
   pidfile $work/haproxy.pid
 defaults
@@ -145,7 +155,7 @@ frontend front
 backend engine
   server engine 127.0.0.1:$up
 HAPROXY
-		taskset -c 1 haproxy -D -f "$work/haproxy.cfg" >"$work/haproxy.log" 2>&1
+		taskset -c "$proxy_cpus" haproxy -D -f "$work/haproxy.cfg" >"$work/haproxy.log" 2>&1
 		;;
 	*)
 		echo "unknown reference proxy $ref (want nginx or haproxy)" >&2
@@ -164,12 +174,13 @@ if [ -n "${PACE_MS:-}" ]; then
 	mode="paced ($PACE_MS ms between requests on each connection)"
 fi
 run() { # $1 url -> "rps p50_us p99_us"
-	taskset -c 0 wrk -t1 -c"$conns" -d"${secs}s" --latency "${pace[@]}" "$1" | awk '
+	taskset -c "$client_cpus" wrk -t1 -c"$conns" -d"${secs}s" --latency "${pace[@]}" "$1" | awk '
 		function us(v) { if (v ~ /us$/) return v+0; if (v ~ /ms$/) return (v+0)*1000; if (v ~ /s$/) return (v+0)*1e6; return v }
 		/^ +50%/ { p50 = us($2) } /^ +99%/ { p99 = us($2) } /^Requests\/sec/ { rps = $2 }
 		END { printf "%s %s %s\n", rps, p50, p99 }'
 }
-echo "# $mode, $conns connections, $secs s per run; ratio and added latency against the round's direct run"
+echo "# $mode, $conns connections, $secs s per run; client and upstream on cores $client_cpus, proxies on $proxy_cpus ($nproxy)"
+echo "# ratio and added latency against the round's direct run"
 printf '%-5s %-9s %8s %6s %6s %6s %10s %10s\n' round target rps ratio p50_us p99_us +p50_us +p99_us
 for r in $(seq "$rounds"); do
 	for t in "${targets[@]}"; do
@@ -187,7 +198,7 @@ if [ -n "${PROFILE:-}" ]; then
 	curl -sf -o "$PROFILE" "http://$pprof_addr/debug/pprof/profile?seconds=10" &
 	cpid=$!
 	sleep 0.5
-	taskset -c 0 wrk -t1 -c"$conns" -d11s "http://127.0.0.1:$px/v1/models" >/dev/null
+	taskset -c "$client_cpus" wrk -t1 -c"$conns" -d11s "http://127.0.0.1:$px/v1/models" >/dev/null
 	wait "$cpid"
 	echo "CPU profile: $PROFILE (go tool pprof -top $bin $PROFILE)" >&2
 fi
