@@ -2,6 +2,10 @@
 // and later quality, load and store) and their report writers: JSON rows and
 // Markdown tables. It has no product code path of its own: every method it
 // measures runs through the product packages (recompute, kvstore, model).
+//
+// The demo (RunDemo, `fusionrag demo`) is one of these harnesses: the whole
+// stack in one process on embedded defaults, measured end to end. Its files
+// are demo.go and demo_*.go. Only cmd/fusionrag imports this package.
 package bench
 
 import (

@@ -10,7 +10,7 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/fusionrag/fusionrag/demo"
+	"github.com/fusionrag/fusionrag/bench"
 )
 
 func init() {
@@ -21,18 +21,18 @@ func init() {
 // fusionrag demo --write-model DIR (write the built-in model and exit).
 func runDemo(args []string) error {
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
-	var c demo.Config
+	var c bench.DemoConfig
 	fs.BoolVar(&c.Quick, "quick", false, "a smaller run (4 queries of ~1K tokens; about half a minute on 2 cores)")
 	fs.StringVar(&c.Model, "model", "", "model directory or llama2.c .bin (default: the built-in synthetic model)")
-	fs.StringVar(&c.Format, "format", demo.FormatTokens, "prompts sent as token ids (tokens) or as text (text)")
-	fs.StringVar(&c.Corpus, "corpus", demo.CorpusAuto, "auto (NQ-open when $FUSIONRAG_DATA has it), nq or generated")
+	fs.StringVar(&c.Format, "format", bench.DemoFormatTokens, "prompts sent as token ids (tokens) or as text (text)")
+	fs.StringVar(&c.Corpus, "corpus", bench.DemoCorpusAuto, "auto (NQ-open when $FUSIONRAG_DATA has it), nq or generated")
 	fs.IntVar(&c.Queries, "queries", 0, "RAG queries, each sent once per strategy (default 6; --quick 4)")
 	fs.IntVar(&c.ChunksPerQuery, "chunks", 0, "chunks per query (default 10; --quick 6)")
 	fs.IntVar(&c.ChunkTokens, "chunk-tokens", 0, "document tokens per chunk (default 160; --quick 128)")
 	fs.IntVar(&c.MaxTokens, "max-tokens", 0, "greedy answer length compared with full's (default 8; --quick 4)")
 	fs.IntVar(&c.Neighbours, "neighbours", 0, "neighbours fused into each chunk offline (default 10)")
 	ratio := fs.Float64("ratio", 15, "recompute ratio of cacheblend and fusionrag, percent")
-	strategies := fs.String("strategies", strings.Join(demo.DefaultStrategies, ","), "strategies compared (full is always measured)")
+	strategies := fs.String("strategies", strings.Join(bench.DemoStrategies, ","), "strategies compared (full is always measured)")
 	out := fs.String("out", "out/demo", `write demo.json, demo.md and demo-ttft.png into DIR ("" for none)`)
 	writeModel := fs.String("write-model", "", "only write the built-in synthetic model into DIR (kept when present) and exit")
 	quiet := fs.Bool("quiet", false, "no progress bar or stage lines")
@@ -46,7 +46,7 @@ func runDemo(args []string) error {
 		return fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	if *writeModel != "" {
-		if err := demo.WriteModel(*writeModel); err != nil {
+		if err := bench.WriteDemoModel(*writeModel); err != nil {
 			return err
 		}
 		fmt.Fprintf(os.Stderr, "fusionrag demo: built-in model in %s\n", *writeModel)
@@ -63,7 +63,7 @@ func runDemo(args []string) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	r, err := demo.Run(ctx, c)
+	r, err := bench.RunDemo(ctx, c)
 	if err != nil {
 		return err
 	}

@@ -1,4 +1,4 @@
-package demo
+package bench
 
 import (
 	"context"
@@ -9,33 +9,32 @@ import (
 	"strings"
 	"time"
 
-	"github.com/fusionrag/fusionrag/bench"
 	"github.com/fusionrag/fusionrag/proxy"
 )
 
-// measure sends every query once per strategy through the sidecar (and once
-// straight to the engine, as a reference), rotating the order of the
+// demoMeasure sends every query once per strategy through the sidecar (and
+// once straight to the engine, as a reference), rotating the order of the
 // strategies from one query to the next so that none always runs first.
-func measure(ctx context.Context, cfg *Config, st *stack, rec *recorder, corpus *Corpus, prompts []Prompt,
-	modelName string, bar *bench.Progress) ([]QueryResult, []time.Duration, error) {
+func demoMeasure(ctx context.Context, cfg *DemoConfig, st *demoStack, rec *demoRecorder, corpus *demoCorpus, prompts []demoPrompt,
+	modelName string, bar *Progress) ([]DemoQueryResult, []time.Duration, error) {
 	client := &http.Client{Timeout: 5 * time.Minute}
 	defer client.CloseIdleConnections()
 	sidecar, direct := st.sidecarURL, st.engineURL
 
 	// Warm-up: opens the adapter and the connections, not measured.
 	if len(prompts) > 0 {
-		body, err := requestBody(modelName, "warm-up", payload(cfg, prompts[0]), 1)
+		body, err := demoRequestBody(modelName, "warm-up", demoPayload(cfg, prompts[0]), 1)
 		if err != nil {
 			return nil, nil, err
 		}
-		if _, err := complete(ctx, client, sidecar, body, "reuse", cfg.Ratio); err != nil {
+		if _, err := demoComplete(ctx, client, sidecar, body, "reuse", cfg.Ratio); err != nil {
 			return nil, nil, fmt.Errorf("demo: warm-up request: %w", err)
 		}
 		rec.take("warm-up")
 	}
 
 	cfg.stage("sending %d queries × %d strategies through the sidecar", len(prompts), len(cfg.Strategies))
-	var out []QueryResult
+	var out []DemoQueryResult
 	var directTTFT []time.Duration
 	for qi, p := range prompts {
 		q := corpus.Queries[qi]
@@ -47,12 +46,12 @@ func measure(ctx context.Context, cfg *Config, st *stack, rec *recorder, corpus 
 		order = append(order[k:], order[:k]...)
 		for _, s := range order {
 			user := q.ID + "/" + s
-			body, err := requestBody(modelName, user, payload(cfg, p), cfg.MaxTokens)
+			body, err := demoRequestBody(modelName, user, demoPayload(cfg, p), cfg.MaxTokens)
 			if err != nil {
 				return nil, nil, err
 			}
 			if s == "direct" {
-				c, err := complete(ctx, client, direct, body, "", 0)
+				c, err := demoComplete(ctx, client, direct, body, "", 0)
 				if err != nil {
 					return nil, nil, fmt.Errorf("demo: query %s straight to the engine: %w", q.ID, err)
 				}
@@ -60,12 +59,12 @@ func measure(ctx context.Context, cfg *Config, st *stack, rec *recorder, corpus 
 				bar.Add(1)
 				continue
 			}
-			c, err := complete(ctx, client, sidecar, body, s, cfg.Ratio)
+			c, err := demoComplete(ctx, client, sidecar, body, s, cfg.Ratio)
 			if err != nil {
 				return nil, nil, fmt.Errorf("demo: query %s, strategy %s: %w", q.ID, s, err)
 			}
 			o, ok := rec.take(user)
-			qr := QueryResult{Query: q.ID, Strategy: s, TTFTMs: ms(c.FirstChoice), PromptTokens: c.PromptTokens,
+			qr := DemoQueryResult{Query: q.ID, Strategy: s, TTFTMs: ms(c.FirstChoice), PromptTokens: c.PromptTokens,
 				ContextTokens: ctxTokens, CachedTokens: c.CachedTokens, Answer: c.Text}
 			switch {
 			case !ok:
@@ -88,25 +87,25 @@ func measure(ctx context.Context, cfg *Config, st *stack, rec *recorder, corpus 
 	return out, directTTFT, nil
 }
 
-// payload is the "prompt" member of p's requests.
-func payload(cfg *Config, p Prompt) any {
-	if cfg.Format == FormatText {
+// demoPayload is the "prompt" member of p's requests.
+func demoPayload(cfg *DemoConfig, p demoPrompt) any {
+	if cfg.Format == DemoFormatText {
 		return p.Text
 	}
 	return p.Tokens()
 }
 
-// aggregate turns results into one row per strategy.
-func aggregate(strategies []string, ratio float64, results []QueryResult) []Row {
+// aggregateDemo turns results into one row per strategy.
+func aggregateDemo(strategies []string, ratio float64, results []DemoQueryResult) []DemoRow {
 	answers := map[string]string{} // query -> full's answer
 	for _, r := range results {
 		if r.Strategy == "full" {
 			answers[r.Query] = r.Answer
 		}
 	}
-	var rows []Row
+	var rows []DemoRow
 	for _, s := range strategies {
-		row := Row{Strategy: s, Ratio: ratio}
+		row := DemoRow{Strategy: s, Ratio: ratio}
 		var ttft, fid []float64
 		hits, lookups := 0, 0
 		reasons := map[string]bool{}
@@ -145,9 +144,9 @@ func aggregate(strategies []string, ratio float64, results []QueryResult) []Row 
 			row.Top1 /= n
 			row.KL /= n
 			row.LogitErr /= n
-			row.Fidelity = median(fid)
+			row.Fidelity = demoMedian(fid)
 			row.SameAnswer /= n
-			row.TTFTMedianMs = median(ttft)
+			row.TTFTMedianMs = demoMedian(ttft)
 			row.TTFTMeanMs = mean(ttft)
 		}
 		if row.Fused > 0 {
@@ -172,7 +171,7 @@ func aggregate(strategies []string, ratio float64, results []QueryResult) []Row 
 	return rows
 }
 
-func notes(cfg *Config, r *Report, direct []time.Duration) []string {
+func demoNotes(cfg *DemoConfig, r *DemoReport, direct []time.Duration) []string {
 	var ds []float64
 	for _, d := range direct {
 		ds = append(ds, ms(d))
@@ -181,7 +180,7 @@ func notes(cfg *Config, r *Report, direct []time.Duration) []string {
 		fmt.Sprintf("TTFT: wall time from sending a streamed /v1/completions request to the sidecar to its first token, median over %d queries; "+
 			"the sidecar's fusion path (look up chunk KV, recompute, publish the prompt's KV to the engine) is inside it. "+
 			"Speedup = full's median / the strategy's, measured in this run. For reference, the engine alone (no sidecar, plain prefill): %.1f ms median.",
-			r.Queries, median(ds)),
+			r.Queries, demoMedian(ds)),
 		"full: the sidecar prefills the whole prompt and publishes it; reuse: stored chunk KV as is (0% recomputed); " +
 			fmt.Sprintf("cacheblend and fusionrag recompute %.0f%% of the context tokens (fused chunk KV from the offline stage).", 100*cfg.Ratio),
 		"hit rate: chunks found in the store by the fusion path; recomputed: context tokens recomputed through all layers; " +
@@ -206,9 +205,7 @@ func notes(cfg *Config, r *Report, direct []time.Duration) []string {
 	return n
 }
 
-func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
-
-func median(x []float64) float64 {
+func demoMedian(x []float64) float64 {
 	if len(x) == 0 {
 		return 0 // JSON has no NaN
 	}

@@ -1,4 +1,4 @@
-package demo
+package bench
 
 import (
 	"context"
@@ -18,27 +18,27 @@ import (
 	"github.com/fusionrag/fusionrag/proxy"
 )
 
-// stack is the engine and the sidecar with its fusion path, in process on
+// demoStack is the engine and the sidecar with its fusion path, in process on
 // loopback ports.
-type stack struct {
+type demoStack struct {
 	engineURL, sidecarURL string
 	fuser                 *proxy.RAGFuser
 	closers               []func()
 }
 
-func (s *stack) close() {
+func (s *demoStack) close() {
 	for i := len(s.closers) - 1; i >= 0; i-- {
 		s.closers[i]()
 	}
 	s.closers = nil
 }
 
-// startStack serves m with the engine and puts the sidecar in front of it,
+// startDemoStack serves m with the engine and puts the sidecar in front of it,
 // with the real fusion path (proxy.RAGFuser) over store, publishing KV to
 // the engine with the native adapter (HTTP push, PUT /v1/kv/{key}). rec
 // records what the fusion path did for each request.
-func startStack(m *model.Model, cfg *Config, store kvstore.Store) (_ *stack, _ *recorder, err error) {
-	s := &stack{}
+func startDemoStack(m *model.Model, cfg *DemoConfig, store kvstore.Store) (_ *demoStack, _ *demoRecorder, err error) {
+	s := &demoStack{}
 	defer func() {
 		if err != nil {
 			s.close()
@@ -90,7 +90,7 @@ func startStack(m *model.Model, cfg *Config, store kvstore.Store) (_ *stack, _ *
 	}
 	s.fuser = f
 	s.closers = append(s.closers, func() { f.Close() })
-	rec := &recorder{inner: f, byUser: map[string]outcome{}}
+	rec := &demoRecorder{inner: f, byUser: map[string]demoOutcome{}}
 	// No telemetry export, whatever the environment says.
 	tel, err := proxy.NewTelemetry(context.Background(), nil)
 	if err != nil {
@@ -114,29 +114,29 @@ func startStack(m *model.Model, cfg *Config, store kvstore.Store) (_ *stack, _ *
 	return s, rec, nil
 }
 
-// outcome is what the fusion path did for one request.
-type outcome struct {
+// demoOutcome is what the fusion path did for one request.
+type demoOutcome struct {
 	stats proxy.Stats
 	err   error
 }
 
-// recorder wraps the fusion path to keep, per request ("user" field of the
+// demoRecorder wraps the fusion path to keep, per request ("user" field of the
 // body, unique per request in the demo), the stats it reported or its error.
 // It changes nothing in what the sidecar does.
-type recorder struct {
+type demoRecorder struct {
 	inner  proxy.Fuser
 	mu     sync.Mutex
-	byUser map[string]outcome
+	byUser map[string]demoOutcome
 }
 
 // Fuse implements proxy.Fuser.
-func (r *recorder) Fuse(ctx context.Context, req *proxy.Request) (*proxy.Plan, error) {
+func (r *demoRecorder) Fuse(ctx context.Context, req *proxy.Request) (*proxy.Plan, error) {
 	plan, err := r.inner.Fuse(ctx, req)
 	var body struct {
 		User string `json:"user"`
 	}
 	if json.Unmarshal(req.Body, &body) == nil && body.User != "" {
-		o := outcome{err: err}
+		o := demoOutcome{err: err}
 		if err == nil && plan != nil {
 			o.stats = plan.Stats
 		}
@@ -147,7 +147,7 @@ func (r *recorder) Fuse(ctx context.Context, req *proxy.Request) (*proxy.Plan, e
 	return plan, err
 }
 
-func (r *recorder) take(user string) (outcome, bool) {
+func (r *demoRecorder) take(user string) (demoOutcome, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	o, ok := r.byUser[user]

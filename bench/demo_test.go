@@ -1,4 +1,4 @@
-package demo
+package bench
 
 import (
 	"bytes"
@@ -16,7 +16,6 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 
-	"github.com/fusionrag/fusionrag/bench"
 	"github.com/fusionrag/fusionrag/fusion"
 	"github.com/fusionrag/fusionrag/internal/shareddata"
 	"github.com/fusionrag/fusionrag/model"
@@ -29,15 +28,15 @@ var update = flag.Bool("update", false, "rewrite the golden files under testdata
 // report's content. It asserts no timing: TTFT on a machine shared with
 // other builds is noise; what must hold exactly is the path every request
 // took and what each strategy recomputed.
-func TestRunQuick(t *testing.T) {
-	cfg := Config{Quick: true, Corpus: CorpusGenerated, Command: []string{"fusionrag", "demo", "--quick"}}
+func TestRunDemoQuick(t *testing.T) {
+	cfg := DemoConfig{Quick: true, Corpus: DemoCorpusGenerated, Command: []string{"fusionrag", "demo", "--quick"}}
 	if testing.Short() {
 		cfg.Queries, cfg.ChunksPerQuery, cfg.ChunkTokens, cfg.MaxTokens, cfg.Neighbours = 2, 4, 64, 2, 3
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	start := time.Now()
-	r, err := Run(ctx, cfg)
+	r, err := RunDemo(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,7 +46,7 @@ func TestRunQuick(t *testing.T) {
 	for _, row := range r.Rows {
 		names = append(names, row.Strategy)
 	}
-	if diff := cmp.Diff(DefaultStrategies, names); diff != "" {
+	if diff := cmp.Diff(DemoStrategies, names); diff != "" {
 		t.Fatalf("rows (-want +got):\n%s", diff)
 	}
 	if r.Ingest.Chunks != r.Chunks || r.Ingest.RawStored != r.Chunks || r.Ingest.FusedStored != r.Chunks || r.Ingest.Failed != 0 {
@@ -57,8 +56,8 @@ func TestRunQuick(t *testing.T) {
 	if testing.Short() {
 		wantQueries = 2
 	}
-	if r.Queries != wantQueries || len(r.Results) != wantQueries*len(DefaultStrategies) {
-		t.Errorf("%d queries, %d results: want %d and %d", r.Queries, len(r.Results), wantQueries, wantQueries*len(DefaultStrategies))
+	if r.Queries != wantQueries || len(r.Results) != wantQueries*len(DemoStrategies) {
+		t.Errorf("%d queries, %d results: want %d and %d", r.Queries, len(r.Results), wantQueries, wantQueries*len(DemoStrategies))
 	}
 	for _, row := range r.Rows {
 		t.Run(row.Strategy, func(t *testing.T) {
@@ -102,7 +101,7 @@ func TestRunQuick(t *testing.T) {
 	if err := r.WriteText(&text); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range append([]string{"TTFT ms", "speedup", "hit rate", "fidelity"}, DefaultStrategies...) {
+	for _, want := range append([]string{"TTFT ms", "speedup", "hit rate", "fidelity"}, DemoStrategies...) {
 		if !strings.Contains(text.String(), want) {
 			t.Errorf("the table lacks %q:\n%s", want, text.String())
 		}
@@ -111,15 +110,15 @@ func TestRunQuick(t *testing.T) {
 	if err := r.WriteFiles(dir); err != nil {
 		t.Fatal(err)
 	}
-	checkFiles(t, dir, r)
+	checkDemoFiles(t, dir, r)
 }
 
 // TestRunTextFormat: prompts sent as text take the fusion path too (the
 // sidecar finds the ingested chunks in the engine's ids of the whole text).
-func TestRunTextFormat(t *testing.T) {
-	cfg := Config{Format: FormatText, Corpus: CorpusGenerated, Queries: 2, ChunksPerQuery: 3, ChunkTokens: 48, MaxTokens: 2,
+func TestRunDemoTextFormat(t *testing.T) {
+	cfg := DemoConfig{Format: DemoFormatText, Corpus: DemoCorpusGenerated, Queries: 2, ChunksPerQuery: 3, ChunkTokens: 48, MaxTokens: 2,
 		Neighbours: 2, Strategies: []string{"fusionrag"}}
-	r, err := Run(context.Background(), cfg)
+	r, err := RunDemo(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,14 +134,14 @@ func TestRunTextFormat(t *testing.T) {
 	}
 }
 
-// checkFiles reads demo.json, demo.md and the PNG back.
-func checkFiles(t *testing.T, dir string, r *Report) {
+// checkDemoFiles reads demo.json, demo.md and the PNG back.
+func checkDemoFiles(t *testing.T, dir string, r *DemoReport) {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join(dir, "demo.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	var back Report
+	var back DemoReport
 	if err := json.Unmarshal(b, &back); err != nil {
 		t.Fatalf("demo.json: %v", err)
 	}
@@ -165,12 +164,12 @@ func checkFiles(t *testing.T, dir string, r *Report) {
 	}
 }
 
-// goldenReport is a fixed report for the rendering tests.
-func goldenReport() *Report {
-	return &Report{
-		Meta:        bench.Meta{Command: "fusionrag demo", Model: "synthetic-llama-4M", Machine: bench.Machine{CPU: "test CPU", Cores: 2, GOMAXPROCS: 2, OS: "linux", Arch: "amd64", Go: "go1.26"}, Date: "2026-11-28T00:00:00Z"},
+// demoGoldenReport is a fixed report for the rendering tests.
+func demoGoldenReport() *DemoReport {
+	return &DemoReport{
+		Meta:        Meta{Command: "fusionrag demo", Model: "synthetic-llama-4M", Machine: Machine{CPU: "test CPU", Cores: 2, GOMAXPROCS: 2, OS: "linux", Arch: "amd64", Go: "go1.26"}, Date: "2026-11-28T00:00:00Z"},
 		ModelParams: 4_300_000, Corpus: "generated", Chunks: 20, Queries: 4, PromptTokens: 900, ContextTokens: 868,
-		Rows: []Row{
+		Rows: []DemoRow{
 			{Strategy: "full", Ratio: 0.15, Requests: 4, Fused: 4, TTFTMedianMs: 489.1, Speedup: 1, Recomputed: 1, CachedShare: 0.999, Top1: 1, Fidelity: 100, SameAnswer: 1},
 			{Strategy: "reuse", Ratio: 0.15, Requests: 4, Fused: 4, TTFTMedianMs: 63.2, Speedup: 7.74, HitRate: 1, CachedShare: 0.999, Top1: 1, LogitErr: 0.0666, SameAnswer: 1},
 			{Strategy: "fusionrag", Ratio: 0.15, Requests: 4, Fused: 3, FallbackReasons: []string{"fallback: breaker_open"}, TTFTMedianMs: 140, Speedup: 3.49, HitRate: 1, Recomputed: 0.15, CachedShare: 0.75, Top1: 0.75, LogitErr: 0.0592, Fidelity: 11.2, SameAnswer: 0.75},
@@ -180,18 +179,18 @@ func goldenReport() *Report {
 	}
 }
 
-func TestReportGolden(t *testing.T) {
-	r := goldenReport()
+func TestDemoReportGolden(t *testing.T) {
+	r := demoGoldenReport()
 	var text bytes.Buffer
 	if err := r.WriteText(&text); err != nil {
 		t.Fatal(err)
 	}
 	var md bytes.Buffer
-	if err := r.Table().WriteMarkdown(&md); err != nil {
+	if err := r.table().WriteMarkdown(&md); err != nil {
 		t.Fatal(err)
 	}
 	for name, got := range map[string][]byte{"table.txt": text.Bytes(), "table.md": md.Bytes()} {
-		path := filepath.Join("testdata", name)
+		path := filepath.Join("testdata", "demo", name)
 		if *update {
 			if err := os.WriteFile(path, got, 0o644); err != nil {
 				t.Fatal(err)
@@ -200,34 +199,34 @@ func TestReportGolden(t *testing.T) {
 		}
 		want, err := os.ReadFile(path)
 		if err != nil {
-			t.Fatalf("%v (run go test ./demo -run TestReportGolden -update)", err)
+			t.Fatalf("%v (run go test ./bench -run TestDemoReportGolden -update)", err)
 		}
 		if diff := cmp.Diff(string(want), string(got)); diff != "" {
 			t.Errorf("%s (-want +got):\n%s", name, diff)
 		}
 	}
-	if row, ok := r.Row("fusionrag"); !ok || row.Fused != 3 {
-		t.Errorf("Row(fusionrag) = %+v, %v", row, ok)
+	if row, ok := r.row("fusionrag"); !ok || row.Fused != 3 {
+		t.Errorf("row(fusionrag) = %+v, %v", row, ok)
 	}
-	if _, ok := r.Row("epic"); ok {
-		t.Errorf("Row(epic) found in a report without it")
+	if _, ok := r.row("epic"); ok {
+		t.Errorf("row(epic) found in a report without it")
 	}
 	dir := t.TempDir()
 	if err := r.WriteFiles(dir); err != nil {
 		t.Fatal(err)
 	}
-	checkFiles(t, dir, r)
+	checkDemoFiles(t, dir, r)
 }
 
-func TestAggregate(t *testing.T) {
-	results := []QueryResult{
+func TestAggregateDemo(t *testing.T) {
+	results := []DemoQueryResult{
 		{Query: "q0", Strategy: "full", TTFTMs: 400, PromptTokens: 100, ContextTokens: 80, CachedTokens: 99, Path: "fusion", Recomputed: 80, Answer: "a", Top1: true, Fidelity: 100},
 		{Query: "q1", Strategy: "full", TTFTMs: 600, PromptTokens: 100, ContextTokens: 80, CachedTokens: 99, Path: "fusion", Recomputed: 80, Answer: "b", Top1: true, Fidelity: 100},
 		{Query: "q0", Strategy: "fusionrag", TTFTMs: 100, PromptTokens: 100, ContextTokens: 80, CachedTokens: 99, Path: "fusion", Hits: 4, Recomputed: 12, Answer: "a", Top1: true, LogitErr: 0.1, Fidelity: 50},
 		{Query: "q1", Strategy: "fusionrag", TTFTMs: 150, PromptTokens: 100, ContextTokens: 80, Path: "fallback: fuser_error", Answer: "c", LogitErr: 0.3, Fidelity: 10},
 	}
-	got := aggregate([]string{"full", "fusionrag", "epic"}, 0.15, results)
-	want := []Row{
+	got := aggregateDemo([]string{"full", "fusionrag", "epic"}, 0.15, results)
+	want := []DemoRow{
 		{Strategy: "full", Ratio: 0.15, Requests: 2, Fused: 2, TTFTMedianMs: 500, TTFTMeanMs: 500, Speedup: 1, Recomputed: 1, CachedShare: 0.99, Top1: 1, Fidelity: 100, SameAnswer: 1},
 		{Strategy: "fusionrag", Ratio: 0.15, Requests: 2, Fused: 1, FallbackReasons: []string{"fallback: fuser_error"}, TTFTMedianMs: 125, TTFTMeanMs: 125,
 			Speedup: 4, HitRate: 1, Recomputed: 0.15, CachedShare: 0.495, Top1: 0.5, LogitErr: 0.2, Fidelity: 30, SameAnswer: 0.5},
@@ -238,56 +237,56 @@ func TestAggregate(t *testing.T) {
 	}
 }
 
-func TestConfigNormalize(t *testing.T) {
+func TestDemoConfigFill(t *testing.T) {
 	tests := []struct {
 		name string
-		in   Config
+		in   DemoConfig
 		want string // substring of the error; "" for none
 	}{
-		{"defaults", Config{}, ""},
-		{"quick", Config{Quick: true}, ""},
-		{"corpus", Config{Corpus: "wiki"}, "corpus"},
-		{"strategy", Config{Strategies: []string{"fusionrag", "magic"}}, "strategy"},
-		{"ratio", Config{Ratio: 1.5}, "ratio"},
-		{"negative ratio", Config{Ratio: -0.1}, "ratio"},
-		{"queries", Config{Queries: -1}, "queries"},
-		{"chunks", Config{ChunksPerQuery: 100}, "chunks"},
-		{"chunk tokens", Config{ChunkTokens: 2}, "chunk tokens"},
-		{"pool", Config{Queries: 10, Pool: 5}, "pool"},
-		{"max tokens", Config{MaxTokens: 1000}, "max tokens"},
-		{"format", Config{Format: "chat"}, "format"},
+		{"defaults", DemoConfig{}, ""},
+		{"quick", DemoConfig{Quick: true}, ""},
+		{"corpus", DemoConfig{Corpus: "wiki"}, "corpus"},
+		{"strategy", DemoConfig{Strategies: []string{"fusionrag", "magic"}}, "strategy"},
+		{"ratio", DemoConfig{Ratio: 1.5}, "ratio"},
+		{"negative ratio", DemoConfig{Ratio: -0.1}, "ratio"},
+		{"queries", DemoConfig{Queries: -1}, "queries"},
+		{"chunks", DemoConfig{ChunksPerQuery: 100}, "chunks"},
+		{"chunk tokens", DemoConfig{ChunkTokens: 2}, "chunk tokens"},
+		{"pool", DemoConfig{Queries: 10, Pool: 5}, "pool"},
+		{"max tokens", DemoConfig{MaxTokens: 1000}, "max tokens"},
+		{"format", DemoConfig{Format: "chat"}, "format"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			c := tt.in
-			err := c.Normalize()
+			err := c.fill()
 			switch {
 			case tt.want == "" && err != nil:
 				t.Fatalf("unexpected error %v", err)
-			case tt.want != "" && (err == nil || !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), tt.want)):
-				t.Fatalf("error %v, want ErrConfig about %q", err, tt.want)
+			case tt.want != "" && (err == nil || !errors.Is(err, errDemoConfig) || !strings.Contains(err.Error(), tt.want)):
+				t.Fatalf("error %v, want errDemoConfig about %q", err, tt.want)
 			}
 		})
 	}
-	c := Config{Strategies: []string{"fusionrag", " reuse", "fusionrag"}}
-	if err := c.Normalize(); err != nil {
+	c := DemoConfig{Strategies: []string{"fusionrag", " reuse", "fusionrag"}}
+	if err := c.fill(); err != nil {
 		t.Fatal(err)
 	}
 	if diff := cmp.Diff([]string{"full", "fusionrag", "reuse"}, c.Strategies); diff != "" {
 		t.Errorf("strategies: full first, no duplicates (-want +got):\n%s", diff)
 	}
-	q := Config{Quick: true}
-	q.Normalize()
+	q := DemoConfig{Quick: true}
+	q.fill()
 	if q.Queries != 4 || q.ChunksPerQuery != 6 || q.ChunkTokens != 128 || q.MaxTokens != 4 || q.Pool != 12 || q.Neighbours != fusion.DefaultNeighbours || q.Ratio != 0.15 {
 		t.Errorf("quick defaults: %+v", q)
 	}
 }
 
-// testChunker is a chunker over the built-in model's tokenizer.
-func testChunker(t *testing.T, size int) (*fusion.Chunker, *model.Model) {
+// demoChunker is a chunker over the built-in model's tokenizer.
+func demoChunker(t *testing.T, size int) (*fusion.Chunker, *model.Model) {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "model")
-	if err := WriteModel(dir); err != nil {
+	if err := WriteDemoModel(dir); err != nil {
 		t.Fatal(err)
 	}
 	m, err := model.Load(dir, model.LoadOptions{})
@@ -302,7 +301,7 @@ func testChunker(t *testing.T, size int) (*fusion.Chunker, *model.Model) {
 	return ch, m
 }
 
-func checkCorpus(t *testing.T, c *Corpus, ch *fusion.Chunker, queries, k int) {
+func checkDemoCorpus(t *testing.T, c *demoCorpus, ch *fusion.Chunker, queries, k int) {
 	t.Helper()
 	if len(c.Queries) != queries {
 		t.Fatalf("%d queries, want %d", len(c.Queries), queries)
@@ -329,25 +328,25 @@ func checkCorpus(t *testing.T, c *Corpus, ch *fusion.Chunker, queries, k int) {
 	}
 }
 
-func TestGeneratedCorpus(t *testing.T) {
-	ch, m := testChunker(t, 64)
-	a, err := generatedCorpus(ch, 5, 6, 15, 7)
+func TestDemoGeneratedCorpus(t *testing.T) {
+	ch, m := demoChunker(t, 64)
+	a, err := generatedDemoCorpus(ch, 5, 6, 15, 7)
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkCorpus(t, a, ch, 5, 6)
-	b, _ := generatedCorpus(ch, 5, 6, 15, 7)
+	checkDemoCorpus(t, a, ch, 5, 6)
+	b, _ := generatedDemoCorpus(ch, 5, 6, 15, 7)
 	if diff := cmp.Diff(a, b, cmpopts.IgnoreUnexported(fusion.Chunk{})); diff != "" {
 		t.Errorf("not deterministic (-first +second):\n%s", diff)
 	}
-	c, _ := generatedCorpus(ch, 5, 6, 15, 8)
+	c, _ := generatedDemoCorpus(ch, 5, 6, 15, 8)
 	if cmp.Equal(a.Queries, c.Queries) {
 		t.Errorf("seeds 7 and 8 gave the same queries")
 	}
 	// The prompt is S + chunk ids + question ids, and its text renders the
 	// same segments.
-	p := a.prompt(m.Tokenizer, ch.Template, System, a.Queries[0])
-	if len(p.Chunks) != 6 || p.Prefix[0] != m.Tokenizer.BOS() || !strings.HasSuffix(p.Text, QuestionText(a.Queries[0].Question)) {
+	p := a.prompt(m.Tokenizer, ch.Template, demoSystem, a.Queries[0])
+	if len(p.Chunks) != 6 || p.Prefix[0] != m.Tokenizer.BOS() || !strings.HasSuffix(p.Text, demoQuestionText(a.Queries[0].Question)) {
 		t.Errorf("prompt %+v", p)
 	}
 	n := len(p.Prefix) + len(p.Question)
@@ -357,30 +356,30 @@ func TestGeneratedCorpus(t *testing.T) {
 	if got := p.Tokens(); len(got) != n || got[len(got)-1] != p.Question[len(p.Question)-1] {
 		t.Errorf("Tokens: %d ids, want %d ending with the question", len(got), n)
 	}
-	if _, err := generatedCorpus(ch, 2, 40, 2, 1); !errors.Is(err, ErrCorpus) {
-		t.Errorf("40 chunks from 2 short passages: err %v, want ErrCorpus", err)
+	if _, err := generatedDemoCorpus(ch, 2, 40, 2, 1); !errors.Is(err, errDemoCorpus) {
+		t.Errorf("40 chunks from 2 short passages: err %v, want errDemoCorpus", err)
 	}
 }
 
-func TestNQCorpus(t *testing.T) {
-	path := shareddata.Path(t, NQFile)
-	ch, _ := testChunker(t, 128)
-	c, err := nqCorpus(filepath.Dir(filepath.Dir(path)), ch, 4, 6, 12, 1)
+func TestDemoNQCorpus(t *testing.T) {
+	path := shareddata.Path(t, demoNQFile)
+	ch, _ := demoChunker(t, 128)
+	c, err := nqDemoCorpus(filepath.Dir(filepath.Dir(path)), ch, 4, 6, 12, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkCorpus(t, c, ch, 4, 6)
+	checkDemoCorpus(t, c, ch, 4, 6)
 	if !strings.HasPrefix(c.Source, "nq-open: ") || c.Queries[0].Question == "" || len(c.Queries[0].Answers) == 0 {
 		t.Errorf("corpus %q, first query %+v", c.Source, c.Queries[0])
 	}
-	if _, err := nqCorpus(t.TempDir(), ch, 4, 6, 12, 1); err == nil {
+	if _, err := nqDemoCorpus(t.TempDir(), ch, 4, 6, 12, 1); err == nil {
 		t.Errorf("a directory without NQ-open gave no error")
 	}
 }
 
-func TestWriteModel(t *testing.T) {
+func TestWriteDemoModel(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "models", "synthetic")
-	if err := WriteModel(dir); err != nil {
+	if err := WriteDemoModel(dir); err != nil {
 		t.Fatal(err)
 	}
 	st1, err := os.Stat(filepath.Join(dir, "model.safetensors"))
@@ -388,29 +387,29 @@ func TestWriteModel(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Present: kept as it is.
-	if err := WriteModel(dir); err != nil {
+	if err := WriteDemoModel(dir); err != nil {
 		t.Fatal(err)
 	}
 	st2, _ := os.Stat(filepath.Join(dir, "model.safetensors"))
 	if !st2.ModTime().Equal(st1.ModTime()) {
-		t.Errorf("the second WriteModel rewrote the model")
+		t.Errorf("the second WriteDemoModel rewrote the model")
 	}
 	m, err := model.Load(dir, model.LoadOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer m.Close()
-	if m.Tokenizer == nil || m.Config.Dim != ModelConfig().Dim || m.Config.MaxPositions != 4096 {
+	if m.Tokenizer == nil || m.Config.Dim != demoModelConfig().Dim || m.Config.MaxPositions != 4096 {
 		t.Errorf("loaded %+v, tokenizer %v", m.Config, m.Tokenizer != nil)
 	}
 	// A broken model in the way is an error, not overwritten.
 	bad := filepath.Join(t.TempDir(), "bad")
 	os.MkdirAll(bad, 0o755)
 	os.WriteFile(filepath.Join(bad, "config.json"), []byte("{"), 0o644)
-	if err := WriteModel(bad); err == nil {
-		t.Errorf("WriteModel over a broken model: no error")
+	if err := WriteDemoModel(bad); err == nil {
+		t.Errorf("WriteDemoModel over a broken model: no error")
 	}
-	if err := WriteModel(""); err == nil {
-		t.Errorf("WriteModel(\"\"): no error")
+	if err := WriteDemoModel(""); err == nil {
+		t.Errorf("WriteDemoModel(\"\"): no error")
 	}
 }

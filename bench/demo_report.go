@@ -1,4 +1,4 @@
-package demo
+package bench
 
 import (
 	"encoding/json"
@@ -11,12 +11,11 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/fusionrag/fusionrag/bench"
 	"github.com/fusionrag/fusionrag/fusion"
 )
 
-// Row is one strategy's results over every query of the demo.
-type Row struct {
+// DemoRow is one strategy's results over every query of the demo.
+type DemoRow struct {
 	Strategy string  `json:"strategy"`
 	Ratio    float64 `json:"ratio"`
 	// Requests sent through the sidecar; Fused took the fusion path (the
@@ -43,7 +42,7 @@ type Row struct {
 	CachedShare float64 `json:"cached_share"`
 	// Top1 is the fraction of queries whose first-token argmax agrees with
 	// full's, and KL the mean KL(full || strategy) of the first-token
-	// distributions in nats (measured in process, see Report.Notes).
+	// distributions in nats (measured in process, see DemoReport.Notes).
 	Top1 float64 `json:"top1"`
 	KL   float64 `json:"kl"`
 	// LogitErr is the mean relative L2 error of the last position's logits
@@ -56,8 +55,8 @@ type Row struct {
 	SameAnswer float64 `json:"same_answer"`
 }
 
-// QueryResult is one query × strategy, as measured.
-type QueryResult struct {
+// DemoQueryResult is one query × strategy of the demo, as measured.
+type DemoQueryResult struct {
 	Query         string  `json:"query"`
 	Strategy      string  `json:"strategy"`
 	TTFTMs        float64 `json:"ttft_ms"`
@@ -75,9 +74,9 @@ type QueryResult struct {
 	Fidelity      float64 `json:"fidelity"`
 }
 
-// Report is the demo's result: what ran, on what, and the rows.
-type Report struct {
-	Meta bench.Meta `json:"meta"`
+// DemoReport is the demo's result (RunDemo): what ran, on what, and the rows.
+type DemoReport struct {
+	Meta Meta `json:"meta"`
 	// ModelParams is the model's parameter count.
 	ModelParams int64 `json:"model_params"`
 	// Corpus is where the text came from; Chunks the chunks ingested.
@@ -89,29 +88,29 @@ type Report struct {
 	ContextTokens float64 `json:"context_tokens"`
 	// Ingest is the offline stage's summary.
 	Ingest fusion.Summary `json:"ingest"`
-	Rows   []Row          `json:"rows"`
+	Rows   []DemoRow      `json:"rows"`
 	// Results are the individual measurements.
-	Results []QueryResult `json:"results"`
+	Results []DemoQueryResult `json:"results"`
 	// Elapsed is the whole demo's wall time.
 	Elapsed time.Duration `json:"elapsed_ns"`
 	Notes   []string      `json:"notes"`
 }
 
-// Row returns the row of a strategy.
-func (r *Report) Row(strategy string) (Row, bool) {
-	i := slices.IndexFunc(r.Rows, func(x Row) bool { return x.Strategy == strategy })
+// row returns the row of a strategy.
+func (r *DemoReport) row(strategy string) (DemoRow, bool) {
+	i := slices.IndexFunc(r.Rows, func(x DemoRow) bool { return x.Strategy == strategy })
 	if i < 0 {
-		return Row{}, false
+		return DemoRow{}, false
 	}
 	return r.Rows[i], true
 }
 
-// header and cells are the table's columns, shared by the text and the
+// demoHeader and cells are the table's columns, shared by the text and the
 // Markdown renderings.
-var header = []string{"strategy", "ratio", "TTFT ms", "speedup", "hit rate", "recomputed", "engine cached",
+var demoHeader = []string{"strategy", "ratio", "TTFT ms", "speedup", "hit rate", "recomputed", "engine cached",
 	"logit err", "fidelity", "top-1 = full", "same answer", "fusion path"}
 
-func (row Row) cells() []string {
+func (row DemoRow) cells() []string {
 	pct := func(x float64) string { return fmt.Sprintf("%.0f%%", 100*x) }
 	ratio, hit := pct(row.Ratio), pct(row.HitRate)
 	switch row.Strategy {
@@ -126,11 +125,11 @@ func (row Row) cells() []string {
 }
 
 // WriteText prints the table aligned for a terminal, with the notes.
-func (r *Report) WriteText(w io.Writer) error {
+func (r *DemoReport) WriteText(w io.Writer) error {
 	fmt.Fprintf(w, "\nfusionrag demo: %d queries, %.0f context tokens on average, model %s (%s parameters), %s\n\n",
 		r.Queries, r.ContextTokens, r.Meta.Model, humanCount(r.ModelParams), r.Corpus)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, strings.Join(header, "\t")+"\t")
+	fmt.Fprintln(tw, strings.Join(demoHeader, "\t")+"\t")
 	for _, row := range r.Rows {
 		fmt.Fprintln(tw, strings.Join(row.cells(), "\t")+"\t")
 	}
@@ -145,31 +144,31 @@ func (r *Report) WriteText(w io.Writer) error {
 	return err
 }
 
-// Table is the result table for Markdown reports.
-func (r *Report) Table() bench.Table {
-	t := bench.Table{Title: fmt.Sprintf("fusionrag demo: TTFT through the sidecar, %d queries of %.0f context tokens", r.Queries, r.ContextTokens),
-		Header: header, Notes: r.Notes}
+// table is the result table for Markdown reports.
+func (r *DemoReport) table() Table {
+	t := Table{Title: fmt.Sprintf("fusionrag demo: TTFT through the sidecar, %d queries of %.0f context tokens", r.Queries, r.ContextTokens),
+		Header: demoHeader, Notes: r.Notes}
 	for _, row := range r.Rows {
 		t.Rows = append(t.Rows, row.cells())
 	}
 	return t
 }
 
-// Plot is the TTFT chart: one bar per strategy.
-func (r *Report) Plot() bench.Plot {
-	p := bench.Plot{File: "demo-ttft.png", Title: "Time to first token through the sidecar (median)",
-		XLabel: "strategy", YLabel: "TTFT (ms)", Kind: bench.Bars}
-	s := bench.Series{Name: "TTFT ms"}
+// plot is the TTFT chart: one bar per strategy.
+func (r *DemoReport) plot() Plot {
+	p := Plot{File: "demo-ttft.png", Title: "Time to first token through the sidecar (median)",
+		XLabel: "strategy", YLabel: "TTFT (ms)", Kind: Bars}
+	s := Series{Name: "TTFT ms"}
 	for _, row := range r.Rows {
 		p.Categories = append(p.Categories, row.Strategy)
 		s.Y = append(s.Y, row.TTFTMedianMs)
 	}
-	p.Series = []bench.Series{s}
+	p.Series = []Series{s}
 	return p
 }
 
 // WriteFiles writes demo.json, demo.md and demo-ttft.png into dir.
-func (r *Report) WriteFiles(dir string) error {
+func (r *DemoReport) WriteFiles(dir string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("demo: %w", err)
 	}
@@ -180,8 +179,8 @@ func (r *Report) WriteFiles(dir string) error {
 	if err := os.WriteFile(filepath.Join(dir, "demo.json"), append(b, '\n'), 0o644); err != nil {
 		return fmt.Errorf("demo: %w", err)
 	}
-	plot := r.Plot()
-	rep := bench.Report{Name: "demo", Meta: r.Meta, Tables: []bench.Table{r.Table()}, Plots: []bench.Plot{plot}}
+	plot := r.plot()
+	rep := Report{Name: "demo", Meta: r.Meta, Tables: []Table{r.table()}, Plots: []Plot{plot}}
 	var md strings.Builder
 	if err := rep.WriteMarkdown(&md); err != nil {
 		return err

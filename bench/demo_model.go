@@ -1,4 +1,4 @@
-package demo
+package bench
 
 import (
 	"errors"
@@ -9,26 +9,27 @@ import (
 	"github.com/fusionrag/fusionrag/model"
 )
 
-// ModelSeed is the seed of the built-in synthetic model's weights.
-const ModelSeed = 2601
+// demoModelSeed is the seed of the built-in synthetic model's weights.
+const demoModelSeed = 2601
 
-// ModelConfig is the built-in model: a 4.3M-parameter synthetic Llama (dim
-// 256, 4 layers, 4 heads of 64, 4096-token vocabulary and context), large
-// enough that a 1-2K-token prefill clearly costs more than reusing chunk KV
+// demoModelConfig is the demo's built-in model: a 4.3M-parameter synthetic
+// Llama (dim 256, 4 layers, 4 heads of 64, 4096-token vocabulary and
+// context), large enough that a 1-2K-token prefill clearly costs more than reusing chunk KV
 // on two cores, small enough that the whole demo runs in about a minute.
 // Its weights are random (model.Synthetic): it exercises every code path of
 // a Llama but answers nothing, so quality is measured as fidelity to full
 // prefill, not as accuracy.
-func ModelConfig() model.Config {
+func demoModelConfig() model.Config {
 	return model.Config{Arch: model.ArchLlama, Dim: 256, HiddenDim: 704, Layers: 4, Heads: 4, KVHeads: 4, HeadDim: 64,
 		Vocab: 4096, MaxPositions: 4096, RopeTheta: 10000, NormEps: 1e-5, TiedEmbeddings: true, BOS: 1, EOS: []int32{2}}
 }
 
-// WriteModel writes the built-in synthetic model (a Hugging Face directory
-// with config.json, model.safetensors and a llama2.c-format tokenizer.bin)
-// into dir. A directory that already holds a loadable model is left as it is,
-// so a container can call it on every start.
-func WriteModel(dir string) error {
+// WriteDemoModel writes the demo's built-in synthetic model (4.3M parameters,
+// random weights; see demoModelConfig) into dir as a Hugging Face directory
+// with config.json, model.safetensors and a llama2.c-format tokenizer.bin.
+// A directory that already holds a loadable model is left as it is, so a
+// container can call it on every start (`fusionrag demo --write-model`).
+func WriteDemoModel(dir string) error {
 	if dir == "" {
 		return errors.New("demo: no model directory given")
 	}
@@ -50,7 +51,7 @@ func WriteModel(dir string) error {
 		return fmt.Errorf("demo: %w", err)
 	}
 	defer os.RemoveAll(tmp)
-	if err := model.WriteSynthetic(tmp, ModelConfig(), ModelSeed, model.SaveOptions{}); err != nil {
+	if err := model.WriteSynthetic(tmp, demoModelConfig(), demoModelSeed, model.SaveOptions{}); err != nil {
 		return err
 	}
 	if err := os.Chmod(tmp, 0o755); err != nil {

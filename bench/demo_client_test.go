@@ -1,4 +1,4 @@
-package demo
+package bench
 
 import (
 	"context"
@@ -10,43 +10,42 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/fusionrag/fusionrag/bench"
 	"github.com/fusionrag/fusionrag/proxy"
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 )
 
 // TestComplete serves canned streams over real HTTP and checks what the
-// demo makes of them: the stream's contents, ErrStream for a bad stream or
+// demo makes of them: the stream's contents, errDemoStream for a bad stream or
 // one without a token, the override headers, the status error.
-func TestComplete(t *testing.T) {
+func TestDemoComplete(t *testing.T) {
 	tests := []struct {
 		name   string
 		stream string
-		want   bench.StreamResult
+		want   StreamResult
 		err    error // errors.Is target; nil for success
 		msg    string
 	}{
 		{name: "completion with usage",
 			stream: "data: {\"choices\":[{\"text\":\"Hel\"}]}\n\ndata: {\"choices\":[{\"text\":\"lo\"}]}\n\n" +
 				"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"prompt_tokens_details\":{\"cached_tokens\":11}}}\n\ndata: [DONE]\n\n",
-			want: bench.StreamResult{Text: "Hello", Tokens: 2, Choices: 2, PromptTokens: 12, CachedTokens: 11}},
+			want: StreamResult{Text: "Hello", Tokens: 2, Choices: 2, PromptTokens: 12, CachedTokens: 11}},
 		{name: "CRLF, comments, other fields",
 			stream: ": keep-alive\r\nevent: message\r\nid: 1\r\ndata:{\"choices\":[{\"text\":\"x\"}]}\r\n\r\ndata: [DONE]\r\n",
-			want:   bench.StreamResult{Text: "x", Tokens: 1, Choices: 1}},
+			want:   StreamResult{Text: "x", Tokens: 1, Choices: 1}},
 		{name: "usage without details", stream: "data: {\"choices\":[{\"text\":\"a\"}],\"usage\":{\"prompt_tokens\":3}}\ndata: [DONE]",
-			want: bench.StreamResult{Text: "a", Tokens: 1, Choices: 1, PromptTokens: 3}},
+			want: StreamResult{Text: "a", Tokens: 1, Choices: 1, PromptTokens: 3}},
 		// An empty completion (only the finish event) is a completion.
 		{name: "finish event only", stream: "data: {\"choices\":[{\"text\":\"\",\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n",
-			want: bench.StreamResult{Choices: 1}},
-		{name: "no [DONE]", stream: "data: {\"choices\":[{\"text\":\"a\"}]}\n\n", err: ErrStream,
+			want: StreamResult{Choices: 1}},
+		{name: "no [DONE]", stream: "data: {\"choices\":[{\"text\":\"a\"}]}\n\n", err: errDemoStream,
 			msg: "demo: bad event stream: stream ended without [DONE]"},
-		{name: "no token", stream: "data: {\"choices\":[]}\n\ndata: [DONE]\n\n", err: ErrStream,
+		{name: "no token", stream: "data: {\"choices\":[]}\n\ndata: [DONE]\n\n", err: errDemoStream,
 			msg: "demo: bad event stream: no token in the stream"},
-		{name: "empty", stream: "", err: ErrStream, msg: "demo: bad event stream: stream ended without [DONE]"},
-		{name: "bad JSON", stream: "data: {\"choices\":[{\"text\":\n\n", err: ErrStream,
+		{name: "empty", stream: "", err: errDemoStream, msg: "demo: bad event stream: stream ended without [DONE]"},
+		{name: "bad JSON", stream: "data: {\"choices\":[{\"text\":\n\n", err: errDemoStream,
 			msg: `demo: bad event stream: bad SSE event "{\"choices\":[{\"text\":": unexpected end of JSON input`},
-		{name: "error event", stream: "data: {\"error\":{\"message\":\"engine is shutting down\"}}\n\n", err: ErrStream,
+		{name: "error event", stream: "data: {\"error\":{\"message\":\"engine is shutting down\"}}\n\n", err: errDemoStream,
 			msg: "demo: bad event stream: stream error: engine is shutting down"},
 	}
 	// The case's index is the first path segment of the base URL.
@@ -69,7 +68,7 @@ func TestComplete(t *testing.T) {
 	for i, tt := range tests {
 		for _, strategy := range []string{"", "reuse"} {
 			t.Run(tt.name+"/"+strategy, func(t *testing.T) {
-				got, err := complete(context.Background(), srv.Client(), srv.URL+"/"+strconv.Itoa(i), []byte("{}"), strategy, 0.15)
+				got, err := demoComplete(context.Background(), srv.Client(), srv.URL+"/"+strconv.Itoa(i), []byte("{}"), strategy, 0.15)
 				if tt.err != nil {
 					if !errors.Is(err, tt.err) {
 						t.Fatalf("err %v, want %v", err, tt.err)
@@ -85,7 +84,7 @@ func TestComplete(t *testing.T) {
 				if got.FirstChoice <= 0 || got.FirstChoice > got.Total {
 					t.Errorf("first choice at %v, total %v", got.FirstChoice, got.Total)
 				}
-				if diff := cmp.Diff(tt.want, got, cmpopts.IgnoreFields(bench.StreamResult{}, "TTFT", "FirstChoice", "Total")); diff != "" {
+				if diff := cmp.Diff(tt.want, got, cmpopts.IgnoreFields(StreamResult{}, "TTFT", "FirstChoice", "Total")); diff != "" {
 					t.Errorf("completion (-want +got):\n%s", diff)
 				}
 			})
@@ -98,7 +97,7 @@ func TestComplete(t *testing.T) {
 			http.Error(w, long, http.StatusBadGateway)
 		}))
 		defer srv.Close()
-		_, err := complete(context.Background(), srv.Client(), srv.URL, []byte("{}"), "reuse", 0.15)
+		_, err := demoComplete(context.Background(), srv.Client(), srv.URL, []byte("{}"), "reuse", 0.15)
 		if want := "demo: sidecar answered 502 Bad Gateway: " + long; err == nil || err.Error() != want {
 			t.Errorf("err %v, want %q", err, want)
 		}
@@ -106,8 +105,8 @@ func TestComplete(t *testing.T) {
 }
 
 // TestRequestBody pins the request the demo sends.
-func TestRequestBody(t *testing.T) {
-	b, err := requestBody("m", "q1/reuse", []int32{1, 2}, 8)
+func TestDemoRequestBody(t *testing.T) {
+	b, err := demoRequestBody("m", "q1/reuse", []int32{1, 2}, 8)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,16 +1,4 @@
-// Package demo runs fusionrag end to end in one process, with no service to
-// install: the built-in synthetic model (or any model directory), a memory
-// KV store, this project's engine and the sidecar in front of it on loopback
-// ports. It ingests a small corpus offline (raw and fused chunk KV, package
-// fusion), then sends RAG queries over real HTTP through the sidecar, once
-// per strategy (headers X-Fusionrag-Strategy and X-Fusionrag-Ratio), and
-// reports time to first token, speedup over full prefill, store hit rate,
-// recomputed share and fidelity to full prefill, as a table, JSON and a PNG
-// chart. `fusionrag demo` is a few lines over Run.
-//
-// The demo is a harness, like package bench (whose report, plot and
-// progress helpers it uses): no product package imports it.
-package demo
+package bench
 
 import (
 	"context"
@@ -24,7 +12,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/fusionrag/fusionrag/bench"
 	"github.com/fusionrag/fusionrag/engine"
 	"github.com/fusionrag/fusionrag/fusion"
 	"github.com/fusionrag/fusionrag/internal/shareddata"
@@ -33,28 +20,29 @@ import (
 	"github.com/fusionrag/fusionrag/proxy"
 )
 
-// Corpus choices for Config.Corpus.
+// Corpus choices for DemoConfig.Corpus.
 const (
-	CorpusAuto      = "auto"      // NQ-open when the reference data is there, else generated
-	CorpusNQ        = "nq"        // NQ-open, an error when absent
-	CorpusGenerated = "generated" // the built-in generated corpus
+	DemoCorpusAuto      = "auto"      // NQ-open when the reference data is there, else generated
+	DemoCorpusNQ        = "nq"        // NQ-open, an error when absent
+	DemoCorpusGenerated = "generated" // the built-in generated corpus
 )
 
-// DefaultStrategies are the strategies the demo compares.
-var DefaultStrategies = []string{"full", "reuse", "cacheblend", "fusionrag"}
+// DemoStrategies are the strategies the demo compares by default.
+var DemoStrategies = []string{"full", "reuse", "cacheblend", "fusionrag"}
 
-// System is S, the instruction every demo prompt starts with (after BOS).
-const System = "Answer the question using the documents."
+// demoSystem is S, the instruction every demo prompt starts with (after BOS).
+const demoSystem = "Answer the question using the documents."
 
-// Config configures Run. Zero fields get the documented defaults (see
-// Normalize); Quick changes the defaults of the sizes to a run of a few
-// seconds of compute.
-type Config struct {
+// DemoConfig configures RunDemo. Zero fields get the documented defaults;
+// Quick changes the defaults of the sizes to a run of a few seconds of
+// compute.
+type DemoConfig struct {
 	// Model is a Hugging Face model directory or a llama2.c checkpoint.
-	// Empty: the built-in synthetic model (ModelConfig), written to a
-	// temporary directory.
+	// Empty: the built-in synthetic model (see WriteDemoModel), written to
+	// a temporary directory.
 	Model string
-	// Corpus is CorpusAuto (default), CorpusNQ or CorpusGenerated.
+	// Corpus is DemoCorpusAuto (default), DemoCorpusNQ or
+	// DemoCorpusGenerated.
 	Corpus string
 	// DataDir is the reference data directory (rag/nq-open-oracle.jsonl.gz).
 	// Empty: shareddata.Dir() ($FUSIONRAG_DATA, else ../shared/data).
@@ -73,7 +61,7 @@ type Config struct {
 	// passages of that many questions). Default 3 × Queries.
 	Pool int
 	// Strategies compared; "full" is always measured (it is the reference).
-	// Default DefaultStrategies.
+	// Default DemoStrategies.
 	Strategies []string
 	// Ratio is the recompute ratio of cacheblend, epic and fusionrag, in
 	// (0, 1]. Default 0.15, the paper's.
@@ -89,42 +77,43 @@ type Config struct {
 	// one line per stage. Nil: nothing.
 	Progress io.Writer
 	Log      io.Writer
-	// Format is how prompts are sent: FormatTokens (default) or FormatText.
+	// Format is how prompts are sent: DemoFormatTokens (default) or
+	// DemoFormatText.
 	Format string
 	// Command is recorded in the report's meta (os.Args).
 	Command []string
 }
 
-// Prompt formats for Config.Format. Either way the sidecar finds the chunks
+// Prompt formats for DemoConfig.Format. Either way the sidecar finds the chunks
 // with its index of known chunks (filled by the ingest) on the ids the
 // engine runs.
 const (
-	// FormatTokens sends the prompt as token ids: S, then each chunk's
+	// DemoFormatTokens sends the prompt as token ids: S, then each chunk's
 	// ingested ids, then the question's, exactly.
-	FormatTokens = "tokens"
-	// FormatText sends the prompt as text, as most clients do; the engine
+	DemoFormatTokens = "tokens"
+	// DemoFormatText sends the prompt as text, as most clients do; the engine
 	// encodes it whole, and chunks are found when their ids in context are
 	// their ingested ids (the default template starts with a blank line so
 	// that they are, for tokenizers that do not merge across newlines).
-	FormatText = "text"
+	DemoFormatText = "text"
 )
 
-// ErrConfig is wrapped by every configuration error.
-var ErrConfig = errors.New("demo: invalid config")
+// errDemoConfig is wrapped by every configuration error of the demo.
+var errDemoConfig = errors.New("demo: invalid config")
 
-// Normalize fills defaults in place and validates.
-func (c *Config) Normalize() error {
-	bad := func(f string, a ...any) error { return fmt.Errorf("%w: %s", ErrConfig, fmt.Sprintf(f, a...)) }
+// fill fills the demo's defaults in place and validates.
+func (c *DemoConfig) fill() error {
+	bad := func(f string, a ...any) error { return fmt.Errorf("%w: %s", errDemoConfig, fmt.Sprintf(f, a...)) }
 	if c.Corpus == "" {
-		c.Corpus = CorpusAuto
+		c.Corpus = DemoCorpusAuto
 	}
 	if c.Format == "" {
-		c.Format = FormatTokens
+		c.Format = DemoFormatTokens
 	}
-	if c.Format != FormatTokens && c.Format != FormatText {
+	if c.Format != DemoFormatTokens && c.Format != DemoFormatText {
 		return bad("format %q: want tokens or text", c.Format)
 	}
-	if !slices.Contains([]string{CorpusAuto, CorpusNQ, CorpusGenerated}, c.Corpus) {
+	if !slices.Contains([]string{DemoCorpusAuto, DemoCorpusNQ, DemoCorpusGenerated}, c.Corpus) {
 		return bad("corpus %q: want auto, nq or generated", c.Corpus)
 	}
 	def := func(p *int, normal, quick int) {
@@ -150,7 +139,7 @@ func (c *Config) Normalize() error {
 		c.Seed = 1
 	}
 	if len(c.Strategies) == 0 {
-		c.Strategies = DefaultStrategies
+		c.Strategies = DemoStrategies
 	}
 	switch {
 	case c.Queries < 1 || c.Queries > 1000:
@@ -184,20 +173,31 @@ func (c *Config) Normalize() error {
 }
 
 // stage reports a stage on the log writer.
-func (c *Config) stage(format string, a ...any) {
+func (c *DemoConfig) stage(format string, a ...any) {
 	if c.Log != nil {
 		clear := ""
-		if bench.IsTerminal(c.Log) {
+		if IsTerminal(c.Log) {
 			clear = "\r\x1b[K" // over the progress bar's line; the bar redraws below
 		}
 		fmt.Fprintf(c.Log, clear+"demo: "+format+"\n", a...)
 	}
 }
 
-// Run runs the demo and returns its report; cancel ctx to stop it.
-func Run(ctx context.Context, cfg Config) (*Report, error) {
+// RunDemo runs the demo, `fusionrag demo`: fusionrag end to end in one
+// process, with no service to install. It starts the built-in synthetic
+// model (or any model directory), a memory KV store, this project's engine
+// and the sidecar in front of it on loopback ports; ingests a small corpus
+// offline (raw and fused chunk KV, package fusion); then sends RAG queries
+// over real HTTP through the sidecar, once per strategy (headers
+// X-Fusionrag-Strategy and X-Fusionrag-Ratio), and reports time to first
+// token, speedup over full prefill, store hit rate, recomputed share and
+// fidelity to full prefill (DemoReport: a table, JSON and a PNG chart).
+// Like the other harnesses of this package it measures the product through
+// the product packages and has no product code path of its own; the command
+// is a few lines over it. Cancel ctx to stop it.
+func RunDemo(ctx context.Context, cfg DemoConfig) (*DemoReport, error) {
 	start := time.Now()
-	if err := cfg.Normalize(); err != nil {
+	if err := cfg.fill(); err != nil {
 		return nil, err
 	}
 
@@ -212,8 +212,8 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}
 		defer os.RemoveAll(dir)
 		modelPath = filepath.Join(dir, "model")
-		cfg.stage("writing the built-in synthetic model (%s parameters) to %s", humanCount(ModelConfig().Params()), modelPath)
-		if err := WriteModel(modelPath); err != nil {
+		cfg.stage("writing the built-in synthetic model (%s parameters) to %s", humanCount(demoModelConfig().Params()), modelPath)
+		if err := WriteDemoModel(modelPath); err != nil {
 			return nil, err
 		}
 	}
@@ -232,22 +232,22 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 
 	// The corpus and the queries.
 	tmpl := fusion.DefaultTemplate
-	prefix := fusion.EncodePrefix(m.Tokenizer, System)
+	prefix := fusion.EncodePrefix(m.Tokenizer, demoSystem)
 	ch, err := fusion.NewChunker(fusion.Chunker{Tokenizer: m.Tokenizer, Template: tmpl, Size: cfg.ChunkTokens,
 		MaxTokens: m.Config.MaxPositions - len(prefix)})
 	if err != nil {
 		return nil, err
 	}
-	corpus, err := loadCorpus(&cfg, ch)
+	corpus, err := loadDemoCorpus(&cfg, ch)
 	if err != nil {
 		return nil, err
 	}
-	prompts := make([]Prompt, len(corpus.Queries))
+	prompts := make([]demoPrompt, len(corpus.Queries))
 	for i, q := range corpus.Queries {
-		prompts[i] = corpus.prompt(m.Tokenizer, tmpl, System, q)
+		prompts[i] = corpus.prompt(m.Tokenizer, tmpl, demoSystem, q)
 		if n := len(prompts[i].Tokens()) + cfg.MaxTokens; n > m.Config.MaxPositions {
 			return nil, fmt.Errorf("%w: query %s needs %d positions, the model has %d (fewer or shorter chunks)",
-				ErrConfig, q.ID, n, m.Config.MaxPositions)
+				errDemoConfig, q.ID, n, m.Config.MaxPositions)
 		}
 	}
 
@@ -261,7 +261,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	defer store.Close()
 	tenant, _ := proxy.TenantOf("", "")
 	total := 2*len(corpus.Chunks) + len(prompts)*(len(cfg.Strategies)+1) + len(prompts)
-	bar := bench.NewProgress(progressWriter(cfg.Progress), "fusionrag demo", total, false)
+	bar := NewProgress(demoProgressWriter(cfg.Progress), "fusionrag demo", total, false)
 	defer bar.Done()
 	cfg.stage("ingesting %d chunks (%s): raw and fused KV, %d neighbours each", len(corpus.Chunks), corpus.Source, cfg.Neighbours)
 	var progMu sync.Mutex
@@ -294,7 +294,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 
 	// Online: the engine and the sidecar on loopback ports.
-	st, rec, err := startStack(m, &cfg, store)
+	st, rec, err := startDemoStack(m, &cfg, store)
 	if err != nil {
 		return nil, err
 	}
@@ -306,14 +306,14 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	cfg.stage("engine on %s, sidecar on %s", st.engineURL, st.sidecarURL)
 
-	results, direct, err := measure(ctx, &cfg, st, rec, corpus, prompts, engine.DefaultModelName, bar)
+	results, direct, err := demoMeasure(ctx, &cfg, st, rec, corpus, prompts, engine.DefaultModelName, bar)
 	if err != nil {
 		return nil, err
 	}
 
 	// Fidelity of the first token, in process over the same store.
 	cfg.stage("first-token fidelity in process (%d queries)", len(prompts))
-	fid, err := newFidelity(m, store, in.Namespace())
+	fid, err := newDemoFidelity(m, store, in.Namespace())
 	if err != nil {
 		return nil, err
 	}
@@ -332,14 +332,14 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	bar.Done()
 
-	r := &Report{Meta: bench.NewMeta(cfg.Command, modelName, cfg.Quick), ModelParams: m.Config.Params(),
+	r := &DemoReport{Meta: NewMeta(cfg.Command, modelName, cfg.Quick), ModelParams: m.Config.Params(),
 		Corpus: corpus.Source, Chunks: len(corpus.Chunks), Queries: len(prompts), Ingest: summary, Results: results}
 	for _, p := range prompts {
 		r.PromptTokens += float64(len(p.Tokens())) / float64(len(prompts))
 		r.ContextTokens += float64(len(p.Tokens())-len(p.Prefix)-len(p.Question)) / float64(len(prompts))
 	}
-	r.Rows = aggregate(cfg.Strategies, cfg.Ratio, results)
-	r.Notes = notes(&cfg, r, direct)
+	r.Rows = aggregateDemo(cfg.Strategies, cfg.Ratio, results)
+	r.Notes = demoNotes(&cfg, r, direct)
 	// The engine's ids must be the demo's (they are by construction for
 	// token prompts; for text prompts they are what the comparison assumes).
 	byID := map[string]int{}
@@ -357,33 +357,33 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	return r, nil
 }
 
-func loadCorpus(cfg *Config, ch *fusion.Chunker) (*Corpus, error) {
+func loadDemoCorpus(cfg *DemoConfig, ch *fusion.Chunker) (*demoCorpus, error) {
 	dir := cfg.DataDir
 	if dir == "" {
 		dir, _ = shareddata.Dir()
 	}
 	haveNQ := false
 	if dir != "" {
-		if _, err := os.Stat(filepath.Join(dir, NQFile)); err == nil {
+		if _, err := os.Stat(filepath.Join(dir, demoNQFile)); err == nil {
 			haveNQ = true
 		}
 	}
 	switch {
-	case cfg.Corpus == CorpusNQ && !haveNQ:
-		return nil, fmt.Errorf("%w: NQ-open not found at %q (set %s)", ErrCorpus, filepath.Join(dir, NQFile), shareddata.EnvVar)
-	case cfg.Corpus == CorpusGenerated || !haveNQ:
-		if cfg.Corpus == CorpusAuto {
+	case cfg.Corpus == DemoCorpusNQ && !haveNQ:
+		return nil, fmt.Errorf("%w: NQ-open not found at %q (set %s)", errDemoCorpus, filepath.Join(dir, demoNQFile), shareddata.EnvVar)
+	case cfg.Corpus == DemoCorpusGenerated || !haveNQ:
+		if cfg.Corpus == DemoCorpusAuto {
 			cfg.stage("reference data not found (set %s): using the generated corpus", shareddata.EnvVar)
 		}
-		return generatedCorpus(ch, cfg.Queries, cfg.ChunksPerQuery, cfg.Pool, cfg.Seed)
+		return generatedDemoCorpus(ch, cfg.Queries, cfg.ChunksPerQuery, cfg.Pool, cfg.Seed)
 	}
-	return nqCorpus(dir, ch, cfg.Queries, cfg.ChunksPerQuery, cfg.Pool, cfg.Seed)
+	return nqDemoCorpus(dir, ch, cfg.Queries, cfg.ChunksPerQuery, cfg.Pool, cfg.Seed)
 }
 
-// progressWriter is w when it is a terminal (the bar redraws in place),
+// demoProgressWriter is w when it is a terminal (the bar redraws in place),
 // else nil: logs get the stage lines instead.
-func progressWriter(w io.Writer) io.Writer {
-	if w == nil || !bench.IsTerminal(w) {
+func demoProgressWriter(w io.Writer) io.Writer {
+	if w == nil || !IsTerminal(w) {
 		return io.Discard
 	}
 	return w

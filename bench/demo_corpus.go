@@ -1,4 +1,4 @@
-package demo
+package bench
 
 import (
 	"errors"
@@ -7,62 +7,61 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/fusionrag/fusionrag/bench"
 	"github.com/fusionrag/fusionrag/fusion"
 	"github.com/fusionrag/fusionrag/model/tokenizer"
 )
 
-// NQFile is the NQ-open set inside the reference data directory.
-const NQFile = "rag/nq-open-oracle.jsonl.gz"
+// demoNQFile is the NQ-open set inside the reference data directory.
+const demoNQFile = "rag/nq-open-oracle.jsonl.gz"
 
-// Query is one RAG request of the demo: a question and the chunks retrieved
+// demoQuery is one RAG request of the demo: a question and the chunks retrieved
 // for it, in prompt order.
-type Query struct {
+type demoQuery struct {
 	ID       string   `json:"id"`
 	Question string   `json:"question"`
 	Answers  []string `json:"answers,omitempty"`
-	// Chunks are indices into Corpus.Chunks.
+	// Chunks are indices into demoCorpus.Chunks.
 	Chunks []int `json:"chunks"`
 }
 
-// Corpus is what the demo ingests and asks about: the chunks (each is one
+// demoCorpus is what the demo ingests and asks about: the chunks (each is one
 // unit of stored KV) and the queries over them.
-type Corpus struct {
+type demoCorpus struct {
 	// Source says where the text comes from ("nq-open: <path>" or
 	// "generated").
 	Source  string         `json:"source"`
 	Chunks  []fusion.Chunk `json:"-"`
-	Queries []Query        `json:"queries"`
+	Queries []demoQuery    `json:"queries"`
 }
 
-// passage is a titled text before chunking.
-type passage struct{ title, text string }
+// demoPassage is a titled text before chunking.
+type demoPassage struct{ title, text string }
 
-// question is a question whose gold passage is passages[gold].
-type question struct {
+// demoQuestion is a question whose gold passage is passages[gold].
+type demoQuestion struct {
 	text    string
 	answers []string
 	gold    int
 }
 
-// ErrCorpus is returned when no usable corpus can be built.
-var ErrCorpus = errors.New("demo: corpus")
+// errDemoCorpus is returned when no usable demo corpus can be built.
+var errDemoCorpus = errors.New("demo: corpus")
 
-// buildCorpus chunks the passages and draws, for each question, k chunks:
+// buildDemoCorpus chunks the passages and draws, for each question, k chunks:
 // the gold passage's chunks first (at most half of k), then chunks of other
 // passages drawn with seed, all shuffled with seed. Only chunks some query
 // uses are kept (they are what gets ingested).
-func buildCorpus(source string, ps []passage, qs []question, ch *fusion.Chunker, k int, seed uint64) (*Corpus, error) {
+func buildDemoCorpus(source string, ps []demoPassage, qs []demoQuestion, ch *fusion.Chunker, k int, seed uint64) (*demoCorpus, error) {
 	per := make([][]fusion.Chunk, len(ps))
 	for i, p := range ps {
 		cs, err := ch.Split(fusion.Document{ID: fmt.Sprintf("p%d", i), Title: p.title, Text: p.text})
 		if err != nil {
-			return nil, fmt.Errorf("%w: passage %d: %v", ErrCorpus, i, err)
+			return nil, fmt.Errorf("%w: passage %d: %v", errDemoCorpus, i, err)
 		}
 		per[i] = cs
 	}
 	rng := rand.New(rand.NewPCG(seed, 0x6465_6d6f))
-	c := &Corpus{Source: source}
+	c := &demoCorpus{Source: source}
 	index := map[string]int{} // chunk id -> index in c.Chunks
 	use := func(pi, ci int) int {
 		ck := per[pi][ci]
@@ -97,10 +96,10 @@ func buildCorpus(source string, ps []passage, qs []question, ch *fusion.Chunker,
 			picked, seen[r] = append(picked, r), true
 		}
 		if len(picked) < k {
-			return nil, fmt.Errorf("%w: only %d chunks for question %d, want %d (too few passages)", ErrCorpus, len(picked), qi, k)
+			return nil, fmt.Errorf("%w: only %d chunks for question %d, want %d (too few passages)", errDemoCorpus, len(picked), qi, k)
 		}
 		rng.Shuffle(len(picked), func(i, j int) { picked[i], picked[j] = picked[j], picked[i] })
-		query := Query{ID: fmt.Sprintf("q%d", qi), Question: q.text, Answers: q.answers}
+		query := demoQuery{ID: fmt.Sprintf("q%d", qi), Question: q.text, Answers: q.answers}
 		for _, r := range picked {
 			query.Chunks = append(query.Chunks, use(r.p, r.c))
 		}
@@ -109,21 +108,21 @@ func buildCorpus(source string, ps []passage, qs []question, ch *fusion.Chunker,
 	return c, nil
 }
 
-// nqCorpus builds the corpus from NQ-open (the "Lost in the Middle" oracle
+// nqDemoCorpus builds the corpus from NQ-open (the "Lost in the Middle" oracle
 // set): the first nq questions, and as passages the gold passages of the
 // first pool examples (the set pooled into a retrieval corpus, as that paper
 // does).
-func nqCorpus(dataDir string, ch *fusion.Chunker, nq, k, pool int, seed uint64) (*Corpus, error) {
-	path := filepath.Join(dataDir, NQFile)
-	ds, err := bench.LoadDataset(path)
+func nqDemoCorpus(dataDir string, ch *fusion.Chunker, nq, k, pool int, seed uint64) (*demoCorpus, error) {
+	path := filepath.Join(dataDir, demoNQFile)
+	ds, err := LoadDataset(path)
 	if err != nil {
 		return nil, err
 	}
 	if len(ds.Examples) < max(nq, pool) {
-		return nil, fmt.Errorf("%w: %s has %d examples, want %d", ErrCorpus, path, len(ds.Examples), max(nq, pool))
+		return nil, fmt.Errorf("%w: %s has %d examples, want %d", errDemoCorpus, path, len(ds.Examples), max(nq, pool))
 	}
-	var ps []passage
-	var qs []question
+	var ps []demoPassage
+	var qs []demoQuestion
 	for i, ex := range ds.Examples[:max(nq, pool)] {
 		gold := ex.Passages[0]
 		for _, p := range ex.Passages {
@@ -132,22 +131,22 @@ func nqCorpus(dataDir string, ch *fusion.Chunker, nq, k, pool int, seed uint64) 
 				break
 			}
 		}
-		ps = append(ps, passage{gold.Title, gold.Text})
+		ps = append(ps, demoPassage{gold.Title, gold.Text})
 		if i < nq {
-			qs = append(qs, question{text: ex.Question, answers: ex.Answers, gold: i})
+			qs = append(qs, demoQuestion{text: ex.Question, answers: ex.Answers, gold: i})
 		}
 	}
-	return buildCorpus("nq-open: "+path, ps, qs, ch, k, seed)
+	return buildDemoCorpus("nq-open: "+path, ps, qs, ch, k, seed)
 }
 
-// generatedCorpus builds a deterministic corpus of encyclopedia-like
+// generatedDemoCorpus builds a deterministic corpus of encyclopedia-like
 // passages about invented towns, and one question per town whose answer is
 // in its passage. It stands in for NQ-open when the reference data is absent.
-func generatedCorpus(ch *fusion.Chunker, nq, k, pool int, seed uint64) (*Corpus, error) {
+func generatedDemoCorpus(ch *fusion.Chunker, nq, k, pool int, seed uint64) (*demoCorpus, error) {
 	rng := rand.New(rand.NewPCG(seed, 0x636f_7270))
 	n := max(nq, pool)
-	var ps []passage
-	var qs []question
+	var ps []demoPassage
+	var qs []demoQuestion
 	used := map[string]bool{}
 	for i := range n {
 		name := townName(rng)
@@ -168,19 +167,19 @@ func generatedCorpus(ch *fusion.Chunker, nq, k, pool int, seed uint64) (*Corpus,
 		fmt.Fprintf(&b, "The old bridge over the %s was rebuilt in %d after a flood destroyed it. ", river, year+150+rng.IntN(300))
 		fmt.Fprintf(&b, "%s is twinned with %s, and its market square is known for its %s. ", name, townName(rng), pick(rng, sights))
 		fmt.Fprintf(&b, "The local dialect has kept many words from the %s period, and the school teaches them.", pick(rng, periods))
-		ps = append(ps, passage{name, b.String()})
+		ps = append(ps, demoPassage{name, b.String()})
 		if i < nq {
 			switch rng.IntN(3) {
 			case 0:
-				qs = append(qs, question{text: "which river flows through " + name, answers: []string{river}, gold: i})
+				qs = append(qs, demoQuestion{text: "which river flows through " + name, answers: []string{river}, gold: i})
 			case 1:
-				qs = append(qs, question{text: "who founded " + name, answers: []string{founder}, gold: i})
+				qs = append(qs, demoQuestion{text: "who founded " + name, answers: []string{founder}, gold: i})
 			default:
-				qs = append(qs, question{text: "what festival does " + name + " hold in spring", answers: []string{festival}, gold: i})
+				qs = append(qs, demoQuestion{text: "what festival does " + name + " hold in spring", answers: []string{festival}, gold: i})
 			}
 		}
 	}
-	return buildCorpus("generated", ps, qs, ch, k, seed)
+	return buildDemoCorpus("generated", ps, qs, ch, k, seed)
 }
 
 var (
@@ -204,10 +203,10 @@ func townName(rng *rand.Rand) string {
 	return strings.ToUpper(s[:1]) + s[1:]
 }
 
-// Prompt is a query laid out as the sidecar and the engine see it: the ids of
+// demoPrompt is a query laid out as the sidecar and the engine see it: the ids of
 // S, of each chunk (its Template.Tokens, exactly the ingested ids) and of the
 // question, concatenated in that order. Text is the same prompt as text.
-type Prompt struct {
+type demoPrompt struct {
 	Prefix   []int32
 	Chunks   [][]int32
 	Question []int32
@@ -215,7 +214,7 @@ type Prompt struct {
 }
 
 // Tokens returns the whole prompt S + C_1..C_k + Q.
-func (p Prompt) Tokens() []int32 {
+func (p demoPrompt) Tokens() []int32 {
 	n := len(p.Prefix) + len(p.Question)
 	for _, c := range p.Chunks {
 		n += len(c)
@@ -228,12 +227,12 @@ func (p Prompt) Tokens() []int32 {
 	return append(out, p.Question...)
 }
 
-// QuestionText renders the question segment that follows the chunks.
-func QuestionText(q string) string { return "\n\nQuestion: " + q + "\nAnswer:" }
+// demoQuestionText renders the question segment that follows the chunks.
+func demoQuestionText(q string) string { return "\n\nQuestion: " + q + "\nAnswer:" }
 
 // prompt lays q out after S (system).
-func (c *Corpus) prompt(tok tokenizer.Tokenizer, tmpl fusion.Template, system string, q Query) Prompt {
-	p := Prompt{Prefix: fusion.EncodePrefix(tok, system), Question: fusion.EncodeSegment(tok, QuestionText(q.Question))}
+func (c *demoCorpus) prompt(tok tokenizer.Tokenizer, tmpl fusion.Template, system string, q demoQuery) demoPrompt {
+	p := demoPrompt{Prefix: fusion.EncodePrefix(tok, system), Question: fusion.EncodeSegment(tok, demoQuestionText(q.Question))}
 	var b strings.Builder
 	b.WriteString(system)
 	for _, i := range q.Chunks {
@@ -241,7 +240,7 @@ func (c *Corpus) prompt(tok tokenizer.Tokenizer, tmpl fusion.Template, system st
 		p.Chunks = append(p.Chunks, ck.Tokens)
 		b.WriteString(tmpl.Render(ck.Title, ck.Text))
 	}
-	b.WriteString(QuestionText(q.Question))
+	b.WriteString(demoQuestionText(q.Question))
 	p.Text = b.String()
 	return p
 }

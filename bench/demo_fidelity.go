@@ -1,4 +1,4 @@
-package demo
+package bench
 
 import (
 	"context"
@@ -6,16 +6,15 @@ import (
 	"math"
 	"slices"
 
-	"github.com/fusionrag/fusionrag/bench"
 	"github.com/fusionrag/fusionrag/fingerprint"
 	"github.com/fusionrag/fusionrag/kvstore"
 	"github.com/fusionrag/fusionrag/model"
 	"github.com/fusionrag/fusionrag/recompute"
 )
 
-// firstToken is one strategy's first-token distribution on one prompt,
+// demoFirstToken is one strategy's first-token distribution on one prompt,
 // compared with full prefill's.
-type firstToken struct {
+type demoFirstToken struct {
 	// KL is KL(full || strategy) of the next-token distributions, nats.
 	KL float64
 	// Top1 reports that the argmax agrees with full's.
@@ -29,26 +28,26 @@ type firstToken struct {
 	Normalized float64
 }
 
-// fidelity measures, in process, how far each strategy's next-token
+// demoFidelity measures, in process, how far each strategy's next-token
 // distribution at the end of the prompt is from full prefill's. It runs
 // package recompute directly over the same store and chunk KV the sidecar
 // uses (fused variant, read only), because the engine does not return
 // logprobs; the end-to-end counterpart is the greedy answer comparison.
-type fidelity struct {
+type demoFidelity struct {
 	rp *recompute.Reprocessor
 }
 
-func newFidelity(m *model.Model, store kvstore.Store, ns fingerprint.Namespace) (*fidelity, error) {
+func newDemoFidelity(m *model.Model, store kvstore.Store, ns fingerprint.Namespace) (*demoFidelity, error) {
 	rp, err := recompute.New(recompute.Config{Model: m, Source: &recompute.StoreSource{Store: store}, Namespace: ns,
 		Variant: fingerprint.VariantFused, NoStoreBack: true})
 	if err != nil {
 		return nil, err
 	}
-	return &fidelity{rp: rp}, nil
+	return &demoFidelity{rp: rp}, nil
 }
 
 // measure runs full and every strategy on p at ratio.
-func (f *fidelity) measure(ctx context.Context, p Prompt, strategies []string, ratio float64) (map[string]firstToken, error) {
+func (f *demoFidelity) measure(ctx context.Context, p demoPrompt, strategies []string, ratio float64) (map[string]demoFirstToken, error) {
 	run := func(strategy string) ([]float32, error) {
 		res, err := f.rp.Run(ctx, recompute.Request{Prefix: p.Prefix, Chunks: p.Chunks, Question: p.Question,
 			Strategy: strategy, Ratio: ratio})
@@ -61,7 +60,7 @@ func (f *fidelity) measure(ctx context.Context, p Prompt, strategies []string, r
 	if err != nil {
 		return nil, err
 	}
-	out := map[string]firstToken{"full": {Top1: true, Normalized: 100}}
+	out := map[string]demoFirstToken{"full": {Top1: true, Normalized: 100}}
 	// reuse is the other end of the normalised score: run it even when it
 	// is not compared.
 	todo := slices.DeleteFunc(slices.Clone(strategies), func(s string) bool { return s == "full" || s == "reuse" })
@@ -71,7 +70,7 @@ func (f *fidelity) measure(ctx context.Context, p Prompt, strategies []string, r
 		if err != nil {
 			return nil, err
 		}
-		out[s] = firstToken{KL: bench.KL(ref, l), Top1: argmax(ref) == argmax(l), LogitErr: relErr(l, ref)}
+		out[s] = demoFirstToken{KL: KL(ref, l), Top1: demoArgmax(ref) == demoArgmax(l), LogitErr: relErr(l, ref)}
 	}
 	base := out["reuse"].LogitErr
 	for s, ft := range out {
@@ -104,7 +103,7 @@ func relErr(x, ref []float32) float64 {
 	return math.Sqrt(num / den)
 }
 
-func argmax(x []float32) int {
+func demoArgmax(x []float32) int {
 	if len(x) == 0 {
 		return -1
 	}
