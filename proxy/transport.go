@@ -70,14 +70,23 @@ func roundTripOn[C pooledConn](hc *fasthttp.HostClient, cc C, release, drop func
 
 	br := hc.AcquireReader(conn)
 	b := acquireEngineBody[C]()
+	// end gives back what the exchange holds when no body is streamed:
+	// keep returns cc to the pool, otherwise it is closed.
+	end := func(keep bool) {
+		hc.ReleaseReader(br)
+		if keep {
+			release(hc, cc)
+		} else {
+			drop(hc, cc)
+		}
+		b.put()
+	}
 	h := &b.head
 	// Header only (interim 1xx answers skipped); the body is read below,
 	// once its size is known.
 	h.SkipBody = true
 	if err := h.ReadLimitBody(br, 0); err != nil {
-		hc.ReleaseReader(br)
-		drop(hc, cc)
-		b.put()
+		end(false)
 		return true, err
 	}
 	h.Header.CopyTo(&resp.Header)
@@ -86,25 +95,13 @@ func roundTripOn[C pooledConn](hc *fasthttp.HostClient, cc C, release, drop func
 	status := h.StatusCode()
 	if resp.SkipBody || req.Header.IsHead() || cl == 0 || status == fasthttp.StatusNoContent || status == fasthttp.StatusNotModified {
 		// No body on the wire, whatever the header says (RFC 9112 §6.3).
-		hc.ReleaseReader(br)
-		if closeConn {
-			drop(hc, cc)
-		} else {
-			release(hc, cc)
-		}
-		b.put()
+		end(!closeConn)
 		return false, nil
 	}
 	if cl > 0 && cl <= smallBody {
 		resp.StreamBody = false
 		err := resp.ReadBody(br, hc.MaxResponseBodySize)
-		hc.ReleaseReader(br)
-		if err != nil || closeConn {
-			drop(hc, cc)
-		} else {
-			release(hc, cc)
-		}
-		b.put()
+		end(err == nil && !closeConn)
 		if err != nil {
 			return !errors.Is(err, fasthttp.ErrBodyTooLarge), err
 		}
@@ -116,9 +113,7 @@ func roundTripOn[C pooledConn](hc *fasthttp.HostClient, cc C, release, drop func
 	h.SkipBody = false
 	h.StreamBody = true
 	if err := h.ReadBody(br, 0); err != nil { // sets up the stream, reads nothing
-		hc.ReleaseReader(br)
-		drop(hc, cc)
-		b.put()
+		end(false)
 		return true, err
 	}
 	b.start(hc, cc, release, drop, br, closeConn)
@@ -133,8 +128,8 @@ func roundTripOn[C pooledConn](hc *fasthttp.HostClient, cc C, release, drop func
 //
 // It is pooled: it must be closed exactly once, through the Response that
 // holds it (resp.CloseBodyStream, ReleaseResponse), never by calling
-// CloseWithError directly; abortEngineBody marks it so the close drops the
-// connection.
+// CloseWithError directly; closeEngineBody with an error marks it first
+// (abort) so that the close drops the connection.
 type engineBody[C pooledConn] struct {
 	mu      sync.Mutex // held by Read; Close waits for a Read in flight
 	closed  atomic.Bool
@@ -168,9 +163,9 @@ func (b *engineBody[C]) start(hc *fasthttp.HostClient, cc C, release, drop func(
 	b.aborted.Store(false)
 }
 
-// put resets b and returns it to the pool.
+// put resets b (the decoder, if any, goes back to its pool) and returns it
+// to the pool.
 func (b *engineBody[C]) put() {
-	_ = b.head.CloseBodyStream()
 	b.head.Reset()
 	var zero C
 	b.hc, b.cc, b.release, b.drop, b.br, b.stream = nil, zero, nil, nil, nil, nil
