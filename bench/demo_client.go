@@ -14,12 +14,6 @@ import (
 // completions event stream, or one that carries no token.
 var errDemoStream = errors.New("demo: bad event stream")
 
-// demoRequestBody is the completions request of a prompt (its token ids, or
-// its text), greedy, streamed with usage.
-func demoRequestBody(modelName, user string, prompt any, maxTokens int) ([]byte, error) {
-	return CompletionBody(modelName, user, prompt, maxTokens)
-}
-
 // demoComplete sends one streamed completions request to base (the sidecar,
 // with the strategy and ratio headers, or the engine) and times it. The
 // demo's time to first token is the result's FirstChoice (the first event

@@ -15,7 +15,7 @@ import (
 	"github.com/google/go-cmp/cmp/cmpopts"
 )
 
-// TestComplete serves canned streams over real HTTP and checks what the
+// TestDemoComplete serves canned streams over real HTTP and checks what the
 // demo makes of them: the stream's contents, errDemoStream for a bad stream or
 // one without a token, the override headers, the status error.
 func TestDemoComplete(t *testing.T) {
@@ -104,9 +104,9 @@ func TestDemoComplete(t *testing.T) {
 	})
 }
 
-// TestRequestBody pins the request the demo sends.
+// TestDemoRequestBody pins the request the demo sends.
 func TestDemoRequestBody(t *testing.T) {
-	b, err := demoRequestBody("m", "q1/reuse", []int32{1, 2}, 8)
+	b, err := CompletionBody("m", "q1/reuse", []int32{1, 2}, 8)
 	if err != nil {
 		t.Fatal(err)
 	}

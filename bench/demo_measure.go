@@ -23,7 +23,7 @@ func demoMeasure(ctx context.Context, cfg *DemoConfig, st *demoStack, rec *demoR
 
 	// Warm-up: opens the adapter and the connections, not measured.
 	if len(prompts) > 0 {
-		body, err := demoRequestBody(modelName, "warm-up", demoPayload(cfg, prompts[0]), 1)
+		body, err := CompletionBody(modelName, "warm-up", demoPayload(cfg, prompts[0]), 1)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -46,7 +46,7 @@ func demoMeasure(ctx context.Context, cfg *DemoConfig, st *demoStack, rec *demoR
 		order = append(order[k:], order[:k]...)
 		for _, s := range order {
 			user := q.ID + "/" + s
-			body, err := demoRequestBody(modelName, user, demoPayload(cfg, p), cfg.MaxTokens)
+			body, err := CompletionBody(modelName, user, demoPayload(cfg, p), cfg.MaxTokens)
 			if err != nil {
 				return nil, nil, err
 			}

@@ -23,7 +23,7 @@ import (
 
 var update = flag.Bool("update", false, "rewrite the golden files under testdata/")
 
-// TestRunQuick runs the whole demo (the --quick sizes; smaller still with
+// TestRunDemoQuick runs the whole demo (the --quick sizes; smaller still with
 // -short) on the built-in model and the generated corpus, and checks the
 // report's content. It asserts no timing: TTFT on a machine shared with
 // other builds is noise; what must hold exactly is the path every request
@@ -113,7 +113,7 @@ func TestRunDemoQuick(t *testing.T) {
 	checkDemoFiles(t, dir, r)
 }
 
-// TestRunTextFormat: prompts sent as text take the fusion path too (the
+// TestRunDemoTextFormat: prompts sent as text take the fusion path too (the
 // sidecar finds the ingested chunks in the engine's ids of the whole text).
 func TestRunDemoTextFormat(t *testing.T) {
 	cfg := DemoConfig{Format: DemoFormatText, Corpus: DemoCorpusGenerated, Queries: 2, ChunksPerQuery: 3, ChunkTokens: 48, MaxTokens: 2,
