@@ -345,7 +345,7 @@ func newUpstreamClient(cfg Config) (*fasthttp.HostClient, error) {
 	}
 	t := cfg.Timeouts
 	d := net.Dialer{Timeout: t.Connect, KeepAlive: 30 * time.Second}
-	return &fasthttp.HostClient{
+	c := &fasthttp.HostClient{
 		Addr: addr,
 		Dial: func(a string) (net.Conn, error) {
 			c, err := d.Dial("tcp", a)
@@ -363,13 +363,23 @@ func newUpstreamClient(cfg Config) (*fasthttp.HostClient, error) {
 		DisablePathNormalizing:        true,
 		DisableHeaderNamesNormalizing: false,
 		MaxIdemponentCallAttempts:     3,
-		// A stale keep-alive connection closed by the engine fails before the
-		// engine has seen the request: safe to retry whatever the method.
-		// Streamed bodies are never retried (fasthttp cannot rewind them).
-		RetryIfErr: func(_ *fasthttp.Request, attempts int, err error) (bool, bool) {
-			return false, attempts < 3 && (errors.Is(err, fasthttp.ErrConnectionClosed) || errors.Is(err, io.EOF))
-		},
-	}, nil
+	}
+	// A stale keep-alive connection closed by the engine fails before the
+	// engine has seen the request: safe to retry whatever the method.
+	// Streamed bodies are never retried (fasthttp cannot rewind them).
+	// fasthttp does not watch idle connections, so when one turns out stale
+	// the others that sat idle as long are most likely stale too (the engine
+	// restarted, or its keep-alive timeout is shorter than timeouts.idle):
+	// they are dropped, and the retry dials, instead of spending its
+	// attempts on more of them.
+	c.RetryIfErr = func(_ *fasthttp.Request, attempts int, err error) (bool, bool) {
+		if !errors.Is(err, fasthttp.ErrConnectionClosed) && !errors.Is(err, io.EOF) {
+			return false, false
+		}
+		c.CloseIdleConnections()
+		return false, attempts < 3
+	}
+	return c, nil
 }
 
 // limitReader fails with errBodyTooLarge once more than n bytes were read.

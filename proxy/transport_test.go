@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -360,5 +361,67 @@ func hangUp(base, path string) error {
 		if strings.HasPrefix(line, "data: ") {
 			return nil
 		}
+	}
+}
+
+// TestEngineRestartNoErrors: when the engine restarts, every connection in
+// the sidecar's pool is stale. Requests that meet one must be retried on a
+// fresh connection, however many stale ones the pool holds, and no client
+// sees an error.
+func TestEngineRestartNoErrors(t *testing.T) {
+	const conns = 16
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		time.Sleep(20 * time.Millisecond) // holds the connection: the burst opens conns of them
+		_, _ = io.WriteString(w, "ok")
+	})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	engine := &http.Server{Handler: handler}
+	go func() { _ = engine.Serve(ln) }()
+	_, base := startProxy(t, upstreamConfig("http://"+addr))
+
+	burst := func() []string {
+		var wg sync.WaitGroup
+		got := make([]string, conns)
+		for i := range conns {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+				resp, err := client.Post(base+"/v1/completions", "application/json", strings.NewReader(`{"model":"m","prompt":"x"}`))
+				if err != nil {
+					got[i] = err.Error()
+					return
+				}
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				got[i] = fmt.Sprintf("%d %s", resp.StatusCode, b)
+			}()
+		}
+		wg.Wait()
+		return got
+	}
+	want := slices.Repeat([]string{"200 ok"}, conns)
+	if d := cmp.Diff(want, burst()); d != "" {
+		t.Fatalf("before the restart (-want +got):\n%s", d)
+	}
+
+	// Restart: the old engine closes every connection, a new one listens
+	// on the same address.
+	_ = engine.Close()
+	ln, err = net.Listen("tcp", addr)
+	if err != nil {
+		t.Skipf("cannot listen again on %s: %v", addr, err)
+	}
+	engine = &http.Server{Handler: handler}
+	go func() { _ = engine.Serve(ln) }()
+	defer engine.Close()
+	time.Sleep(50 * time.Millisecond) // the sidecar's side of the old connections has seen the FIN
+	if d := cmp.Diff(want, burst()); d != "" {
+		t.Errorf("after the restart (-want +got):\n%s", d)
 	}
 }
