@@ -54,7 +54,7 @@ type Timeouts struct {
 	Connect    time.Duration `yaml:"connect" doc:"Dialling the engine; past it the client gets 502." default:"2s"`
 	Read       time.Duration `yaml:"read" doc:"Longest silence from the engine while waiting for or reading a response (time to first byte included); past it 504, or the stream is cut." default:"5m0s"`
 	Write      time.Duration `yaml:"write" doc:"Longest stall while writing a request to the engine." default:"1m0s"`
-	Idle       time.Duration `yaml:"idle" doc:"Idle keep-alive connections to the engine are closed after this." default:"1m0s"`
+	Idle       time.Duration `yaml:"idle" doc:"Idle keep-alive connections to the engine are closed after this. Keep it below the engine's own keep-alive timeout (vLLM, uvicorn: 5s), so that the sidecar closes an idle connection before the engine does; one the engine closed first is found stale on use, and the request is retried on a new connection." default:"4s"`
 	ClientRead time.Duration `yaml:"client_read" doc:"Reading a client's whole request, streamed body included." default:"1m0s"`
 	ClientIdle time.Duration `yaml:"client_idle" doc:"Idle client keep-alive connections are closed after this." default:"2m0s"`
 	Fusion     time.Duration `yaml:"fusion" doc:"Deadline of the fusion path (segment, look up, recompute, publish); past it the original request is forwarded." default:"5s"`
