@@ -35,7 +35,10 @@ func NewForwarder(cfg Config) (*Forwarder, error) {
 			StreamResponseBody:            true,
 			DisableHeaderNamesNormalizing: true,
 			DisablePathNormalizing:        true,
-			MaxIdleConnDuration:           30 * time.Second,
+			// Below vLLM's and uvicorn's 5 s keep-alive: the engine must not
+			// be the one to close an idle connection (fasthttp only finds
+			// out on the next request).
+			MaxIdleConnDuration: 4 * time.Second,
 		},
 		timeout: cfg.Timeout,
 	}, nil
