@@ -46,25 +46,12 @@ func startDemoStack(m *model.Model, cfg *DemoConfig, store kvstore.Store) (_ *de
 	}()
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 
-	eln, err := net.Listen("tcp", "127.0.0.1:0")
+	url, stop, err := startEngine(engine.Config{MaxBatch: 4, PushStoreURL: "mem://?max=2GiB"}, m)
 	if err != nil {
 		return nil, nil, fmt.Errorf("demo: %w", err)
 	}
-	ecfg := engine.Config{Listen: eln.Addr().String(), MaxBatch: 4, PushStoreURL: "mem://?max=2GiB"}
-	eng, err := engine.NewFromModel(ecfg, m)
-	if err != nil {
-		eln.Close()
-		return nil, nil, err
-	}
-	go eng.Serve(eln)
-	s.closers = append(s.closers, func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if eng.Shutdown(ctx) != nil {
-			eng.Close()
-		}
-	})
-	s.engineURL = "http://" + eln.Addr().String()
+	s.closers = append(s.closers, stop)
+	s.engineURL = url
 
 	pln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

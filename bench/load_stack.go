@@ -56,26 +56,12 @@ func StartStack(c StackConfig) (*Stack, error) {
 		return nil, errors.New("bench: the engine needs a model with a tokenizer")
 	}
 	s := &Stack{}
-	eln, err := net.Listen("tcp", "127.0.0.1:0")
+	url, stop, err := startEngine(c.Engine, m)
 	if err != nil {
 		return nil, err
 	}
-	ecfg := c.Engine
-	ecfg.Listen = eln.Addr().String()
-	eng, err := engine.NewFromModel(ecfg, m)
-	if err != nil {
-		eln.Close()
-		return nil, err
-	}
-	go eng.Serve(eln)
-	s.close = append(s.close, func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if eng.Shutdown(ctx) != nil {
-			eng.Close()
-		}
-	})
-	s.EngineURL = "http://" + eln.Addr().String()
+	s.close = append(s.close, stop)
+	s.EngineURL = url
 	if s.SidecarURL, err = s.sidecar(proxy.DefaultConfig()); err != nil {
 		s.Close()
 		return nil, err
@@ -153,4 +139,30 @@ func (s *Stack) Close() {
 		s.close[i]()
 	}
 	s.close = nil
+}
+
+// startEngine serves the engine of cfg (its Listen replaced by a free
+// loopback port) for m. It returns the engine's base URL and a stop
+// function that shuts it down (closing it if the graceful shutdown takes
+// over 5 s).
+func startEngine(cfg engine.Config, m *model.Model) (url string, stop func(), err error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	cfg.Listen = ln.Addr().String()
+	eng, err := engine.NewFromModel(cfg, m)
+	if err != nil {
+		ln.Close()
+		return "", nil, err
+	}
+	go eng.Serve(ln)
+	stop = func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if eng.Shutdown(ctx) != nil {
+			eng.Close()
+		}
+	}
+	return "http://" + cfg.Listen, stop, nil
 }
