@@ -102,6 +102,16 @@ type Config struct {
 	Timeout time.Duration
 	// MaxConns bounds connections to the engine. Default 512.
 	MaxConns int
+
+	// Model is the sidecar's model. Adapters that must prove the engine runs
+	// the same weights (llamacpp's handshake compares the KV the engine saved
+	// for a probe prompt with the model's own) or that write KV in the
+	// engine's layout (RoPE applied) need it.
+	Model *model.Model
+	// SlotDir is the directory the engine reads and writes slot files in
+	// (llama-server's --slot-save-path), as the sidecar sees it (a shared
+	// volume). Needed by llamacpp.
+	SlotDir string
 }
 
 // Normalize fills defaults and validates.
