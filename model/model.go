@@ -1,6 +1,7 @@
 // Package model is the Llama-family runtime of fusionrag: model configs,
-// weight loaders (Hugging Face safetensors directories and llama2.c
-// checkpoints), and a forward pass over any set of query positions against a
+// weight loaders (Hugging Face safetensors directories, llama2.c
+// checkpoints and GGUF files, the format llama.cpp loads; WriteGGUF writes
+// any loaded model as GGUF), and a forward pass over any set of query positions against a
 // KV cache whose keys are stored before RoPE, so cached chunks can be moved to
 // any offset exactly.
 //
@@ -50,6 +51,12 @@ type LoadOptions struct {
 	Tokenizer string
 	// Backend names a registered backend; empty selects DefaultBackend ("cpu").
 	Backend string
+	// MaxPositions, when > 0, replaces the model's context length
+	// (Config.MaxPositions) from the file, as llama.cpp's
+	// --override-kv <arch>.context_length=int:N does; llama.cpp's llama2c
+	// converter writes 128 for stories260K, trained on 512. RoPE is
+	// computed for any position, so only the check on positions changes.
+	MaxPositions int
 }
 
 // layerWeights are one decoder layer's fp32 weights, [out, in] row-major.
@@ -99,25 +106,36 @@ type Model struct {
 }
 
 // Load opens a model: a directory is a Hugging Face model (config.json +
-// safetensors), a file a llama2.c checkpoint. Anything else is refused with an
-// error naming what is supported.
+// safetensors), a *.gguf file a GGUF model (its tokenizer comes from the
+// file's metadata unless opts.Tokenizer names one), a *.bin file a llama2.c
+// checkpoint. Anything else is refused with an error naming what is
+// supported.
 func Load(path string, opts LoadOptions) (*Model, error) {
 	st, err := os.Stat(path)
 	if err != nil {
 		return nil, fmt.Errorf("model: %w", err)
 	}
 	var m *Model
+	var builtin tokenizer.Tokenizer
 	switch {
 	case st.IsDir():
 		m, err = loadHF(path)
+	case isGGUFPath(path):
+		m, builtin, err = loadGGUF(path, opts)
 	case strings.HasSuffix(path, ".bin"):
 		m, err = loadLlama2c(path)
 	default:
-		return nil, fmt.Errorf("%w model path %s: supported are a Hugging Face model directory (config.json + *.safetensors; pass the directory, not a file in it) and a llama2.c checkpoint (*.bin)",
+		return nil, fmt.Errorf("%w model path %s: supported are a Hugging Face model directory (config.json + *.safetensors; pass the directory, not a file in it), a GGUF file (*.gguf) and a llama2.c checkpoint (*.bin)",
 			ErrUnsupported, path)
 	}
 	if err != nil {
 		return nil, err
+	}
+	if opts.MaxPositions > 0 {
+		m.Config.MaxPositions = opts.MaxPositions
+	}
+	if opts.Tokenizer == "" {
+		m.Tokenizer = builtin // the GGUF's own; finish then searches no further
 	}
 	if err := m.finish(opts, path, st.IsDir()); err != nil {
 		m.Close()
@@ -148,11 +166,13 @@ func (m *Model) finish(opts LoadOptions, path string, hf bool) error {
 			return fmt.Errorf("model: backend %s: %w", b.Name(), err)
 		}
 	}
-	tok, err := loadTokenizer(path, opts.Tokenizer, hf)
-	if err != nil {
-		return err
+	tok := m.Tokenizer
+	if tok == nil || opts.Tokenizer != "" {
+		if tok, err = loadTokenizer(path, opts.Tokenizer, hf); err != nil {
+			return err
+		}
+		m.Tokenizer = tok
 	}
-	m.Tokenizer = tok
 	if tok != nil && tok.VocabSize() > m.Config.Vocab {
 		return fmt.Errorf("model: tokenizer has %d ids, model vocab %d", tok.VocabSize(), m.Config.Vocab)
 	}
