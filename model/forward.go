@@ -291,13 +291,17 @@ func (m *Model) step(ctx context.Context, cache *Cache, st *State, opts StepOpti
 	return &StepResult{K: k, V: v, Attention: seg[0].attn}, nil
 }
 
-// attention computes softmax(q·K^T/sqrt(HeadDim))·V for the batch queries
+// attentionRef is the previous attention kernel, kept as the reference the
+// tests and benchmarks compare attention (attention.go) with: it
+// materialises the [rows, keys] scores of each (head, query block), with
+// exp and row sums in float64. Same contract as attention:
+// softmax(q·K^T/sqrt(HeadDim))·V for the batch queries
 // over [cache entries of layer l, batch keys]. q is [n, Heads, HeadDim]
 // before RoPE (rotated in place); k, v [n, KVHeads, HeadDim] (k pre-RoPE,
 // left untouched). It writes the [n, Heads*HeadDim] output into out and
 // returns, when asked, the attention. par spreads the work over GOMAXPROCS
 // goroutines; the result is the same either way.
-func (m *Model) attention(cache *Cache, l int, pos []int32, q, k, v, out []float32, opts StepOptions, par bool) *Attention {
+func (m *Model) attentionRef(cache *Cache, l int, pos []int32, q, k, v, out []float32, opts StepOptions, par bool) *Attention {
 	c := m.Config
 	n, hd, kvh, nh := len(pos), c.HeadDim, c.KVHeads, c.Heads
 	kvd := kvh * hd

@@ -1,0 +1,108 @@
+package blas
+
+import "fmt"
+
+// PanelCols is the width of a panel of the Packed layout: PanelMulAdd's b
+// is stored as ceil(n/PanelCols) panels of [k][PanelCols].
+const PanelCols = wideCols
+
+// PanelMulAdd continues
+//
+//	out[i*ldo+j] += a[i*lda+0]·b[j,0] + a[i*lda+1]·b[j,1] + ... + a[i*lda+k-1]·b[j,k-1]
+//
+// for i in [0, m), j in [0, n), one float32 accumulator per output starting
+// from out's value, the terms added strictly in increasing p (the summation
+// order of package blas). b [n,k] is given in the panel layout of Packed,
+// laid out by the caller:
+//
+//	panels[q*PanelCols*k + p*PanelCols + l] = b[q*PanelCols+l, p]
+//
+// for q in [0, ceil(n/PanelCols)), p in [0, k), l in [0, PanelCols); entries
+// for rows j >= n are read but their outputs are not written. It runs on the
+// calling goroutine (attention tiles are parallel over tiles, not inside
+// one). Every element gets the same bits whatever m, the row's place in a,
+// and the micro-kernel that computed it (6-row groups or the few-row GEMV
+// path), so an attention row computed alone equals the same row in a block.
+// It panics on negative dimensions or short slices.
+func PanelMulAdd(out []float32, ldo int, a []float32, lda int, panels []float32, m, n, k int) {
+	np := (n + wideCols - 1) / wideCols
+	if m < 0 || n < 0 || k < 0 || (m > 0 && (ldo < n || lda < k)) {
+		panic(fmt.Sprintf("blas.PanelMulAdd: m=%d n=%d k=%d ldo=%d lda=%d", m, n, k, ldo, lda))
+	}
+	if m == 0 || n == 0 || k == 0 {
+		return
+	}
+	if len(out) < (m-1)*ldo+n || len(a) < (m-1)*lda+k || len(panels) < np*wideCols*k {
+		panic(fmt.Sprintf("blas.PanelMulAdd: short slices: len(out)=%d len(a)=%d len(panels)=%d for m=%d n=%d k=%d ldo=%d lda=%d",
+			len(out), len(a), len(panels), m, n, k, ldo, lda))
+	}
+	ldp := wideCols * k
+	if m < minWideRows {
+		for i := range m {
+			ai := a[i*lda : i*lda+k]
+			o := out[i*ldo : i*ldo+n]
+			j := 0
+			for ; j+4*wideCols <= n; j += 4 * wideCols {
+				var c [4 * wideCols]float32
+				copy(c[:], o[j:j+4*wideCols])
+				gemv4x16(ai, panels[(j/wideCols)*ldp:], ldp, &c)
+				copy(o[j:j+4*wideCols], c[:])
+			}
+			for ; j < n; j += wideCols {
+				var c [wideCols]float32
+				w := min(wideCols, n-j)
+				copy(c[:w], o[j:j+w])
+				gemv1x16(ai, panels[(j/wideCols)*ldp:], &c)
+				copy(o[j:j+w], c[:w])
+			}
+		}
+		return
+	}
+	var padBuf [wideRows * 256]float32
+	var apad []float32
+	for i := 0; i < m; i += wideRows {
+		h := min(wideRows, m-i)
+		ag, la := a[i*lda:], lda
+		if h < wideRows {
+			if k <= 256 {
+				apad = padBuf[:wideRows*k]
+			} else {
+				apad = make([]float32, wideRows*k)
+			}
+			for r := range wideRows {
+				if r < h {
+					copy(apad[r*k:(r+1)*k], a[(i+r)*lda:(i+r)*lda+k])
+				} else {
+					clear(apad[r*k : (r+1)*k])
+				}
+			}
+			ag, la = apad, k
+		}
+		q := 0
+		if use512 {
+			const cw = 2 * wideCols
+			var c [wideRows * cw]float32
+			for ; q+1 < np; q += 2 {
+				j, w := q*wideCols, min(cw, n-q*wideCols)
+				for r := range h {
+					copy(c[r*cw:r*cw+w], out[(i+r)*ldo+j:(i+r)*ldo+j+w])
+				}
+				mulAdd6x32(ag, la, panels[q*ldp:], ldp, k, &c)
+				for r := range h {
+					copy(out[(i+r)*ldo+j:(i+r)*ldo+j+w], c[r*cw:r*cw+w])
+				}
+			}
+		}
+		var c [wideRows * wideCols]float32
+		for ; q < np; q++ {
+			j, w := q*wideCols, min(wideCols, n-q*wideCols)
+			for r := range h {
+				copy(c[r*wideCols:r*wideCols+w], out[(i+r)*ldo+j:(i+r)*ldo+j+w])
+			}
+			mulAdd6x16(ag, la, panels[q*ldp:q*ldp+ldp], k, &c)
+			for r := range h {
+				copy(out[(i+r)*ldo+j:(i+r)*ldo+j+w], c[r*wideCols:r*wideCols+w])
+			}
+		}
+	}
+}
