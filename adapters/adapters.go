@@ -1,19 +1,34 @@
 // Package adapters is how the sidecar hands assembled KV to an inference
-// engine and forwards the request that uses it. Engine is the one interface
-// the sidecar (its consumer) needs: publish the KV of a token prefix, rewrite
-// and forward the request, report health. Implementations register
-// themselves by name (Register) from their own packages:
+// engine. Engine is the one interface the sidecar (its consumer) needs:
+// publish the KV of a prompt's prefix and get back a Lease, which rewrites
+// the forwarded request so that the engine uses that KV and is released
+// when the engine's response has ended. Forwarding itself is the proxy's;
+// Forwarder is a helper adapters embed for their own calls to the engine.
+// Implementations register themselves by name (Register) from their own
+// packages:
 //
 //   - native (package adapters/native): this project's engine (package
 //     engine), over a shared kvstore (Redis, disk...) or HTTP push
-//     (PUT /v1/kv/{key});
+//     (PUT /v1/kv/{key}); its lease sets kv_transfer_params;
+//   - llamacpp (package adapters/llamacpp): an unmodified llama-server;
+//     the KV is written as a slot file and restored into a free slot, and
+//     the lease pins the request to that slot until Release;
 //   - passthrough (package adapters/passthrough): publishes nothing
 //     (ErrNoPublish), so the sidecar degrades to plain forwarding.
 //
 // The semantics mirror vLLM's KV connector (KVConnectorBase_V1): the engine
 // asks for the longest prefix of a request's token ids whose KV is
 // available, loads it and prefills only the rest. Publish must therefore be
-// complete (the blob stored or pushed) before the request is forwarded.
+// complete (the blob stored or pushed, the slot restored) before the
+// request is forwarded.
+//
+// Errors of Publish: ErrNoPublish (the engine takes no KV: forward the
+// original, not a failure), ErrBusy (no capacity now: forward the original,
+// not a failure), ErrMismatch (the engine runs another model, tokenizer or
+// layout: a failure that lasts until the engine changes), anything else (a
+// failure of this request's fusion path). An error may carry a short,
+// constant reason for metrics and spans by implementing
+// interface{ Reason() string } (see ReasonOf).
 package adapters
 
 import (
@@ -27,7 +42,6 @@ import (
 
 	"github.com/fusionrag/fusionrag/kvstore"
 	"github.com/fusionrag/fusionrag/model"
-	"github.com/valyala/fasthttp"
 )
 
 // Engine is an inference engine as the sidecar uses it. Implementations are
@@ -35,26 +49,28 @@ import (
 type Engine interface {
 	// Name is the registered adapter name.
 	Name() string
-	// Publish makes kv, the KV of the token prefix tokens (positions
-	// [0, len(tokens)), K before RoPE; kv.Len() == len(tokens)), available to
-	// requests prepared with namespace ns. It returns when the engine can
-	// find it. ErrNoPublish: this engine cannot take KV; forward the
-	// original request.
-	Publish(ctx context.Context, ns string, tokens []int32, kv *model.Cache) error
-	// Prepare returns body (an OpenAI completions or chat request) rewritten
-	// so that the engine looks up KV published under ns. body is not
-	// modified.
-	Prepare(body []byte, ns string) ([]byte, error)
-	// Forward sends req to the engine and fills resp; the request URI's path
-	// and query are kept, its scheme and host replaced by the engine's. The
-	// ctx deadline (or Config.Timeout) bounds the exchange. Streamed
-	// responses (SSE) arrive in resp.BodyStream() when the engine streams:
-	// read it to the end or call resp.CloseBodyStream().
-	Forward(ctx context.Context, req *fasthttp.Request, resp *fasthttp.Response) error
-	// Health returns nil when the engine serves requests.
-	Health(ctx context.Context) error
+	// Publish makes p.KV available to the one request the returned Lease
+	// rewrites, and holds whatever that needs (a slot, a pin) until
+	// Lease.Release. It returns when the engine can find the KV. Errors:
+	// ErrNoPublish, ErrBusy, ErrMismatch, others (see the package comment).
+	// A nil error comes with a non-nil Lease, which the caller releases
+	// exactly once.
+	Publish(ctx context.Context, p Publication) (Lease, error)
 	// Close releases connections and stores the adapter opened.
 	Close() error
+}
+
+// ReasonOf returns the reason carried by err (the first error in its chain
+// that implements interface{ Reason() string }), or "" when none does.
+// Adapters use it for failures worth telling apart in metrics (a restore
+// refused, a slot file not written, a stale handshake); the reason should
+// be a short constant of [a-z0-9_].
+func ReasonOf(err error) string {
+	var r interface{ Reason() string }
+	if errors.As(err, &r) {
+		return r.Reason()
+	}
+	return ""
 }
 
 // Sentinel errors.

@@ -1,10 +1,13 @@
 package adapters
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -13,7 +16,8 @@ import (
 
 // Forwarder sends requests to one engine over a keep-alive fasthttp
 // connection pool, streaming response bodies (SSE) through. Adapters embed
-// it.
+// it for their own calls to the engine (KV info, pushes, slot actions,
+// health); the sidecar forwards client requests itself.
 type Forwarder struct {
 	base    *url.URL
 	client  *fasthttp.HostClient
@@ -64,7 +68,9 @@ func (f *Forwarder) deadline(ctx context.Context) time.Time {
 	return time.Now().Add(f.timeout)
 }
 
-// Forward implements Engine.Forward. The ctx is checked before sending and
+// Forward sends req to the engine and fills resp; the request URI's path
+// and query are kept, its scheme and host replaced by the engine's. The
+// ctx is checked before sending and
 // its deadline bounds the exchange; fasthttp has no cancellation, so a
 // caller whose client leaves mid-stream closes resp's body stream
 // (resp.CloseBodyStream), which closes the engine connection and so cancels
@@ -129,21 +135,119 @@ func truncate(b []byte) string {
 }
 
 // WithKVParams returns body with "kv_transfer_params": {"namespace": ns}
-// set, every other field kept. Any member an engine could read as
-// kv_transfer_params (the name in any case, Unicode simple folding
-// included, as encoding/json matches it) is replaced: only the caller says
-// where the engine finds KV. The body must be a JSON object.
+// as its last member, every other byte unchanged (see SetMember). Any member
+// an engine could read as kv_transfer_params (the name in any case, Unicode
+// simple folding included, as encoding/json matches it) is removed first:
+// only the caller says where the engine finds KV. The body must be a JSON
+// object.
 func WithKVParams(body []byte, ns string) ([]byte, error) {
-	var obj map[string]json.RawMessage
-	if err := json.Unmarshal(body, &obj); err != nil || obj == nil {
-		return nil, fmt.Errorf("adapters: request body is not a JSON object: %v", err)
+	return SetMember(body, "kv_transfer_params", map[string]string{"namespace": ns})
+}
+
+// KVParamsLease is the lease of engines that find published KV through the
+// forwarded request's kv_transfer_params (native, vLLM's KV connector):
+// Rewrite sets {"namespace": Namespace}; Release does nothing (the KV stays
+// published under its prefix key until the engine's store evicts it).
+type KVParamsLease struct{ Namespace string }
+
+// Rewrite implements Lease.
+func (l KVParamsLease) Rewrite(body []byte) ([]byte, error) { return WithKVParams(body, l.Namespace) }
+
+// Release implements Lease: nothing is held.
+func (KVParamsLease) Release() {}
+
+// SetMember returns a copy of the JSON object body with "key": value as its
+// last member. Every member whose name equals key under Unicode simple case
+// folding is removed first (Go's encoding/json matches names that way, and
+// both it and Python's json keep the last duplicate): the engine can read
+// no other value. Every other byte, whitespace included, is unchanged, so
+// the engine parses the rest of the request exactly as the client sent it
+// (a re-encoding would reorder keys, and change which of two duplicates
+// counts).
+func SetMember(body []byte, key string, value any) ([]byte, error) {
+	raw, err := json.Marshal(value)
+	if err != nil {
+		return nil, fmt.Errorf("adapters: %s: %w", key, err)
 	}
-	for k := range obj {
-		if strings.EqualFold(k, "kv_transfer_params") {
-			delete(obj, k)
+	if !json.Valid(body) {
+		return nil, errors.New("adapters: request body is not valid JSON")
+	}
+	for {
+		ms, err := objectMembers(body)
+		if err != nil {
+			return nil, err
 		}
+		idx := slices.IndexFunc(ms.list, func(m member) bool { return strings.EqualFold(m.key, key) })
+		if idx < 0 {
+			kb, _ := json.Marshal(key) // a string always marshals
+			at, lead := ms.end, ","
+			if len(ms.list) == 0 {
+				at, lead = ms.open, ""
+			} else {
+				at = ms.list[len(ms.list)-1].end
+			}
+			out := make([]byte, 0, len(body)+len(kb)+len(raw)+2)
+			out = append(out, body[:at]...)
+			out = append(out, lead...)
+			out = append(out, kb...)
+			out = append(out, ':')
+			out = append(out, raw...)
+			return append(out, body[at:]...), nil
+		}
+		// Cut `, "key": value` after the previous member, or, for the
+		// first, `"key": value, ` up to the next one.
+		cut0, cut1 := ms.list[idx].start, ms.list[idx].end
+		switch {
+		case idx > 0:
+			cut0 = ms.list[idx-1].end
+		case len(ms.list) > 1:
+			cut1 = ms.list[1].start
+		}
+		out := make([]byte, 0, len(body)-(cut1-cut0))
+		out = append(out, body[:cut0]...)
+		body = append(out, body[cut1:]...)
 	}
-	p, _ := json.Marshal(map[string]string{"namespace": ns})
-	obj["kv_transfer_params"] = p
-	return json.Marshal(obj)
+}
+
+// member is one "key": value of an object: body[start:end), key unescaped.
+type member struct {
+	key        string
+	start, end int
+}
+
+// members are an object's members in order; open is the offset just after
+// its '{'.
+type members struct {
+	list      []member
+	open, end int
+}
+
+// objectMembers returns the members of the object body (valid JSON).
+func objectMembers(body []byte) (members, error) {
+	var ms members
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber()
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return ms, errors.New("adapters: request body is not a JSON object")
+	}
+	ms.open = int(dec.InputOffset())
+	prev := ms.open
+	for dec.More() {
+		// The key starts at the first quote after the previous value (and
+		// its comma).
+		start := prev + bytes.IndexByte(body[prev:], '"')
+		t, err := dec.Token()
+		if err != nil {
+			return ms, err
+		}
+		k, _ := t.(string)
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			return ms, err
+		}
+		prev = int(dec.InputOffset())
+		ms.list = append(ms.list, member{key: k, start: start, end: prev})
+	}
+	ms.end = prev
+	return ms, nil
 }

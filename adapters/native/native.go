@@ -1,8 +1,8 @@
 // Package native is the adapter for this project's engine (package engine):
 // it publishes KV as kvstore blobs under the engine's prefix keys, either
 // into a store the engine shares (transport "store") or with
-// PUT /v1/kv/{key} (transport "push"), and marks forwarded requests with
-// kv_transfer_params so the engine's connector looks them up. Importing
+// PUT /v1/kv/{key} (transport "push"), and its lease marks the forwarded
+// request with kv_transfer_params so the engine's connector looks them up. Importing
 // the package registers it as "native".
 package native
 
@@ -16,7 +16,6 @@ import (
 	"github.com/fusionrag/fusionrag/engine"
 	"github.com/fusionrag/fusionrag/fingerprint"
 	"github.com/fusionrag/fusionrag/kvstore"
-	"github.com/fusionrag/fusionrag/model"
 	"github.com/valyala/fasthttp"
 )
 
@@ -99,51 +98,54 @@ func (a *Adapter) Key(ns string, tokens []int32) (fingerprint.Key, error) {
 	return fingerprint.PrefixKey(engine.KVNamespace(a.info.Model, a.info.Tokenizer, ns), tokens, len(tokens), engine.KVBlockSize)
 }
 
-// Publish implements adapters.Engine.
-func (a *Adapter) Publish(ctx context.Context, ns string, tokens []int32, kv *model.Cache) error {
+// Publish implements adapters.Engine: the KV goes into the shared store or
+// is pushed under the engine's key of the prefix p.Prompt[:p.KV.Len()), and
+// the lease sets kv_transfer_params {"namespace": p.Namespace}, through
+// which the engine's connector finds it (longest-prefix lookup). Nothing is
+// held for the request: Release is a no-op, and the store's eviction
+// bounds what stays published.
+func (a *Adapter) Publish(ctx context.Context, p adapters.Publication) (adapters.Lease, error) {
+	ns := p.Namespace
 	if !engine.ValidNamespace(ns) {
-		return fmt.Errorf("native: namespace %q must be 1-128 hex digits", ns)
+		return nil, fmt.Errorf("native: namespace %q must be 1-128 hex digits", ns)
 	}
-	if err := adapters.CheckKV(tokens, kv); err != nil {
-		return err
+	if err := adapters.CheckPublication(p); err != nil {
+		return nil, err
 	}
+	kv := p.KV
+	tokens := p.Prompt[:kv.Len()]
 	if kv.Layers != a.info.Layers || kv.KVHeads != a.info.KVHeads || kv.HeadDim != a.info.HeadDim {
-		return fmt.Errorf("%w: KV shape %dx%dx%d, engine %dx%dx%d", adapters.ErrMismatch,
+		return nil, fmt.Errorf("%w: KV shape %dx%dx%d, engine %dx%dx%d", adapters.ErrMismatch,
 			kv.Layers, kv.KVHeads, kv.HeadDim, a.info.Layers, a.info.KVHeads, a.info.HeadDim)
 	}
 	key, err := a.Key(ns, tokens)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	b, err := kvstore.FromFloat32(kvstore.Meta{DType: a.cfg.DType, Layers: kv.Layers, KVHeads: kv.KVHeads,
 		HeadDim: kv.HeadDim, Tokens: len(tokens), PositionFree: true, Key: key,
 		Check: fingerprint.CheckOf(tokens)}, kv.K, kv.V)
 	if err != nil {
-		return fmt.Errorf("native: %w", err)
+		return nil, fmt.Errorf("native: %w", err)
 	}
 	if a.cfg.Transport == adapters.TransportStore {
 		if err := a.store.Put(ctx, b); err != nil {
-			return fmt.Errorf("native: publish to store: %w", err)
+			return nil, fmt.Errorf("native: publish to store: %w", err)
 		}
-		return nil
+		return adapters.KVParamsLease{Namespace: ns}, nil
 	}
 	raw, err := b.Encode()
 	if err != nil {
-		return fmt.Errorf("native: %w", err)
+		return nil, fmt.Errorf("native: %w", err)
 	}
 	code, body, err := a.Do(ctx, fasthttp.MethodPut, "/v1/kv/"+key.String(), "application/octet-stream", raw)
 	if err != nil {
-		return fmt.Errorf("native: push: %w", err)
+		return nil, fmt.Errorf("native: push: %w", err)
 	}
 	if code != http.StatusNoContent && code != http.StatusOK {
-		return fmt.Errorf("native: push: engine answered %d: %s", code, body)
+		return nil, fmt.Errorf("native: push: engine answered %d: %s", code, body)
 	}
-	return nil
-}
-
-// Prepare implements adapters.Engine: it sets kv_transfer_params.
-func (a *Adapter) Prepare(body []byte, ns string) ([]byte, error) {
-	return adapters.WithKVParams(body, ns)
+	return adapters.KVParamsLease{Namespace: ns}, nil
 }
 
 // Close implements adapters.Engine.

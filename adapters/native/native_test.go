@@ -63,10 +63,18 @@ type result struct {
 	cached int
 }
 
-// send forwards body through a and returns the completion text and cached
-// tokens, reading an SSE stream when the engine streams.
-func send(t *testing.T, a adapters.Engine, body []byte) result {
+// forwarder is what the adapters embed (adapters.Forwarder): the tests
+// send requests through it as the sidecar sends them to the engine.
+type forwarder interface {
+	Forward(ctx context.Context, req *fasthttp.Request, resp *fasthttp.Response) error
+	Health(ctx context.Context) error
+}
+
+// send forwards body through a's forwarder and returns the completion text
+// and cached tokens, reading an SSE stream when the engine streams.
+func send(t *testing.T, e adapters.Engine, body []byte) result {
 	t.Helper()
+	a := e.(forwarder)
 	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
 	defer fasthttp.ReleaseRequest(req)
 	defer fasthttp.ReleaseResponse(resp)
@@ -162,17 +170,24 @@ func TestNativePublishAndForward(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer a.Close()
-			if err := a.Health(context.Background()); err != nil {
+			if err := a.(forwarder).Health(context.Background()); err != nil {
 				t.Fatal(err)
 			}
 			ns := fmt.Sprintf("abc%d", i)
-			if err := a.Publish(context.Background(), ns, f.ids, f.kv); err != nil {
+			L := len(f.ids)
+			lease, err := a.Publish(context.Background(), adapters.Publication{Namespace: ns, Prompt: f.ids,
+				KV: f.kv.Slice(0, L-1), Path: "/v1/completions", Body: []byte(plain)})
+			if err != nil {
 				t.Fatal(err)
 			}
+			defer lease.Release()
 			for _, body := range []string{plain, stream} {
-				prepared, err := a.Prepare([]byte(body), ns)
+				prepared, err := lease.Rewrite([]byte(body))
 				if err != nil {
 					t.Fatal(err)
+				}
+				if want := body[:len(body)-1] + `,"kv_transfer_params":{"namespace":"` + ns + `"}}`; string(prepared) != want {
+					t.Errorf("Rewrite(%s) = %s, want %s", body, prepared, want)
 				}
 				got := send(t, a, prepared)
 				if got.cached != len(f.ids)-1 {
@@ -208,14 +223,22 @@ func TestNativeRefusals(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer a.Close()
-	if err := a.Publish(context.Background(), "ab", f.ids[:3], f.kv); err == nil {
-		t.Error("publishing KV of another length succeeded")
+	L := len(f.ids)
+	for _, tc := range []struct {
+		name string
+		p    adapters.Publication
+	}{
+		{"KV longer than the prompt", adapters.Publication{Namespace: "ab", Prompt: f.ids[:3], KV: f.kv}},
+		{"KV of the whole prompt", adapters.Publication{Namespace: "ab", Prompt: f.ids, KV: f.kv}},
+		{"no KV", adapters.Publication{Namespace: "ab", Prompt: f.ids}},
+		{"bad namespace", adapters.Publication{Namespace: "not hex", Prompt: f.ids, KV: f.kv.Slice(0, L-1)}},
+	} {
+		if lease, err := a.Publish(context.Background(), tc.p); err == nil || lease != nil {
+			t.Errorf("%s: Publish = %v, %v; want an error and no lease", tc.name, lease, err)
+		}
 	}
-	if err := a.Publish(context.Background(), "not hex", f.ids, f.kv); err == nil {
-		t.Error("bad namespace accepted")
-	}
-	if _, err := a.Prepare([]byte(`[1]`), "ab"); err == nil {
-		t.Error("Prepare accepted a non-object body")
+	if _, err := (adapters.KVParamsLease{Namespace: "ab"}).Rewrite([]byte(`[1]`)); err == nil {
+		t.Error("Rewrite accepted a non-object body")
 	}
 }
 
@@ -225,14 +248,12 @@ func TestPassthrough(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := a.Publish(context.Background(), "ab", f.ids, f.kv); !errors.Is(err, adapters.ErrNoPublish) {
-		t.Errorf("Publish: %v, want ErrNoPublish", err)
+	L := len(f.ids)
+	lease, err := a.Publish(context.Background(), adapters.Publication{Namespace: "ab", Prompt: f.ids, KV: f.kv.Slice(0, L-1)})
+	if !errors.Is(err, adapters.ErrNoPublish) || lease != nil {
+		t.Errorf("Publish: %v, %v; want ErrNoPublish and no lease", lease, err)
 	}
-	body := []byte(`{"prompt":"x"}`)
-	if got, _ := a.Prepare(body, "ab"); string(got) != string(body) {
-		t.Errorf("Prepare changed the body: %s", got)
-	}
-	if err := a.Health(context.Background()); err != nil {
+	if err := a.(forwarder).Health(context.Background()); err != nil {
 		t.Errorf("Health: %v", err)
 	}
 	a.Close()
@@ -240,7 +261,7 @@ func TestPassthrough(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := down.Health(context.Background()); !errors.Is(err, adapters.ErrUnhealthy) {
+	if err := down.(forwarder).Health(context.Background()); !errors.Is(err, adapters.ErrUnhealthy) {
 		t.Errorf("Health of a dead engine: %v, want ErrUnhealthy", err)
 	}
 }
@@ -263,7 +284,7 @@ func TestForwardStreamCloseCancels(t *testing.T) {
 	req.Header.SetContentType("application/json")
 	// ignore_eos and the whole context: long enough to be cut mid-stream.
 	req.SetBodyString(`{"prompt":"Once upon a time","stream":true,"ignore_eos":true}`)
-	if err := a.Forward(context.Background(), req, resp); err != nil {
+	if err := a.(forwarder).Forward(context.Background(), req, resp); err != nil {
 		t.Fatal(err)
 	}
 	br := bufio.NewReader(resp.BodyStream())

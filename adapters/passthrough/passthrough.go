@@ -1,6 +1,6 @@
 // Package passthrough is the adapter for engines that cannot take KV from
-// outside: Publish reports adapters.ErrNoPublish, Prepare leaves the
-// request as it is, and the sidecar degrades to plain forwarding. Importing
+// outside: Publish reports adapters.ErrNoPublish, and the sidecar degrades
+// to plain forwarding. Importing
 // the package registers it as "passthrough".
 package passthrough
 
@@ -8,7 +8,6 @@ import (
 	"context"
 
 	"github.com/fusionrag/fusionrag/adapters"
-	"github.com/fusionrag/fusionrag/model"
 )
 
 // Name is the registered adapter name.
@@ -41,9 +40,6 @@ func Open(cfg adapters.Config) (*Adapter, error) {
 func (a *Adapter) Name() string { return Name }
 
 // Publish implements adapters.Engine: always adapters.ErrNoPublish.
-func (a *Adapter) Publish(context.Context, string, []int32, *model.Cache) error {
-	return adapters.ErrNoPublish
+func (a *Adapter) Publish(context.Context, adapters.Publication) (adapters.Lease, error) {
+	return nil, adapters.ErrNoPublish
 }
-
-// Prepare implements adapters.Engine: the body unchanged.
-func (a *Adapter) Prepare(body []byte, _ string) ([]byte, error) { return body, nil }
