@@ -150,16 +150,18 @@ func ggufBool(meta GGUFMeta, key string, def bool) bool {
 // llama.cpp's tokenizer_st_partition does with parse_special); every text
 // fragment then gets the dummy-prefix space (llama.cpp prefixes the first
 // fragment and every fragment after a special token, which is all of them)
-// and is encoded by the llama2.c algorithm over the unescaped pieces
-// (best-score merges, byte fallback), which is what llama.cpp's
-// llm_tokenizer_spm computes. Known difference: a literal "▁" in the input
+// and is encoded as llama.cpp's llm_tokenizer_spm does (see word; on
+// SentencePiece vocabularies that is llama2.c run.c's result, and the
+// vocabulary, scores and Decode are Llama2c's). Known difference: a literal "▁" in the input
 // is a space to llama.cpp (it escapes spaces to "▁" before merging) but
 // byte-fallback here.
 type GGUFSPM struct {
 	*Llama2c
-	tokens   []string // as in the file ("▁" escaped)
-	types    []int32  // token_type as in the file (all NORMAL when absent)
+	tokens   []string       // as in the file ("▁" escaped)
+	types    []int32        // token_type as in the file (all NORMAL when absent)
 	special  []specialPiece // longest first
+	unk      int32          // tokenizer.ggml.unknown_token_id, else 0
+	cache    wordCache      // word -> pieces (llama.cpp's rules, not Llama2c's)
 	addBOS   bool
 	eos      []int32
 	template string
@@ -210,6 +212,7 @@ func newGGUFSPM(meta GGUFMeta, tokens []string, types []int32, tmpl string) (*GG
 		}
 	}
 	t := &GGUFSPM{Llama2c: lc, tokens: tokens, types: types, template: tmpl}
+	t.unk = max(ggufID(meta, "tokenizer.ggml.unknown_token_id", n), 0)
 	lc.bos = ggufID(meta, "tokenizer.ggml.bos_token_id", n)
 	lc.eos = ggufID(meta, "tokenizer.ggml.eos_token_id", n)
 	t.addBOS = ggufBool(meta, "tokenizer.ggml.add_bos_token", true) && lc.bos >= 0
@@ -282,12 +285,10 @@ func (t *GGUFSPM) Encode(text string) []int32 {
 	return ids
 }
 
-// EncodeOffsets is Encode plus byte spans (see Llama2c.EncodeOffsets for the
-// dummy prefix's span).
+// EncodeOffsets is Encode plus byte spans (the dummy prefix's span as in
+// Llama2c.EncodeOffsets: empty alone, else the bytes of the piece it merged
+// with).
 func (t *GGUFSPM) EncodeOffsets(text string) ([]int32, []Span) {
-	if len(t.special) == 0 {
-		return t.Llama2c.EncodeOffsets(text)
-	}
 	ids, spans := []int32{}, []Span{}
 	for _, f := range t.partition(text) {
 		if f.id >= 0 {
@@ -295,13 +296,95 @@ func (t *GGUFSPM) EncodeOffsets(text string) ([]int32, []Span) {
 			spans = append(spans, Span{f.begin, f.end})
 			continue
 		}
-		fi, fs := t.Llama2c.EncodeOffsets(text[f.begin:f.end])
-		ids = append(ids, fi...)
-		for _, s := range fs {
-			spans = append(spans, Span{s.Begin + f.begin, s.End + f.begin})
-		}
+		ids, spans = t.encodeFragment(text[f.begin:f.end], f.begin, ids, spans)
 	}
 	return ids, spans
+}
+
+// encodeFragment appends the tokens of one text fragment (which starts at
+// byte base of the input) with its dummy-prefix space.
+func (t *GGUFSPM) encodeFragment(text string, base int, ids []int32, spans []Span) ([]int32, []Span) {
+	key := " " + text
+	src := func(o int) int { return max(o-1, 0) + base }
+	emit := func(a, b int) {
+		for _, p := range t.word(key[a:b]) {
+			ids = append(ids, p.id)
+			spans = append(spans, Span{src(a + int(p.begin)), src(a + int(p.end))})
+		}
+	}
+	start := 0
+	if t.cutSpace {
+		for i := 1; i < len(key); i++ {
+			if key[i] == ' ' && key[i-1] != ' ' {
+				emit(start, i)
+				start = i
+			}
+		}
+	}
+	emit(start, len(key))
+	return ids, spans
+}
+
+// utf8Len is llama.cpp's unicode_len_utf8: the sequence length its first
+// byte announces (a stray continuation byte is a character of its own).
+func utf8Len(b byte) int {
+	return [16]int{1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 3, 4}[b>>4]
+}
+
+// word is llama.cpp's llm_tokenizer_spm on one word: the symbols are UTF-8
+// characters whether or not they are pieces, adjacent symbols merge when
+// their concatenated text is a piece (highest score first, leftmost among
+// equal scores), and a final symbol that is not a piece becomes its bytes'
+// <0xNN> tokens. Unlike llama2.c run.c, which falls back to bytes before
+// merging, a character that is not itself a piece still merges into a
+// longer piece; vocabularies trained by SentencePiece contain every
+// character of their pieces, where both agree.
+func (t *GGUFSPM) word(w string) []piece {
+	if ps, ok := t.cache.get(w); ok {
+		return ps
+	}
+	n := int32(len(t.vocab))
+	var extra []string // texts of the non-piece symbols, ids n, n+1, ...
+	text := func(id int32) string {
+		if id < n {
+			return t.vocab[id]
+		}
+		return extra[id-n]
+	}
+	syms := make([]symbol, 0, len(w))
+	for i := 0; i < len(w); {
+		j := min(i+utf8Len(w[i]), len(w))
+		id, ok := t.ids[w[i:j]]
+		if !ok {
+			id = n + int32(len(extra))
+			extra = append(extra, w[i:j])
+		}
+		syms = append(syms, symbol{id: id, begin: i, end: j})
+		i = j
+	}
+	syms = mergeSymbols(syms, func(a, b int32) (float64, int32, bool) {
+		id, ok := t.ids[text(a)+text(b)]
+		if !ok {
+			return 0, 0, false
+		}
+		return -float64(t.scores[id]), id, true
+	})
+	ps := make([]piece, 0, len(syms))
+	for _, s := range syms {
+		if s.id < n {
+			ps = append(ps, piece{s.id, int32(s.begin), int32(s.end)})
+			continue
+		}
+		for k := s.begin; k < s.end; k++ {
+			id, ok := t.ids[fmt.Sprintf("<0x%02X>", w[k])]
+			if !ok {
+				id = t.unk
+			}
+			ps = append(ps, piece{id, int32(k), int32(k + 1)})
+		}
+	}
+	t.cache.put(w, ps)
+	return ps
 }
 
 // EOS lists tokenizer.ggml.eos_token_id and eot_token_id.
