@@ -40,11 +40,12 @@ func Llama2cBeside(checkpoint string) (string, error) {
 	return "", fmt.Errorf("%w: several tokenizers beside %s: %v (pass one explicitly)", ErrNotFound, checkpoint, matches)
 }
 
-// TemplateFor returns the chat template of tok: the Hugging Face
-// chat_template when it has one, else DefaultChatTemplate.
+// TemplateFor returns the chat template of tok: its own (the Hugging Face
+// chat_template, a GGUF's tokenizer.chat_template) when it has one, else
+// DefaultChatTemplate.
 func TemplateFor(tok Tokenizer) (*ChatTemplate, error) {
-	if hf, ok := tok.(*HF); ok {
-		return hf.ChatTemplate()
+	if t, ok := tok.(interface{ ChatTemplate() (*ChatTemplate, error) }); ok {
+		return t.ChatTemplate()
 	}
 	return DefaultChatTemplate(), nil
 }
