@@ -57,7 +57,16 @@ const (
 	// of a task: 8 groups of the 6-row micro-kernel, and S [48, 64] and acc
 	// [48, HeadDim] stay in L1/L2 with the K/V tiles.
 	attnRows = 48
+	// attnPackRows is the number of queries from which K/V tiles are laid
+	// out as panels for the GEMM micro-kernels; below it (decode) the
+	// kernel reads them in place.
+	attnPackRows = 8
 )
+
+// attentionUseRef makes every pass run attentionRef instead: benchmarks set
+// it to time the previous kernel in the same run (never set concurrently
+// with a pass).
+var attentionUseRef = false
 
 // keyInvisible is the effective position of a key no query may see.
 const keyInvisible = math.MaxInt32
@@ -74,6 +83,9 @@ const keyInvisible = math.MaxInt32
 // second pass over the tiles recomputes the scores and writes
 // exp(x - m_r)/l_r with each row's final max and sum.
 func (m *Model) attention(cache *Cache, l int, pos []int32, q, k, v, out []float32, opts StepOptions, par bool) *Attention {
+	if attentionUseRef {
+		return m.attentionRef(cache, l, pos, q, k, v, out, opts, par)
+	}
 	c := m.Config
 	n, hd, kvh, nh := len(pos), c.HeadDim, c.KVHeads, c.Heads
 	kvd := kvh * hd
@@ -118,56 +130,82 @@ func (m *Model) attention(cache *Cache, l int, pos []int32, q, k, v, out []float
 		}
 	}
 
-	// K (rotated) and V of the tiles [0, need) in panel layout:
-	// kp[(h*nt+t)*kTile:] is tile t of KV head h as blas panels
-	// [attnTile/16][hd][16]; vp likewise [ceil(hd/16)][w][16] with w the
-	// keys of the tile (a short last tile is packed at its own width).
+	// K of the tiles [0, need) rotated to the keys' positions, in the
+	// cache's layout: kr is [need·attnTile, KVHeads, HeadDim] (rows of
+	// invisible keys and past total are not written: their scores are
+	// always masked).
+	krBuf := getFloats(need * attnTile * kvd)
+	defer putFloats(krBuf)
+	kr := *krBuf
+	src := func(j int) (kj, vj []float32) {
+		if j < C {
+			return cache.K[l][j*kvd : (j+1)*kvd], cache.V[l][j*kvd : (j+1)*kvd]
+		}
+		return k[(j-C)*kvd : (j-C+1)*kvd], v[(j-C)*kvd : (j-C+1)*kvd]
+	}
+	forRange(min(need*attnTile, total), 256, func(jb, je int) {
+		buf := getFloats(hd)
+		defer putFloats(buf)
+		for j := jb; j < je; j++ {
+			if kpos[j] == keyInvisible {
+				continue
+			}
+			kj, _ := src(j)
+			row := kr[j*kvd : (j+1)*kvd]
+			copy(row, kj)
+			m.rope.apply(row, kvh, kpos[j], *buf)
+		}
+	})
+
+	// With few queries (decode) the scores are dot products against kr
+	// and P·V axpys on V in place (blas.Dot8, blas.Axpy); with more, K and
+	// V tiles are first laid out as blas panels, once per pass, for the
+	// GEMM micro-kernels: kp[(h*nt+t)*kTile:] is tile t of KV head h as
+	// panels [attnTile/16][hd][16], vp[(h*nt+t)*vTile:] [ceil(hd/16)][w][16]
+	// with w the keys of the tile (a short last tile at its own width).
+	// Both give every output the same bits (same products, same order), so
+	// the choice is free: packing costs O(keys·KVDim) and pays off from a
+	// few queries up.
+	packed := n >= attnPackRows
 	npv := (hd + blas.PanelCols - 1) / blas.PanelCols
 	kTile, vTile := attnTile*hd, npv*blas.PanelCols*attnTile
-	kpBuf, vpBuf := getFloats(kvh*nt*kTile), getFloats(kvh*nt*vTile)
-	defer putFloats(kpBuf)
-	defer putFloats(vpBuf)
-	kp, vp := *kpBuf, *vpBuf
-	forRange(need, 1, func(tb, te int) {
-		buf := getFloats(2*kvd + hd)
-		defer putFloats(buf)
-		tmp, zeros, scratch := (*buf)[:kvd], (*buf)[kvd:2*kvd], (*buf)[2*kvd:]
-		clear(zeros)
-		const pc = blas.PanelCols
-		for t := tb; t < te; t++ {
-			j0 := t * attnTile
-			w := min(attnTile, total-j0)
-			for jj := range w {
-				j := j0 + jj
-				var kj, vj []float32
-				if j < C {
-					kj, vj = cache.K[l][j*kvd:(j+1)*kvd], cache.V[l][j*kvd:(j+1)*kvd]
-				} else {
-					kj, vj = k[(j-C)*kvd:(j-C+1)*kvd], v[(j-C)*kvd:(j-C+1)*kvd]
-				}
-				if kpos[j] == keyInvisible {
-					// Its score is always masked (K is not read), but
-					// p = 0 multiplies V: make it 0, not a stale float
-					// (0·Inf would be NaN).
-					vj = zeros
-				} else {
-					copy(tmp, kj)
-					m.rope.apply(tmp, kvh, kpos[j], scratch)
-				}
-				qk, lk := jj/pc, jj%pc
-				for h := range kvh {
-					kt := kp[(h*nt+t)*kTile+qk*hd*pc:]
-					for d, x := range tmp[h*hd : (h+1)*hd] {
-						kt[d*pc+lk] = x
+	var kp, vp []float32
+	if packed {
+		kpBuf, vpBuf := getFloats(kvh*nt*kTile), getFloats(kvh*nt*vTile)
+		defer putFloats(kpBuf)
+		defer putFloats(vpBuf)
+		kp, vp = *kpBuf, *vpBuf
+		forRange(need*kvh, 1, func(tb, te int) {
+			const pc = blas.PanelCols
+			for th := tb; th < te; th++ {
+				t, h := th/kvh, th%kvh
+				j0 := t * attnTile
+				w := min(attnTile, total-j0)
+				kt := kp[(h*nt+t)*kTile : (h*nt+t+1)*kTile]
+				vt := vp[(h*nt+t)*vTile : (h*nt+t+1)*vTile]
+				for jj := range w {
+					j := j0 + jj
+					if kpos[j] == keyInvisible {
+						// Its score is always masked (K is not read), but
+						// p = 0 multiplies V: make it 0, not a stale float
+						// (0·Inf would be NaN).
+						for d := range hd {
+							vt[(d/pc)*w*pc+jj*pc+d%pc] = 0
+						}
+						continue
 					}
-					vt := vp[(h*nt+t)*vTile:]
+					_, vj := src(j)
+					kpan := kt[(jj/pc)*hd*pc+jj%pc:]
+					for d, x := range kr[j*kvd+h*hd : j*kvd+(h+1)*hd] {
+						kpan[d*pc] = x
+					}
 					for d, x := range vj[h*hd : (h+1)*hd] {
 						vt[(d/pc)*w*pc+jj*pc+d%pc] = x
 					}
 				}
 			}
-		}
-	})
+		})
+	}
 	forRange(n, 64, func(b, e int) {
 		buf := getFloats(hd)
 		defer putFloats(buf)
@@ -191,6 +229,23 @@ func (m *Model) attention(cache *Cache, l int, pos []int32, q, k, v, out []float
 	var partial []float32 // [tasks, total] per-task column sums
 	if want {
 		partial = make([]float32, tasks*total)
+	}
+	// scores writes the raw scores q_r·k_j of tile tt for rows [0, rows)
+	// into st [rows, attnTile] (keys [w, attnTile) left 0).
+	scores := func(st, qh []float32, kh, tt, rows, w int) {
+		clear(st)
+		if packed {
+			blas.PanelMulAdd(st, attnTile, qh, hd, kp[(kh*nt+tt)*kTile:(kh*nt+tt+1)*kTile], rows, w, hd)
+			return
+		}
+		kt := kr[tt*attnTile*kvd+kh*hd:]
+		for r := range rows {
+			qr := qh[r*hd : (r+1)*hd]
+			for g := 0; g < w; g += 8 {
+				c := (*[8]float32)(st[r*attnTile+g:])
+				blas.Dot8(qr, kt[g*kvd:], kvd, c)
+			}
+		}
 	}
 	forRange(tasks, 1, func(tb, te int) {
 		rowsMax := min(qPer, n) * group
@@ -222,8 +277,7 @@ func (m *Model) attention(cache *Cache, l int, pos []int32, q, k, v, out []float
 				j0 := tt * attnTile
 				w := min(attnTile, total-j0)
 				st := s[:rows*attnTile]
-				clear(st)
-				blas.PanelMulAdd(st, attnTile, qh, hd, kp[(kh*nt+tt)*kTile:(kh*nt+tt+1)*kTile], rows, w, hd)
+				scores(st, qh, kh, tt, rows, w)
 				full := tmax[tt] <= bmin
 				kt := kpos[j0 : j0+attnTile]
 				for r := range rows {
@@ -243,7 +297,17 @@ func (m *Model) attention(cache *Cache, l int, pos []int32, q, k, v, out []float
 						scaleRow(acc[r*hd:(r+1)*hd], alpha)
 					}
 				}
-				blas.PanelMulAdd(acc, hd, st, attnTile, vp[(kh*nt+tt)*vTile:(kh*nt+tt)*vTile+npv*blas.PanelCols*w], rows, hd, w)
+				if packed {
+					blas.PanelMulAdd(acc, hd, st, attnTile, vp[(kh*nt+tt)*vTile:(kh*nt+tt)*vTile+npv*blas.PanelCols*w], rows, hd, w)
+				} else {
+					for r := range rows {
+						ar, pr := acc[r*hd:(r+1)*hd], st[r*attnTile:r*attnTile+w]
+						for jj, pj := range pr {
+							_, vj := src(j0 + jj)
+							blas.Axpy(pj, vj[kh*hd:(kh+1)*hd], ar)
+						}
+					}
+				}
 			}
 			for r := range rows {
 				i, h := i0+r/group, kh*group+r%group
@@ -266,8 +330,7 @@ func (m *Model) attention(cache *Cache, l int, pos []int32, q, k, v, out []float
 				j0 := tt * attnTile
 				w := min(attnTile, total-j0)
 				st := s[:rows*attnTile]
-				clear(st)
-				blas.PanelMulAdd(st, attnTile, qh, hd, kp[(kh*nt+tt)*kTile:(kh*nt+tt+1)*kTile], rows, w, hd)
+				scores(st, qh, kh, tt, rows, w)
 				kt := kpos[j0 : j0+attnTile]
 				for r := range rows {
 					p := rpos[r]

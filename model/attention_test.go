@@ -1,6 +1,7 @@
 package model
 
 import (
+	"context"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -305,4 +306,105 @@ func BenchmarkAttention(b *testing.B) {
 			})
 		}
 	}
+}
+
+// BenchmarkPrefillAttention is full prefill of the synthetic 31M Llama
+// (dim 512, 9 layers, 8 heads of 64) at 512–4K tokens with the attention
+// kernel (tokens/s) and x_old, the speed-up of the whole pass over the same
+// pass with attentionRef (the previous kernel), best of 2 alternate rounds
+// each in the same run (benchVsRef).
+func BenchmarkPrefillAttention(b *testing.B) {
+	for _, n := range []int{512, 1024, 2048, 4096} {
+		b.Run(fmt.Sprintf("tokens=%d", n), func(b *testing.B) {
+			m := load30M(b)
+			batch := Batch{Tokens: randomTokens(m, n, 1), Pos: seq(0, n)}
+			opts := ForwardOptions{Logits: []int{n - 1}}
+			benchVsRef(b, 2, func() {
+				if _, err := m.Forward(context.Background(), nil, batch, opts); err != nil {
+					b.Fatal(err)
+				}
+			})
+			per := b.Elapsed() / time.Duration(b.N)
+			b.ReportMetric(float64(n)/per.Seconds(), "tokens/s")
+		})
+	}
+}
+
+// BenchmarkDecodeAttention is one decode step of the 31M model against a
+// cache of 512 and 4000 entries (the model's limit is 4096 positions), new kernel vs attentionRef
+// (benchVsRef, 5 rounds): x_old is the speed-up of the whole step.
+func BenchmarkDecodeAttention(b *testing.B) {
+	for _, n := range []int{512, 4000} {
+		b.Run(fmt.Sprintf("cache=%d", n), func(b *testing.B) {
+			m := load30M(b)
+			toks := randomTokens(m, n+1, 2)
+			r, err := m.Forward(context.Background(), nil, Batch{Tokens: toks[:n], Pos: seq(0, n)}, ForwardOptions{ReturnKV: true})
+			if err != nil {
+				b.Fatal(err)
+			}
+			one := Batch{Tokens: toks[n:], Pos: []int32{int32(n)}}
+			opts := ForwardOptions{Logits: []int{0}}
+			benchVsRef(b, 5, func() {
+				if _, err := m.Forward(context.Background(), r.KV, one, opts); err != nil {
+					b.Fatal(err)
+				}
+			})
+			b.ReportMetric(1/(b.Elapsed() / time.Duration(b.N)).Seconds(), "tokens/s")
+		})
+	}
+}
+
+// BenchmarkQSparseForward is the sidecar's hot path on the 31M model: a
+// Forward over 15% of the tokens of an assembled cache of 1K–4K entries
+// (scattered positions, shadowing their cache entries), the last layer's
+// AttentionSum asked as FusionRAG's selection does; new kernel vs
+// attentionRef in the same run (x_old).
+func BenchmarkQSparseForward(b *testing.B) {
+	for _, n := range []int{1024, 4096} {
+		b.Run(fmt.Sprintf("cache=%d", n), func(b *testing.B) {
+			m := load30M(b)
+			toks := randomTokens(m, n, 3)
+			r, err := m.Forward(context.Background(), nil, Batch{Tokens: toks, Pos: seq(0, n)}, ForwardOptions{ReturnKV: true})
+			if err != nil {
+				b.Fatal(err)
+			}
+			rng := rand.New(rand.NewPCG(4, 4))
+			var sel Batch
+			for i := range n {
+				if rng.Float64() < 0.15 || i == n-1 {
+					sel.Tokens, sel.Pos = append(sel.Tokens, toks[i]), append(sel.Pos, int32(i))
+				}
+			}
+			opts := ForwardOptions{Logits: []int{len(sel.Pos) - 1}, AttentionLayers: []int{m.Config.Layers - 1}, AttentionSum: true}
+			benchVsRef(b, 2, func() {
+				if _, err := m.Forward(context.Background(), r.KV, sel, opts); err != nil {
+					b.Fatal(err)
+				}
+			})
+		})
+	}
+}
+
+// benchVsRef times fn with attentionRef and with the new kernel in
+// alternate rounds (tries of each, the best of each kept: the machine is
+// shared and noisy, so a best-of against a mean would favour either side)
+// and reports x_old = best ref time / best new time; the benchmark loop
+// then times the new kernel (ns/op).
+func benchVsRef(b *testing.B, tries int, fn func()) {
+	old, cur := time.Duration(math.MaxInt64), time.Duration(math.MaxInt64)
+	for range tries {
+		attentionUseRef = true
+		start := time.Now()
+		fn()
+		old = min(old, time.Since(start))
+		attentionUseRef = false
+		start = time.Now()
+		fn()
+		cur = min(cur, time.Since(start))
+	}
+	b.ResetTimer()
+	for b.Loop() {
+		fn()
+	}
+	b.ReportMetric(float64(old)/float64(cur), "x_old")
 }

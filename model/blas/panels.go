@@ -106,3 +106,29 @@ func PanelMulAdd(out []float32, ldo int, a []float32, lda int, panels []float32,
 		}
 	}
 }
+
+// Dot8 continues c[j] += a[0]·b[j*ldb+0] + ... + a[k-1]·b[j*ldb+k-1] for
+// j in [0, 8), k = len(a), the terms added in increasing p with one
+// float32 accumulator per output: eight dot products of a with rows of b
+// ldb floats apart, read in place. From c = 0 each output has the bits
+// PanelMulAdd gives it. It panics when b is short.
+func Dot8(a, b []float32, ldb int, c *[8]float32) {
+	if len(a) == 0 {
+		return
+	}
+	if ldb < len(a) || len(b) < 7*ldb+len(a) {
+		panic(fmt.Sprintf("blas.Dot8: len(b)=%d, ldb=%d for 8 rows of %d", len(b), ldb, len(a)))
+	}
+	dot8(a, b, ldb, c)
+}
+
+// Axpy computes y[i] += s·x[i] for i in [0, len(y)) (len(x) >= len(y)), a
+// multiply then an add per element (no fused multiply-add): the update
+// PanelMulAdd applies per term, so a sum built by Axpy calls in increasing
+// p has its bits.
+func Axpy(s float32, x, y []float32) {
+	if len(x) < len(y) {
+		panic(fmt.Sprintf("blas.Axpy: len(x)=%d < len(y)=%d", len(x), len(y)))
+	}
+	axpy(s, x, y)
+}
