@@ -105,9 +105,7 @@ func TestFusedRequestRefused(t *testing.T) {
 			defer up.Close()
 			var released atomic.Int64
 			p, base := startProxy(t, upstreamConfig(up.URL), WithFuser(FuserFunc(func(context.Context, *Request) (*Plan, error) {
-				pl := okPlan("ab")
-				pl.Release = func() { released.Add(1) }
-				return pl, nil
+				return counted(okPlan("ab"), &released), nil
 			})))
 			if code, body := post(t, base+"/v1/chat/completions", chatBody); code != tt.code {
 				t.Fatalf("status %d %s, want %d", code, body, tt.code)

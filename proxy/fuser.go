@@ -2,9 +2,12 @@ package proxy
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
+	"sync"
+
+	"github.com/fusionrag/fusionrag/adapters"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
@@ -12,14 +15,15 @@ import (
 
 // Fuser is the fusion path as the proxy consumes it: given an eligible
 // request, segment it on token ids, look its chunks up, recompute, and publish
-// the assembled KV to the engine (through an adapter), then say how the
-// forwarded request must point the engine at it.
+// the assembled KV to the engine (through an adapter), then hand back the
+// lease that points the forwarded request at it.
 //
 // Fuse runs under the fusion deadline (Timeouts.Fusion) and must honour ctx.
 // Any error, a panic or the deadline makes the proxy forward the original
 // request untouched; an error wrapping ErrSkip says the request is simply not
-// worth fusing (no chunks, too many missing) and is not a failure. A Fuser
-// must be safe for concurrent use.
+// worth fusing (no chunks, too many missing) and is not a failure; a
+// *FallbackError names its reason. A plan returned along with an error is
+// released and not used. A Fuser must be safe for concurrent use.
 type Fuser interface {
 	Fuse(ctx context.Context, req *Request) (*Plan, error)
 }
@@ -32,25 +36,34 @@ func (f FuserFunc) Fuse(ctx context.Context, req *Request) (*Plan, error) { retu
 
 // Plan is the outcome of a successful Fuse.
 type Plan struct {
-	// KVTransferParams are the forwarded body's "kv_transfer_params" object
-	// (any the client sent is dropped, never merged); the engine uses them
-	// to find the published KV, e.g. {"namespace": "<hex>"}. Must not be
-	// empty.
-	KVTransferParams map[string]any
+	// Lease is the published KV, held for the forwarded request: the proxy
+	// passes the body it forwards through Lease.Rewrite (which points the
+	// engine at the KV: kv_transfer_params, a pinned slot) and calls
+	// Lease.Release exactly once, when the engine's response has ended
+	// (streamed or not, the client gone or not), when the fused request
+	// fails and the original is sent instead, when the plan comes after the
+	// fusion deadline, or when Rewrite fails. Required.
+	Lease adapters.Lease
 
-	// Body, when set, replaces the request body before the
-	// kv_transfer_params are merged (markers stripped from the prompt, say).
-	// It must be a JSON object the engine turns into exactly the token ids
-	// the KV was published for. The original body is still what a fallback
-	// forwards.
+	// Body, when set, replaces the request body (markers stripped from the
+	// prompt, say). It must be a JSON object the engine turns into exactly
+	// the token ids the KV was published for. The original body is still
+	// what a fallback forwards. Before Rewrite, the proxy removes from it
+	// (or from the original) what only the sidecar may set (see
+	// leaseBody); a Fuser that publishes the body an adapter will see
+	// passes it through leaseBody itself, so that Rewrite receives exactly
+	// the published bytes.
 	Body []byte
 
 	// Stats describe the work done; they become span attributes and metrics.
 	Stats Stats
+}
 
-	// Release, when set, is called once when the engine's response has ended
-	// (or failed), e.g. to unpin the published KV.
-	Release func()
+// release releases the plan's lease, if any.
+func (p *Plan) release() {
+	if p != nil && p.Lease != nil {
+		p.Lease.Release()
+	}
 }
 
 // Stats are the figures of one fusion.
@@ -143,29 +156,100 @@ type PanicError struct{ Value any }
 
 func (e *PanicError) Error() string { return fmt.Sprintf("proxy: fuser panicked: %v", e.Value) }
 
-// applyPlan returns body with the plan's kv_transfer_params as its
-// top-level "kv_transfer_params" object, every other byte unchanged. Any
-// member an engine would read as kv_transfer_params (isKVParams) is removed
-// first: only the sidecar says where the engine finds KV.
+// FallbackError is a failure of the fusion path with its reason (a short
+// constant, e.g. "engine_mismatch", "restore_refused"), which becomes the
+// fallback's metric label and span attribute instead of "fuser_error". It
+// counts against the breaker like any failure.
+type FallbackError struct {
+	Reason string
+	Err    error
+}
+
+func (e *FallbackError) Error() string { return e.Err.Error() }
+func (e *FallbackError) Unwrap() error { return e.Err }
+
+// Fallback returns err as a *FallbackError with reason.
+func Fallback(reason string, err error) error { return &FallbackError{Reason: reason, Err: err} }
+
+// applyPlan returns body as the engine receives it on the fused path: the
+// members only the sidecar may set removed (leaseBody), then rewritten by
+// the plan's lease.
 func applyPlan(body []byte, p *Plan) ([]byte, error) {
-	if p == nil || len(p.KVTransferParams) == 0 {
-		return nil, errors.New("proxy: plan without kv_transfer_params")
+	if p == nil || p.Lease == nil {
+		return nil, errors.New("proxy: plan without a lease")
 	}
-	body, _, err := removeMembers(body, isKVParams)
+	body, err := leaseBody(body)
 	if err != nil {
 		return nil, err
 	}
-	params := map[string]json.RawMessage{}
-	for k, v := range p.KVTransferParams {
-		b, err := json.Marshal(v)
-		if err != nil {
-			return nil, fmt.Errorf("proxy: kv_transfer_params[%q]: %w", k, err)
+	out, err := p.Lease.Rewrite(body)
+	if err != nil {
+		return nil, fmt.Errorf("proxy: rewriting the fused request: %w", err)
+	}
+	return out, nil
+}
+
+// leaseBody returns the body a lease rewrites on the fused path: body
+// without any member an engine would read as kv_transfer_params (isKVParams:
+// only the sidecar says where the engine finds KV) or as llama-server's
+// id_slot (isSlotParam: the lease pins its own slot; a client's would run
+// the request in another slot than the one holding its KV), every other
+// byte unchanged. It is idempotent: a body without such members is returned
+// as is.
+func leaseBody(body []byte) ([]byte, error) {
+	out, _, err := removeMembers(body, func(k string) bool { return isKVParams(k) || isSlotParam(k) })
+	return out, err
+}
+
+// isSlotParam reports whether an object member named key would be read as
+// llama-server's id_slot: nlohmann::json matches exactly; any case (as
+// encoding/json would) is removed too, at no cost.
+func isSlotParam(key string) bool { return strings.EqualFold(key, "id_slot") }
+
+// Fallback reasons of the publish step.
+const (
+	// ReasonEngineMismatch: the engine runs another model, tokenizer or KV
+	// layout than the sidecar (adapters.ErrMismatch), at open or publish.
+	// It lasts until the engine changes, so it counts against the breaker:
+	// after breaker.consecutive_failures of them the fusion path is off, and
+	// only breaker.half_open_requests trials per breaker.open_timeout pay a
+	// recompute that cannot be used. An adapter that fails to open with it
+	// is not re-opened for mismatchReopen.
+	ReasonEngineMismatch = "engine_mismatch"
+	// ReasonAdapterError: an adapter failure that carries no reason (or one
+	// past the bounded set, see adapterReason).
+	ReasonAdapterError = "adapter_error"
+	// ReasonAdapterOpen: the adapter could not be opened (engine down, slot
+	// directory missing, handshake refused).
+	ReasonAdapterOpen = "adapter_open"
+)
+
+// maxAdapterReasons bounds the distinct reasons adapters may add to the
+// fallback metric's labels, per process.
+const maxAdapterReasons = 16
+
+var (
+	adapterReasonsMu sync.Mutex
+	adapterReasons   = map[string]bool{}
+)
+
+// adapterReason returns the reason err carries (adapters.ReasonOf) when it
+// is well formed (1-32 bytes of [a-z0-9_]) and among the first
+// maxAdapterReasons distinct ones this process has seen; otherwise def.
+// Adapters report constants, so the set is their handful of reasons; the
+// bound only keeps a misbehaving adapter from growing the metric's labels.
+func adapterReason(err error, def string) string {
+	r := adapters.ReasonOf(err)
+	if r == "" || len(r) > 32 || strings.TrimLeft(r, "abcdefghijklmnopqrstuvwxyz0123456789_") != "" {
+		return def
+	}
+	adapterReasonsMu.Lock()
+	defer adapterReasonsMu.Unlock()
+	if !adapterReasons[r] {
+		if len(adapterReasons) >= maxAdapterReasons {
+			return def
 		}
-		params[k] = b
+		adapterReasons[r] = true
 	}
-	raw, err := json.Marshal(params)
-	if err != nil {
-		return nil, err
-	}
-	return appendMember(body, "kv_transfer_params", raw)
+	return r
 }

@@ -33,7 +33,7 @@ import (
 // (computing and storing the missing ones), recomputes with the request's
 // strategy and ratio (package recompute), publishes the KV of the whole
 // prompt but its last token through the engine adapter, and returns the
-// kv_transfer_params that point the engine at it.
+// adapter's lease, which points the forwarded request at it.
 //
 // Segment conventions, tried in this order:
 //
@@ -75,7 +75,7 @@ type RAGFuser struct {
 	seenTotal int
 
 	engMu    sync.Mutex
-	eng      adapters.Engine
+	eng      *liveEngine
 	openEng  func(ctx context.Context) (adapters.Engine, error)
 	lastOpen time.Time
 	openErr  error
@@ -122,8 +122,11 @@ func NewRAGFuser(cfg FuserConfig) (*RAGFuser, error) {
 			return nil, err
 		}
 	}
-	f := &RAGFuser{cfg: cfg.Proxy, m: cfg.Model, tok: cfg.Model.Tokenizer, eng: cfg.Engine, openEng: cfg.OpenEngine,
+	f := &RAGFuser{cfg: cfg.Proxy, m: cfg.Model, tok: cfg.Model.Tokenizer, openEng: cfg.OpenEngine,
 		log: cfg.Logger, warming: make(chan struct{}, 1)}
+	if cfg.Engine != nil {
+		f.eng = &liveEngine{Engine: cfg.Engine}
+	}
 	if f.log == nil {
 		f.log = slog.Default()
 	}
@@ -210,7 +213,7 @@ func (f *RAGFuser) seenBy(tenant string) *fingerprint.ChunkIndex {
 func (f *RAGFuser) Close() error {
 	f.engMu.Lock()
 	defer f.engMu.Unlock()
-	if f.eng != nil && f.openEng != nil {
+	if f.eng != nil && f.eng.owned {
 		err := f.eng.Close()
 		f.eng = nil
 		return err
@@ -218,22 +221,123 @@ func (f *RAGFuser) Close() error {
 	return nil
 }
 
-func (f *RAGFuser) engine(ctx context.Context) (adapters.Engine, error) {
+// mismatchReopen is how long an adapter that failed to open with
+// adapters.ErrMismatch (or was retired for it) is not re-opened: the engine
+// serves another model until someone redeploys it, and a re-open costs the
+// engine a handshake (llamacpp saves and restores a probe slot). Other open
+// failures (the engine not up yet) are retried after a second.
+const mismatchReopen = 30 * time.Second
+
+// engine returns the adapter, opening it on first use (and again after a
+// failure or a retirement, at most once per second, once per
+// mismatchReopen after a mismatch).
+func (f *RAGFuser) engine(ctx context.Context) (*liveEngine, error) {
 	f.engMu.Lock()
 	defer f.engMu.Unlock()
 	if f.eng != nil {
 		return f.eng, nil
 	}
-	if time.Since(f.lastOpen) < time.Second && f.openErr != nil {
+	wait := time.Second
+	if errors.Is(f.openErr, adapters.ErrMismatch) {
+		wait = mismatchReopen
+	}
+	if f.openErr != nil && (time.Since(f.lastOpen) < wait || f.openEng == nil) {
 		return nil, f.openErr
 	}
 	f.lastOpen = time.Now()
-	f.eng, f.openErr = f.openEng(ctx)
-	if f.openErr != nil {
-		f.openErr = fmt.Errorf("proxy: opening the engine adapter: %w", f.openErr)
-		f.eng = nil
+	eng, err := f.openEng(ctx)
+	if err != nil {
+		f.openErr = fmt.Errorf("proxy: opening the engine adapter: %w", err)
+		return nil, f.openErr
 	}
-	return f.eng, f.openErr
+	f.eng, f.openErr = &liveEngine{Engine: eng, owned: true}, nil
+	return f.eng, nil
+}
+
+// retire drops e, an adapter whose Publish reported adapters.ErrMismatch,
+// when the fuser opened it: the next fusion re-opens the adapter (a new
+// handshake) after mismatchReopen, so a redeployed engine is found again.
+// e is closed once its last lease is released. An adapter given in
+// FuserConfig.Engine is kept (the breaker bounds the cost).
+func (f *RAGFuser) retire(e *liveEngine, err error) {
+	if !e.owned {
+		return
+	}
+	f.engMu.Lock()
+	if f.eng == e {
+		f.eng = nil
+		f.openErr = fmt.Errorf("proxy: engine adapter retired: %w", err)
+		f.lastOpen = time.Now()
+	}
+	f.engMu.Unlock()
+	e.retire()
+}
+
+// liveEngine is the fuser's adapter with a count of its leases still held,
+// so that a retired adapter is closed only when no request uses it.
+type liveEngine struct {
+	adapters.Engine
+	owned bool // opened by the fuser (OpenEngine): closed when retired
+
+	mu      sync.Mutex
+	leases  int
+	retired bool
+}
+
+func (e *liveEngine) publish(ctx context.Context, p adapters.Publication) (adapters.Lease, error) {
+	e.mu.Lock()
+	e.leases++
+	e.mu.Unlock()
+	l, err := e.Engine.Publish(ctx, p)
+	if err == nil && l == nil {
+		err = errors.New("proxy: adapter published without a lease")
+	}
+	if err != nil {
+		e.released()
+		return nil, err
+	}
+	return &liveLease{Lease: l, e: e}, nil
+}
+
+func (e *liveEngine) released() {
+	e.mu.Lock()
+	e.leases--
+	last := e.retired && e.leases == 0
+	e.mu.Unlock()
+	if last {
+		_ = e.Close()
+	}
+}
+
+func (e *liveEngine) retire() {
+	e.mu.Lock()
+	already := e.retired
+	e.retired = true
+	idle := e.leases == 0
+	e.mu.Unlock()
+	if !already && idle {
+		_ = e.Close()
+	}
+}
+
+// liveLease is a lease of a liveEngine.
+type liveLease struct {
+	adapters.Lease
+	e *liveEngine
+}
+
+// Release implements adapters.Lease.
+func (l *liveLease) Release() {
+	l.Lease.Release()
+	l.e.released()
+}
+
+// truncateAttr bounds a span attribute an adapter chose.
+func truncateAttr(s string) string {
+	if len(s) > 64 {
+		return s[:64]
+	}
+	return s
 }
 
 // Skip reasons of the fusion path (metric labels).
@@ -247,6 +351,8 @@ const (
 	SkipTokenMismatch   = "token_mismatch"
 	SkipPromptTooLong   = "prompt_too_long"
 	SkipNoPublish       = "no_publish"
+	SkipEngineBusy      = "engine_busy" // adapters.ErrBusy: every slot leased; not a failure
+	AttrAdapterReason   = "fusionrag.adapter_reason"
 	AttrInexactChunks   = "fusionrag.inexact_chunks"
 	AttrSegmentation    = "fusionrag.segmentation"
 	AttrPrefixTokens    = "fusionrag.prefix_tokens"
@@ -349,22 +455,50 @@ func (f *RAGFuser) Fuse(ctx context.Context, req *Request) (*Plan, error) {
 	rspan.End()
 
 	// Publish the KV of every token but the last, which the engine
-	// prefills itself to get the logits.
+	// prefills itself to get the logits. The adapter sees the body exactly
+	// as Lease.Rewrite will receive it (applyPlan passes it through
+	// leaseBody again, which leaves it as it is).
 	pctx, pspan := StartPhase(ctx, SpanPublish)
 	defer pspan.End()
 	eng, err := f.engine(pctx)
 	if err != nil {
 		pspan.RecordError(err)
+		switch {
+		case errors.Is(err, adapters.ErrMismatch):
+			return nil, Fallback(ReasonEngineMismatch, err)
+		case ctx.Err() != nil:
+			return nil, err
+		}
+		return nil, Fallback(adapterReason(err, ReasonAdapterOpen), err)
+	}
+	fwd := req.Body
+	if sg.body != nil {
+		fwd = sg.body
+	}
+	if fwd, err = leaseBody(fwd); err != nil {
 		return nil, err
 	}
 	L := len(sg.ids)
 	pns := publishNamespace(req.Tenant, ns.Params, strategy, ratio)
-	if err := eng.Publish(pctx, pns, sg.ids[:L-1], res.Cache.Slice(0, L-1)); err != nil {
+	lease, err := eng.publish(pctx, adapters.Publication{Namespace: pns, Prompt: sg.ids, KV: res.Cache.Slice(0, L-1),
+		Path: req.Route.Path(), Body: fwd})
+	if err != nil {
 		pspan.RecordError(err)
-		if errors.Is(err, adapters.ErrNoPublish) {
-			return nil, Skip(SkipNoPublish)
+		if r := adapters.ReasonOf(err); r != "" {
+			pspan.SetAttributes(attribute.String(AttrAdapterReason, truncateAttr(r)))
 		}
-		return nil, err
+		switch {
+		case errors.Is(err, adapters.ErrNoPublish):
+			return nil, Skip(SkipNoPublish)
+		case errors.Is(err, adapters.ErrBusy):
+			return nil, Skip(SkipEngineBusy)
+		case ctx.Err() != nil:
+			return nil, err // the proxy tells a deadline from a cancel
+		case errors.Is(err, adapters.ErrMismatch):
+			f.retire(eng, err)
+			return nil, Fallback(ReasonEngineMismatch, err)
+		}
+		return nil, Fallback(adapterReason(err, ReasonAdapterError), err)
 	}
 	pspan.SetAttributes(attribute.Int("fusionrag.published_tokens", L-1))
 
@@ -375,8 +509,8 @@ func (f *RAGFuser) Fuse(ctx context.Context, req *Request) (*Plan, error) {
 		}
 	}
 	return &Plan{
-		KVTransferParams: map[string]any{"namespace": pns},
-		Body:             sg.body,
+		Lease: lease,
+		Body:  fwd,
 		Stats: Stats{Strategy: strategy, Ratio: ratio, Chunks: k, Hits: rec.RawHits + rec.FusedHits, Misses: rec.Misses,
 			RecomputedTokens: rec.Recomputed, ContextTokens: rec.PrefixTokens + rec.ContextTokens, BytesLoaded: rec.BytesLoaded},
 	}, nil

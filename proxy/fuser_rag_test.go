@@ -167,9 +167,22 @@ func TestFuserSeparatorTenantIsolation(t *testing.T) {
 		t.Errorf("tenant B: %d hits %d misses: it reached tenant A's KV", pb.Stats.Hits, pb.Stats.Misses)
 	}
 	pa, _ := fe.f.Fuse(ctx, a)
-	if pa.KVTransferParams["namespace"] == pb.KVTransferParams["namespace"] {
+	if leaseNamespace(t, pa) == leaseNamespace(t, pb) {
 		t.Error("tenants A and B publish under the same namespace")
 	}
+}
+
+// leaseNamespace is the kv_transfer_params namespace p's lease sets.
+func leaseNamespace(t testing.TB, p *Plan) string {
+	t.Helper()
+	b, err := p.Lease.Rewrite([]byte(`{}`))
+	var v struct {
+		KV struct{ Namespace string } `json:"kv_transfer_params"`
+	}
+	if err != nil || json.Unmarshal(b, &v) != nil || v.KV.Namespace == "" {
+		t.Fatalf("lease rewrites {} to %s, %v: no namespace", b, err)
+	}
+	return v.KV.Namespace
 }
 
 func jsonString(s string) string { b, _ := json.Marshal(s); return string(b) }

@@ -17,6 +17,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/sony/gobreaker/v2"
 
+	"github.com/fusionrag/fusionrag/adapters"
 	"github.com/fusionrag/fusionrag/fingerprint"
 	"github.com/fusionrag/fusionrag/internal/streamtest"
 )
@@ -67,8 +68,35 @@ func (rc *recorder) reset() {
 	rc.mu.Unlock()
 }
 
+// countingLease is a kv_transfer_params lease that counts its releases
+// and may fail Rewrite.
+type countingLease struct {
+	adapters.KVParamsLease
+	released   *atomic.Int64
+	rewriteErr error
+}
+
+func (l countingLease) Rewrite(b []byte) ([]byte, error) {
+	if l.rewriteErr != nil {
+		return nil, l.rewriteErr
+	}
+	return l.KVParamsLease.Rewrite(b)
+}
+
+func (l countingLease) Release() {
+	if l.released != nil {
+		l.released.Add(1)
+	}
+}
+
+// counted makes p's lease count its releases in n.
+func counted(p *Plan, n *atomic.Int64) *Plan {
+	p.Lease = countingLease{KVParamsLease: p.Lease.(adapters.KVParamsLease), released: n}
+	return p
+}
+
 func okPlan(ns string) *Plan {
-	return &Plan{KVTransferParams: map[string]any{"namespace": ns},
+	return &Plan{Lease: adapters.KVParamsLease{Namespace: ns},
 		Stats: Stats{Strategy: "fusionrag", Ratio: 0.15, Chunks: 4, Hits: 3, Misses: 1, RecomputedTokens: 42, ContextTokens: 280, BytesLoaded: 1 << 20}}
 }
 
@@ -99,9 +127,7 @@ func TestFusionPathAndFallbacks(t *testing.T) {
 	var released atomic.Int64
 	fusers := map[string]FuserFunc{
 		"ok": func(ctx context.Context, r *Request) (*Plan, error) {
-			p := okPlan("ns-" + r.Tenant[:8])
-			p.Release = func() { released.Add(1) }
-			return p, nil
+			return counted(okPlan("ns-"+r.Tenant[:8]), &released), nil
 		},
 		"error":        func(context.Context, *Request) (*Plan, error) { return nil, errors.New("redis: connection refused") },
 		"panic":        func(context.Context, *Request) (*Plan, error) { panic("index out of range") },
@@ -110,8 +136,17 @@ func TestFusionPathAndFallbacks(t *testing.T) {
 		"skip":         func(context.Context, *Request) (*Plan, error) { return nil, Skip("too_many_missing") },
 		"nil plan":     func(context.Context, *Request) (*Plan, error) { return nil, nil },
 		"empty params": func(context.Context, *Request) (*Plan, error) { return &Plan{}, nil },
-		"bad json plan": func(context.Context, *Request) (*Plan, error) {
-			return &Plan{KVTransferParams: map[string]any{"x": func() {}}}, nil
+		"rewrite fails": func(context.Context, *Request) (*Plan, error) {
+			return &Plan{Lease: countingLease{released: &released, rewriteErr: errors.New("slot file gone")}}, nil
+		},
+		"rewrite fails with a reason": func(context.Context, *Request) (*Plan, error) {
+			return &Plan{Lease: countingLease{released: &released, rewriteErr: reasonError{"slot_gone"}}}, nil
+		},
+		"plan and error": func(context.Context, *Request) (*Plan, error) {
+			return counted(okPlan("x"), &released), errors.New("half done")
+		},
+		"mismatch": func(context.Context, *Request) (*Plan, error) {
+			return nil, Fallback(ReasonEngineMismatch, adapters.ErrMismatch)
 		},
 	}
 	tests := []struct {
@@ -129,7 +164,10 @@ func TestFusionPathAndFallbacks(t *testing.T) {
 		{"skip", false, PathPassthrough, "", 0},
 		{"nil plan", false, PathFallback, ReasonFuserError, 0},
 		{"empty params", false, PathFallback, ReasonBadPlan, 0},
-		{"bad json plan", false, PathFallback, ReasonBadPlan, 0},
+		{"rewrite fails", false, PathFallback, ReasonBadPlan, 1},
+		{"rewrite fails with a reason", false, PathFallback, "slot_gone", 1},
+		{"plan and error", false, PathFallback, ReasonFuserError, 1},
+		{"mismatch", false, PathFallback, ReasonEngineMismatch, 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.fuser, func(t *testing.T) {
@@ -263,9 +301,7 @@ func TestFusedRequestFailsUpstream(t *testing.T) {
 	defer up.Close()
 	var released atomic.Int64
 	p, base := startProxy(t, upstreamConfig(up.URL), WithFuser(FuserFunc(func(context.Context, *Request) (*Plan, error) {
-		pl := okPlan("x")
-		pl.Release = func() { released.Add(1) }
-		return pl, nil
+		return counted(okPlan("x"), &released), nil
 	})))
 	code, resp := post(t, base+"/v1/chat/completions", chatBody)
 	if code != 200 || !strings.Contains(resp, `"echo"`) {
@@ -499,3 +535,9 @@ func TestBodyFieldRemovedWithoutFuser(t *testing.T) {
 		t.Errorf("engine body (-want +got):\n%s", d)
 	}
 }
+
+// reasonError is an adapter error carrying a reason.
+type reasonError struct{ r string }
+
+func (e reasonError) Error() string  { return "adapter failed: " + e.r }
+func (e reasonError) Reason() string { return e.r }

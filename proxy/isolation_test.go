@@ -14,6 +14,8 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/fusionrag/fusionrag/adapters"
 )
 
 // The engine looks up published KV under kv_transfer_params.namespace, a
@@ -220,8 +222,9 @@ func TestCrossTenantReadThroughEngine(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	nsA := pa.KVTransferParams["namespace"].(string)
-	attack, err := applyPlan([]byte(pa.Body), &Plan{KVTransferParams: map[string]any{"namespace": nsA}})
+	nsA := leaseNamespace(t, pa)
+	pa.Lease.Release()
+	attack, err := applyPlan([]byte(pa.Body), &Plan{Lease: adapters.KVParamsLease{Namespace: nsA}})
 	if err != nil {
 		t.Fatal(err)
 	}

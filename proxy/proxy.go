@@ -281,9 +281,7 @@ func (x *exchange) finishAt(now time.Time, err error) {
 			x.done(err)
 		}
 	}
-	if x.plan != nil && x.plan.Release != nil {
-		x.plan.Release()
-	}
+	x.plan.release()
 	x.p.tel.requests.Add(x.ctx, 1, x.p.tel.pathRouteOpts(x.path, x.route)...)
 	x.p.tel.duration.Record(x.ctx, now.Sub(x.start).Seconds(), x.p.tel.pathOpts(x.path)...)
 	if x.span.IsRecording() {
@@ -484,9 +482,7 @@ func (p *Proxy) serveEligible(ctx *fasthttp.RequestCtx, x *exchange, body []byte
 	done := x.done
 	x.done = nil
 	x.fallback(ReasonUpstreamError)
-	if x.plan.Release != nil {
-		x.plan.Release()
-	}
+	x.plan.release() // before the original is sent: a slot it held is free for it
 	x.plan = nil
 	// The fusion path is at fault only if the engine treats the original
 	// better: an engine that fails both (down, overloaded) is not a fusion
@@ -555,13 +551,16 @@ func (p *Proxy) fuse(x *exchange, req *Request) ([]byte, bool) {
 	case <-fctx.Done():
 		r.err = fctx.Err()
 		go func() { // a late plan is never used: release it
-			if late := <-ch; late.plan != nil && late.plan.Release != nil {
-				late.plan.Release()
-			}
+			late := <-ch
+			late.plan.release()
 		}()
 	}
 	if r.err == nil && r.plan == nil {
 		r.err = errors.New("proxy: fuser returned neither a plan nor an error")
+	}
+	if r.err != nil && r.plan != nil { // a plan with an error is not used
+		r.plan.release()
+		r.plan = nil
 	}
 	var body []byte
 	if r.err == nil {
@@ -570,16 +569,20 @@ func (p *Proxy) fuse(x *exchange, req *Request) ([]byte, bool) {
 			base = r.plan.Body
 		}
 		if body, err = applyPlan(base, r.plan); err != nil {
-			if r.plan.Release != nil {
-				r.plan.Release()
-			}
+			r.plan.release()
 			done(err)
-			x.fallback(ReasonBadPlan)
+			reason := ReasonBadPlan
+			if ar := adapterReason(err, ""); ar != "" {
+				reason = ar
+			}
+			x.fallback(reason)
+			x.span.RecordError(err)
 			return nil, false
 		}
 	}
 	var skip *SkipError
 	var pe *PanicError
+	var fe *FallbackError
 	switch {
 	case r.err == nil:
 		x.done, x.plan = done, r.plan
@@ -604,6 +607,8 @@ func (p *Proxy) fuse(x *exchange, req *Request) ([]byte, bool) {
 		p.log.Error("fuser panicked", "panic", pe.Value)
 	case errors.Is(r.err, context.Canceled):
 		x.fallback(ReasonClientCancel)
+	case errors.As(r.err, &fe):
+		x.fallback(fe.Reason)
 	default:
 		x.fallback(ReasonFuserError)
 	}

@@ -32,6 +32,17 @@ func (r Route) String() string {
 	return "other"
 }
 
+// Path is the route's request path ("" for RouteOther).
+func (r Route) Path() string {
+	switch r {
+	case RouteChat:
+		return "/v1/chat/completions"
+	case RouteCompletions:
+		return "/v1/completions"
+	}
+	return ""
+}
+
 // routeOf returns the route of an HTTP method and path (no query).
 func routeOf(method, path []byte) Route {
 	if string(method) != "POST" {

@@ -8,6 +8,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
+
+	"github.com/fusionrag/fusionrag/adapters"
 )
 
 func TestParseRequest(t *testing.T) {
@@ -107,7 +109,7 @@ func TestRemoveMember(t *testing.T) {
 }
 
 func TestApplyPlan(t *testing.T) {
-	plan := &Plan{KVTransferParams: map[string]any{"namespace": "ab12"}}
+	plan := &Plan{Lease: adapters.KVParamsLease{Namespace: "ab12"}}
 	tests := []struct{ in, want string }{
 		{`{"model":"m"}`, `{"model":"m","kv_transfer_params":{"namespace":"ab12"}}`},
 		{`{}`, `{"kv_transfer_params":{"namespace":"ab12"}}`},
@@ -118,12 +120,22 @@ func TestApplyPlan(t *testing.T) {
 		{`{"model":"m","kv_transfer_params":null}`, `{"model":"m","kv_transfer_params":{"namespace":"ab12"}}`},
 		{`{"model":"m","KV_Transfer_Params":{"namespace":"ffff"}}`, `{"model":"m","kv_transfer_params":{"namespace":"ab12"}}`},
 		{`{"kv_transfer_params":"x","model":"m"}`, `{"model":"m","kv_transfer_params":{"namespace":"ab12"}}`},
+		// A client's id_slot is dropped too: a slot-pinning lease sets its own.
+		{`{"id_slot":2,"model":"m"}`, `{"model":"m","kv_transfer_params":{"namespace":"ab12"}}`},
+		{`{"model":"m", "ID_Slot":-1}`, `{"model":"m","kv_transfer_params":{"namespace":"ab12"}}`},
+		{`{"model":"m","x":{"id_slot":1}}`, `{"model":"m","x":{"id_slot":1},"kv_transfer_params":{"namespace":"ab12"}}`},
 	}
 	for _, tt := range tests {
 		got, err := applyPlan([]byte(tt.in), plan)
 		if err != nil || string(got) != tt.want {
 			t.Errorf("applyPlan(%s) = %s, %v; want %s", tt.in, got, err, tt.want)
 		}
+	}
+	if got, err := applyPlan([]byte(`{}`), &Plan{}); err == nil {
+		t.Errorf("applyPlan without a lease = %s, want an error", got)
+	}
+	if got, err := applyPlan([]byte(`[1]`), plan); err == nil {
+		t.Errorf("applyPlan of an array = %s, want an error", got)
 	}
 }
 
@@ -228,7 +240,7 @@ func FuzzApplyPlan(f *testing.F) {
 		if !json.Valid([]byte(body)) {
 			return
 		}
-		out, err := applyPlan([]byte(body), &Plan{KVTransferParams: map[string]any{"namespace": ns}})
+		out, err := applyPlan([]byte(body), &Plan{Lease: adapters.KVParamsLease{Namespace: ns}})
 		if err != nil {
 			return
 		}
