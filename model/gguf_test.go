@@ -58,7 +58,7 @@ func TestGGUFReferenceStories260K(t *testing.T) {
 	if m0.Config.MaxPositions != 128 {
 		t.Errorf("MaxPositions without override = %d, want 128 (llama.context_length)", m0.Config.MaxPositions)
 	}
-	m0.Close()
+	defer m0.Close()
 	m, err := Load(path, LoadOptions{MaxPositions: 512})
 	if err != nil {
 		t.Fatal(err)
@@ -121,8 +121,8 @@ func TestGGUFReferenceStories260K(t *testing.T) {
 	}
 	// The prompt-too-long error names the override.
 	_, err = m0.Generate(context.Background(), make([]int32, 200), 1, NewSampler(0, 0, 0), func(int32) bool { return true })
-	if err == nil {
-		t.Errorf("a 200-token prompt on a 128-position model: no error")
+	if err == nil || !strings.Contains(err.Error(), "MaxPositions") {
+		t.Errorf("a 200-token prompt on a 128-position model: error %v, want one naming the MaxPositions override", err)
 	}
 }
 

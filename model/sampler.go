@@ -105,7 +105,7 @@ func (m *Model) Generate(ctx context.Context, prompt []int32, maxTokens int, s *
 		return nil, fmt.Errorf("model: empty prompt (start it with BOS)")
 	}
 	if len(prompt) > m.Config.MaxPositions {
-		return nil, fmt.Errorf("%w: prompt of %d tokens exceeds the model's %d positions", ErrPosition, len(prompt), m.Config.MaxPositions)
+		return nil, fmt.Errorf("%w: prompt of %d tokens exceeds the model's %d positions (LoadOptions.MaxPositions, --max-positions, overrides the file's context length)", ErrPosition, len(prompt), m.Config.MaxPositions)
 	}
 	stop := map[int32]bool{}
 	for _, e := range m.Config.EOS {

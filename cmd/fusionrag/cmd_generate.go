@@ -19,7 +19,7 @@ func init() {
 
 func runGenerate(args []string) error {
 	fs := flag.NewFlagSet("generate", flag.ContinueOnError)
-	modelPath := fs.String("model", "", "Hugging Face model directory or llama2.c checkpoint (.bin)")
+	modelPath := fs.String("model", "", "Hugging Face model directory, GGUF file (.gguf) or llama2.c checkpoint (.bin)")
 	tokPath := fs.String("tokenizer", "", "tokenizer file (default: found beside the model)")
 	prompt := fs.String("prompt", "", "prompt text (BOS is added when the tokenizer says so)")
 	maxTokens := fs.Int("max-tokens", 256, "maximum number of generated tokens")
@@ -28,6 +28,7 @@ func runGenerate(args []string) error {
 	seed := fs.Uint64("seed", 0, "random seed for sampling")
 	backend := fs.String("backend", "", fmt.Sprintf("compute backend %v (default %s)", model.Backends(), model.DefaultBackend))
 	echo := fs.Bool("echo", false, "print the prompt before the continuation")
+	maxPos := fs.Int("max-positions", 0, "override the model file's context length (llama.cpp --override-kv <arch>.context_length=int:N); 0 = the file's")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -37,7 +38,7 @@ func runGenerate(args []string) error {
 	if *maxTokens < 0 || *temperature < 0 || *topP < 0 || *topP > 1 {
 		return fmt.Errorf("--max-tokens and --temperature must be >= 0, --top-p in [0, 1]")
 	}
-	m, err := model.Load(*modelPath, model.LoadOptions{Tokenizer: *tokPath, Backend: *backend})
+	m, err := model.Load(*modelPath, model.LoadOptions{Tokenizer: *tokPath, Backend: *backend, MaxPositions: *maxPos})
 	if err != nil {
 		return err
 	}
