@@ -349,7 +349,7 @@ func BenchmarkDecodeAttention(b *testing.B) {
 					b.Fatal(err)
 				}
 			})
-			b.ReportMetric(1/(b.Elapsed() / time.Duration(b.N)).Seconds(), "tokens/s")
+			b.ReportMetric(1/(b.Elapsed()/time.Duration(b.N)).Seconds(), "tokens/s")
 		})
 	}
 }

@@ -121,7 +121,7 @@ func loadFidelityModels(spec, backend string) ([]fidelityModel, error) {
 		return nil
 	}
 	synthetic := func() error {
-		m, err := model.Synthetic(bench.SyntheticFidelityModel(), 7)
+		m, err := syntheticSeeded(bench.SyntheticFidelityModel(), 7, backend)
 		if err != nil {
 			return err
 		}
@@ -238,10 +238,10 @@ func benchTTFT(args []string) error {
 		m, err = model.Load(bf.model, model.LoadOptions{Backend: bf.backend})
 		name = filepath.Base(bf.model)
 	case bf.quick:
-		m, err = model.Synthetic(bench.TTFTQuickModel(), 1)
+		m, err = syntheticSeeded(bench.TTFTQuickModel(), 1, bf.backend)
 		name = "synthetic-llama-5M"
 	default:
-		m, err = model.Synthetic(bench.TTFTModel(), 1)
+		m, err = syntheticSeeded(bench.TTFTModel(), 1, bf.backend)
 	}
 	if err != nil {
 		return err

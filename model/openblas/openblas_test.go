@@ -3,10 +3,12 @@
 package openblas
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 
@@ -182,4 +184,40 @@ func report(b *testing.B, flops float64) float64 {
 	ns := float64(b.Elapsed().Nanoseconds()) / float64(b.N)
 	b.ReportMetric(flops/ns, "GFLOP/s")
 	return ns
+}
+
+// TestCheckCore: a pre-AVX2 kernel set on an AVX2 CPU is refused with a
+// message naming the environment variable; AVX2 sets, and any set on a CPU
+// without AVX2, are accepted.
+func TestCheckCore(t *testing.T) {
+	for _, c := range []struct {
+		core string
+		avx2 bool
+		ok   bool
+	}{
+		{"Haswell", true, true}, {"SkylakeX", true, true}, {"Zen", true, true}, {"Cooperlake", true, true},
+		{"Prescott", true, false}, {"Nehalem", true, false}, {"Sandybridge", true, false},
+		{"Prescott", false, true}, {"Sandybridge", false, true},
+	} {
+		err := checkCore(c.core, c.avx2)
+		if (err == nil) != c.ok {
+			t.Errorf("checkCore(%q, avx2=%v) = %v, want ok=%v", c.core, c.avx2, err, c.ok)
+		}
+		if err != nil && (!errors.Is(err, ErrSlowCore) || !strings.Contains(err.Error(), CoreEnv)) {
+			t.Errorf("checkCore(%q): %v does not wrap ErrSlowCore or name %s", c.core, err, CoreEnv)
+		}
+	}
+	t.Logf("this machine: OpenBLAS core %q, threads %d", CoreName(), Threads())
+}
+
+// TestBackendSingleThreaded: the registered backend leaves OpenBLAS at one
+// thread (Kernel splits products over goroutines itself).
+func TestBackendSingleThreaded(t *testing.T) {
+	be, err := model.NewBackend(Name)
+	if err != nil {
+		t.Skipf("SKIPPING: backend refused on this machine: %v", err)
+	}
+	if be.Name() != Name || Threads() != 1 {
+		t.Fatalf("backend %q with %d OpenBLAS threads, want %q with 1", be.Name(), Threads(), Name)
+	}
 }
