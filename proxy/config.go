@@ -8,12 +8,16 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/fusionrag/fusionrag/adapters"
 )
 
 // Config is the sidecar's configuration. Every leaf field has a YAML key (its
@@ -25,7 +29,7 @@ import (
 type Config struct {
 	Listen      string `yaml:"listen" doc:"Address the sidecar listens on, host:port." default:"127.0.0.1:8080"`
 	Upstream    string `yaml:"upstream" doc:"Base URL of the OpenAI-compatible engine, http://host:port (required). Every route is forwarded there."`
-	Model       string `yaml:"model" doc:"Model the fusion path serves: a Hugging Face directory or a llama2.c .bin. Empty: pass-through only."`
+	Model       string `yaml:"model" doc:"Model the fusion path serves: a Hugging Face directory, a llama2.c .bin or a .gguf file (with the llamacpp adapter, the very file llama-server loads). Empty: pass-through only."`
 	Store       string `yaml:"store" doc:"KV store URLs for the fusion path, comma-separated tiers: mem://?max=2GiB, disk:///path?max=50GiB, redis://host:port/db."`
 	MetricsPath string `yaml:"metrics_path" doc:"Path of the Prometheus text exposition served by the sidecar itself (not forwarded). \"-\" forwards it to the engine instead." default:"/metrics"`
 	HealthPath  string `yaml:"health_path" doc:"Path of the sidecar's health check (checks that the engine is reachable). \"-\" forwards it to the engine instead." default:"/healthz"`
@@ -77,9 +81,10 @@ type Fusion struct {
 	Neighbours         int     `yaml:"neighbours" doc:"Fusion parameter n the chunk KV was ingested with (neighbours fused into each chunk); part of every chunk key, so it must match the ingest's --neighbours." default:"10"`
 	Similarity         string  `yaml:"similarity" doc:"Neighbour similarity the chunk KV was ingested with (bm25, or emb:<model>); part of every chunk key like neighbours." default:"bm25"`
 	System             string  `yaml:"system" doc:"System text S that documents ingested through POST /v1/fusion/documents are computed after (BOS alone when empty); chat requests must start with the same system message to hit them."`
-	Adapter            string  `yaml:"adapter" doc:"Engine adapter that receives the assembled KV: native (this project's engine) or passthrough (publishes nothing: every request is forwarded untouched)." default:"native"`
-	AdapterURL         string  `yaml:"adapter_url" doc:"Base URL the adapter talks to (KV info, KV push). Empty: the upstream."`
+	Adapter            string  `yaml:"adapter" doc:"Engine adapter that receives the assembled KV, one of those registered in the binary: native (this project's engine), llamacpp (an unmodified llama-server: KV restored into a slot the request is pinned to; needs slot_dir, see docs/deploy.md) or passthrough (publishes nothing: every request is forwarded untouched)." default:"native"`
+	AdapterURL         string  `yaml:"adapter_url" doc:"Base URL the adapter talks to (KV info, KV push, slot actions). Empty: the upstream."`
 	Transport          string  `yaml:"transport" doc:"How the native adapter hands KV to the engine: push (PUT /v1/kv/{key}) or store (written into the store, which the engine must share)." default:"push"`
+	SlotDir            string  `yaml:"slot_dir" doc:"Directory, as the sidecar sees it, that llama-server reads and writes slot files in (its --slot-save-path, a volume both share); absolute. Required by the llamacpp adapter."`
 }
 
 // Breaker configures the circuit breaker around the fusion path. When it is
@@ -182,8 +187,16 @@ func (c *Config) Validate() error {
 	if !(c.Fusion.MaxMissingFraction >= 0 && c.Fusion.MaxMissingFraction <= 1) {
 		bad("fusion.max_missing_fraction", "%v is not in [0, 1]", c.Fusion.MaxMissingFraction)
 	}
-	if c.Fusion.Adapter != "native" && c.Fusion.Adapter != "passthrough" {
-		bad("fusion.adapter", "%q is not native or passthrough", c.Fusion.Adapter)
+	// Adapters register themselves from their packages (cmd/fusionrag
+	// imports every one), so the names are whatever this binary holds.
+	if names := adapters.Names(); !c.Fusion.Disabled && !slices.Contains(names, c.Fusion.Adapter) {
+		bad("fusion.adapter", "%q is not one of the registered adapters %v", c.Fusion.Adapter, names)
+	}
+	if c.Fusion.SlotDir != "" && !filepath.IsAbs(c.Fusion.SlotDir) {
+		bad("fusion.slot_dir", "%q is not an absolute path", c.Fusion.SlotDir)
+	}
+	if c.Fusion.Adapter == "llamacpp" && c.Fusion.SlotDir == "" {
+		bad("fusion.slot_dir", "required by the llamacpp adapter (llama-server's --slot-save-path, as the sidecar sees it)")
 	}
 	if c.Fusion.Transport != "push" && c.Fusion.Transport != "store" {
 		bad("fusion.transport", "%q is not push or store", c.Fusion.Transport)

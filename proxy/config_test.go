@@ -9,9 +9,19 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/fusionrag/fusionrag/adapters"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files (docs/configuration.md)")
+
+// configTestAdapter is registered by this file only: fusion.adapter accepts
+// any registered name.
+const configTestAdapter = "config-test"
+
+func init() {
+	adapters.Register(configTestAdapter, func(adapters.Config) (adapters.Engine, error) { return nil, adapters.ErrConfig })
+}
 
 func TestConfigPrecedence(t *testing.T) {
 	dir := t.TempDir()
@@ -78,6 +88,9 @@ func TestConfigErrors(t *testing.T) {
 		{"bad env duration", "upstream: http://x:1\n", map[string]string{"FUSIONRAG_TIMEOUTS_FUSION": "soon"}, "FUSIONRAG_TIMEOUTS_FUSION"},
 		{"bad tenant header", "upstream: http://x:1\ntenant:\n  header: \"a b\"\n", nil, "tenant.header"},
 		{"bad metrics path", "upstream: http://x:1\nmetrics_path: metrics\n", nil, "metrics_path"},
+		{"unregistered adapter", "upstream: http://x:1\nfusion:\n  adapter: vllm\n", nil, `fusion.adapter: "vllm" is not one of the registered adapters [`},
+		{"relative slot dir", "upstream: http://x:1\nfusion:\n  slot_dir: slots\n", nil, "fusion.slot_dir"},
+		{"llamacpp without slot dir", "upstream: http://x:1\nfusion:\n  adapter: llamacpp\n", nil, "fusion.slot_dir: required"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -91,6 +104,18 @@ func TestConfigErrors(t *testing.T) {
 	}
 	if _, err := LoadConfig("", nil, map[string]string{"upstream": "http://127.0.0.1:8000"}); err != nil {
 		t.Errorf("flags only: %v", err)
+	}
+	// Any registered adapter is accepted (the test binary registers native
+	// through fuser_rag_test.go's import, and this one), with its slot dir.
+	for _, name := range []string{"native", configTestAdapter} {
+		if _, err := LoadConfig("", nil, map[string]string{"upstream": "http://127.0.0.1:8000", "fusion.adapter": name,
+			"fusion.slot_dir": "/slots"}); err != nil {
+			t.Errorf("adapter %s: %v", name, err)
+		}
+	}
+	if _, err := LoadConfig("", nil, map[string]string{"upstream": "http://127.0.0.1:8000", "fusion.adapter": "vllm",
+		"fusion.disabled": "true"}); err != nil {
+		t.Errorf("unregistered adapter with fusion disabled: %v", err)
 	}
 	if _, err := LoadConfig(filepath.Join(t.TempDir(), "absent.yaml"), nil, nil); err == nil {
 		t.Error("missing file: no error")

@@ -149,8 +149,11 @@ func buildFusionPath(cfg proxy.Config) (*fusionPath, error) {
 	if url == "" {
 		url = cfg.Upstream
 	}
+	// Model: adapters that prove the engine runs the same weights (llamacpp
+	// compares a probe's KV) or write KV in the engine's layout need it.
 	acfg := adapters.Config{URL: url, Transport: cfg.Fusion.Transport,
-		ModelFingerprint: m.Fingerprint(), TokenizerFingerprint: m.Tokenizer.Fingerprint()}
+		ModelFingerprint: m.Fingerprint(), TokenizerFingerprint: m.Tokenizer.Fingerprint(),
+		Model: m, SlotDir: cfg.Fusion.SlotDir}
 	if cfg.Fusion.Transport == adapters.TransportStore {
 		if fp.store == nil {
 			return fail(errors.New("fusion.transport=store needs --store"))
