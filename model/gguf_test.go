@@ -430,3 +430,80 @@ func FuzzGGUF(f *testing.F) {
 		}
 	})
 }
+
+// quantizeQ8_0 is ggml's quantize_row_q8_0_ref: per block of 32, d =
+// max|x|/127 stored as f16, q = round(x/d).
+func quantizeQ8_0(x []float32) []byte {
+	var out []byte
+	for b := 0; b < len(x); b += q8BlockValues {
+		blk := x[b : b+q8BlockValues]
+		var amax float32
+		for _, v := range blk {
+			amax = max(amax, float32(math.Abs(float64(v))))
+		}
+		d := amax / 127
+		id := float32(0)
+		if d != 0 {
+			id = 1 / d
+		}
+		out = binary.LittleEndian.AppendUint16(out, float32ToF16(d))
+		for _, v := range blk {
+			out = append(out, byte(int8(math.Round(float64(v*id)))))
+		}
+	}
+	return out
+}
+
+// writeGGUFQ8 writes m as GGUF with every matrix whose rows are a multiple
+// of 32 values quantised to Q8_0 (the others F32), as llama-quantize's
+// fallback does for rows that do not fit.
+func writeGGUFQ8(t *testing.T, m *Model, path string) {
+	t.Helper()
+	kv, tensors, align, err := m.ggufContents(GGUFOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range tensors {
+		tt := &tensors[i]
+		if len(tt.Dims) == 2 && tt.Dims[0]%q8BlockValues == 0 {
+			f, err := ggufFloat32s(tt)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tt.Data, tt.Type = quantizeQ8_0(f), ggmlQ8_0
+		}
+	}
+	for i := range kv {
+		if kv[i].Key == "general.file_type" {
+			kv[i].Value = uint32(7) // LLAMA_FTYPE_MOSTLY_Q8_0
+		}
+	}
+	var buf bytes.Buffer
+	if err := writeGGUF(&buf, kv, tensors, align); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestGGUFQ8_0Model loads stories260K with its matrices in Q8_0 (all but
+// ffn_down, whose 172-value rows do not divide into blocks): logits within
+// 0.05 (relative to the largest logit) of the fp32 model's: each weight is
+// rounded to 1/254 of its block's largest magnitude (measured 0.015).
+func TestGGUFQ8_0Model(t *testing.T) {
+	ref := loadStories(t)
+	path := filepath.Join(t.TempDir(), "q8.gguf")
+	writeGGUFQ8(t, ref, path)
+	m, err := Load(path, LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	toks := randomTokens(ref, 48, 9)
+	checkTol(t, "Q8_0 logits vs fp32", maxDiff(t, "logits", fullForward(t, m, toks, 0).Logits, fullForward(t, ref, toks, 0).Logits), 0.05)
+	f := mustParseGGUFFile(t, path)
+	if tt, _ := f.tensor("blk.0.attn_q.weight"); tt.Type != ggmlQ8_0 {
+		t.Errorf("attn_q written as %s, want Q8_0", tt.Type)
+	}
+}
