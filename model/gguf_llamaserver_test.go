@@ -54,9 +54,11 @@ func startLlamaServer(t *testing.T, bin, model string) *llamaServer {
 	if err := s.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	exited := make(chan struct{})
+	go func() { s.cmd.Wait(); close(exited) }()
 	t.Cleanup(func() {
 		s.cmd.Process.Kill()
-		s.cmd.Wait()
+		<-exited
 	})
 	deadline := time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) {
@@ -67,10 +69,11 @@ func startLlamaServer(t *testing.T, bin, model string) *llamaServer {
 				return s
 			}
 		}
-		if s.cmd.ProcessState != nil {
-			break
+		select {
+		case <-exited:
+			t.Fatalf("llama-server exited on %s; log:\n%s", model, tail(s.log.String(), 3000))
+		case <-time.After(200 * time.Millisecond):
 		}
-		time.Sleep(200 * time.Millisecond)
 	}
 	t.Fatalf("llama-server did not become healthy on %s; log:\n%s", model, tail(s.log.String(), 3000))
 	return nil
@@ -285,4 +288,99 @@ func logSumExp(x []float32) float64 {
 		s += math.Exp(float64(v) - m)
 	}
 	return m + math.Log(s)
+}
+
+// byteLevelTokenizerJSON renders a small byte-level BPE tokenizer.json (the
+// 256 byte symbols, a few merges, three special tokens) with the GGUF
+// "qwen2" split regex, for a synthetic model of vocab >= 256+merges+3.
+func byteLevelTokenizerJSON(merges [][2]string) (tokenizerJSON, configJSON []byte) {
+	var b2u [256]string
+	n := 0
+	for b := range 256 {
+		if (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF) {
+			b2u[b] = string(rune(b))
+		} else {
+			b2u[b] = string(rune(256 + n))
+			n++
+		}
+	}
+	vocab := map[string]int{}
+	for b := range 256 {
+		vocab[b2u[b]] = b
+	}
+	var ms []string
+	enc := func(s string) string {
+		var out string
+		for _, c := range []byte(s) {
+			out += b2u[c]
+		}
+		return out
+	}
+	for _, m := range merges {
+		a, b := enc(m[0]), enc(m[1])
+		ms = append(ms, a+" "+b)
+		vocab[a+b] = len(vocab)
+	}
+	v := len(vocab)
+	tj, _ := json.Marshal(map[string]any{
+		"added_tokens": []map[string]any{{"id": v, "content": "<|endoftext|>", "special": true},
+			{"id": v + 1, "content": "<|im_start|>", "special": true}, {"id": v + 2, "content": "<|im_end|>", "special": true}},
+		"pre_tokenizer": map[string]any{"type": "Sequence", "pretokenizers": []any{
+			map[string]any{"type": "Split", "pattern": map[string]string{"Regex": `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`}, "behavior": "Isolated", "invert": false},
+			map[string]any{"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false}}},
+		"decoder": map[string]any{"type": "ByteLevel"},
+		"model":   map[string]any{"type": "BPE", "vocab": vocab, "merges": ms},
+	})
+	cj, _ := json.Marshal(map[string]any{"bos_token": nil, "eos_token": "<|im_end|>", "add_bos_token": false,
+		"chat_template": "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"})
+	return tj, cj
+}
+
+// TestGGUFBPEInLlamaServer: a Qwen2-shaped model with a byte-level BPE
+// tokenizer written as GGUF ("gpt2", pre "qwen2") loads in llama-server,
+// which tokenizes like our loader of the same file and like the source HF
+// tokenizer, special tokens included.
+func TestGGUFBPEInLlamaServer(t *testing.T) {
+	bin := llamaServerBin(t)
+	merges := [][2]string{{" ", "t"}, {"h", "e"}, {" t", "he"}, {" ", "c"}, {"a", "t"}, {" c", "at"}, {" ", "s"}, {" s", "at"}, {"o", "n"}, {" ", "on"}}
+	tj, cj := byteLevelTokenizerJSON(merges)
+	cfg := Config{Arch: ArchQwen2, Dim: 64, HiddenDim: 96, Layers: 2, Heads: 4, KVHeads: 2, HeadDim: 16,
+		Vocab: 272, MaxPositions: 512, RopeTheta: 1e6, NormEps: 1e-6, QKVBias: true, TiedEmbeddings: true, BOS: -1, EOS: []int32{268}}
+	dir := t.TempDir()
+	if err := WriteSynthetic(dir, cfg, 3, SaveOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(filepath.Join(dir, SyntheticTokenizerFile))
+	if err := os.WriteFile(filepath.Join(dir, "tokenizer.json"), tj, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "tokenizer_config.json"), cj, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	src, err := Load(dir, LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	path := filepath.Join(dir, "bpe.gguf")
+	if err := src.WriteGGUF(path, GGUFOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ours, err := Load(path, LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ours.Close()
+	srv := startLlamaServer(t, bin, path)
+	texts := append([]string{"the cat sat on the mat", "<|im_start|>user\nthe cat<|im_end|>\n", "I'm 12345 cats!!\n\n  ok"}, tokenizerTexts...)
+	for _, text := range texts {
+		var tr struct {
+			Tokens []int32 `json:"tokens"`
+		}
+		srv.post(t, "/tokenize", map[string]any{"content": text, "add_special": true}, &tr)
+		got, want := ours.Tokenizer.Encode(text), src.Tokenizer.Encode(text)
+		if !equalIDs(got, want) || !equalIDs(tr.Tokens, got) {
+			t.Errorf("tokenize %q:\n llama-server %v\n gguf loader  %v\n HF source    %v", text, tr.Tokens, got, want)
+		}
+	}
 }

@@ -127,6 +127,7 @@ func (m *Model) ggufContents(opts GGUFOptions) ([]ggufKV, []ggufTensor, int, err
 		if err != nil {
 			return nil, nil, 0, fmt.Errorf("model: GGUF tokenizer: %w", err)
 		}
+		padVocab(tkv, c.Vocab)
 		for _, e := range tkv {
 			kv = append(kv, ggufKV{e.Key, e.Value})
 		}
@@ -223,4 +224,37 @@ func permuteInterleave(w []float32, heads, headDim, cols int) []float32 {
 		}
 	}
 	return out
+}
+
+// padVocab extends the per-token arrays to the model's vocabulary: llama.cpp
+// refuses a file whose token list is shorter than token_embd's rows (HF
+// checkpoints often pad the embedding, e.g. Qwen2.5's 151936 rows for
+// 151665 tokens). The padding is what llama.cpp's converters write:
+// "[PAD<id>]" pieces of type UNUSED with score -1000.
+func padVocab(kv []tokenizer.GGUFKV, vocab int) {
+	for i := range kv {
+		switch v := kv[i].Value.(type) {
+		case []string:
+			if kv[i].Key == "tokenizer.ggml.tokens" {
+				for id := len(v); id < vocab; id++ {
+					v = append(v, fmt.Sprintf("[PAD%d]", id))
+				}
+				kv[i].Value = v
+			}
+		case []float32:
+			if kv[i].Key == "tokenizer.ggml.scores" {
+				for len(v) < vocab {
+					v = append(v, -1000)
+				}
+				kv[i].Value = v
+			}
+		case []int32:
+			if kv[i].Key == "tokenizer.ggml.token_type" {
+				for len(v) < vocab {
+					v = append(v, 5) // UNUSED
+				}
+				kv[i].Value = v
+			}
+		}
+	}
 }

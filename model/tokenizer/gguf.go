@@ -600,10 +600,11 @@ func hfMetadata(t *HF) ([]GGUFKV, error) {
 	}
 	n := len(t.tokens)
 	types := make([]int32, n)
+	tokens := append([]string(nil), t.tokens...)
 	for i := range types {
 		types[i] = ggufTokNormal
-		if t.tokens[i] == "" {
-			types[i] = ggufTokUnused
+		if tokens[i] == "" { // a hole in the ids: llama.cpp's converters write a pad piece
+			tokens[i], types[i] = fmt.Sprintf("[PAD%d]", i), ggufTokUnused
 		}
 	}
 	for _, a := range t.added {
@@ -628,7 +629,7 @@ func hfMetadata(t *HF) ([]GGUFKV, error) {
 	kv := []GGUFKV{
 		{"tokenizer.ggml.model", "gpt2"},
 		{"tokenizer.ggml.pre", pre},
-		{"tokenizer.ggml.tokens", append([]string(nil), t.tokens...)},
+		{"tokenizer.ggml.tokens", tokens},
 		{"tokenizer.ggml.token_type", types},
 		{"tokenizer.ggml.merges", merges},
 	}
