@@ -81,8 +81,12 @@ var (
 	ErrUnknown = errors.New("adapters: unknown adapter")
 	// ErrConfig: an invalid adapter configuration.
 	ErrConfig = errors.New("adapters: invalid config")
-	// ErrMismatch: the engine serves another model or tokenizer than the
-	// sidecar computes KV with.
+	// ErrMismatch: the engine serves another model, tokenizer or KV layout
+	// than the sidecar computes KV with. It describes the engine, not one
+	// request, and lasts until the engine changes: the sidecar counts it
+	// against its breaker, closes an adapter whose Publish reports it and
+	// re-opens it (a new handshake) no sooner than 30 s later. A request the
+	// engine merely tokenizes otherwise is not ErrMismatch.
 	ErrMismatch = errors.New("adapters: engine model/tokenizer mismatch")
 	// ErrUnhealthy: the engine's health check failed.
 	ErrUnhealthy = errors.New("adapters: engine unhealthy")
