@@ -3,7 +3,8 @@
 // (methods, headers, bodies, status codes, SSE streams flushed event by
 // event) and, for eligible POST /v1/chat/completions and /v1/completions
 // requests, asks a Fuser to prepare the prompt's KV and points the engine at
-// it through "kv_transfer_params". Any failure of that path (error, deadline,
+// it through the adapter's lease ("kv_transfer_params", a pinned slot),
+// released once the response has ended. Any failure of that path (error, deadline,
 // panic, open circuit breaker, engine error on the rewritten request) degrades
 // to forwarding the original request, so a client never sees the fusion path
 // fail. Spans, metrics (Prometheus /metrics) and /healthz come with it.
