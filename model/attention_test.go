@@ -103,7 +103,8 @@ func TestSoftmaxKernelsMatchGo(t *testing.T) {
 type attnCase struct {
 	name             string
 	heads, kvh, hd   int
-	cache            int     // cache entries, positions [0, cache) shuffled in blocks
+	cache            int     // cache entries at positions [0, cache)
+	shuffle          bool    // cache entries in blocks of 37 positions, blocks in random order
 	n                int     // queries
 	sparse           float64 // > 0: queries at scattered positions in [0, cache) (shadowing), fraction
 	attn, attnWeight bool
@@ -135,6 +136,20 @@ func attnInputs(m *Model, cs attnCase, seed uint64) (cache *Cache, pos []int32, 
 	}
 	cache = NewCache(c, cs.cache)
 	cache.Pos = seq(0, cs.cache)
+	if cs.shuffle {
+		// Blocks of positions in random order, as an assembled cache of
+		// chunks: tiles then mix early and late positions.
+		var blocks [][]int32
+		for b := 0; b < cs.cache; b += 37 {
+			blocks = append(blocks, cache.Pos[b:min(b+37, cs.cache)])
+		}
+		r.Shuffle(len(blocks), func(i, j int) { blocks[i], blocks[j] = blocks[j], blocks[i] })
+		var p []int32
+		for _, b := range blocks {
+			p = append(p, b...)
+		}
+		cache.Pos = p
+	}
 	cache.K[0] = normal(cs.cache*kvd, 1.5)
 	cache.V[0] = normal(cs.cache*kvd, 1)
 	if cs.sparse > 0 {
@@ -181,6 +196,9 @@ func TestAttentionMatchesRef(t *testing.T) {
 		{name: "qsparse-15%", heads: 8, kvh: 8, hd: 64, cache: 2000, sparse: 0.15},
 		{name: "qsparse-gqa4-hd128", heads: 8, kvh: 2, hd: 128, cache: 1500, sparse: 0.15},
 		{name: "qsparse-sum", heads: 8, kvh: 4, hd: 64, cache: 700, sparse: 0.15, attn: true},
+		{name: "qsparse-shuffled-cache", heads: 8, kvh: 8, hd: 64, cache: 1200, sparse: 0.15, shuffle: true},
+		{name: "qsparse-shuffled-weights", heads: 4, kvh: 1, hd: 64, cache: 300, sparse: 0.2, shuffle: true, attn: true, attnWeight: true},
+		{name: "decode-shuffled", heads: 8, kvh: 2, hd: 128, cache: 900, n: 1, shuffle: true},
 		{name: "prefill-weights", heads: 4, kvh: 2, hd: 64, cache: 70, n: 90, attn: true, attnWeight: true},
 		{name: "prefill-2k", heads: 8, kvh: 8, hd: 64, n: 2048},
 	}
