@@ -227,7 +227,9 @@ type serverProb struct {
 // log-probabilities are those of the prompt's last position.
 func serverPrefill(ctx context.Context, c PrefillConfig, ids []int32) (serverResult, error) {
 	body, err := json.Marshal(map[string]any{"prompt": ids, "n_predict": 1, "temperature": 0,
-		"cache_prompt": false, "n_probs": c.TopK, "post_sampling_probs": false})
+		"cache_prompt": false, "n_probs": c.TopK, "post_sampling_probs": false,
+		// No sampler may cut the distribution the top-k is read from.
+		"top_k": 0, "top_p": 1, "min_p": 0})
 	if err != nil {
 		return serverResult{}, err
 	}
@@ -298,8 +300,8 @@ func compareTop(logits []float32, top []serverProb, k int) (agree int, top1 bool
 	sort.SliceStable(order, func(a, b int) bool { return logits[order[a]] > logits[order[b]] })
 	goTop := order[:min(k, len(order))]
 	for i, p := range top {
-		if p.ID < 0 || int(p.ID) >= len(logits) {
-			continue
+		if p.ID < 0 || int(p.ID) >= len(logits) || p.Logprob < -1e30 {
+			continue // the server writes the lowest float for a probability of 0
 		}
 		if slices.Contains(goTop, int(p.ID)) {
 			agree++

@@ -27,6 +27,7 @@ func benchPrefill(args []string) error {
 	server := fs.String("llama-server", "", "base URL of a llama-server running the same GGUF (its prefill is timed on the same ids)")
 	bin := fs.String("llama-server-bin", llamaserver.Find(),
 		"start this llama-server binary on --model (a .gguf) for the run (default $FUSIONRAG_LLAMA_SERVER, else llama-server on PATH); ignored with --llama-server")
+	serverArgs := fs.String("llama-server-args", "", "extra arguments of the started llama-server, e.g. \"-ctk f32 -ctv f32 -fa off\"")
 	threads := fs.Int("threads", runtime.GOMAXPROCS(0), "threads of the started llama-server (-t, -tb); the Go side uses GOMAXPROCS")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -60,15 +61,31 @@ func benchPrefill(args []string) error {
 	ctx, stop := benchContext()
 	defer stop()
 	url, started := *server, false
-	if url == "" && *bin != "" && flagSet(fs, "llama-server-bin") || url == "" && *bin != "" && strings.HasSuffix(bf.model, ".gguf") {
-		if !strings.HasSuffix(bf.model, ".gguf") {
-			return fmt.Errorf("--llama-server-bin needs --model FILE.gguf, the file both sides load (write one with: fusionrag convert --model M --out FILE.gguf)")
+	if url == "" && *bin != "" {
+		gguf := bf.model
+		if !strings.HasSuffix(gguf, ".gguf") {
+			// The server loads GGUF only: give it this very model, converted.
+			dir, err := os.MkdirTemp("", "fusionrag-prefill-")
+			if err != nil {
+				return err
+			}
+			defer os.RemoveAll(dir)
+			gguf = filepath.Join(dir, "model.gguf")
+			if err := m.WriteGGUF(gguf, model.GGUFOptions{Name: name}); err != nil {
+				return fmt.Errorf("writing the model as GGUF for llama-server: %w", err)
+			}
 		}
 		maxN := 0
 		for _, n := range ns {
 			maxN = max(maxN, n)
 		}
-		srv, err := llamaserver.Start(ctx, llamaserver.Config{Bin: *bin, Model: bf.model, Context: maxN + 16, Threads: *threads})
+		// The server's defaults otherwise (f16 KV cache, flash attention
+		// auto): llama.cpp as users run it. Its f16 cache moves
+		// log-probabilities by about 1e-2 against the Go runtime's f32;
+		// --llama-server-args "-ctk f32 -ctv f32 -fa off" computes in f32.
+		args := []string{"--override-kv", fmt.Sprintf("%s.context_length=int:%d", ggufArch(m.Config.Arch), max(maxN+16, m.Config.MaxPositions))}
+		args = append(args, strings.Fields(*serverArgs)...)
+		srv, err := llamaserver.Start(ctx, llamaserver.Config{Bin: *bin, Model: gguf, Context: maxN + 16, Threads: *threads, Args: args})
 		if err != nil {
 			return err
 		}
@@ -83,21 +100,18 @@ func benchPrefill(args []string) error {
 	var notes []string
 	switch {
 	case started:
-		notes = append(notes, fmt.Sprintf("llama-server %s started by the harness on %s with %d threads (-t, -tb); Go GOMAXPROCS %d.", *bin, bf.model, *threads, runtime.GOMAXPROCS(0)))
+		notes = append(notes, fmt.Sprintf("llama-server %s started by the harness on the same weights (GGUF F32) with %d threads (-t, -tb) and args %q; Go GOMAXPROCS %d.", *bin, *threads, *serverArgs, runtime.GOMAXPROCS(0)))
 	case url != "":
 		notes = append(notes, fmt.Sprintf("llama-server at %s (its threads as it was started); Go GOMAXPROCS %d.", url, runtime.GOMAXPROCS(0)))
 	}
 	return bf.write("prefill", name, []bench.Table{bench.PrefillTable(rows, url, time.Since(start))}, rows, nil, notes...)
 }
 
-// syntheticOn returns the synthetic model of cfg (seed 1) on backend:
-// model.Synthetic builds it on the cpu backend; any other backend loads it
-// from a temporary HF directory through model.Load, the path real models
-// take.
+// syntheticOn returns the synthetic model of cfg (seed 1) on backend,
+// loaded from a temporary HF directory through model.Load, the path real
+// models take, so that it has its synthetic tokenizer (llama-server needs a
+// vocabulary in the GGUF it loads).
 func syntheticOn(cfg model.Config, backend string) (*model.Model, error) {
-	if backend == "" || backend == model.DefaultBackend {
-		return model.Synthetic(cfg, 1)
-	}
 	dir, err := os.MkdirTemp("", "fusionrag-synthetic-")
 	if err != nil {
 		return nil, err
@@ -107,4 +121,13 @@ func syntheticOn(cfg model.Config, backend string) (*model.Model, error) {
 		return nil, err
 	}
 	return model.Load(dir, model.LoadOptions{Backend: backend})
+}
+
+// ggufArch is the GGUF architecture WriteGGUF writes for arch (Mistral is
+// written as llama).
+func ggufArch(arch string) string {
+	if arch == model.ArchQwen2 {
+		return "qwen2"
+	}
+	return "llama"
 }
