@@ -300,11 +300,16 @@ func (m *Model) attention(cache *Cache, l int, pos []int32, q, k, v, out []float
 				if packed {
 					blas.PanelMulAdd(acc, hd, st, attnTile, vp[(kh*nt+tt)*vTile:(kh*nt+tt)*vTile+npv*blas.PanelCols*w], rows, hd, w)
 				} else {
+					// V in place: the keys of the tile in the cache and
+					// in the batch are two runs of rows KVDim apart.
+					split := min(max(C-j0, 0), w) // keys [0, split) are cache entries
 					for r := range rows {
 						ar, pr := acc[r*hd:(r+1)*hd], st[r*attnTile:r*attnTile+w]
-						for jj, pj := range pr {
-							_, vj := src(j0 + jj)
-							blas.Axpy(pj, vj[kh*hd:(kh+1)*hd], ar)
+						if split > 0 {
+							blas.AxpyRows(pr[:split], cache.V[l][j0*kvd+kh*hd:], kvd, ar)
+						}
+						if split < w {
+							blas.AxpyRows(pr[split:], v[(j0+split-C)*kvd+kh*hd:], kvd, ar)
 						}
 					}
 				}

@@ -23,3 +23,5 @@ const haveAVX512 = false
 func mulAdd6x32(a []float32, lda int, b []float32, ldp, kc int, c *[192]float32) {
 	mulAdd6x32Go(a, lda, b, ldp, kc, c)
 }
+
+func axpyRows(p, v []float32, ldv int, y []float32) { axpyRowsGo(p, v, ldv, y) }

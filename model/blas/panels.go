@@ -132,3 +132,28 @@ func Axpy(s float32, x, y []float32) {
 	}
 	axpy(s, x, y)
 }
+
+// AxpyRows computes y[c] += p[0]·v[c] + p[1]·v[ldv+c] + ... for c in
+// [0, len(y)), the keys j in increasing order, each term a multiply then
+// an add: len(p) Axpy calls (y += p[j]·v[j*ldv:]) in one, y kept in
+// registers (attention's P·V for a row with V read in place). It panics
+// when v is short.
+func AxpyRows(p, v []float32, ldv int, y []float32) {
+	if len(p) == 0 || len(y) == 0 {
+		return
+	}
+	if ldv < len(y) || len(v) < (len(p)-1)*ldv+len(y) {
+		panic(fmt.Sprintf("blas.AxpyRows: len(v)=%d, ldv=%d for %d rows of %d", len(v), ldv, len(p), len(y)))
+	}
+	axpyRows(p, v, ldv, y)
+}
+
+// axpyRowsGo is the reference of axpyRows.
+func axpyRowsGo(p, v []float32, ldv int, y []float32) {
+	for j, s := range p {
+		vj := v[j*ldv : j*ldv+len(y)]
+		for c := range y {
+			y[c] += s * vj[c]
+		}
+	}
+}

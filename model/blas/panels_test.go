@@ -96,3 +96,37 @@ func TestPanelMulAddPanics(t *testing.T) {
 	}()
 	PanelMulAdd(make([]float32, 16), 16, make([]float32, 4), 4, make([]float32, 10), 1, 16, 4)
 }
+
+// TestAxpyRows: AxpyRows equals Axpy applied key after key, bit for bit,
+// for widths that take the 64- and 8-column kernels and the Go tail.
+func TestAxpyRows(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 5))
+	for _, w := range []int{1, 7, 8, 9, 64, 72, 128, 130} {
+		for _, nk := range []int{1, 3, 64} {
+			ldv := w + 3
+			v := make([]float32, nk*ldv)
+			for i := range v {
+				v[i] = float32(r.NormFloat64())
+			}
+			p := make([]float32, nk)
+			for i := range p {
+				p[i] = float32(r.Float64())
+			}
+			y0 := make([]float32, w)
+			for i := range y0 {
+				y0[i] = float32(r.NormFloat64())
+			}
+			want := append([]float32(nil), y0...)
+			for j := range nk {
+				Axpy(p[j], v[j*ldv:], want)
+			}
+			got := append([]float32(nil), y0...)
+			AxpyRows(p, v, ldv, got)
+			for c := range got {
+				if math.Float32bits(got[c]) != math.Float32bits(want[c]) {
+					t.Fatalf("w=%d nk=%d: y[%d] = %g, Axpy loop %g", w, nk, c, got[c], want[c])
+				}
+			}
+		}
+	}
+}
