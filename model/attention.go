@@ -199,8 +199,9 @@ func (m *Model) attention(cache *Cache, l int, pos []int32, q, k, v, out []float
 					for d, x := range kr[j*kvd+h*hd : j*kvd+(h+1)*hd] {
 						kpan[d*pc] = x
 					}
-					for d, x := range vj[h*hd : (h+1)*hd] {
-						vt[(d/pc)*w*pc+jj*pc+d%pc] = x
+					vh := vj[h*hd : (h+1)*hd]
+					for d0 := 0; d0 < hd; d0 += pc {
+						copy(vt[(d0/pc)*w*pc+jj*pc:(d0/pc)*w*pc+jj*pc+pc], vh[d0:min(d0+pc, hd)])
 					}
 				}
 			}

@@ -192,6 +192,7 @@ func TestAttentionMatchesRef(t *testing.T) {
 		{name: "decode", heads: 8, kvh: 8, hd: 64, cache: 1000, n: 1},
 		{name: "decode-gqa8", heads: 8, kvh: 1, hd: 128, cache: 777, n: 1},
 		{name: "decode-gqa4-hd8", heads: 8, kvh: 2, hd: 8, cache: 130, n: 1},
+		{name: "prefill-gqa2-hd8", heads: 8, kvh: 4, hd: 8, cache: 40, n: 100},
 		{name: "few-rows", heads: 4, kvh: 4, hd: 64, cache: 64, n: 3},
 		{name: "qsparse-15%", heads: 8, kvh: 8, hd: 64, cache: 2000, sparse: 0.15},
 		{name: "qsparse-gqa4-hd128", heads: 8, kvh: 2, hd: 128, cache: 1500, sparse: 0.15},
