@@ -1,0 +1,30 @@
+package main
+
+import (
+	"errors"
+	"testing"
+
+	"github.com/fusionrag/fusionrag/model"
+)
+
+// TestSyntheticSeededBackend: synthetic models honour --backend (before,
+// bench ttft built them on cpu whatever the flag said): an unknown backend
+// is refused with ErrUnsupported before anything is written, cpu and the
+// default give a cpu model.
+func TestSyntheticSeededBackend(t *testing.T) {
+	cfg := model.Config{Arch: model.ArchLlama, Dim: 32, HiddenDim: 64, Layers: 1, Heads: 4, KVHeads: 2, HeadDim: 8,
+		Vocab: 64, MaxPositions: 64, RopeTheta: 10000, NormEps: 1e-5, TiedEmbeddings: true, BOS: 1, EOS: []int32{2}}
+	if _, err := syntheticSeeded(cfg, 1, "no-such-backend"); !errors.Is(err, model.ErrUnsupported) {
+		t.Fatalf("unknown backend: err = %v, want ErrUnsupported", err)
+	}
+	for _, name := range []string{"", "cpu"} {
+		m, err := syntheticSeeded(cfg, 1, name)
+		if err != nil {
+			t.Fatalf("backend %q: %v", name, err)
+		}
+		if got := m.Backend().Name(); got != "cpu" {
+			t.Errorf("backend %q: model on %q, want cpu", name, got)
+		}
+		m.Close()
+	}
+}
