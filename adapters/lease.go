@@ -48,6 +48,15 @@ type Lease interface {
 // engine.
 var ErrBusy = errors.New("adapters: no free engine slot for published KV")
 
+// ErrRequest says that this request, not the engine nor the adapter, is why
+// its KV cannot be published: the engine would run other token ids than
+// the sidecar computed (another BOS, another chat rendering), the prompt
+// exceeds a slot's context, the body has a shape the adapter cannot pin.
+// The proxy forwards the original request and counts a skip, not a
+// failure: a run of such requests must not open the breaker for everyone.
+// Adapters wrap it in an error carrying a Reason().
+var ErrRequest = errors.New("adapters: this request cannot use published KV")
+
 // CheckPublication validates p: a non-empty prompt of non-negative ids
 // and a KV of a strict prefix of it at positions [0, KV.Len()) with
 // consistent per-layer arrays.

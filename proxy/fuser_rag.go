@@ -492,6 +492,10 @@ func (f *RAGFuser) Fuse(ctx context.Context, req *Request) (*Plan, error) {
 			return nil, Skip(SkipNoPublish)
 		case errors.Is(err, adapters.ErrBusy):
 			return nil, Skip(SkipEngineBusy)
+		case errors.Is(err, adapters.ErrRequest):
+			// The request's own tokens or shape (adapters.ErrRequest):
+			// forwarded as it is, not a failure of the path.
+			return nil, Skip(adapterReason(err, SkipEngineRejects))
 		case ctx.Err() != nil:
 			return nil, err // the proxy tells a deadline from a cancel
 		case errors.Is(err, adapters.ErrMismatch):

@@ -139,6 +139,12 @@ type reasoned struct{ error }
 
 func (reasoned) Reason() string { return "restore_refused" }
 
+// requestCaused is an adapter's request-caused error (adapters.ErrRequest).
+type requestCaused struct{ error }
+
+func (requestCaused) Reason() string { return "token_mismatch" }
+func (requestCaused) Unwrap() error  { return adapters.ErrRequest }
+
 // TestLeaseReleasedOncePerPublish runs the real fusion path (stories260K,
 // RAGFuser) against a fake slot adapter on every way a fused exchange can
 // end, and counts: each successful Publish is released exactly once (after
@@ -180,6 +186,8 @@ func TestLeaseReleasedOncePerPublish(t *testing.T) {
 			path: PathFallback, reason: ReasonEngineMismatch, failures: 1},
 		{name: "reason", behave: func(context.Context) error { return reasoned{errors.New("restore: 400")} },
 			path: PathFallback, reason: "restore_refused", failures: 1},
+		{name: "request-caused", behave: func(context.Context) error { return requestCaused{errors.New("server tokenizes 1 2 3")} },
+			path: PathPassthrough, skip: "token_mismatch"},
 		{name: "no reason", behave: func(context.Context) error { return errors.New("write slot file: disk full") },
 			path: PathFallback, reason: ReasonAdapterError, failures: 1},
 	} {
