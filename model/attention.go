@@ -25,14 +25,18 @@ import (
 // and the output is acc_r / l_r.
 //
 // Layout. Per pass and layer, every key a query of the pass can see is
-// rotated to its position once (the cache stores K before RoPE) and written
-// straight into the panel layout of blas.PanelMulAdd, per KV head and tile:
-// K tile [attnTile keys, HeadDim] as b of S = Q·K^T (panels of 16 keys), V
-// tile as b of O = P·V (panels of 16 dims). That is O(keys·KVDim) once, not
-// a transpose or repack per head and query block; the products then run on
-// the blas micro-kernels (AVX2/AVX-512) at the rate of the weight GEMMs.
-// Work is split into tasks of one KV head × one block of queries; the
-// query heads of a GQA group share the K/V tiles (their rows are stacked).
+// rotated to its position once (the cache stores K before RoPE) into a
+// buffer in the cache's layout. With attnPackRows queries or more, K and V
+// are then laid out once per KV head and tile as the b operands of
+// blas.PanelMulAdd: K tile [attnTile keys, HeadDim] for S = Q·K^T (panels
+// of 16 keys), V tile for O = P·V (panels of 16 dims). That is
+// O(keys·KVDim) once, not a transpose or repack per head and query block;
+// the products then run on the blas micro-kernels (AVX2/AVX-512) at the
+// rate of the weight GEMMs. With fewer queries (decode) nothing is packed:
+// scores are blas.Dot8 on the rotated keys and P·V is blas.AxpyRows on V in
+// place. Work is split into tasks of one KV head × one block of queries;
+// the query heads of a GQA group share the K/V tiles (their rows are
+// stacked).
 //
 // Masking is by position: each key has an effective position (its own, or
 // +inf when shadowed by a batch token at the same position, or past the
