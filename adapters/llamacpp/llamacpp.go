@@ -679,15 +679,24 @@ func (a *Adapter) runHandshake(ctx context.Context) (*handshake, error) {
 
 // probeSlot evaluates the probe in slot, saves the slot and compares.
 func (a *Adapter) probeSlot(ctx context.Context, slot int) (Layout, error) {
-	code, body, err := a.control(ctx, http.MethodPost, "/completion", map[string]any{
+	req := map[string]any{
 		"prompt": a.probe, "n_predict": 1, "id_slot": slot, "cache_prompt": false, // evaluate it all, reuse nothing
 		"temperature": 0, "stream": false,
-	}, nil)
+	}
+	if eos := a.m.Config.EOS; len(eos) > 0 {
+		// The one generated token is EOS: a model that would emit a
+		// partial UTF-8 byte makes the server answer 500 after evaluating.
+		req["logit_bias"] = [][]any{{eos[0], 1e4}}
+	}
+	code, body, err := a.control(ctx, http.MethodPost, "/completion", req, nil)
 	if err != nil {
 		return Layout{}, err
 	}
+	var probeErr error
 	if code != http.StatusOK {
-		return Layout{}, fmt.Errorf("probe completion: %d %s", code, truncate(body))
+		// The prompt may still have been evaluated: the saved file is the
+		// judge, this error is reported if it holds no probe.
+		probeErr = fmt.Errorf("probe completion: %d %s", code, truncate(body))
 	}
 	name := fmt.Sprintf("fusionrag-probe-%d-%d.slot", os.Getpid(), a.nfile.Add(1))
 	path := filepath.Join(a.cfg.SlotDir, name)
@@ -702,6 +711,11 @@ func (a *Adapter) probeSlot(ctx context.Context, slot int) (Layout, error) {
 	raw, err := os.ReadFile(path)
 	if err != nil {
 		return Layout{}, fmt.Errorf("probe slot file not found in SlotDir (is SlotDir the server's --slot-save-path?): %w", err)
+	}
+	if probeErr != nil {
+		if f, err := DecodeSlotFile(raw); err != nil || !slices.Equal(f.Tokens[:min(len(f.Tokens), len(a.probe))], a.probe) {
+			return Layout{}, probeErr
+		}
 	}
 	return a.checkProbe(raw)
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -369,4 +370,63 @@ func testConcurrent(t *testing.T, inflight int) {
 		t.Error("no request was fused")
 	}
 	waitErased(t, a)
+}
+
+// TestServerFusionPermuted: a synthetic Hugging Face Llama (rotate_half in
+// our runtime, permuted wq/wk rows and adjacent pairs in llama.cpp) and a
+// synthetic Qwen2 (NEOX in both): the handshake finds the K order, the
+// slot file we write restores, and the pinned request prefills one token
+// and generates what the server generates alone. Token-id prompts (these
+// models have no meaningful text); byte tokens are banned because a
+// random model's partial UTF-8 makes the server answer 500.
+func TestServerFusionPermuted(t *testing.T) {
+	llamaserver.Bin(t)
+	dir := t.TempDir()
+	qwen := goldenConfig()
+	qwen.Arch, qwen.QKVBias, qwen.KVHeads, qwen.RopeTheta, qwen.TiedEmbeddings = model.ArchQwen2, true, 1, 1e6, true
+	for i, c := range []struct {
+		name     string
+		cfg      model.Config
+		permuted bool
+	}{{"llama-hf", goldenConfig(), true}, {"qwen2-hf", qwen, false}} {
+		t.Run(c.name, func(t *testing.T) {
+			d := filepath.Join(dir, c.name)
+			if err := model.WriteSynthetic(d, c.cfg, uint64(50+i), model.SaveOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			m, err := model.Load(d, model.LoadOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer m.Close()
+			gguf := d + ".gguf"
+			if err := m.WriteGGUF(gguf, model.GGUFOptions{DType: "F32"}); err != nil {
+				t.Fatal(err)
+			}
+			srv, slots := startServer(t, gguf, 2)
+			a := openAdapter(t, srv.URL, slots, m)
+			if lay, _ := a.Layout(); lay.PermuteK != c.permuted {
+				t.Fatalf("layout %v, want PermuteK %v", lay, c.permuted)
+			}
+			prompt := []int32{1, 300, 301, 302, 350, 260, 270, 399, 310, 320, 330, 340}
+			var ban [][]any
+			for b := 3; b < 259; b++ {
+				ban = append(ban, []any{b, false})
+			}
+			body, _ := json.Marshal(map[string]any{"prompt": prompt, "n_predict": 12, "temperature": 0, "logit_bias": ban})
+			ref, _ := json.Marshal(map[string]any{"prompt": prompt, "n_predict": 12, "temperature": 0, "logit_bias": ban, "cache_prompt": false})
+			want := complete(t, srv.URL, ref)
+			l, err := a.Publish(context.Background(), publication(t, m, "/completion", body, prompt))
+			if err != nil {
+				t.Fatal(err)
+			}
+			rb, _ := l.Rewrite(body)
+			got := complete(t, srv.URL, rb)
+			l.Release()
+			if got.Content != want.Content || got.Timings.PromptN != 1 {
+				t.Errorf("fused %q (prompt_n %d), server alone %q", got.Content, got.Timings.PromptN, want.Content)
+			}
+			waitErased(t, a)
+		})
+	}
 }
