@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/fusionrag/fusionrag/model"
+	"github.com/fusionrag/fusionrag/proxy"
 )
 
 // TestSyntheticSeededBackend: synthetic models honour --backend (before,
@@ -26,5 +27,20 @@ func TestSyntheticSeededBackend(t *testing.T) {
 			t.Errorf("backend %q: model on %q, want cpu", name, got)
 		}
 		m.Close()
+	}
+}
+
+// TestServeBackend: serve's fusion path loads its model on --backend; an
+// unknown one is refused at start with ErrUnsupported.
+func TestServeBackend(t *testing.T) {
+	dir := t.TempDir()
+	cfg := model.Config{Arch: model.ArchLlama, Dim: 32, HiddenDim: 64, Layers: 1, Heads: 4, KVHeads: 2, HeadDim: 8,
+		Vocab: 300, MaxPositions: 64, RopeTheta: 10000, NormEps: 1e-5, TiedEmbeddings: true, BOS: 1, EOS: []int32{2}}
+	if err := model.WriteSynthetic(dir, cfg, 1, model.SaveOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := buildFusionPath(proxy.Config{Model: dir}, "no-such-backend")
+	if !errors.Is(err, model.ErrUnsupported) {
+		t.Fatalf("buildFusionPath with an unknown backend: err = %v, want ErrUnsupported", err)
 	}
 }

@@ -31,6 +31,7 @@ func init() {
 func runServe(args []string) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	file := fs.String("config", os.Getenv("FUSIONRAG_CONFIG"), "YAML configuration file (env FUSIONRAG_CONFIG)")
+	backend := fs.String("backend", os.Getenv("FUSIONRAG_BACKEND"), fmt.Sprintf("compute backend of the --model recompute %v (default %s; env FUSIONRAG_BACKEND)", model.Backends(), model.DefaultBackend))
 	cf := proxy.RegisterFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -47,7 +48,7 @@ func runServe(args []string) error {
 	}
 	var opts []proxy.Option
 	if cfg.Model != "" && !cfg.Fusion.Disabled {
-		fp, err := buildFusionPath(cfg)
+		fp, err := buildFusionPath(cfg, *backend)
 		if err != nil {
 			return err
 		}
@@ -117,13 +118,14 @@ func (q indexingQueue) HandleSubmit(tenant string, body []byte) (int, []byte) {
 	return status, out
 }
 
-// buildFusionPath loads the model (--model), opens the store (--store) and
+// buildFusionPath loads the model (--model) on backend (--backend), opens
+// the store (--store) and
 // builds the fusion path; the engine adapter is opened on first use, so the
 // sidecar may start before the engine. The model must pass
 // recompute.SelfCheck (chunk reuse equals prefix caching for it), or serve
 // refuses to start.
-func buildFusionPath(cfg proxy.Config) (*fusionPath, error) {
-	m, err := model.Load(cfg.Model, model.LoadOptions{})
+func buildFusionPath(cfg proxy.Config, backend string) (*fusionPath, error) {
+	m, err := model.Load(cfg.Model, model.LoadOptions{Backend: backend})
 	if err != nil {
 		return nil, fmt.Errorf("--model: %w", err)
 	}
