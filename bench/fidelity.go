@@ -439,7 +439,7 @@ func runFidelityOn(ctx context.Context, c FidelityConfig, prompts []recompute.Re
 		var fid []float64
 		for p, kl := range sums[i].perPrompt {
 			if r := sums[1].perPrompt[p]; r > 0 {
-				fid = append(fid, 100*(r-kl)/r)
+				fid = append(fid, 100*(1-kl/r)) // exactly 100 at kl = 0, 0 at kl = r
 			}
 		}
 		rows[i].MedianPromptFidelity = 100 // reuse exact on every prompt, as below
@@ -449,7 +449,9 @@ func runFidelityOn(ctx context.Context, c FidelityConfig, prompts []recompute.Re
 	}
 	for i := range rows {
 		if klReuse > 0 {
-			rows[i].NormalizedFidelity = 100 * (klReuse - rows[i].KL) / klReuse
+			// 100·(1 - KL/KL_reuse), not 100·(KL_reuse - KL)/KL_reuse: the
+			// latter rounds 100·k/k to 100.00000000000001 for some k.
+			rows[i].NormalizedFidelity = 100 * (1 - rows[i].KL/klReuse)
 		} else {
 			rows[i].NormalizedFidelity = 100 // reuse is already exact (e.g. one chunk)
 		}
