@@ -38,6 +38,7 @@ type fakeServer struct {
 	build       string
 	tokens      []int32 // what /tokenize answers (nil: ids of the content's runes)
 	restoreCode int     // non-zero: answer restores with this status
+	restoreWait time.Duration
 	down        bool    // every call answers 503
 	restored    map[int][]int32
 	busySlots   map[int]bool
@@ -116,6 +117,11 @@ func (f *fakeServer) serve(w http.ResponseWriter, r *http.Request) {
 			os.WriteFile(filepath.Join(f.dir, name), b.Bytes(), 0o644)
 			reply(map[string]any{"id_slot": id, "n_saved": len(p)})
 		case "restore":
+			if f.restoreWait > 0 {
+				f.mu.Unlock()
+				time.Sleep(f.restoreWait)
+				f.mu.Lock()
+			}
 			if f.restoreCode != 0 {
 				http.Error(w, `{"error":{"message":"Unable to restore slot"}}`, f.restoreCode)
 				return
@@ -328,6 +334,33 @@ func TestFallbacks(t *testing.T) {
 			a.mu.Unlock()
 		})
 	}
+}
+
+// TestCanceled: a request whose deadline passes during the restore is
+// "canceled", not an engine failure: the handshake stays valid, and the
+// slot is erased before reuse (the restore may still run).
+func TestCanceled(t *testing.T) {
+	m := tinyModel(t, 1)
+	f := newFake(t, m)
+	a := f.open(t, m)
+	p := pub(t, m, 10)
+	f.set(func(f *fakeServer) { f.tokens, f.restoreWait = p.Prompt, 200*time.Millisecond })
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := a.Publish(ctx, p); adapters.ReasonOf(err) != ReasonCanceled {
+		t.Fatalf("publish past its deadline: %v, want reason canceled", err)
+	}
+	if _, ok := a.Layout(); !ok {
+		t.Error("a client's deadline dropped the handshake")
+	}
+	a.bg.Wait()
+	a.mu.Lock()
+	for i := range a.slots {
+		if a.slots[i] != slotFree || a.dirty[i] {
+			t.Errorf("slot %d: state %d dirty %v", i, a.slots[i], a.dirty[i])
+		}
+	}
+	a.mu.Unlock()
 }
 
 // TestRecovery: a server that goes down and comes back (after restart, a

@@ -21,6 +21,7 @@ const (
 	ReasonUnsupported     = "unsupported"      // a request shape the adapter cannot prove (several prompts, unknown path)
 	ReasonTooLong         = "too_long"         // the prompt does not fit a slot's context
 	ReasonBadPublication  = "bad_publication"  // the publication itself is invalid
+	ReasonCanceled        = "canceled"         // the request's context ended during publish (not an engine failure)
 )
 
 // Sentinel errors.

@@ -274,6 +274,12 @@ func (a *Adapter) publish(ctx context.Context, p adapters.Publication) (*lease, 
 		return nil, fail(ReasonBadPublication, fmt.Errorf("KV shaped [%d layers, %d heads, %d], model [%d, %d, %d]",
 			p.KV.Layers, p.KV.KVHeads, p.KV.HeadDim, c.Layers, c.KVHeads, c.HeadDim))
 	}
+	a.mu.Lock()
+	closed := a.closed
+	a.mu.Unlock()
+	if closed {
+		return nil, fail(ReasonEngineError, errors.New("adapter closed"))
+	}
 	hs, err := a.current(ctx)
 	if err != nil {
 		return nil, err
@@ -328,6 +334,10 @@ func (a *Adapter) publish(ctx context.Context, p adapters.Publication) (*lease, 
 		// The restore may still run later (the server defers it while the
 		// slot is busy): erase the slot before reuse in any case.
 		a.giveBack(slot, true)
+		if cerr := ctx.Err(); cerr != nil {
+			// The client left: not a sign of a restart.
+			return nil, fail(ReasonCanceled, cerr)
+		}
 		a.stale(hs)
 		if err != nil {
 			return nil, fail(ReasonEngineError, err)
@@ -562,6 +572,9 @@ func (a *Adapter) current(ctx context.Context) (*handshake, error) {
 		}
 		p, err := a.props(ctx)
 		if err != nil {
+			if cerr := ctx.Err(); cerr != nil {
+				return nil, fail(ReasonCanceled, cerr)
+			}
 			a.stale(hs)
 			return nil, fail(ReasonEngineError, err)
 		}
