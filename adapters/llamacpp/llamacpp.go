@@ -334,7 +334,7 @@ func (a *Adapter) publish(ctx context.Context, p adapters.Publication) (*lease, 
 		// The restore may still run later (the server defers it while the
 		// slot is busy): erase the slot before reuse in any case.
 		a.giveBack(slot, true)
-		if cerr := ctx.Err(); cerr != nil {
+		if cerr := ctxDone(ctx); cerr != nil {
 			// The client left: not a sign of a restart.
 			return nil, fail(ReasonCanceled, cerr)
 		}
@@ -517,6 +517,18 @@ func (a *Adapter) control(ctx context.Context, method, path string, in, out any)
 	return code, resp, nil
 }
 
+// ctxDone is ctx.Err(), or DeadlineExceeded once the deadline has passed
+// (fasthttp's own deadline can fire before the context's timer).
+func ctxDone(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if d, ok := ctx.Deadline(); ok && !time.Now().Before(d) {
+		return context.DeadlineExceeded
+	}
+	return nil
+}
+
 func truncate(b []byte) string {
 	s := strings.TrimSpace(string(b))
 	if len(s) > 300 {
@@ -572,7 +584,7 @@ func (a *Adapter) current(ctx context.Context) (*handshake, error) {
 		}
 		p, err := a.props(ctx)
 		if err != nil {
-			if cerr := ctx.Err(); cerr != nil {
+			if cerr := ctxDone(ctx); cerr != nil {
 				return nil, fail(ReasonCanceled, cerr)
 			}
 			a.stale(hs)
