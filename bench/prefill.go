@@ -78,10 +78,14 @@ type PrefillRow struct {
 	// Ratio is GoTokS / ServerTokS: above 1 the Go runtime prefills faster.
 	Ratio float64 `json:"ratio,omitempty"`
 	// TopAgree counts how many of the server's top-K ids at the last
-	// position are in the Go runtime's top-K; Top1 whether the first agree;
+	// position are in the Go runtime's top-K, of TopCompared: the ids the
+	// server gave a non-zero probability (a random-weight model's
+	// distribution is so peaked that the others underflow to 0 in the
+	// server's float32 softmax); Top1 whether the first agree;
 	// MaxLogprobDiff the largest |log-prob difference| over the ids both
 	// listed.
 	TopAgree       int     `json:"top_agree,omitempty"`
+	TopCompared    int     `json:"top_compared,omitempty"`
 	Top1           bool    `json:"top1,omitempty"`
 	MaxLogprobDiff float64 `json:"max_logprob_diff,omitempty"`
 }
@@ -185,7 +189,7 @@ func RunPrefill(ctx context.Context, c PrefillConfig) ([]PrefillRow, error) {
 			row.ServerTokS = float64(n) / srvBest.Seconds()
 			row.ServerGFLOPS = row.GFLOP / srvBest.Seconds()
 			row.Ratio = row.GoTokS / row.ServerTokS
-			row.TopAgree, row.Top1, row.MaxLogprobDiff = compareTop(goLogits, srv.top, c.TopK)
+			row.TopAgree, row.TopCompared, row.Top1, row.MaxLogprobDiff = compareTop(goLogits, srv.top, c.TopK)
 		}
 		rows = append(rows, row)
 	}
@@ -227,9 +231,7 @@ type serverProb struct {
 // log-probabilities are those of the prompt's last position.
 func serverPrefill(ctx context.Context, c PrefillConfig, ids []int32) (serverResult, error) {
 	body, err := json.Marshal(map[string]any{"prompt": ids, "n_predict": 1, "temperature": 0,
-		"cache_prompt": false, "n_probs": c.TopK, "post_sampling_probs": false,
-		// No sampler may cut the distribution the top-k is read from.
-		"top_k": 0, "top_p": 1, "min_p": 0})
+		"cache_prompt": false, "n_probs": c.TopK, "post_sampling_probs": false})
 	if err != nil {
 		return serverResult{}, err
 	}
@@ -279,9 +281,9 @@ func serverPrefill(ctx context.Context, c PrefillConfig, ids []int32) (serverRes
 // runtime's logits: how many of the server's top-k ids are among Go's
 // top-k, whether the first agree, and the largest log-probability
 // difference over the server's ids.
-func compareTop(logits []float32, top []serverProb, k int) (agree int, top1 bool, maxDiff float64) {
+func compareTop(logits []float32, top []serverProb, k int) (agree, compared int, top1 bool, maxDiff float64) {
 	if len(top) == 0 || len(logits) == 0 {
-		return 0, false, 0
+		return 0, 0, false, 0
 	}
 	// log-softmax in float64.
 	mx := math.Inf(-1)
@@ -303,6 +305,7 @@ func compareTop(logits []float32, top []serverProb, k int) (agree int, top1 bool
 		if p.ID < 0 || int(p.ID) >= len(logits) || p.Logprob < -1e30 {
 			continue // the server writes the lowest float for a probability of 0
 		}
+		compared++
 		if slices.Contains(goTop, int(p.ID)) {
 			agree++
 		}
@@ -311,7 +314,7 @@ func compareTop(logits []float32, top []serverProb, k int) (agree int, top1 bool
 		}
 		maxDiff = math.Max(maxDiff, math.Abs(float64(logits[p.ID])-lse-p.Logprob))
 	}
-	return agree, top1, maxDiff
+	return agree, compared, top1, maxDiff
 }
 
 // PrefillTable renders rows as a Markdown table.
@@ -327,14 +330,15 @@ func PrefillTable(rows []PrefillRow, server string, elapsed time.Duration) Table
 		row := []string{fmt.Sprint(r.Tokens), f(r.GFLOP, 1), f(r.GoMs, 1), f(r.GoTokS, 0), f(r.GoGFLOPS, 1)}
 		if server != "" {
 			row = append(row, f(r.ServerMs, 1), f(r.ServerTokS, 0), f(r.ServerGFLOPS, 1), f(r.Ratio, 2),
-				fmt.Sprintf("%d%s", r.TopAgree, map[bool]string{true: " (top-1 same)", false: " (top-1 differs)"}[r.Top1]),
+				fmt.Sprintf("%d/%d%s", r.TopAgree, r.TopCompared, map[bool]string{true: " (top-1 same)", false: " (top-1 differs)"}[r.Top1]),
 				f(r.MaxLogprobDiff, 4))
 		}
 		t.Rows = append(t.Rows, row)
 	}
 	t.Notes = append(t.Notes, "Fastest of the interleaved rounds on each side. Go: Model.Forward of the whole prompt with one row of logits, "+
 		"wall clock. llama.cpp: the server's own timings.prompt_ms for the same ids (cache_prompt off, prompt_n checked), "+
-		"so HTTP and JSON are not counted against it. GFLOP: GEMMs + causal attention + one row of logits (recompute.PassCost).",
+		"so HTTP and JSON are not counted against it. GFLOP: GEMMs + causal attention + one row of logits (recompute.PassCost). "+
+		"top-k agree: the server's top-k ids at the last position (those with a non-zero probability) found in the Go runtime's top-k.",
 		fmt.Sprintf("Measured in %s.", elapsed.Round(time.Millisecond)))
 	return t
 }

@@ -4,6 +4,7 @@ package deploy
 // sidecar's configuration accepts only registered fusion.adapter names, so
 // the compose environments are validated against the same set.
 import (
+	_ "github.com/fusionrag/fusionrag/adapters/llamacpp"
 	_ "github.com/fusionrag/fusionrag/adapters/native"
 	_ "github.com/fusionrag/fusionrag/adapters/passthrough"
 )

@@ -515,17 +515,13 @@ func TestComposeLlamacpp(t *testing.T) {
 		e := env(side)
 		adapter := e["FUSIONRAG_FUSION_ADAPTER"]
 		if !slices.Contains(adapters.Names(), "llamacpp") {
-			// Until adapters/llamacpp registers itself (and adapters_test.go
-			// imports it), validate the rest of the environment.
-			t.Log("NOT CHECKED: adapters/llamacpp is not registered in this binary; fusion.adapter validated as native")
-			e["FUSIONRAG_FUSION_ADAPTER"] = "native"
+			t.Fatal("adapters/llamacpp is not registered (deploy/adapters_test.go must import what cmd/fusionrag imports)")
 		}
 		cfg, err := proxy.LoadConfig("", func(k string) (string, bool) { v, ok := e[k]; return v, ok }, nil)
 		if err != nil {
 			t.Fatalf("%v: sidecar-llamacpp refuses its environment: %v", vars, err)
 		}
-		cfg.Fusion.Adapter = adapter
-		if cfg.Fusion.Adapter != "llamacpp" || cfg.Fusion.Disabled {
+		if cfg.Fusion.Adapter != "llamacpp" || adapter != "llamacpp" || cfg.Fusion.Disabled {
 			t.Errorf("%v: adapter %q (disabled %v), want llamacpp", vars, cfg.Fusion.Adapter, cfg.Fusion.Disabled)
 		}
 		_, host, prt := hostPort(t, cfg.Upstream)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/fusionrag/fusionrag/adapters"
+	_ "github.com/fusionrag/fusionrag/adapters/llamacpp"    // registers "llamacpp"
 	_ "github.com/fusionrag/fusionrag/adapters/native"      // registers "native"
 	_ "github.com/fusionrag/fusionrag/adapters/passthrough" // registers "passthrough"
 	"github.com/fusionrag/fusionrag/fusion"

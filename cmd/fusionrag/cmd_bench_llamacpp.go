@@ -1,0 +1,88 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/fusionrag/fusionrag/bench"
+	"github.com/fusionrag/fusionrag/internal/llamaserver"
+	"github.com/fusionrag/fusionrag/model"
+)
+
+func init() {
+	registerBench("llamacpp", "TTFT through an unmodified llama-server: its own full prefill vs the sidecar's strategies (llamacpp adapter)", benchLlamaCpp)
+}
+
+func benchLlamaCpp(args []string) error {
+	fs := flag.NewFlagSet("bench llamacpp", flag.ContinueOnError)
+	var bf benchFlags
+	bf.register(fs, "model path (GGUF, or any model, written as GGUF for the server); default a synthetic 31M-parameter Llama (--quick: 5M)")
+	contexts := fs.String("contexts", "2048,4096", "context sizes in tokens (--quick: 512,1024)")
+	ratio := fs.Float64("ratio", 15, "recompute ratio of the partial strategies, percent")
+	rounds := fs.Int("rounds", 3, "interleaved rounds per context; the fastest of each method is kept")
+	strategies := fs.String("strategies", "reuse,fusionrag", "sidecar strategies timed against the server's full prefill")
+	bin := fs.String("llama-server-bin", llamaserver.Find(), "llama-server binary (default $FUSIONRAG_LLAMA_SERVER, else llama-server on PATH)")
+	threads := fs.Int("threads", runtime.GOMAXPROCS(0), "llama-server threads (-t, -tb)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *bin == "" {
+		return errors.New("no llama-server: set --llama-server-bin or $FUSIONRAG_LLAMA_SERVER (build llama.cpp's llama-server outside the repo, see DESIGN.md, Peers)")
+	}
+	if bf.quick && !flagSet(fs, "contexts") {
+		*contexts = "512,1024"
+	}
+	ctxs, err := parseInts(*contexts)
+	if err != nil {
+		return err
+	}
+	var src *model.Model
+	name := "synthetic-llama-31M"
+	switch {
+	case bf.model != "":
+		src, err = model.Load(bf.model, model.LoadOptions{Backend: bf.backend})
+		name = filepath.Base(bf.model)
+	case bf.quick:
+		src, err = syntheticOn(bench.TTFTQuickModel(), bf.backend)
+		name = "synthetic-llama-5M"
+	default:
+		src, err = syntheticOn(bench.TTFTModel(), bf.backend)
+	}
+	if err != nil {
+		return err
+	}
+	// Both sides load one GGUF, so that they tokenize alike: the server
+	// the file, the sidecar the model read back from it.
+	gguf, m := bf.model, src
+	if !strings.HasSuffix(bf.model, ".gguf") {
+		dir, err := os.MkdirTemp("", "fusionrag-bench-llamacpp-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		gguf = filepath.Join(dir, "model.gguf")
+		err = src.WriteGGUF(gguf, model.GGUFOptions{Name: name})
+		src.Close()
+		if err != nil {
+			return err
+		}
+		if m, err = model.Load(gguf, model.LoadOptions{Backend: bf.backend, MaxPositions: src.Config.MaxPositions}); err != nil {
+			return err
+		}
+	}
+	defer m.Close()
+	ctx, stop := benchContext()
+	defer stop()
+	start := time.Now()
+	rows, err := bench.RunLlamaCpp(ctx, bench.LlamaCppConfig{Model: m, GGUF: gguf, Bin: *bin, Name: name, Contexts: ctxs,
+		Strategies: strings.Split(*strategies, ","), Ratio: *ratio / 100, Rounds: *rounds, Threads: *threads, Progress: os.Stderr})
+	if err != nil {
+		return err
+	}
+	return bf.write("llamacpp", name, []bench.Table{bench.LlamaCppTable(rows, m.Config.Params(), time.Since(start))}, rows, nil)
+}
