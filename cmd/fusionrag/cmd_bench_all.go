@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/fusionrag/fusionrag/bench"
+	"github.com/fusionrag/fusionrag/internal/llamaserver"
 )
 
 func init() {
@@ -19,9 +20,12 @@ func init() {
 // allHarness is one harness of bench all: its extra arguments for the full
 // and the --quick run, and its section of the page.
 type allHarness struct {
-	name         string
-	args, quick  []string
-	quiet        bool // takes --quiet
+	name        string
+	args, quick []string
+	quiet       bool // takes --quiet
+	// llamaServer: the harness needs llama-server (llamaserver.Find); it is
+	// skipped with a note without one, its earlier report still assembled.
+	llamaServer  bool
 	title, about string
 }
 
@@ -32,6 +36,15 @@ var allHarnesses = []allHarness{
 	{name: "ttft", title: "TTFT in process: context-length sweep",
 		about: "recompute.Run timed per strategy against full prefill in the same run, chunk KV already in the memory tier, on a synthetic 31M-parameter Llama " +
 			"(--quick: 5M). The FLOP limit column is what the speedup would be if time followed FLOPs; CPU speedup uses process CPU time, which the machine's other load distorts less than wall time."},
+	{name: "prefill", title: "Prefill against llama.cpp: the engine's own kernels as the bar",
+		about: "Full prefill of the same token ids on the same weights: the Go runtime (Model.Forward, cpu backend) and llama.cpp's llama-server " +
+			"(its own timings.prompt_ms, prompt cache off, started by the harness on the model written as an F32 GGUF, default flags: f16 KV cache, " +
+			"flash attention auto), interleaved rounds, fastest kept, 2 threads each. A fused request pays only where the sidecar's recompute " +
+			"costs less than the engine prefilling everything itself. Without llama-server (FUSIONRAG_LLAMA_SERVER or PATH) only the Go side runs."},
+	{name: "llamacpp", llamaServer: true, title: "TTFT through an unmodified llama-server (llamacpp adapter)",
+		about: "RAG prompts (10 chunks, separator convention) answered by llama-server: sent to it directly with its prompt cache off (its own full " +
+			"prefill), or through the sidecar, which loads chunk KV from its memory store (warmed by one pass), recomputes with the strategy on the Go " +
+			"runtime, writes the prompt's KV as a slot file, restores it into a server slot and pins the request there. Needs llama-server."},
 	{name: "quality", args: []string{"--passages", "4", "--passage-tokens", "64", "--examples", "100"}, quick: []string{"--passages", "4", "--passage-tokens", "64"}, quiet: true,
 		title: "QA quality: F1, exact match and fidelity per strategy × ratio",
 		about: "MuSiQue (the CacheBlend subset) and NQ-open (oracle passage plus distractors) answered by stories260K in process. " +
@@ -109,6 +122,10 @@ func benchAll(args []string) error {
 	for _, h := range allHarnesses {
 		sections = append(sections, bench.DocSection{Name: h.name, Title: h.title, Text: h.about})
 		if *assembleOnly || len(onlyL) > 0 && !slices.Contains(onlyL, h.name) || slices.Contains(skipL, h.name) {
+			continue
+		}
+		if h.llamaServer && llamaserver.Find() == "" {
+			fmt.Fprintf(os.Stderr, "fusionrag bench all: %s skipped: no llama-server (set %s or put it on PATH)\n", h.name, llamaserver.EnvBin)
 			continue
 		}
 		hargs := []string{"--out", *out}
