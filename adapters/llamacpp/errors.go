@@ -34,7 +34,10 @@ var (
 	ErrUnsupported = errors.New("llamacpp: unsupported")
 
 	errMismatch = adapters.ErrMismatch
-	errShape    = fmt.Errorf("%w: KV shape", adapters.ErrMismatch)
+	// errProbeTaken: the handshake's probe slot was taken by another
+	// request before it was saved (not a mismatch: the probe is re-run).
+	errProbeTaken = errors.New("llamacpp: the probe slot was taken by another request before its save")
+	errShape      = fmt.Errorf("%w: KV shape", adapters.ErrMismatch)
 )
 
 // Error is a Publish failure with its fallback reason.

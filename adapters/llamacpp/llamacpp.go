@@ -38,14 +38,15 @@
 // # Restarts
 //
 // llama-server reports no start time or instance id. The adapter treats as
-// a possible restart, and re-runs the handshake before the next restore:
-// a failed control call (connection refused or reset, 5xx), a refused
-// restore, a failed erase, and a change of /props (model path, build,
-// slot count, slot context, chat template, BOS/EOS; checked at most once a
-// second on the publish path). A server restarted within a second on the
-// same model path, build and flags but with other weights would be caught
-// by the periodic handshake (every 30 s) only; restart servers on other
-// weights under another path, or restart the sidecar with them.
+// a restart, and re-runs the handshake before the next restore: task ids
+// going back (GET /slots, read before every restore, reports each slot's
+// last task id; ids grow for the life of a process and restart from 0), a
+// failed control call (connection refused or reset, 5xx), a refused
+// restore, a failed erase, and a change of /props (model path, build, slot
+// count, slot context, chat template, BOS/EOS; checked at most once a
+// second). A restarted server escapes the task-id check only if it ran
+// more tasks than the old one before the adapter's next publish; the
+// periodic handshake (every 30 s) bounds even that.
 //
 // # Erasing the slot on release
 //
@@ -117,10 +118,21 @@ const (
 	// not one per request.
 	retryAfter = 2 * time.Second
 	// controlTimeout bounds a control call without a ctx deadline
-	// (handshake, erase).
+	// (handshake, restore).
 	controlTimeout = 30 * time.Second
+	// eraseTimeout bounds one erase attempt, eraseFor all attempts for a
+	// released slot (then the handshake is dropped; the next one retries).
+	eraseTimeout = 5 * time.Second
+	eraseFor     = 30 * time.Second
 	// probeLen is the handshake's probe prompt length.
 	probeLen = 8
+	// restartMargin: task ids going back by more than this mean a new
+	// server process (see publish). A server restarted before it ran that
+	// many tasks is caught by the other signals only.
+	restartMargin = 1024
+	// probeTries: the probe slot may be taken by a request sent without
+	// id_slot between the probe and its save; the probe is run again.
+	probeTries = 3
 )
 
 type slotState uint8
@@ -154,9 +166,10 @@ type Adapter struct {
 	dirty   []bool // a slot that may hold KV of ours: erased before reuse
 	closed  bool
 
-	bg    sync.WaitGroup
-	nfile atomic.Uint64
-	stats stats
+	bg       sync.WaitGroup
+	nfile    atomic.Uint64
+	lastTask atomic.Int64 // the largest task id /slots reported since the handshake
+	stats    stats
 }
 
 // handshake is what a successful handshake learnt.
@@ -298,7 +311,22 @@ func (a *Adapter) publish(ctx context.Context, p adapters.Publication) (*lease, 
 	// llama-server re-runs deferred slot actions only when some slot is
 	// released, so it may wait for ever: prefer a slot the server reports
 	// idle (GET /slots), and report busy when none is.
-	if busy := a.serverBusy(ctx); busy[slot] {
+	busy, lastTask := a.serverBusy(ctx)
+	if lastTask >= 0 {
+		// Task ids grow for the life of a server process and each slot
+		// reports its last task's. The maximum over the slots can go back
+		// a little (a deferred task, older, starts on the slot that held
+		// the newest), by at most the tasks waiting at once; far smaller
+		// than seen before is a new process, whatever /props says.
+		if prev := a.lastTask.Load(); lastTask+restartMargin < prev {
+			a.giveBack(slot, false)
+			a.stale(hs)
+			a.lastTask.Store(-1)
+			return nil, fail(ReasonEngineRestarted, fmt.Errorf("the server's task ids went back from %d to %d: restarted", prev, lastTask))
+		}
+		a.lastTask.Store(max(lastTask, a.lastTask.Load()))
+	}
+	if busy[slot] {
 		other, ok := a.take(hs, busy)
 		a.giveBack(slot, false)
 		if !ok {
@@ -400,24 +428,29 @@ func (l *lease) Release() { l.once.Do(func() { l.a.giveBack(l.slot, true) }) }
 // Slot is the server slot the lease pins requests to.
 func (l *lease) Slot() int { return l.slot }
 
-// serverBusy returns the slots the server is running a request on (GET
-// /slots); nil when it cannot tell (endpoint disabled with --no-slots).
-func (a *Adapter) serverBusy(ctx context.Context) map[int]bool {
+// serverBusy returns the slots the server is running a request on and the
+// largest task id the slots report (GET /slots); nil and -1 when it cannot
+// tell (endpoint disabled with --no-slots).
+func (a *Adapter) serverBusy(ctx context.Context) (map[int]bool, int64) {
 	var slots []struct {
-		ID           int  `json:"id"`
-		IsProcessing bool `json:"is_processing"`
+		ID           int    `json:"id"`
+		IsProcessing bool   `json:"is_processing"`
+		IDTask       *int64 `json:"id_task"`
 	}
 	code, _, err := a.control(ctx, http.MethodGet, "/slots", nil, &slots)
 	if err != nil || code != http.StatusOK {
-		return nil
+		return nil, -1
 	}
-	busy := map[int]bool{}
+	busy, last := map[int]bool{}, int64(-1)
 	for _, s := range slots {
 		if s.IsProcessing {
 			busy[s.ID] = true
 		}
+		if s.IDTask != nil {
+			last = max(last, *s.IDTask)
+		}
 	}
-	return busy
+	return busy, last
 }
 
 // take leases a free slot of the handshake's pool, not one of skip.
@@ -449,9 +482,7 @@ func (a *Adapter) giveBack(slot int, erase bool) {
 	a.mu.Unlock()
 	go func() {
 		defer a.bg.Done()
-		ctx, cancel := context.WithTimeout(context.Background(), min(a.cfg.Timeout, controlTimeout))
-		defer cancel()
-		err := a.erase(ctx, slot)
+		err := a.eraseWhenIdle(slot)
 		a.mu.Lock()
 		a.slots[slot] = slotFree
 		if err == nil {
@@ -465,6 +496,33 @@ func (a *Adapter) giveBack(slot int, erase bool) {
 			a.stale(hs)
 		}
 	}()
+}
+
+// eraseWhenIdle erases slot once the server reports it idle, retrying
+// with backoff for up to eraseFor. An erase sent to a slot the server is
+// running a request on (one sent without id_slot took it) is deferred by
+// the server, which re-runs deferred slot actions only when some slot is
+// released: it may never run.
+func (a *Adapter) eraseWhenIdle(slot int) error {
+	deadline := time.Now().Add(eraseFor)
+	wait := 20 * time.Millisecond
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), min(a.cfg.Timeout, eraseTimeout))
+		busy, _ := a.serverBusy(ctx)
+		err := fmt.Errorf("slot %d is running a request on the server", slot)
+		if !busy[slot] {
+			err = a.erase(ctx, slot)
+		}
+		cancel()
+		a.mu.Lock()
+		closed := a.closed
+		a.mu.Unlock()
+		if err == nil || closed || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(wait)
+		wait = min(2*wait, time.Second)
+	}
 }
 
 func (a *Adapter) erase(ctx context.Context, slot int) error {
@@ -640,6 +698,7 @@ func (a *Adapter) handshake(ctx context.Context, old *handshake) (*handshake, er
 		return nil, err
 	}
 	a.hs, a.hsErr = hs, nil
+	a.lastTask.Store(-1) // the probe's task is the new floor; the next /slots sets it
 	return hs, nil
 }
 
@@ -669,9 +728,16 @@ func (a *Adapter) runHandshake(ctx context.Context) (*handshake, error) {
 	if probe < 0 {
 		return nil, fail(ReasonBusy, fmt.Errorf("%w (handshake needs one)", adapters.ErrBusy))
 	}
-	lay, err := a.probeSlot(ctx, probe)
+	var lay Layout
+	for range probeTries {
+		if lay, err = a.probeSlot(ctx, probe); !errors.Is(err, errProbeTaken) {
+			break
+		}
+	}
 	// Erase every free slot (the probe's included): after a restart or a
-	// failed erase, a slot may hold KV nobody asked for.
+	// failed erase, a slot may hold KV nobody asked for. Slots the server
+	// is busy with, and failed erases, are left dirty (never leased) and
+	// erased in the background once idle.
 	a.mu.Lock()
 	a.slots[probe] = slotFree
 	var toErase []int
@@ -682,22 +748,18 @@ func (a *Adapter) runHandshake(ctx context.Context) (*handshake, error) {
 		}
 	}
 	a.mu.Unlock()
-	var eraseErr error
+	busy, _ := a.serverBusy(ctx)
 	for _, i := range toErase {
-		e := a.erase(ctx, i)
-		a.mu.Lock()
-		a.slots[i] = slotFree
-		if e == nil {
-			a.dirty[i] = false
+		if busy[i] || a.erase(ctx, i) != nil {
+			a.giveBack(i, true)
+			continue
 		}
+		a.mu.Lock()
+		a.slots[i], a.dirty[i] = slotFree, false
 		a.mu.Unlock()
-		eraseErr = errors.Join(eraseErr, e)
 	}
 	if err != nil {
 		return nil, err
-	}
-	if eraseErr != nil {
-		return nil, eraseErr
 	}
 	hs := &handshake{lay: lay, nSlots: p.TotalSlots, nCtx: p.Settings.NCtx, props: p.digest(), at: time.Now()}
 	hs.checked.Store(time.Now().UnixNano())
@@ -741,7 +803,7 @@ func (a *Adapter) probeSlot(ctx context.Context, slot int) (Layout, error) {
 		return Layout{}, fmt.Errorf("probe slot file not found in SlotDir (is SlotDir the server's --slot-save-path?): %w", err)
 	}
 	if probeErr != nil {
-		if f, err := DecodeSlotFile(raw); err != nil || !slices.Equal(f.Tokens[:min(len(f.Tokens), len(a.probe))], a.probe) {
+		if f, err := DecodeSlotFile(raw); err != nil || len(f.Tokens) < len(a.probe) || !slices.Equal(f.Tokens[:len(a.probe)], a.probe) {
 			return Layout{}, probeErr
 		}
 	}
@@ -767,7 +829,9 @@ func (a *Adapter) checkProbe(raw []byte) (Layout, error) {
 	}
 	n := len(a.probe)
 	if len(f.Tokens) < n || !slices.Equal(f.Tokens[:n], a.probe) || len(st.Cells) < n {
-		return lay, fmt.Errorf("%w: the probe slot holds tokens %v (%d cells), want %v first: another tokenizer or vocabulary", adapters.ErrMismatch, f.Tokens, len(st.Cells), a.probe)
+		// The ids were sent as ids: a server that took them holds them,
+		// unless another request took the slot before the save.
+		return lay, fmt.Errorf("%w: it holds %d tokens (%d cells), not the probe's %d", errProbeTaken, len(f.Tokens), len(st.Cells), n)
 	}
 	pos, K, V := decodeStream(lay, st)
 	for i := range n {
