@@ -39,7 +39,8 @@ type fakeServer struct {
 	tokens      []int32 // what /tokenize answers (nil: ids of the content's runes)
 	restoreCode int     // non-zero: answer restores with this status
 	restoreWait time.Duration
-	down        bool    // every call answers 503
+	lastTask    int64 // > 0: /slots reports it as slot 0's id_task
+	down        bool // every call answers 503
 	restored    map[int][]int32
 	busySlots   map[int]bool
 	calls       map[string]int
@@ -89,7 +90,11 @@ func (f *fakeServer) serve(w http.ResponseWriter, r *http.Request) {
 	case r.URL.Path == "/slots" && r.Method == http.MethodGet:
 		var out []map[string]any
 		for i := range f.slots {
-			out = append(out, map[string]any{"id": i, "is_processing": f.busySlots[i]})
+			e := map[string]any{"id": i, "is_processing": f.busySlots[i]}
+			if i == 0 && f.lastTask > 0 {
+				e["id_task"] = f.lastTask
+			}
+			out = append(out, e)
 		}
 		reply(out)
 	case r.URL.Path == "/completion":
@@ -361,6 +366,42 @@ func TestCanceled(t *testing.T) {
 		}
 	}
 	a.mu.Unlock()
+}
+
+// TestRestartByTaskIDs: a restart that /props cannot show (same model
+// path, build and flags) is noticed by the task ids /slots reports going
+// back; the next publish re-runs the handshake.
+func TestRestartByTaskIDs(t *testing.T) {
+	m := tinyModel(t, 1)
+	f := newFake(t, m)
+	a := f.open(t, m)
+	p := pub(t, m, 10)
+	publish := func() error {
+		l, err := a.Publish(context.Background(), p)
+		if err == nil {
+			l.Release()
+			a.bg.Wait()
+		}
+		return err
+	}
+	f.set(func(f *fakeServer) { f.tokens, f.lastTask = p.Prompt, 5000 })
+	if err := publish(); err != nil {
+		t.Fatal(err)
+	}
+	f.set(func(f *fakeServer) { f.lastTask = 4500 }) // a deferred older task: not a restart
+	if err := publish(); err != nil {
+		t.Fatalf("ids back by 500: %v", err)
+	}
+	f.set(func(f *fakeServer) { f.lastTask = 3 })
+	if err := publish(); adapters.ReasonOf(err) != ReasonEngineRestarted {
+		t.Fatalf("ids back to 3: %v, want engine_restarted", err)
+	}
+	if err := publish(); err != nil {
+		t.Fatalf("after the re-handshake: %v", err)
+	}
+	if st := a.Stats(); st.Handshakes != 2 {
+		t.Errorf("%d handshakes, want 2", st.Handshakes)
+	}
 }
 
 // TestRecovery: a server that goes down and comes back (after restart, a
