@@ -40,7 +40,7 @@ type fakeServer struct {
 	restoreCode int     // non-zero: answer restores with this status
 	restoreWait time.Duration
 	lastTask    int64 // > 0: /slots reports it as slot 0's id_task
-	down        bool // every call answers 503
+	down        bool  // every call answers 503
 	restored    map[int][]int32
 	busySlots   map[int]bool
 	calls       map[string]int
