@@ -126,9 +126,8 @@ const (
 	eraseFor     = 30 * time.Second
 	// probeLen is the handshake's probe prompt length.
 	probeLen = 8
-	// restartMargin: task ids going back by more than this mean a new
-	// server process (see publish). A server restarted before it ran that
-	// many tasks is caught by the other signals only.
+	// restartMargin: task ids going back by more than this (or by more
+	// than half) mean a new server process (see publish).
 	restartMargin = 1024
 	// probeTries: the probe slot may be taken by a request sent without
 	// id_slot between the probe and its save; the probe is run again.
@@ -316,9 +315,11 @@ func (a *Adapter) publish(ctx context.Context, p adapters.Publication) (*lease, 
 		// Task ids grow for the life of a server process and each slot
 		// reports its last task's. The maximum over the slots can go back
 		// a little (a deferred task, older, starts on the slot that held
-		// the newest), by at most the tasks waiting at once; far smaller
-		// than seen before is a new process, whatever /props says.
-		if prev := a.lastTask.Load(); lastTask+restartMargin < prev {
+		// the newest), by at most the tasks waiting at once; back by more
+		// than half (or restartMargin) is taken for a new process, whatever
+		// /props says. A false alarm costs a handshake; a missed restart
+		// onto other weights would inject wrong KV.
+		if prev := a.lastTask.Load(); lastTask+min(restartMargin, prev/2) < prev {
 			a.giveBack(slot, false)
 			a.stale(hs)
 			a.lastTask.Store(-1)
@@ -345,6 +346,9 @@ func (a *Adapter) publish(ctx context.Context, p adapters.Publication) (*lease, 
 	}
 	if err != nil {
 		a.giveBack(slot, false)
+		if adapters.ReasonOf(err) == ReasonEngineError && ctxDone(ctx) == nil {
+			a.stale(hs) // a failed call may be a restart: prove the model again
+		}
 		return nil, err
 	}
 	n := p.KV.Len()

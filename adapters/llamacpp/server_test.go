@@ -8,9 +8,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -429,4 +433,136 @@ func TestServerFusionPermuted(t *testing.T) {
 			waitErased(t, a)
 		})
 	}
+}
+
+// TestServerRestartOtherWeights: llama-server is restarted on the same
+// port, the same model path, build and flags, but the file now holds other
+// weights of the same shape (nothing in /props changes). The adapter must
+// not restore the old model's KV into it: publishes fail (restart noticed
+// from the task ids, a failed call or the handshake), the re-handshake
+// refuses the new weights, and every answer through the adapter's path is
+// the new server's own. Then the right file comes back and fusion resumes.
+func TestServerRestartOtherWeights(t *testing.T) {
+	bin := llamaserver.Bin(t)
+	m := loadStories(t)
+	src := shareddata.Path(t, "llamacpp/stories260K.gguf")
+	dir := t.TempDir()
+	gguf := filepath.Join(dir, "model.gguf")
+	good, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gm, err := model.Load(src, model.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gm.Close()
+	other, err := model.Synthetic(gm.Config, 11)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other.Tokenizer = gm.Tokenizer
+	if err := other.WriteGGUF(filepath.Join(dir, "other.gguf"), model.GGUFOptions{DType: "F32"}); err != nil {
+		t.Fatal(err)
+	}
+	bad, err := os.ReadFile(filepath.Join(dir, "other.gguf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	slots := t.TempDir()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	url := fmt.Sprintf("http://127.0.0.1:%d", port)
+	// Started here, not with llamaserver.Start, which picks its own port.
+	start := func(weights []byte) *fixedServer {
+		if err := os.WriteFile(gguf, weights, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(bin, "-m", gguf, "--host", "127.0.0.1", "--port", strconv.Itoa(port), "-c", "1024", "-np", "2",
+			"-t", "1", "-tb", "1", "--slot-save-path", slots, "--cache-ram", "0", "--temp", "0",
+			"--override-kv", "llama.context_length=int:512")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		s := &fixedServer{URL: url, cmd: cmd}
+		for deadline := time.Now().Add(time.Minute); ; {
+			if r, err := http.Get(url + "/health"); err == nil {
+				r.Body.Close()
+				if r.StatusCode == 200 {
+					return s
+				}
+			}
+			if time.Now().After(deadline) {
+				s.Close()
+				t.Fatal("llama-server not ready")
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	srv := start(good)
+	a := openAdapter(t, srv.URL, slots, m)
+	prompt := ids(m, p2Text)
+	var ban [][]any // the random weights' partial UTF-8 bytes make the server answer 500
+	for b := 3; b < 259; b++ {
+		ban = append(ban, []any{b, false})
+	}
+	body, _ := json.Marshal(map[string]any{"prompt": p2Text, "n_predict": 12, "temperature": 0, "logit_bias": ban})
+	ref, _ := json.Marshal(map[string]any{"prompt": p2Text, "n_predict": 12, "temperature": 0, "logit_bias": ban, "cache_prompt": false})
+	round := func(srv *fixedServer) (fused bool, got, want answer) {
+		want = complete(t, srv.URL, ref)
+		send := body
+		l, err := a.Publish(context.Background(), publication(t, m, "/completion", body, prompt))
+		if err == nil {
+			send, _ = l.Rewrite(body)
+			defer func() { l.Release(); a.bg.Wait() }()
+		} else {
+			t.Logf("publish: %v", err)
+		}
+		return err == nil, complete(t, srv.URL, send), want
+	}
+	if fused, got, want := round(srv); !fused || got.Content != want.Content || got.Timings.PromptN != 1 {
+		t.Fatalf("before the restart: fused %v, %q (prompt_n %d), want %q", fused, got.Content, got.Timings.PromptN, want.Content)
+	}
+	srv.Close()
+	srv = start(bad)
+	for i := range 4 {
+		fused, got, want := round(srv)
+		if fused || got.Content != want.Content {
+			t.Errorf("other weights, round %d: fused %v, %q, the server alone %q", i, fused, got.Content, want.Content)
+		}
+	}
+	srv.Close()
+	srv = start(good)
+	defer srv.Close()
+	a.mu.Lock()
+	a.retryAt = time.Time{} // skip the hold of the failed handshake
+	a.mu.Unlock()
+	fused := false
+	for range 3 {
+		var got, want answer
+		if fused, got, want = round(srv); fused {
+			if got.Content != want.Content {
+				t.Errorf("after the right weights came back: %q, want %q", got.Content, want.Content)
+			}
+			break
+		}
+	}
+	if !fused {
+		t.Error("fusion did not resume on the right weights")
+	}
+	t.Logf("stats %+v", a.Stats())
+}
+
+type fixedServer struct {
+	URL string
+	cmd *exec.Cmd
+}
+
+func (s *fixedServer) Close() {
+	s.cmd.Process.Kill()
+	s.cmd.Wait()
 }
