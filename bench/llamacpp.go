@@ -168,7 +168,9 @@ func RunLlamaCpp(ctx context.Context, c LlamaCppConfig) ([]LlamaCppRow, error) {
 	// back-to-back requests alternate between them instead of finding the
 	// only slot busy. Each slot holds the largest prompt.
 	srv, err := llamaserver.Start(ctx, llamaserver.Config{Bin: c.Bin, Model: c.GGUF, Context: 2 * maxCtx, Slots: 2, Threads: c.Threads,
-		Args: []string{"--slot-save-path", slots, "--override-kv", fmt.Sprintf("%s.context_length=int:%d", ggufArchOf(m), m.Config.MaxPositions)}})
+		// --cache-ram 0: the server's RAM prompt cache off, as the llamacpp
+		// adapter requires (docs/llamacpp.md).
+		Args: []string{"--slot-save-path", slots, "--cache-ram", "0", "--override-kv", fmt.Sprintf("%s.context_length=int:%d", ggufArchOf(m), m.Config.MaxPositions)}})
 	if err != nil {
 		return nil, err
 	}
