@@ -50,6 +50,21 @@ func (e *Error) Error() string  { return "llamacpp: " + e.Why + ": " + e.Err.Err
 func (e *Error) Unwrap() error  { return e.Err }
 func (e *Error) Reason() string { return e.Why }
 
+// Is makes the request-caused failures (the server would tokenize this body
+// differently, it does not fit a slot, its shape cannot be proved) match
+// adapters.ErrRequest: the proxy forwards them as skips, not as failures of
+// the fusion path that count against its breaker.
+func (e *Error) Is(target error) bool {
+	if target != adapters.ErrRequest {
+		return false
+	}
+	switch e.Why {
+	case ReasonTokenMismatch, ReasonTooLong, ReasonUnsupported:
+		return true
+	}
+	return false
+}
+
 func fail(why string, err error) error {
 	var r interface{ Reason() string }
 	if errors.As(err, &r) && r.Reason() == why {
