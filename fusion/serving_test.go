@@ -47,7 +47,8 @@ func TestServingFindsFusedKV(t *testing.T) {
 			t.Fatal(err)
 		}
 		r := res.Record
-		wantFused, wantRaw := 3, 0
+		// The first chunk is served raw (exact right after S), the others fused.
+		wantFused, wantRaw := 2, 1
 		if variant == fingerprint.VariantRaw {
 			wantFused, wantRaw = 0, 3
 		}
@@ -63,8 +64,23 @@ func TestServingFindsFusedKV(t *testing.T) {
 			d := float64(x - full[k])
 			dist[variant] += d * d
 		}
-		if r.FusedHits != wantFused || r.RawHits != wantRaw || r.Misses != 0 {
-			t.Errorf("%v lookup: fused hits %d, raw hits %d, misses %d; want %d, %d, 0", variant, r.FusedHits, r.RawHits, r.Misses, wantFused, wantRaw)
+		if r.FusedHits != wantFused || r.RawHits != wantRaw || r.Misses != 0 || r.ExactChunks != 1 {
+			t.Errorf("%v lookup: fused hits %d, raw hits %d, misses %d, exact chunks %d; want %d, %d, 0, 1", variant, r.FusedHits, r.RawHits, r.Misses, r.ExactChunks, wantFused, wantRaw)
+		}
+		if variant == fingerprint.VariantFused { // the ablation: every chunk fused, none exact
+			ab, err := recompute.New(recompute.Config{Model: m, Source: &recompute.StoreSource{Store: st}, Namespace: ns,
+				Variant: variant, NoStoreBack: true, FirstChunkFused: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Strategy = "reuse"
+			res, err := ab.Run(ctx, req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r := res.Record; r.FusedHits != 3 || r.RawHits != 0 || r.ExactChunks != 0 {
+				t.Errorf("FirstChunkFused: fused hits %d, raw hits %d, exact chunks %d; want 3, 0, 0", r.FusedHits, r.RawHits, r.ExactChunks)
+			}
 		}
 	}
 	t.Logf("reuse without recompute, squared L2 distance of the last logits to a full prefill: fused KV %.3g, raw KV %.3g",

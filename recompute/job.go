@@ -32,6 +32,8 @@ type Job struct {
 	rec    Record
 	res    *Result
 	asm    *model.Cache
+	// exact is the number of leading chunks whose assembled KV is exact.
+	exact int
 	// releases return the source's loans once the assembly holds a copy.
 	relMu    sync.Mutex
 	releases []func()
@@ -106,6 +108,18 @@ func (j *Job) Logits(p Phase, st *model.State, rows []int) [][]float32 {
 	*j.phase(p) += time.Since(t)
 	j.rec.Cost.Logits += float64(len(out)) * 2 * float64(j.Model().Config.Dim) * float64(j.Model().Config.Vocab)
 	return out
+}
+
+// Selectable is the span of context tokens a strategy may choose to
+// recompute: the context without its leading exact chunks (Record.ExactChunks;
+// the first chunk when its raw KV sits right after S). Valid once Assembled
+// has run.
+func (j *Job) Selectable() Span {
+	span := j.layout.Context()
+	if j.exact > 0 {
+		span.Begin = j.layout.Chunks[j.exact-1].End
+	}
+	return span
 }
 
 // Batch returns the prompt tokens at the given positions (ascending) followed
@@ -323,6 +337,7 @@ func (j *Job) chunkKV(ctx context.Context, prefix *model.Cache) ([]*model.Cache,
 	for i := range missing {
 		missing[i] = true
 	}
+	firstFused := false // the first chunk is served from fused KV
 	if cfg.Source != nil {
 		t := time.Now()
 		type outcome struct {
@@ -335,14 +350,20 @@ func (j *Job) chunkKV(ctx context.Context, prefix *model.Cache) ([]*model.Cache,
 		for i, c := range j.req.Chunks {
 			g.Go(func() error {
 				keys := []fingerprint.Key{rawKeys[i]}
+				fusedAt := -1 // index of the fused key in keys
 				if cfg.Variant == fingerprint.VariantFused {
-					keys = []fingerprint.Key{ChunkKey(cfg.Namespace, fingerprint.VariantFused, j.req.Prefix, c), rawKeys[i]}
+					fused := ChunkKey(cfg.Namespace, fingerprint.VariantFused, j.req.Prefix, c)
+					if i == 0 && !cfg.FirstChunkFused { // raw is exact right after S
+						keys, fusedAt = []fingerprint.Key{rawKeys[i], fused}, 1
+					} else {
+						keys, fusedAt = []fingerprint.Key{fused, rawKeys[i]}, 0
+					}
 				}
 				for ki, key := range keys {
 					kv, size, err := j.get(gctx, key, c)
 					if err == nil {
 						out[i], missing[i] = kv, false
-						oc[i] = outcome{size: size, fused: cfg.Variant == fingerprint.VariantFused && ki == 0}
+						oc[i] = outcome{size: size, fused: ki == fusedAt}
 						return nil
 					}
 					miss, bad := j.miss(err)
@@ -368,12 +389,18 @@ func (j *Job) chunkKV(ctx context.Context, prefix *model.Cache) ([]*model.Cache,
 			}
 			j.rec.BytesLoaded += o.size
 			if o.fused {
+				firstFused = firstFused || i == 0
 				j.rec.FusedHits++
 			} else {
 				j.rec.RawHits++
 			}
 		}
 	}
+	// Raw KV of the first chunk (a raw hit or computed below) is exact.
+	if !firstFused {
+		j.exact = 1
+	}
+	j.rec.ExactChunks = j.exact
 	t := time.Now()
 	defer func() { j.rec.Phases.Compute += time.Since(t) }()
 	s := len(j.req.Prefix)

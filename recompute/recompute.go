@@ -24,6 +24,12 @@
 //   - epic: the first m tokens of every chunk (m from the ratio) and Q are
 //     recomputed.
 //
+// The first chunk sits right after S, where its raw KV (prefill of S + C) is
+// exactly a full prefill's: it is served raw even in the fused variant
+// (Config.FirstChunkFused) and no strategy spends its budget there
+// (Job.Selectable); the budget, ratio × all context tokens, goes to the
+// other chunks.
+//
 // Every Run returns a Record of what happened (selection, hits, bytes, FLOPs,
 // time per phase) for traces and benchmarks.
 package recompute
@@ -111,6 +117,15 @@ type Config struct {
 	// 0 selects the default, 1 (as in CacheBlend; layer 0's K and V depend on
 	// the token alone, so they never deviate); must be below Layers.
 	CheckLayer int
+	// FirstChunkFused serves the first chunk from fused KV like the others.
+	// By default (false) the first chunk, which sits right after S, is
+	// looked up as raw KV first: raw KV is the prefill of S + C, so at that
+	// position it is exactly what a full prefill computes, and the
+	// strategies that recompute do not spend budget on it (Job.Selectable).
+	// Fused KV there is C computed after other chunks: not exact, and on
+	// stories260K it held 72% of CacheBlend's layer-1 V deviation
+	// (docs/benchmarks.md). Only for ablations.
+	FirstChunkFused bool
 	// NoStoreBack disables storing KV computed on a miss.
 	NoStoreBack bool
 	// RecomputeBadKV treats a stored entry that does not match (shape,
@@ -210,11 +225,15 @@ type Record struct {
 	Recomputed int `json:"recomputed"`
 	// Chunk lookups: hits by variant, misses (computed on the fly), entries
 	// that did not match and were recomputed (RecomputeBadKV).
-	RawHits    int  `json:"raw_hits"`
-	FusedHits  int  `json:"fused_hits"`
-	Misses     int  `json:"misses"`
-	BadEntries int  `json:"bad_entries"`
-	PrefixHit  bool `json:"prefix_hit"`
+	RawHits   int `json:"raw_hits"`
+	FusedHits int `json:"fused_hits"`
+	// ExactChunks is the number of leading chunks whose assembled KV is
+	// exact (the first chunk served as raw KV right after S: 0 or 1); no
+	// strategy selects their tokens.
+	ExactChunks int  `json:"exact_chunks"`
+	Misses      int  `json:"misses"`
+	BadEntries  int  `json:"bad_entries"`
+	PrefixHit   bool `json:"prefix_hit"`
 	// BytesLoaded is the size of the KV read from the source.
 	BytesLoaded int64 `json:"bytes_loaded"`
 	// Cost counts the floating-point operations of every forward pass run

@@ -66,8 +66,9 @@ type Request struct {
 	Strategy string
 	// Ratio is the fraction of context tokens to recompute, in [0, 1]. Its
 	// meaning per strategy: fusionrag and cacheblend recompute
-	// round(Ratio * chunk tokens) tokens; epic the first round(Ratio * |C_i|)
-	// tokens of every chunk; full and reuse ignore it.
+	// round(Ratio * chunk tokens) tokens; epic as many, shared among the
+	// chunks as the first tokens of each; none spends it on an exact first
+	// chunk (Job.Selectable); full and reuse ignore it.
 	Ratio float64
 }
 

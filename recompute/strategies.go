@@ -101,17 +101,24 @@ func runReuse(ctx context.Context, j *Job) error {
 // runFusionRAG is the paper's online stage. A first pass prefills Q on the
 // assembly and returns the last layer's attention of Q's queries summed over
 // heads and query rows: one score per key. The k = round(ratio × context)
-// context tokens (S excluded: its KV is exact) with the highest scores are
-// then recomputed with Q in one pass, each attending to the whole assembled
-// cache at its real position (stale entries of unselected tokens included).
+// selectable context tokens (Job.Selectable: S and an exact first chunk
+// excluded) with the highest scores are then recomputed with Q in one pass,
+// each attending to the whole assembled cache at its real position (stale
+// entries of unselected tokens included).
+//
+// Q runs twice, in the scoring pass and in the final one: its KV from the
+// first pass attended to stale context and cannot be kept exactly (every Q
+// row attends to the recomputed tokens). When Q is long (a long query
+// prompt), that second prefill of Q dominates the cost: see
+// docs/benchmarks.md.
 func runFusionRAG(ctx context.Context, j *Job) error {
 	asm, err := j.Assembled(ctx)
 	if err != nil {
 		return err
 	}
-	span := j.layout.Context()
-	k := budget(j.req.Ratio, span.Len())
-	if k == span.Len() { // everything is selected: no need to score
+	span := j.Selectable()
+	k := min(budget(j.req.Ratio, j.layout.Context().Len()), span.Len())
+	if k == span.Len() && k > 0 { // everything selectable is selected: no need to score
 		return recomputeOnAssembly(ctx, j, asm, seq(span.Begin, span.End))
 	}
 	last := j.Model().Config.Layers - 1
@@ -137,25 +144,37 @@ func runFusionRAG(ctx context.Context, j *Job) error {
 	return recomputeOnAssembly(ctx, j, asm, sel)
 }
 
-// runEPIC recomputes the first m_i = round(ratio × |C_i|) tokens of every
-// chunk C_i (the tokens that act as attention sinks once chunks are
-// concatenated; EPIC's LegoLink) and Q. EPIC recomputes a fixed count per
-// chunk; with the usual fixed-size chunks that is what the proportional
-// rule gives, and it keeps the total at ratio × context and ratio 1.0 exact.
+// runEPIC recomputes the first tokens of every selectable chunk (the tokens
+// that act as attention sinks once chunks are concatenated; EPIC's
+// LegoLink) and Q. The budget, round(ratio × context), is shared among the
+// chunks after the exact first one (Job.Selectable) in proportion to their
+// lengths, by cumulative rounding: with the usual fixed-size chunks every
+// chunk gets the same count, the total is the budget, and ratio 1.0 is exact.
 func runEPIC(ctx context.Context, j *Job) error {
 	asm, err := j.Assembled(ctx)
 	if err != nil {
 		return err
 	}
+	span := j.Selectable()
+	total := min(budget(j.req.Ratio, j.layout.Context().Len()), span.Len())
 	var sel []int
+	done := 0 // selectable tokens of the chunks before c
+	prev := 0 // tokens given so far
 	for _, c := range j.layout.Chunks {
-		sel = append(sel, seq(c.Begin, c.Begin+budget(j.req.Ratio, c.Len()))...)
+		if c.Begin < span.Begin {
+			continue
+		}
+		done += c.Len()
+		upto := int(math.Round(float64(total) * float64(done) / float64(max(1, span.Len()))))
+		sel = append(sel, seq(c.Begin, c.Begin+min(c.Len(), upto-prev))...)
+		prev = upto
 	}
 	return recomputeOnAssembly(ctx, j, asm, sel)
 }
 
-// runCacheBlend follows CacheBlend (arXiv 2405.16444): every context token
-// and Q run layers [0, CheckLayer] in full (their fresh KV replaces the
+// runCacheBlend follows CacheBlend (arXiv 2405.16444): every selectable
+// context token (Job.Selectable: an exact first chunk is left as it is) and
+// Q run layers [0, CheckLayer] in full (their fresh KV replaces the
 // assembly's there: it is exact and already paid for); at the check layer
 // the per-token squared L2 deviation of the recomputed V from the cached V
 // ranks the context tokens; only the top k = round(ratio × context) and Q run
@@ -171,9 +190,9 @@ func runCacheBlend(ctx context.Context, j *Job) error {
 		return err
 	}
 	mc := j.Model().Config
-	span := j.layout.Context()
+	span := j.Selectable() // an exact first chunk is neither recomputed nor ranked
 	nc, nq := span.Len(), len(j.req.Question)
-	k := budget(j.req.Ratio, nc)
+	k := min(budget(j.req.Ratio, j.layout.Context().Len()), nc)
 	if nc == 0 || k == nc { // nothing to choose: plain recompute on top of S
 		return recomputeOnAssembly(ctx, j, asm, seq(span.Begin, span.End))
 	}
@@ -186,8 +205,9 @@ func runCacheBlend(ctx context.Context, j *Job) error {
 	qK, qV := make([][]float32, mc.Layers), make([][]float32, mc.Layers)
 	rows := seq(0, nc+nq) // batch row r of the current state is context row rows[r]
 	check := j.r.cfg.CheckLayer
-	// While every context token is in the batch, all assembled context
-	// entries are shadowed: attend to S's entries only (same result, without
+	// While every selectable token is in the batch, all assembled entries
+	// after span.Begin are shadowed: attend to S's (and the exact chunk's)
+	// entries only (same result, without
 	// rotating and skipping N stale keys per layer).
 	prefixOnly := asm.Slice(0, span.Begin)
 	for l := range mc.Layers {
