@@ -1,0 +1,77 @@
+package redistest
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/fusionrag/fusionrag/internal/redisproc"
+)
+
+// Cluster is a Redis Cluster owned by one test (3 masters and 3 replicas by
+// default, cluster-node-timeout 1 s), killed at cleanup.
+type Cluster struct {
+	*redisproc.Cluster
+	tb testing.TB
+}
+
+// ClusterOption changes how StartCluster starts the cluster.
+type ClusterOption func(*redisproc.ClusterConfig)
+
+// NodeTimeout sets cluster-node-timeout (how soon a replica takes over).
+func NodeTimeout(d time.Duration) ClusterOption {
+	return func(c *redisproc.ClusterConfig) { c.NodeTimeout = d }
+}
+
+// ClusterArgs appends redis-server arguments for every node.
+func ClusterArgs(args ...string) ClusterOption {
+	return func(c *redisproc.ClusterConfig) { c.Args = append(c.Args, args...) }
+}
+
+// ClusterInstalled reports whether redis-server and redis-cli are both
+// available.
+func ClusterInstalled() bool {
+	_, err1 := redisproc.Binary()
+	_, err2 := redisproc.CLIBinary()
+	return err1 == nil && err2 == nil
+}
+
+// StartCluster starts a Redis Cluster for tb on loopback ports and waits
+// until it reports ok. It skips the test loudly when redis-server or
+// redis-cli is not installed. When the test failed, cleanup logs the tail of
+// every node's log.
+func StartCluster(tb testing.TB, opts ...ClusterOption) *Cluster {
+	tb.Helper()
+	if !ClusterInstalled() {
+		tb.Skipf("SKIPPING %s: redis-server or redis-cli not installed (apt-get install redis-server); this test needs a real Redis Cluster and is NOT run", tb.Name())
+	}
+	cfg := redisproc.ClusterConfig{Dir: tb.TempDir()}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	c, err := redisproc.StartCluster(cfg)
+	if errors.Is(err, redisproc.ErrNotInstalled) || errors.Is(err, redisproc.ErrCLINotInstalled) {
+		tb.Skipf("SKIPPING %s: %v", tb.Name(), err)
+	}
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		c.Close()
+		if tb.Failed() {
+			for _, s := range c.Nodes {
+				tb.Logf("--- cluster node %s log (tail) ---\n%s", s.Addr, s.LogTail(1500))
+			}
+		}
+	})
+	return &Cluster{Cluster: c, tb: tb}
+}
+
+// WaitOK waits until the cluster is ok again (after a failover), failing
+// the test after d.
+func (c *Cluster) WaitOK(d time.Duration) {
+	c.tb.Helper()
+	if err := c.Cluster.WaitOK(d); err != nil {
+		c.tb.Fatal(err)
+	}
+}
