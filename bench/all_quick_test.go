@@ -57,7 +57,7 @@ func TestQuickReports(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	write("fidelity", []Table{FidelityTable(fid, time.Since(start))}, fid, FidelityPlots(fid))
+	write("fidelity", FidelityTables(fid, time.Since(start)), fid, FidelityPlots(fid))
 
 	tt, err := RunTTFT(ctx, TTFTConfig{Model: m, Name: "tiny", Contexts: []int{64, 128}, Chunks: 4})
 	if err != nil {

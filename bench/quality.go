@@ -213,7 +213,8 @@ type QualityRow struct {
 	SameAsFull float64  `json:"same_as_full"`
 	KL         *float64 `json:"kl"`
 	Top1       *float64 `json:"top1"`
-	// NormalizedFidelity = 100 × (KL_reuse − KL) / KL_reuse.
+	// NormalizedFidelity = 100 × (KL_reuse − KL) / KL_reuse, reuse of raw
+	// chunk KV (the paper's baseline): reuse exactly 0, full exactly 100.
 	NormalizedFidelity *float64 `json:"normalized_fidelity"`
 	// Mean prompt and context tokens, recomputed share, FLOPs vs full.
 	PromptTokens  float64 `json:"prompt_tokens"`
@@ -727,14 +728,11 @@ func AggregateQuality(results []QualityResult, modelName, source string) []Quali
 		// F1 is an average of fractions of 1/len(tokens): a spread below
 		// 1e-9 percent points is rounding, and the ratio undefined.
 		if d := full.F1 - reuse.F1; math.Abs(d) > 1e-9 {
-			v := 100 * (rows[i].F1 - reuse.F1) / d
+			v := 100 * ((rows[i].F1 - reuse.F1) / d) // d/d is exactly 1: full is exactly 100
 			rows[i].NormalizedF1 = &v
 		}
 		if rows[i].KL != nil && reuse.KL != nil {
-			v := 100.0
-			if *reuse.KL > 0 {
-				v = 100 * (*reuse.KL - *rows[i].KL) / *reuse.KL
-			}
+			v := normalizedLoss(*rows[i].KL, *reuse.KL) // exactly 0 for reuse, 100 for full
 			rows[i].NormalizedFidelity = &v
 		}
 	}
@@ -782,7 +780,7 @@ func QualityTables(rows []QualityRow, elapsed time.Duration) []Table {
 				"best over the gold answers, on the first line of the answer; percent. Normalised F1 = 100 × (F1 − F1_reuse) / (F1_full − F1_reuse), " +
 				"n/a when full and reuse score the same. F1 to full's answer and same answer as full score each method against full's own answer.",
 			"KL and top-1 compare each method's next-token distributions with full's over full's greedy answer (teacher-forced); " +
-				"normalised fidelity = 100 × (KL_reuse − KL) / KL_reuse.",
+				"normalised fidelity = 100 × (KL_reuse − KL) / KL_reuse, reuse of raw chunk KV as in the paper (reuse = 0, full = 100).",
 			fmt.Sprintf("Measured in %s.", elapsed.Round(time.Millisecond)),
 		}
 		tables = append(tables, t)

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -192,5 +193,32 @@ func TestQualityEndpoint(t *testing.T) {
 	}
 	if _, _, err := RunQuality(context.Background(), QualityConfig{Endpoint: "http://127.0.0.1:1", Datasets: []*Dataset{ds}, Quiet: true}); err == nil {
 		t.Error("dead endpoint: no error")
+	}
+}
+
+// TestQualityNormalisationPinned: in every dataset's table, reuse (raw chunk
+// KV, the paper's baseline) is exactly 0 and full exactly 100, for F1 and
+// for fidelity, whatever the values.
+func TestQualityNormalisationPinned(t *testing.T) {
+	kl := func(v float64) *float64 { return &v }
+	var results []QualityResult
+	for i, x := range []float64{0.0196, 0.00449, 1.0 / 3, 0.1 + 0.2} {
+		ds := fmt.Sprintf("d%d", i)
+		results = append(results,
+			QualityResult{Dataset: ds, Strategy: "full", Ratio: 1, F1: x + 0.7, KL: kl(0), Top1: kl(1)},
+			QualityResult{Dataset: ds, Strategy: "reuse", F1: x / 7, KL: kl(x), Top1: kl(0.9)},
+			QualityResult{Dataset: ds, Strategy: "fusionrag", Ratio: 0.15, F1: x / 2, KL: kl(x / 3), Top1: kl(0.95)})
+	}
+	for _, r := range AggregateQuality(results, "m", "in-process") {
+		switch r.Strategy {
+		case "full":
+			if *r.NormalizedF1 != 100 || *r.NormalizedFidelity != 100 {
+				t.Errorf("%s full: normalised F1 %v, fidelity %v; want exactly 100", r.Dataset, *r.NormalizedF1, *r.NormalizedFidelity)
+			}
+		case "reuse":
+			if *r.NormalizedF1 != 0 || *r.NormalizedFidelity != 0 {
+				t.Errorf("%s reuse: normalised F1 %v, fidelity %v; want exactly 0", r.Dataset, *r.NormalizedF1, *r.NormalizedFidelity)
+			}
+		}
 	}
 }
