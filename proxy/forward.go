@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -372,8 +373,16 @@ func newUpstreamClient(cfg Config) (*fasthttp.HostClient, error) {
 	// restarted, or its keep-alive timeout is shorter than timeouts.idle):
 	// they are dropped, and the retry dials, instead of spending its
 	// attempts on more of them.
+	//
+	// A stale connection shows as io.EOF or fasthttp.ErrConnectionClosed
+	// when the request fits the socket buffer, but a body larger than that
+	// (a fused prompt of thousands of tokens) meets the engine's reset while
+	// it is still being written: EPIPE or ECONNRESET. Seen in front of
+	// llama-server, whose keep-alive is 5 s, when the fusion path held a
+	// request for longer than that.
 	c.RetryIfErr = func(_ *fasthttp.Request, attempts int, err error) (bool, bool) {
-		if !errors.Is(err, fasthttp.ErrConnectionClosed) && !errors.Is(err, io.EOF) {
+		if !errors.Is(err, fasthttp.ErrConnectionClosed) && !errors.Is(err, io.EOF) &&
+			!errors.Is(err, syscall.EPIPE) && !errors.Is(err, syscall.ECONNRESET) {
 			return false, false
 		}
 		c.CloseIdleConnections()

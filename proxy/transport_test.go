@@ -425,3 +425,38 @@ func TestEngineRestartNoErrors(t *testing.T) {
 		t.Errorf("after the restart (-want +got):\n%s", d)
 	}
 }
+
+// TestStaleConnectionLargeBody: an engine that closed an idle keep-alive
+// connection (llama-server's is 5 s; the fusion path can keep a request
+// away from the engine that long) makes the next large request's write fail
+// with a broken pipe or a reset rather than io.EOF; the request never
+// reached the engine, so it is sent again on a new connection, not
+// answered 502.
+func TestStaleConnectionLargeBody(t *testing.T) {
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n, _ := io.Copy(io.Discard, r.Body)
+		fmt.Fprintf(w, "ok %d", n)
+	})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	engine := &http.Server{Handler: handler, IdleTimeout: 30 * time.Millisecond}
+	go func() { _ = engine.Serve(ln) }()
+	defer engine.Close()
+	_, base := startProxy(t, upstreamConfig("http://"+ln.Addr().String()))
+	body := `{"model":"m","prompt":"` + strings.Repeat("x", 4<<20) + `"}`
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	for i := range 4 {
+		resp, err := client.Post(base+"/v1/completions", "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if got, want := fmt.Sprintf("%d %s", resp.StatusCode, b), fmt.Sprintf("200 ok %d", len(body)); got != want {
+			t.Fatalf("request %d: got %q, want %q", i, got, want)
+		}
+		time.Sleep(150 * time.Millisecond) // the engine closes the idle connection
+	}
+}
