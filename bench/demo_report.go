@@ -47,7 +47,8 @@ type DemoRow struct {
 	KL   float64 `json:"kl"`
 	// LogitErr is the mean relative L2 error of the last position's logits
 	// against full's; Fidelity the median over queries of the normalised
-	// score 100 × (1 − LogitErr / reuse's): reuse 0, full 100.
+	// score 100 × (1 − LogitErr / LogitErr of reuse on raw chunk KV), the
+	// paper's baseline: raw reuse 0, full 100.
 	LogitErr float64 `json:"logit_err"`
 	Fidelity float64 `json:"fidelity"`
 	// SameAnswer is the fraction of queries whose greedy completion through

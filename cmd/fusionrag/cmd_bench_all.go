@@ -31,8 +31,13 @@ type allHarness struct {
 
 var allHarnesses = []allHarness{
 	{name: "fidelity", title: "Fidelity: how far each strategy's distributions are from full prefill",
-		about: "In process, raw chunk KV in the memory tier, on stories260K (real weights) and a synthetic 6-layer model (random weights, a structural check). " +
-			"For every prompt S + C_1..C_4 + Q, full's greedy continuation is teacher-forced on each method's KV and the next-token distributions are compared with full's."},
+		about: "In process, on stories260K (real weights; three workloads) and a synthetic 6-layer model (random weights, a structural check). " +
+			"For every prompt S + C_1..C_4 + Q, full's greedy continuation is teacher-forced on each method's KV and the next-token distributions are compared with full's. " +
+			"Every row is normalised as the paper does (Eq. 11): against plain reuse of raw chunk KV (0) and full prefill (100). " +
+			"Workloads: stories (chunks the model writes, Q a story opening); recall (Q copies a span of an earlier chunk); " +
+			"coretrieval (MuSiQue questions, their 10 passages pooled into one corpus and cut to 90 tokens, a prompt = the first 4 passages and the question, " +
+			"so that a chunk's co-retrieved passages can be its neighbours). Fused KV is built per neighbour search (BM25, random, co-retrieved) " +
+			"with package fusion's builder, 3 neighbours."},
 	{name: "ttft", title: "TTFT in process: context-length sweep",
 		about: "recompute.Run timed per strategy against full prefill in the same run, chunk KV already in the memory tier, on a synthetic 31M-parameter Llama " +
 			"(--quick: 5M). The FLOP limit column is what the speedup would be if time followed FLOPs; CPU speedup uses process CPU time, which the machine's other load distorts less than wall time."},
