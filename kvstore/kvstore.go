@@ -13,11 +13,20 @@
 //	mem://?max=2GiB&policy=lru|heat
 //	disk:///var/cache/fusionrag?max=50GiB&fsync=0&mmap=1
 //	redis://host:6379/0?ttl=24h&part=8MiB&timeout=2s&prefix=fusionrag:kv:&streams=1
+//	redis-cluster://host1:7000,host2:7001,host3:7002/?ttl=24h&part=8MiB&spread=0
 //
 // Sizes take B, KB..TB or KiB..TiB; unknown parameters are errors. A Redis
 // URL also passes go-redis's own parameters through (pool_size,
 // read_timeout, max_retries...); by default a Redis failure is not retried,
 // since a failed cache read only means a fallback.
+//
+// A redis-cluster URL lists seed nodes separated by commas (they do not
+// split the spec into tiers) and takes the Redis parameters plus spread
+// (large blobs' parts on different shards) and go-redis's cluster
+// parameters; an unreachable shard reads as a miss (*UnavailableError).
+// Redis and Redis Cluster tiers are Leasers: sidecars sharing a store take
+// a short lease before computing a chunk, so that a burst of one cold chunk
+// computes it once.
 //
 // Several URLs separated by commas make one tiered store, fastest first.
 package kvstore
@@ -197,7 +206,7 @@ func Schemes() []string {
 // commas for a tiered store, fastest first. A single URL opens that tier
 // alone.
 func Open(spec string) (Store, error) {
-	parts := strings.Split(spec, ",")
+	parts := joinClusterHosts(strings.Split(spec, ","))
 	var tiers []Store
 	closeAll := func() {
 		for _, t := range tiers {

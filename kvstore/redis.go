@@ -75,10 +75,21 @@ func openRedisURL(u *url.URL) (Store, error) {
 	return r, nil
 }
 
-// RedisConfig configures a Redis tier.
+// RedisConfig configures a Redis tier: one redis-server (Options) or a
+// Redis Cluster (ClusterOptions, see NewRedisCluster).
 type RedisConfig struct {
-	// Options are go-redis's client options (address, DB, auth, pool).
+	// Options are go-redis's client options (address, DB, auth, pool) of a
+	// single server.
 	Options *redis.Options
+	// ClusterOptions are go-redis's cluster client options (seed addresses,
+	// auth, pool, redirects) of a Redis Cluster; set by NewRedisCluster.
+	ClusterOptions *redis.ClusterOptions
+	// Spread lays the parts of a large blob out under their own hash tags,
+	// so that they land on different slots (different shards of a cluster)
+	// and a pipeline fetches them from all shards at once; false keeps them
+	// in the blob's slot. Only a cluster tier may spread. See
+	// docs/scale.md for the measurement that chose the default.
+	Spread bool
 	// TTL of every entry; default 24h, negative for none.
 	TTL time.Duration
 	// PartSize: blobs larger than this are split into parts of this size,
@@ -104,9 +115,12 @@ const partGrace = time.Minute
 // one hash slot), parts written before the manifest so readers never see a
 // partial blob.
 type Redis struct {
-	cfg RedisConfig
-	url string
-	c   *redis.Client
+	cfg     RedisConfig
+	url     string
+	addr    string // for error messages: the server, or the cluster's first seed
+	tier    string // "redis" or "redis-cluster"
+	cluster bool
+	c       redis.UniversalClient
 	counters
 }
 
@@ -116,26 +130,14 @@ func NewRedis(c RedisConfig) (*Redis, error) {
 	if c.Options == nil {
 		return nil, errors.New("redis: no client options")
 	}
-	if c.TTL == 0 {
-		c.TTL = 24 * time.Hour
+	if c.ClusterOptions != nil {
+		return nil, errors.New("redis: cluster options given to NewRedis (use NewRedisCluster)")
 	}
-	if c.TTL < 0 {
-		c.TTL = 0 // go-redis: no expiry
+	if c.Spread {
+		return nil, errors.New("redis: spread needs a cluster (one server has nothing to spread over)")
 	}
-	if c.PartSize == 0 {
-		c.PartSize = 8 << 20
-	}
-	if c.PartSize < 1024 {
-		return nil, fmt.Errorf("redis: part size %d below 1 KiB", c.PartSize)
-	}
-	if c.Streams == 0 {
-		c.Streams = 1
-	}
-	if c.Streams < 0 || c.Streams > 64 {
-		return nil, fmt.Errorf("redis: streams %d out of [1, 64]", c.Streams)
-	}
-	if c.Prefix == "" {
-		c.Prefix = "fusionrag:kv:"
+	if err := c.fill(); err != nil {
+		return nil, err
 	}
 	o := *c.Options
 	if c.Timeout > 0 {
@@ -155,12 +157,61 @@ func NewRedis(c RedisConfig) (*Redis, error) {
 		o.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
 	}
 	c.Options = &o
-	return &Redis{cfg: c, url: "redis://" + o.Addr, c: redis.NewClient(&o)}, nil
+	return &Redis{cfg: c, url: "redis://" + o.Addr, addr: o.Addr, tier: "redis", c: redis.NewClient(&o)}, nil
 }
 
+// fill validates the settings common to both kinds and fills defaults.
+func (c *RedisConfig) fill() error {
+	if c.TTL == 0 {
+		c.TTL = 24 * time.Hour
+	}
+	if c.TTL < 0 {
+		c.TTL = 0 // go-redis: no expiry
+	}
+	if c.PartSize == 0 {
+		c.PartSize = 8 << 20
+	}
+	if c.PartSize < 1024 {
+		return fmt.Errorf("redis: part size %d below 1 KiB", c.PartSize)
+	}
+	if c.Streams == 0 {
+		c.Streams = 1
+	}
+	if c.Streams < 0 || c.Streams > 64 {
+		return fmt.Errorf("redis: streams %d out of [1, 64]", c.Streams)
+	}
+	if c.Prefix == "" {
+		c.Prefix = "fusionrag:kv:"
+	}
+	return nil
+}
+
+// key is the blob's key; its hash tag {hex} puts the blob, its lease and
+// (unless spread) its parts in one slot.
 func (r *Redis) key(k fingerprint.Key) string { return r.cfg.Prefix + "{" + k.String() + "}" }
+
+// partKey is part i's key: in the blob's slot, or, spread, under a hash
+// tag of its own ({hex:i}) so that parts land on different shards.
 func (r *Redis) partKey(k fingerprint.Key, i int) string {
+	if r.cfg.Spread {
+		return r.cfg.Prefix + "{" + k.String() + ":" + strconv.Itoa(i) + "}"
+	}
 	return r.key(k) + ":" + strconv.Itoa(i)
+}
+
+// del deletes keys: one DEL when they share a slot, else one DEL each in a
+// pipeline (a cluster refuses a multi-key DEL across slots, CROSSSLOT; the
+// cluster client sends each node its share concurrently).
+func (r *Redis) del(ctx context.Context, keys ...string) error {
+	if !r.cfg.Spread || len(keys) == 1 {
+		return r.c.Del(ctx, keys...).Err()
+	}
+	pipe := r.c.Pipeline()
+	for _, k := range keys {
+		pipe.Del(ctx, k)
+	}
+	_, err := pipe.Exec(ctx)
+	return err
 }
 
 // Manifest of a blob in parts, 40 bytes little-endian:
@@ -210,7 +261,23 @@ func decodeManifest(b []byte) (manifest, error) {
 
 func (r *Redis) fail(op string, k fingerprint.Key, err error) error {
 	r.errors.Add(1)
-	return fmt.Errorf("redis %s %s %s: %w", r.cfg.Options.Addr, op, k, err)
+	r.reloadSlots()
+	return fmt.Errorf("%s %s %s %s: %w", r.tier, r.addr, op, k, err)
+}
+
+// unavailable is a cluster read that failed for want of a node (a master
+// lost and its replica not yet promoted, a node timing out): counted as an
+// error and as a miss, and returned as *UnavailableError, which matches
+// ErrNotFound, so that the caller computes the chunk instead of failing.
+// One server's failures stay plain errors (the caller falls back).
+func (r *Redis) unavailable(op string, k fingerprint.Key, err error) error {
+	if !r.cluster {
+		return r.fail(op, k, err)
+	}
+	r.errors.Add(1)
+	r.misses.Add(1)
+	r.reloadSlots()
+	return &UnavailableError{Tier: r.tier, Key: k, Err: err}
 }
 
 // Get implements Store.
@@ -221,7 +288,7 @@ func (r *Redis) Get(ctx context.Context, key fingerprint.Key, want fingerprint.C
 		return nil, ErrNotFound
 	}
 	if err != nil {
-		return nil, r.fail("get", key, err)
+		return nil, r.unavailable("get", key, err)
 	}
 	raw := v
 	if bytes.HasPrefix(v, manifestMagic) {
@@ -240,10 +307,10 @@ func (r *Redis) Get(ctx context.Context, key fingerprint.Key, want fingerprint.C
 			return nil, err
 		}
 		if err != nil {
-			return nil, r.fail("get", key, err)
+			return nil, r.unavailable("get", key, err)
 		}
 	}
-	b, drop, err := r.verify("redis", raw, key, want)
+	b, drop, err := r.verify(r.tier, raw, key, want)
 	if drop {
 		r.Delete(context.WithoutCancel(ctx), key)
 	}
@@ -255,7 +322,7 @@ func (r *Redis) dropCorrupt(ctx context.Context, key fingerprint.Key, err error)
 	r.misses.Add(1)
 	var ce *CorruptError
 	if errors.As(err, &ce) {
-		ce.Tier, ce.Key = "redis", key
+		ce.Tier, ce.Key = r.tier, key
 	}
 	r.Delete(context.WithoutCancel(ctx), key)
 	return err
@@ -371,7 +438,7 @@ func (r *Redis) Put(ctx context.Context, b *Blob) error {
 			for i := range keys {
 				keys[i] = r.partKey(b.Key, i)
 			}
-			r.c.Del(dctx, keys...)
+			r.del(dctx, keys...)
 			cancel()
 			return r.fail("put", b.Key, err)
 		}
@@ -402,7 +469,7 @@ func (r *Redis) Delete(ctx context.Context, key fingerprint.Key) error {
 			keys = append(keys, r.partKey(key, i))
 		}
 	}
-	if err := r.c.Del(ctx, keys...).Err(); err != nil {
+	if err := r.del(ctx, keys...); err != nil {
 		return r.fail("delete", key, err)
 	}
 	return nil
@@ -411,7 +478,7 @@ func (r *Redis) Delete(ctx context.Context, key fingerprint.Key) error {
 // Stats implements Store. Redis's own memory use is not tracked: Entries and
 // Bytes are -1.
 func (r *Redis) Stats() []TierStats {
-	s := TierStats{Tier: "redis", URL: r.url, Entries: -1, Bytes: -1}
+	s := TierStats{Tier: r.tier, URL: r.url, Entries: -1, Bytes: -1}
 	r.counters.snapshot(&s)
 	return []TierStats{s}
 }
