@@ -238,14 +238,39 @@ func RunLlamaCpp(ctx context.Context, c LlamaCppConfig) ([]LlamaCppRow, error) {
 		return StreamCompletion(ctx, client, base, headers, b)
 	}
 	// Warm-up: every chunk computed and stored, the server's graphs built.
-	for _, p := range prompts {
+	// The direct request tells how many tokens the server makes of the
+	// prompt without separators: a fused request runs exactly those
+	// (a fallback forwards the original, separators included).
+	direct := make([]int, len(prompts))
+	for i, p := range prompts {
 		for _, s := range []string{"", "reuse"} {
-			if _, err := send(p, s); err != nil {
+			res, err := send(p, s)
+			if err != nil {
 				return nil, fmt.Errorf("bench: warm-up: %w", err)
+			}
+			if s == "" {
+				direct[i] = res.PromptTokens
 			}
 		}
 	}
 	methods := append([]string{""}, c.Strategies...)
+	defer func() {
+		// Why sidecar requests were not fused: the sidecar's own counters.
+		if c.Progress == nil {
+			return
+		}
+		resp, err := client.Get(sidecar + "/metrics")
+		if err != nil {
+			return
+		}
+		defer resp.Body.Close()
+		raw, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		for _, l := range strings.Split(string(raw), "\n") {
+			if strings.HasPrefix(l, "fusionrag_proxy_skips") || strings.HasPrefix(l, "fusionrag_proxy_fallbacks") || strings.HasPrefix(l, "fusionrag_proxy_requests") {
+				fmt.Fprintln(c.Progress, "sidecar:", l)
+			}
+		}
+	}()
 	var rows []LlamaCppRow
 	for i, n := range c.Contexts {
 		best := make([]LlamaCppRow, len(methods))
@@ -265,7 +290,11 @@ func RunLlamaCpp(ctx context.Context, c LlamaCppConfig) ([]LlamaCppRow, error) {
 				}
 				row := &best[j]
 				row.Rounds++
-				fused := s != "" && res.PromptTokens > 0 && res.CachedTokens == res.PromptTokens-1
+				// Fused: the server ran the separator-free prompt and found
+				// all but its last token in the restored slot. (A fallback
+				// that the server answers from its own cache of an earlier
+				// fallback also shows cached = prompt - 1, with more tokens.)
+				fused := s != "" && res.PromptTokens == direct[i] && res.CachedTokens == res.PromptTokens-1
 				if fused {
 					row.Fused++
 				}
