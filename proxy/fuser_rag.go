@@ -610,6 +610,15 @@ func (c *countingSource) PutKV(ctx context.Context, key fingerprint.Key, check f
 	return c.inner.PutKV(ctx, key, check, kv)
 }
 
+// LeaseKV forwards the inner source's lease (sidecars sharing a store
+// compute a cold chunk once); without one, compute at once.
+func (c *countingSource) LeaseKV(ctx context.Context, key fingerprint.Key, check fingerprint.Check) (recompute.Loaded, func(), error) {
+	if l, ok := c.inner.(recompute.KVLeaser); ok {
+		return l.LeaseKV(ctx, key, check)
+	}
+	return recompute.Loaded{}, func() {}, nil
+}
+
 // segment finds S, the chunks and Q on the ids the engine will run for the
 // (possibly rewritten) body.
 func (f *RAGFuser) segment(req *Request) (*segmented, error) {

@@ -274,6 +274,35 @@ func (j *Job) put(ctx context.Context, key fingerprint.Key, tokens []int32, kv *
 	_ = j.r.cfg.Source.PutKV(ctx, key, fingerprint.CheckOf(tokens), kv)
 }
 
+// lease asks a shared source (KVLeaser) for the lease on a chunk about to
+// be computed. It returns the chunk's KV when another holder stored it
+// meanwhile, else a release to call once the computed KV is put. Without a
+// leasing source, or when nothing is stored back, there is nothing to
+// share: no KV and a no-op release.
+func (j *Job) lease(ctx context.Context, key fingerprint.Key, tokens []int32) (*model.Cache, int64, func(), error) {
+	nop := func() {}
+	l, ok := j.r.cfg.Source.(KVLeaser)
+	if !ok || j.r.cfg.NoStoreBack {
+		return nil, 0, nop, nil
+	}
+	ld, release, err := l.LeaseKV(ctx, key, fingerprint.CheckOf(tokens))
+	if release == nil {
+		release = nop
+	}
+	if err != nil || ld.KV == nil {
+		return nil, 0, release, err
+	}
+	if ld.Release != nil {
+		j.relMu.Lock()
+		j.releases = append(j.releases, ld.Release)
+		j.relMu.Unlock()
+	}
+	if j.checkKV(key, ld.KV, len(tokens)) != nil {
+		return nil, 0, release, nil // unusable: compute it
+	}
+	return ld.KV, ld.Size, release, nil
+}
+
 // prefixKV returns S's KV at positions [0, |S|), nil for an empty S.
 func (j *Job) prefixKV(ctx context.Context) (*model.Cache, error) {
 	s := j.req.Prefix
@@ -412,13 +441,27 @@ func (j *Job) chunkKV(ctx context.Context, prefix *model.Cache) ([]*model.Cache,
 		if !missing[i] {
 			continue
 		}
-		j.rec.Misses++
-		kv, err := RawKV(ctx, j.Model(), prefix, s, c)
+		kv, size, release, err := j.lease(ctx, rawKeys[i], c)
 		if err != nil {
+			return nil, fmt.Errorf("chunk %d KV: %w", i, err)
+		}
+		if kv != nil {
+			// Another sidecar computed it while this one waited.
+			j.rec.RawHits++
+			j.rec.LeaseHits++
+			j.rec.BytesLoaded += size
+			out[i] = kv
+			continue
+		}
+		j.rec.Misses++
+		kv, err = RawKV(ctx, j.Model(), prefix, s, c)
+		if err != nil {
+			release()
 			return nil, fmt.Errorf("chunk %d KV: %w", i, err)
 		}
 		j.rec.Cost = j.rec.Cost.Add(PassCost(j.Model().Config, cachePos, kv.Pos, j.Model().Config.Layers, 0))
 		j.put(ctx, rawKeys[i], c, kv)
+		release() // after the put: waiters find the blob
 		out[i] = kv
 	}
 	return out, nil

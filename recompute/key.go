@@ -52,6 +52,20 @@ type KVSource interface {
 	PutKV(ctx context.Context, key fingerprint.Key, check fingerprint.Check, kv *model.Cache) error
 }
 
+// KVLeaser is an optional KVSource capability for a source shared by
+// several sidecars: before computing a chunk that missed, a job asks for the
+// chunk's lease, so that a burst of the same cold chunk on N sidecars
+// computes it once while the others wait for its KV.
+type KVLeaser interface {
+	// LeaseKV either returns the KV that another holder stored meanwhile
+	// (Loaded.KV set; release is a no-op), or no KV and a release to call
+	// once the computed KV has been put (or the computation given up). A
+	// caller that gets neither a lease nor KV in bounded time is told to
+	// compute anyway (no KV, no-op release). release is never nil; err is
+	// only ctx's.
+	LeaseKV(ctx context.Context, key fingerprint.Key, check fingerprint.Check) (ld Loaded, release func(), err error)
+}
+
 // Loaded is one KV read from a KVSource.
 type Loaded struct {
 	// KV is the cache, positions as stored. It may be a view of the source's

@@ -230,10 +230,14 @@ type Record struct {
 	// ExactChunks is the number of leading chunks whose assembled KV is
 	// exact (the first chunk served as raw KV right after S: 0 or 1); no
 	// strategy selects their tokens.
-	ExactChunks int  `json:"exact_chunks"`
-	Misses      int  `json:"misses"`
-	BadEntries  int  `json:"bad_entries"`
-	PrefixHit   bool `json:"prefix_hit"`
+	ExactChunks int `json:"exact_chunks"`
+	Misses      int `json:"misses"`
+	// LeaseHits are chunks that missed, found another sidecar computing
+	// them (KVLeaser) and were served its KV after a wait; they count in
+	// RawHits, not in Misses.
+	LeaseHits  int  `json:"lease_hits,omitempty"`
+	BadEntries int  `json:"bad_entries"`
+	PrefixHit  bool `json:"prefix_hit"`
 	// BytesLoaded is the size of the KV read from the source.
 	BytesLoaded int64 `json:"bytes_loaded"`
 	// Cost counts the floating-point operations of every forward pass run

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/fusionrag/fusionrag/fingerprint"
 	"github.com/fusionrag/fusionrag/kvstore"
@@ -19,9 +20,79 @@ type StoreSource struct {
 	Store kvstore.Store
 	// DType is the element type written by PutKV; zero means kvstore.Float32.
 	DType kvstore.DType
+	// LeaseTTL is how long a lease on a chunk being computed lives when its
+	// holder never releases it (a crashed sidecar); it should exceed the
+	// time to compute one chunk. Default 10 s. Only a Store that is a
+	// kvstore.Leaser (Redis, Redis Cluster) has leases.
+	LeaseTTL time.Duration
+	// LeaseWait bounds how long a sidecar that finds the lease taken waits
+	// for the holder's blob before computing the chunk itself. Default 5 s.
+	LeaseWait time.Duration
 }
 
-var _ KVSource = (*StoreSource)(nil)
+var (
+	_ KVSource = (*StoreSource)(nil)
+	_ KVLeaser = (*StoreSource)(nil)
+)
+
+// Lease polling: the first re-read after lost lease comes after
+// leasePollMin, then doubling up to leasePollMax.
+const (
+	leasePollMin = 5 * time.Millisecond
+	leasePollMax = 100 * time.Millisecond
+)
+
+// LeaseKV implements KVLeaser over a kvstore.Leaser: the first sidecar to
+// miss a chunk takes the lease (SET NX PX on Redis) and computes it; the
+// others re-read the key with backoff until its blob appears, the lease
+// frees up (its holder gave up: they take it) or LeaseWait passes (they
+// compute it too). A store without leases, or one that fails to answer,
+// lets the caller compute at once. It fails only when ctx ends.
+func (s *StoreSource) LeaseKV(ctx context.Context, key fingerprint.Key, check fingerprint.Check) (Loaded, func(), error) {
+	nop := func() {}
+	l, ok := s.Store.(kvstore.Leaser)
+	if !ok {
+		return Loaded{}, nop, nil
+	}
+	ttl, wait := s.LeaseTTL, s.LeaseWait
+	if ttl <= 0 {
+		ttl = 10 * time.Second
+	}
+	if wait <= 0 {
+		wait = 5 * time.Second
+	}
+	deadline := time.Now().Add(wait)
+	poll := leasePollMin
+	for {
+		rel, got, err := l.TryLease(ctx, key, ttl)
+		if err != nil {
+			return Loaded{}, nop, nil // no lease service: compute without one
+		}
+		if got {
+			// The holder may have stored the blob and released the lease
+			// between our miss and now.
+			if ld, err := s.GetKV(ctx, key, check); err == nil {
+				rel()
+				return ld, nop, nil
+			}
+			return Loaded{}, rel, nil
+		}
+		t := time.NewTimer(poll)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return Loaded{}, nop, ctx.Err()
+		case <-t.C:
+		}
+		if ld, err := s.GetKV(ctx, key, check); err == nil {
+			return ld, nop, nil
+		}
+		if time.Now().After(deadline) {
+			return Loaded{}, nop, nil // waited long enough: compute it too
+		}
+		poll = min(2*poll, leasePollMax)
+	}
+}
 
 // GetKV implements KVSource.
 func (s *StoreSource) GetKV(ctx context.Context, key fingerprint.Key, check fingerprint.Check) (Loaded, error) {
