@@ -99,8 +99,8 @@ func tierCases() []tierCase {
 			}
 			return s
 		}, diskFlip},
-		{"disk-nommap", func(t *testing.T) Store {
-			s, err := Open("disk://" + t.TempDir() + "?max=64MiB&mmap=false")
+		{"disk-mmap", func(t *testing.T) Store {
+			s, err := Open("disk://" + t.TempDir() + "?max=64MiB&mmap=true")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -304,8 +304,8 @@ func TestDiskSurvivesRestart(t *testing.T) {
 	}
 }
 
-// TestDiskMappingOutlivesEviction: a blob read through a mapping stays valid
-// after its file is evicted or deleted.
+// TestDiskMappingOutlivesEviction: a blob read from disk stays valid after its
+// file is evicted or deleted.
 func TestDiskMappingOutlivesEviction(t *testing.T) {
 	ctx := ctxT(t)
 	d, err := OpenDisk(DiskConfig{Dir: t.TempDir(), MaxBytes: diskBlock})
