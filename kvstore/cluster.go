@@ -21,7 +21,7 @@ import (
 // same blob format, same keys (the hash tag {hex} of a key puts a blob, its
 // lease and its parts in one slot), opened from
 //
-//	redis-cluster://host1:7000,host2:7001,host3:7002/?ttl=24h&part=8MiB&spread=0
+//	redis-cluster://host1:7000,host2:7001,host3:7002/?ttl=24h&part=2MiB&spread=1
 //	rediss-cluster://...  (TLS)
 //
 // Every host is a seed: the client learns the whole cluster from any one
@@ -106,9 +106,11 @@ func openClusterURL(u *url.URL) (Store, error) {
 			return nil, fmt.Errorf("parameter streams: %q is not an integer", st)
 		}
 	}
-	if c.Spread, err = q.bool("spread", false); err != nil {
+	spread, err := q.bool("spread", true)
+	if err != nil {
 		return nil, err
 	}
+	c.SingleSlot = !spread
 	if p := strings.Trim(u.Path, "/"); p != "" {
 		return nil, fmt.Errorf("a cluster has no databases: path %q (use redis-cluster://host:port,host:port/)", u.Path)
 	}
@@ -161,6 +163,9 @@ func NewRedisCluster(c RedisConfig) (*Redis, error) {
 	}
 	if c.Options != nil {
 		return nil, errors.New("redis-cluster: single-server options given to NewRedisCluster")
+	}
+	if c.PartSize == 0 {
+		c.PartSize = 2 << 20
 	}
 	if err := c.fill(); err != nil {
 		return nil, err

@@ -51,6 +51,9 @@ func TestClusterURLs(t *testing.T) {
 			if got := strings.Join(r.cfg.ClusterOptions.Addrs, ","); got != tc.addrs {
 				t.Errorf("seeds %q, want %q", got, tc.addrs)
 			}
+			if !strings.Contains(tc.spec, "part=") && (r.cfg.PartSize != 2<<20 || r.cfg.SingleSlot) {
+				t.Errorf("defaults: part %d single slot %v, want 2 MiB spread", r.cfg.PartSize, r.cfg.SingleSlot)
+			}
 		})
 	}
 	bad := []struct{ spec, says string }{
@@ -135,8 +138,23 @@ func TestCluster(t *testing.T) {
 					t.Errorf("master %s holds %s keys (%v), want some", c.Nodes[i].Addr, n, err)
 				}
 			}
-			// A corrupt part is a miss, dropped.
+			// Where the parts of a 4-part blob live: spread, on more than
+			// one master; in one slot, on the blob's master.
 			big := blobs[11]
+			owners := map[int]bool{}
+			for i := range 4 {
+				m, err := c.MasterOf(r.partKey(big.Key, i))
+				if err != nil {
+					t.Fatal(err)
+				}
+				owners[m] = true
+			}
+			if home, _ := c.MasterOf(r.key(big.Key)); spread == "0" && (len(owners) != 1 || !owners[home]) {
+				t.Errorf("spread=0: parts on masters %v, want only the blob's (%d)", owners, home)
+			} else if spread == "1" && len(owners) < 2 {
+				t.Errorf("spread=1: parts on masters %v, want several", owners)
+			}
+			// A corrupt part is a miss, dropped.
 			if err := r.c.Set(ctx, r.partKey(big.Key, 1), bytes.Repeat([]byte{7}, 4096), 0).Err(); err != nil {
 				t.Fatal(err)
 			}

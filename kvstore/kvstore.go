@@ -13,7 +13,7 @@
 //	mem://?max=2GiB&policy=lru|heat
 //	disk:///var/cache/fusionrag?max=50GiB&fsync=0&mmap=1
 //	redis://host:6379/0?ttl=24h&part=8MiB&timeout=2s&prefix=fusionrag:kv:&streams=1
-//	redis-cluster://host1:7000,host2:7001,host3:7002/?ttl=24h&part=8MiB&spread=0
+//	redis-cluster://host1:7000,host2:7001,host3:7002/?ttl=24h&part=2MiB&spread=1
 //
 // Sizes take B, KB..TB or KiB..TiB; unknown parameters are errors. A Redis
 // URL also passes go-redis's own parameters through (pool_size,
@@ -23,7 +23,8 @@
 // A redis-cluster URL lists seed nodes separated by commas (they do not
 // split the spec into tiers) and takes the Redis parameters plus spread
 // (large blobs' parts on different shards) and go-redis's cluster
-// parameters; an unreachable shard reads as a miss (*UnavailableError).
+// parameters (spread=0 keeps a blob's parts on its own shard); an
+// unreachable shard reads as a miss (*UnavailableError).
 // Redis and Redis Cluster tiers are Leasers: sidecars sharing a store take
 // a short lease before computing a chunk, so that a burst of one cold chunk
 // computes it once.

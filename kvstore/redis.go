@@ -84,16 +84,21 @@ type RedisConfig struct {
 	// ClusterOptions are go-redis's cluster client options (seed addresses,
 	// auth, pool, redirects) of a Redis Cluster; set by NewRedisCluster.
 	ClusterOptions *redis.ClusterOptions
-	// Spread lays the parts of a large blob out under their own hash tags,
-	// so that they land on different slots (different shards of a cluster)
-	// and a pipeline fetches them from all shards at once; false keeps them
-	// in the blob's slot. Only a cluster tier may spread. See
-	// docs/scale.md for the measurement that chose the default.
-	Spread bool
+	// SingleSlot keeps a cluster blob's parts in the blob's slot (one
+	// shard). By default a cluster tier spreads them: each part under a
+	// hash tag of its own, so that they land on different shards and one
+	// pipeline fetches them from all shards at once (1.5-1.9x single
+	// Redis's get bandwidth at 8-32 MiB with 2 MiB parts, where one slot
+	// gave 1.0-1.2x: docs/scale.md). One server always keeps one slot (its
+	// key names are unchanged). Changing it, or PartSize, on a live store
+	// turns the blobs in parts written before into misses (their parts are
+	// looked up under other names; they are dropped and expire).
+	SingleSlot bool
 	// TTL of every entry; default 24h, negative for none.
 	TTL time.Duration
 	// PartSize: blobs larger than this are split into parts of this size,
-	// written and read in one pipeline each; default 8 MiB.
+	// written and read in one pipeline each; default 8 MiB for one server,
+	// 2 MiB for a cluster (measured: docs/scale.md).
 	PartSize int
 	// Timeout sets the dial, read and write timeouts when non-zero.
 	Timeout time.Duration
@@ -133,9 +138,7 @@ func NewRedis(c RedisConfig) (*Redis, error) {
 	if c.ClusterOptions != nil {
 		return nil, errors.New("redis: cluster options given to NewRedis (use NewRedisCluster)")
 	}
-	if c.Spread {
-		return nil, errors.New("redis: spread needs a cluster (one server has nothing to spread over)")
-	}
+	c.SingleSlot = true // nothing to spread over; keeps the key names
 	if err := c.fill(); err != nil {
 		return nil, err
 	}
@@ -193,7 +196,7 @@ func (r *Redis) key(k fingerprint.Key) string { return r.cfg.Prefix + "{" + k.St
 // partKey is part i's key: in the blob's slot, or, spread, under a hash
 // tag of its own ({hex:i}) so that parts land on different shards.
 func (r *Redis) partKey(k fingerprint.Key, i int) string {
-	if r.cfg.Spread {
+	if !r.cfg.SingleSlot {
 		return r.cfg.Prefix + "{" + k.String() + ":" + strconv.Itoa(i) + "}"
 	}
 	return r.key(k) + ":" + strconv.Itoa(i)
@@ -203,7 +206,7 @@ func (r *Redis) partKey(k fingerprint.Key, i int) string {
 // pipeline (a cluster refuses a multi-key DEL across slots, CROSSSLOT; the
 // cluster client sends each node its share concurrently).
 func (r *Redis) del(ctx context.Context, keys ...string) error {
-	if !r.cfg.Spread || len(keys) == 1 {
+	if r.cfg.SingleSlot || len(keys) == 1 {
 		return r.c.Del(ctx, keys...).Err()
 	}
 	pipe := r.c.Pipeline()
