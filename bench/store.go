@@ -9,6 +9,8 @@ import (
 	"math/rand/v2"
 	"net/url"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/fusionrag/fusionrag/fingerprint"
@@ -42,6 +44,19 @@ func DefaultStoreShapes() []StoreShape {
 	return []StoreShape{
 		{Name: "llama3-8b-512tok-fp16", Layers: 32, KVHeads: 8, HeadDim: 128, Tokens: 512, DType: kvstore.Float16},
 		{Name: "stories260K-512tok-fp32", Layers: 5, KVHeads: 4, HeadDim: 8, Tokens: 512, DType: kvstore.Float32},
+	}
+}
+
+// ScaleStoreShapes are the chunk sizes of the scale-out comparison, from
+// 100 KiB to 32 MiB: a 100 KiB synthetic blob (25 layers × 2 KV heads × 64,
+// 8 tokens, fp16), then chunks of Llama-3-8B in fp16 (128 KiB a token) of
+// 8, 64 and 256 tokens: 1, 8 and 32 MiB.
+func ScaleStoreShapes() []StoreShape {
+	return []StoreShape{
+		{Name: "100KiB-synthetic-fp16", Layers: 25, KVHeads: 2, HeadDim: 64, Tokens: 8, DType: kvstore.Float16},
+		{Name: "llama3-8b-8tok-fp16", Layers: 32, KVHeads: 8, HeadDim: 128, Tokens: 8, DType: kvstore.Float16},
+		{Name: "llama3-8b-64tok-fp16", Layers: 32, KVHeads: 8, HeadDim: 128, Tokens: 64, DType: kvstore.Float16},
+		{Name: "llama3-8b-256tok-fp16", Layers: 32, KVHeads: 8, HeadDim: 128, Tokens: 256, DType: kvstore.Float16},
 	}
 }
 
@@ -79,6 +94,42 @@ type StoreRow struct {
 	// GetVsMemcpy = GetMBps / MemcpyMBps.
 	MemcpyMBps  float64 `json:"memcpy_mbps"`
 	GetVsMemcpy float64 `json:"get_vs_memcpy"`
+	// GetVsRedis, PutVsRedis and P99VsRedis are this row's get and put
+	// bandwidth and get p99 divided by the single-Redis row's of the same
+	// shape in the same run; 0 when the run has no single Redis.
+	GetVsRedis float64 `json:"get_vs_redis,omitempty"`
+	PutVsRedis float64 `json:"put_vs_redis,omitempty"`
+	P99VsRedis float64 `json:"p99_vs_redis,omitempty"`
+}
+
+// tierLabel names a store URL's tier: its scheme, "-1slot" for a cluster
+// that keeps a blob's parts in its slot (spread=0), "tiered" for several
+// URLs.
+func tierLabel(spec string) string {
+	if len(splitComma(spec)) > 1 && !strings.HasPrefix(spec, "redis-cluster://") && !strings.HasPrefix(spec, "rediss-cluster://") {
+		return "tiered"
+	}
+	u, err := url.Parse(spec)
+	if err != nil {
+		return "?"
+	}
+	if sp, err := strconv.ParseBool(u.Query().Get("spread")); err == nil && !sp && strings.HasSuffix(u.Scheme, "-cluster") {
+		return u.Scheme + "-1slot"
+	}
+	return u.Scheme
+}
+
+// fillRatios sets the ratios to the single-Redis row of each shape.
+func fillRatios(rows []StoreRow) {
+	for i := range rows {
+		for _, b := range rows {
+			if b.Tier == "redis" && b.Shape == rows[i].Shape && b.GetMBps > 0 && b.PutMBps > 0 && b.GetP99Ms > 0 {
+				rows[i].GetVsRedis = rows[i].GetMBps / b.GetMBps
+				rows[i].PutVsRedis = rows[i].PutMBps / b.PutMBps
+				rows[i].P99VsRedis = rows[i].GetP99Ms / b.GetP99Ms
+			}
+		}
+	}
 }
 
 func (c *StoreConfig) fill() error {
@@ -196,13 +247,7 @@ func RunStore(ctx context.Context, c StoreConfig) ([]StoreRow, error) {
 			if err != nil {
 				return nil, fmt.Errorf("bench: %s %s: %w", redactURL(spec), sh.Name, err)
 			}
-			row.URL, row.Shape = redactURL(spec), sh.Name
-			if u, err := url.Parse(spec); err == nil {
-				row.Tier = u.Scheme
-			}
-			if len(c.Tiers) > 0 && len(splitComma(spec)) > 1 {
-				row.Tier = "tiered"
-			}
+			row.URL, row.Shape, row.Tier = redactURL(spec), sh.Name, tierLabel(spec)
 			row.MemcpyMBps = memcpyMBps(raw, max(3, c.Rounds*c.Blobs/2))
 			if row.MemcpyMBps > 0 {
 				row.GetVsMemcpy = row.GetMBps / row.MemcpyMBps
@@ -210,6 +255,7 @@ func RunStore(ctx context.Context, c StoreConfig) ([]StoreRow, error) {
 			rows = append(rows, row)
 		}
 	}
+	fillRatios(rows)
 	return rows, nil
 }
 
@@ -278,14 +324,27 @@ func quantile(sorted []float64, q float64) float64 {
 func StoreTable(rows []StoreRow, elapsed time.Duration) Table {
 	t := Table{Title: "KV store tiers: bandwidth and latency per chunk blob",
 		Header: []string{"tier", "shape", "blob MiB", "put MB/s", "get MB/s", "get p50 ms", "get p99 ms", "memcpy MB/s", "get / memcpy"}}
+	ratios := false
 	for _, r := range rows {
-		t.Rows = append(t.Rows, []string{r.Tier, r.Shape, f(float64(r.BlobBytes)/(1<<20), 2), f(r.PutMBps, 0), f(r.GetMBps, 0),
-			f(r.GetP50Ms, 2), f(r.GetP99Ms, 2), f(r.MemcpyMBps, 0), f(r.GetVsMemcpy, 3)})
+		ratios = ratios || r.GetVsRedis > 0
+	}
+	if ratios {
+		t.Header = append(t.Header, "get / redis", "put / redis", "p99 / redis")
+	}
+	for _, r := range rows {
+		row := []string{r.Tier, r.Shape, f(float64(r.BlobBytes)/(1<<20), 2), f(r.PutMBps, 0), f(r.GetMBps, 0),
+			f(r.GetP50Ms, 2), f(r.GetP99Ms, 2), f(r.MemcpyMBps, 0), f(r.GetVsMemcpy, 3)}
+		if ratios {
+			row = append(row, f(r.GetVsRedis, 2), f(r.PutVsRedis, 2), f(r.P99VsRedis, 2))
+		}
+		t.Rows = append(t.Rows, row)
 	}
 	t.Notes = []string{
 		"Every Get verifies the blob's checksums and token check, as the serving path does. mem returns the stored buffer " +
 			"(no copy); disk reads a file that was just written (warm page cache); redis goes through a loopback TCP connection " +
-			"to a local redis-server. memcpy is a plain copy of one blob's bytes measured in the same run: the ratio is the figure to compare across machines.",
+			"to a local redis-server; redis-cluster is a 3-master, 3-replica Redis Cluster on loopback ports of the same machine (every write is " +
+			"also replicated, on the same cores) with its defaults (2 MiB parts, each on its own slot: spread over the shards), redis-cluster-1slot the same " +
+			"cluster with spread=0&part=8MiB (a blob's parts on its own shard, single Redis's part size). memcpy is a plain copy of one blob's bytes measured in the same run: the ratio is the figure to compare across machines.",
 		fmt.Sprintf("Measured in %s.", elapsed.Round(time.Millisecond)),
 	}
 	return t

@@ -56,3 +56,30 @@ func TestStoreQuick(t *testing.T) {
 		t.Error("bad URL: no error")
 	}
 }
+
+func TestStoreTierLabelsAndRatios(t *testing.T) {
+	for spec, want := range map[string]string{
+		"redis://h:1/0":                          "redis",
+		"redis-cluster://a:1,b:2/":               "redis-cluster",
+		"redis-cluster://a:1,b:2/?spread=0":      "redis-cluster-1slot",
+		"redis-cluster://a:1,b:2/?spread=1":      "redis-cluster",
+		"mem://?max=1MiB,disk:///tmp/x?max=1MiB": "tiered",
+		"disk:///tmp/x":                          "disk",
+	} {
+		if got := tierLabel(spec); got != want {
+			t.Errorf("tierLabel(%q) = %q, want %q", spec, got, want)
+		}
+	}
+	rows := []StoreRow{
+		{Tier: "redis", Shape: "a", GetMBps: 100, PutMBps: 50, GetP99Ms: 2},
+		{Tier: "redis-cluster", Shape: "a", GetMBps: 150, PutMBps: 25, GetP99Ms: 1},
+		{Tier: "redis-cluster", Shape: "b", GetMBps: 150, PutMBps: 25, GetP99Ms: 1},
+	}
+	fillRatios(rows)
+	if r := rows[1]; r.GetVsRedis != 1.5 || r.PutVsRedis != 0.5 || r.P99VsRedis != 0.5 {
+		t.Errorf("ratios %+v", r)
+	}
+	if rows[2].GetVsRedis != 0 {
+		t.Errorf("a shape without a redis row got ratio %v", rows[2].GetVsRedis)
+	}
+}

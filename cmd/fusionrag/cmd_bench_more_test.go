@@ -41,7 +41,7 @@ func TestBenchStoreAndAssemble(t *testing.T) {
 	stdout := os.Stdout
 	devnull, _ := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
 	os.Stdout = devnull
-	err := runBench([]string{"store", "--quick", "--quiet", "--tiers", "mem://?max=256MiB", "--out", out})
+	err := runBench([]string{"store", "--quick", "--quiet", "--shapes", "default", "--tiers", "mem://?max=256MiB", "--out", out})
 	os.Stdout = stdout
 	if err != nil {
 		t.Fatal(err)

@@ -23,14 +23,27 @@ func benchStore(args []string) error {
 	bf.register(fs, "unused")
 	tiers := fs.String("tiers", "", `store URLs separated by ";" (a "," inside one makes a tiered store); default mem, disk (a temporary directory) and redis`)
 	redisURL := fs.String("redis", "auto", `redis tier of the default tiers: "auto" starts a local redis-server on a free port, "off", or a redis:// URL`)
+	clusterURL := fs.String("cluster", "auto", `Redis Cluster tiers of the default tiers (its defaults, and spread=0&part=8MiB): "auto" starts a local 3-master, 3-replica cluster, "off", or a redis-cluster:// URL`)
+	shapeSet := fs.String("shapes", "scale", `blob shapes: "scale" (100 KiB, then Llama-3-8B fp16 chunks of 1, 8 and 32 MiB) or "default" (Llama-3-8B 512 tokens, 64 MiB, and stories260K)`)
 	blobs := fs.Int("blobs", 8, "distinct blobs per shape and tier (--quick: 4)")
 	rounds := fs.Int("rounds", 3, "reads of every blob (--quick: 2)")
 	quiet := fs.Bool("quiet", false, "no progress bar")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	shapes := bench.DefaultStoreShapes()
-	if bf.quick {
+	var shapes []bench.StoreShape
+	switch *shapeSet {
+	case "scale":
+		shapes = bench.ScaleStoreShapes()
+		if bf.quick {
+			shapes = shapes[:3] // up to 8 MiB
+		}
+	case "default":
+		shapes = bench.DefaultStoreShapes()
+	default:
+		return fmt.Errorf("bench store: --shapes %q: want scale or default", *shapeSet)
+	}
+	if bf.quick && *shapeSet == "default" {
 		if !flagSet(fs, "blobs") {
 			*blobs = 4
 		}
@@ -78,6 +91,30 @@ func benchStore(args []string) error {
 			notes = append(notes, "Redis: a local redis-server (persistence off) on a loopback port, started by the benchmark.")
 		default:
 			urls = append(urls, *redisURL)
+		}
+		switch *clusterURL {
+		case "off":
+			notes = append(notes, "Redis Cluster tiers not measured (--cluster off).")
+		case "auto":
+			c, err := redisproc.StartCluster(redisproc.ClusterConfig{Args: []string{"--proto-max-bulk-len", "1gb"}})
+			if errors.Is(err, redisproc.ErrNotInstalled) || errors.Is(err, redisproc.ErrCLINotInstalled) {
+				fmt.Fprintf(os.Stderr, "fusionrag bench store: %v: the Redis Cluster tiers are NOT measured\n", err)
+				notes = append(notes, "Redis Cluster tiers not measured: "+err.Error())
+				break
+			}
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			urls = append(urls, c.URL(), c.URL()+"?spread=0&part=8MiB")
+			notes = append(notes, "Redis Cluster: 3 masters and 3 replicas (redis-server --cluster-enabled yes, redis-cli --cluster create "+
+				"--cluster-replicas 1), persistence off, on loopback ports of this machine, started by the benchmark.")
+		default:
+			sep := "?"
+			if strings.Contains(*clusterURL, "?") {
+				sep = "&"
+			}
+			urls = append(urls, *clusterURL, *clusterURL+sep+"spread=0&part=8MiB")
 		}
 	}
 	ctx, stop := benchContext()
