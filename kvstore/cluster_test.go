@@ -2,6 +2,7 @@ package kvstore
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/fusionrag/fusionrag/internal/redisproc"
 	"github.com/fusionrag/fusionrag/internal/redistest"
+	"github.com/redis/go-redis/v9"
 )
 
 func TestClusterURLs(t *testing.T) {
@@ -279,8 +281,14 @@ func TestClusterFailover(t *testing.T) {
 	}
 	// Let the replicas catch up with the puts before killing their master
 	// (replication is asynchronous: a write acknowledged just before a
-	// crash may be lost, which is a miss, not an error).
-	time.Sleep(200 * time.Millisecond)
+	// crash may be lost, which would be a miss, not an error): WAIT for one
+	// replica on every master.
+	err = stores[0].c.(*redis.ClusterClient).ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
+		return m.Wait(ctx, 1, 5*time.Second).Err()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	var (
 		next                          atomic.Int64
@@ -370,6 +378,11 @@ func TestClusterFailover(t *testing.T) {
 	}
 	if unavail.Load() == 0 {
 		t.Error("no miss counted for the lost slots: the kill was not observed")
+	}
+	if plain := misses.Load() - unavail.Load(); plain != 0 {
+		// Every key was stored and replicated before the kill, and a
+		// failed put must not delete a stored blob's spread parts.
+		t.Errorf("%d misses other than unavailable shards, want 0", plain)
 	}
 	if lateUnavail.Load() != 0 {
 		t.Errorf("%d unavailable reads after the replica was promoted", lateUnavail.Load())

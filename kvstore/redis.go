@@ -434,6 +434,14 @@ func (r *Redis) Put(ctx context.Context, b *Blob) error {
 		if err == nil {
 			err = r.c.Set(ctx, r.key(b.Key), m.encode(), r.cfg.TTL).Err()
 		}
+		if err != nil && !r.cfg.SingleSlot {
+			// Spread parts live on other shards than the manifest: when the
+			// manifest's shard is down, a manifest stored before (the same
+			// key is the same blob) may still point at them, on a replica
+			// about to be promoted. Deleting them would turn that blob into
+			// a miss after the failover; they expire instead.
+			return r.fail("put", b.Key, err)
+		}
 		if err != nil {
 			// Best effort: drop the parts already written (they expire anyway).
 			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
