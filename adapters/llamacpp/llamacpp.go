@@ -124,6 +124,9 @@ const (
 	// released slot (then the handshake is dropped; the next one retries).
 	eraseTimeout = 5 * time.Second
 	eraseFor     = 30 * time.Second
+	// cleanWait bounds how long Publish waits for a released slot's
+	// erase when no slot is free (see takeOrWait).
+	cleanWait = 250 * time.Millisecond
 	// probeLen is the handshake's probe prompt length.
 	probeLen = 8
 	// restartMargin: task ids going back by more than this (or by more
@@ -301,7 +304,7 @@ func (a *Adapter) publish(ctx context.Context, p adapters.Publication) (*lease, 
 	}
 	// The slot first: when none is free, fail before any round trip (and
 	// so bound the control calls in flight by the slot count).
-	slot, ok := a.take(hs, nil)
+	slot, ok := a.takeOrWait(ctx, hs)
 	if !ok {
 		return nil, fail(ReasonBusy, adapters.ErrBusy)
 	}
@@ -468,6 +471,35 @@ func (a *Adapter) take(hs *handshake, skip map[int]bool) (int, bool) {
 		}
 	}
 	return 0, false
+}
+
+// takeOrWait is take, waiting up to cleanWait for a slot whose erase is
+// under way when none is free: a released slot is erased in the
+// background (about a millisecond), and a request that arrives right after
+// another ended (sequential clients, one slot) should find it, not fall
+// back as busy. Slots leased to running requests are not waited for.
+func (a *Adapter) takeOrWait(ctx context.Context, hs *handshake) (int, bool) {
+	deadline := time.Now().Add(cleanWait)
+	for {
+		if slot, ok := a.take(hs, nil); ok {
+			return slot, true
+		}
+		if !a.cleaning() || time.Now().After(deadline) {
+			return 0, false
+		}
+		select {
+		case <-ctx.Done():
+			return 0, false
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+}
+
+// cleaning reports whether some slot's erase is under way.
+func (a *Adapter) cleaning() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return slices.Contains(a.slots, slotCleaning)
 }
 
 // giveBack returns a leased slot: at once when it holds nothing of ours,
