@@ -297,6 +297,16 @@ type idleConn struct {
 	net.Conn
 	read, write         time.Duration
 	lastRead, lastWrite time.Time
+	answerDeadline      time.Time // set by answerBy: a fixed read deadline
+}
+
+// answerBy fixes the read deadline at t, for reading the answer to a request
+// whose write failed (see roundTripOn); the zero t returns to idle timeouts.
+func (c *idleConn) answerBy(t time.Time) {
+	c.answerDeadline, c.lastRead = t, time.Time{}
+	if !t.IsZero() {
+		_ = c.Conn.SetReadDeadline(t)
+	}
 }
 
 func deadlineSlack(d time.Duration) time.Duration {
@@ -304,7 +314,7 @@ func deadlineSlack(d time.Duration) time.Duration {
 }
 
 func (c *idleConn) Read(b []byte) (int, error) {
-	if c.read > 0 {
+	if c.read > 0 && c.answerDeadline.IsZero() {
 		if now := time.Now(); now.Sub(c.lastRead) > deadlineSlack(c.read) {
 			c.lastRead = now
 			if err := c.Conn.SetReadDeadline(now.Add(c.read)); err != nil {

@@ -20,7 +20,10 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
+	"path"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -320,7 +323,7 @@ func (p *Proxy) Handler(ctx *fasthttp.RequestCtx) {
 		}
 	}
 	route := routeOf(ctx.Method(), path)
-	if engineKVRoute(path) {
+	if engineKVRoute(path) || engineKVRouteRaw(ctx.Request.Header.RequestURI()) {
 		// The engine's KV routes (PUT /v1/kv/{key} stores a blob under any
 		// key, another tenant's included) are for the adapter, which
 		// reaches the engine directly, never for clients of the sidecar.
@@ -397,6 +400,47 @@ func engineKVRoute(path []byte) bool {
 	return string(path) == "/v1/kv" || bytes.HasPrefix(path, []byte("/v1/kv/"))
 }
 
+// engineKVRouteRaw reports whether any reading of the raw request URI an
+// engine might make is one of its KV routes. The sidecar forwards the URI
+// as the client wrote it, and fasthttp's Path (decoded, dot segments
+// resolved) is only one reading: a router that matches the raw path, or
+// decodes it without resolving "..", sees "/v1/kv/<key>/../.." and
+// "/v1/kv/%2e%2e/" as KV routes while Path says "/v1" and "/v1/" (issue 18).
+// So each of up to three percent-decodings is checked as is and cleaned.
+func engineKVRouteRaw(uri []byte) bool {
+	if i := bytes.IndexByte(uri, '?'); i >= 0 {
+		uri = uri[:i]
+	}
+	// Without escapes, dot segments or empty segments (and so not in
+	// absolute form) the raw path is the normalised one, already checked:
+	// the pass-through path allocates nothing here.
+	if bytes.IndexByte(uri, '%') < 0 && !bytes.Contains(uri, []byte("/.")) && !bytes.Contains(uri, []byte("//")) {
+		return false
+	}
+	p := string(uri)
+	if i := strings.Index(p, "://"); i >= 0 { // absolute form: drop scheme://host
+		rest := p[i+3:]
+		j := strings.IndexByte(rest, '/')
+		if j < 0 {
+			return false
+		}
+		p = rest[j:]
+	}
+	for range 3 {
+		if kvPath(p) || kvPath(path.Clean("/"+p)) {
+			return true
+		}
+		d, err := url.PathUnescape(p)
+		if err != nil || d == p {
+			return false
+		}
+		p = d
+	}
+	return kvPath(p) || kvPath(path.Clean("/"+p))
+}
+
+func kvPath(p string) bool { return p == "/v1/kv" || strings.HasPrefix(p, "/v1/kv/") }
+
 // readBody returns the whole body (buffered) or, for bodies of other routes
 // too large to buffer, a stream bounded by MaxRequestBody. Eligible routes
 // are always buffered, up to MaxFusionBody (errEligibleTooLarge beyond it):
@@ -436,6 +480,7 @@ func (p *Proxy) serveEligible(ctx *fasthttp.RequestCtx, x *exchange, body []byte
 	body = append([]byte(nil), body...)
 	req, err := ParseRequest(x.route, body)
 	var oe *OverrideError
+	var ie *InvalidRequestError
 	switch {
 	case errors.Is(err, ErrMalformed):
 		// Forward untouched: the engine answers exactly as it would have.
@@ -443,6 +488,9 @@ func (p *Proxy) serveEligible(ctx *fasthttp.RequestCtx, x *exchange, body []byte
 		return
 	case errors.As(err, &oe):
 		p.reject(ctx, x, fasthttp.StatusBadRequest, "invalid_fusion_override", oe.Error())
+		return
+	case errors.As(err, &ie):
+		p.reject(ctx, x, fasthttp.StatusBadRequest, "invalid_request", ie.Error())
 		return
 	case err != nil: // ErrNotEligible
 		p.forward(ctx, x, req.Body, nil, len(req.Body))

@@ -135,6 +135,15 @@ type OverrideError struct {
 	Reason string
 }
 
+// InvalidRequestError is a body the OpenAI API defines as invalid and that
+// the sidecar refuses (400) instead of reading its own way: a null model, or
+// a null content in a message other than an assistant's (issue 18: both were
+// read as "", so the sidecar and the engine could disagree on the request).
+// A null stream is not one: the API makes it nullable, default false.
+type InvalidRequestError struct{ Reason string }
+
+func (e *InvalidRequestError) Error() string { return "invalid request: " + e.Reason }
+
 func (e *OverrideError) Error() string {
 	return fmt.Sprintf("invalid fusion override from %s (%q): %s", e.Source, e.Value, e.Reason)
 }
@@ -192,6 +201,9 @@ func ParseRequest(route Route, body []byte) (*Request, error) {
 	}
 
 	if m, ok := lastMember(ms, "model"); ok {
+		if skipSpaceByte(body[m.valStart:m.valEnd]) == 'n' {
+			return r, &InvalidRequestError{Reason: "model is null; it must be a string"}
+		}
 		if json.Unmarshal(body[m.valStart:m.valEnd], &r.Model) != nil {
 			return r, fmt.Errorf("%w: model is not a string", ErrNotEligible)
 		}
@@ -216,6 +228,7 @@ func ParseRequest(route Route, body []byte) (*Request, error) {
 		if r.Messages, err = parseMessages(body[m.valStart:m.valEnd]); err != nil {
 			return r, err
 		}
+
 	case RouteCompletions:
 		m, ok := lastMember(ms, "prompt")
 		if !ok {
@@ -290,6 +303,7 @@ func parseMessages(raw []byte) ([]Message, error) {
 			return nil, fmt.Errorf("%w: message %d is not an object", ErrNotEligible, i)
 		}
 		var msg Message
+		nullContent := false
 		seen := map[string]bool{}
 		for j := len(ms) - 1; j >= 0; j-- { // last duplicate wins
 			m := ms[j]
@@ -307,12 +321,17 @@ func parseMessages(raw []byte) ([]Message, error) {
 				if err := parseContent(v, &msg); err != nil {
 					return nil, fmt.Errorf("%w: message %d: %v", ErrNotEligible, i, err)
 				}
+				nullContent = skipSpaceByte(v) == 'n'
+
 			default:
 				if msg.Other == nil {
 					msg.Other = map[string]json.RawMessage{}
 				}
 				msg.Other[m.key] = json.RawMessage(v)
 			}
+		}
+		if nullContent && msg.Role != "assistant" {
+			return nil, &InvalidRequestError{Reason: fmt.Sprintf("message %d (role %q) has null content; only an assistant's may be null", i, msg.Role)}
 		}
 		out = append(out, msg)
 	}

@@ -7,6 +7,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/valyala/fasthttp"
 )
@@ -63,10 +64,23 @@ func roundTripOn[C pooledConn](hc *fasthttp.HostClient, cc C, release, drop func
 		err = bw.Flush()
 	}
 	hc.ReleaseWriter(bw)
+	writeFailed := false
 	if err != nil {
-		drop(hc, cc)
-		return true, err
+		if errors.Is(err, errBodyTooLarge) || !answerMayWait(conn) {
+			drop(hc, cc)
+			return true, err
+		}
+		// The engine may have answered before reading the whole body (a
+		// 404 or 413 for a large upload) and closed the connection, which
+		// is what failed the write: relay its answer as it gave it, not a
+		// 502 (issue 18). Its answer is already in the socket, so the wait
+		// is short; a stale pooled connection reads EOF at once, and then
+		// the write's error (and its retry) stands.
+		writeFailed = true
+		defer answerBy(conn, time.Time{})
+		answerBy(conn, time.Now().Add(earlyAnswerWait))
 	}
+	writeErr := err
 
 	br := hc.AcquireReader(conn)
 	b := acquireEngineBody[C]()
@@ -87,11 +101,18 @@ func roundTripOn[C pooledConn](hc *fasthttp.HostClient, cc C, release, drop func
 	h.SkipBody = true
 	if err := h.ReadLimitBody(br, 0); err != nil {
 		end(false)
+		if writeFailed {
+			return true, writeErr
+		}
 		return true, err
+	}
+	if writeFailed {
+		answerBy(conn, time.Time{})
 	}
 	h.Header.CopyTo(&resp.Header)
 	cl := h.Header.ContentLength()
-	closeConn := req.ConnectionClose() || h.Header.ConnectionClose()
+	// After a failed write the request was cut short: the connection ends.
+	closeConn := writeFailed || req.ConnectionClose() || h.Header.ConnectionClose()
 	status := h.StatusCode()
 	if resp.SkipBody || req.Header.IsHead() || cl == 0 || status == fasthttp.StatusNoContent || status == fasthttp.StatusNotModified {
 		// No body on the wire, whatever the header says (RFC 9112 §6.3).
@@ -119,6 +140,26 @@ func roundTripOn[C pooledConn](hc *fasthttp.HostClient, cc C, release, drop func
 	b.start(hc, cc, release, drop, br, closeConn)
 	resp.SetBodyStream(b, cl)
 	return false, nil
+}
+
+// earlyAnswerWait bounds the wait for an answer the engine gave before it
+// read the whole request (it is normally in the socket already).
+const earlyAnswerWait = time.Second
+
+// answerBy sets a fixed read deadline on conn (zero t: back to the idle
+// timeouts of an idleConn).
+func answerBy(conn net.Conn, t time.Time) {
+	if ic, ok := conn.(*idleConn); ok {
+		ic.answerBy(t)
+		return
+	}
+	_ = conn.SetReadDeadline(t)
+}
+
+// answerMayWait reports whether conn's reads can be bounded by answerBy.
+func answerMayWait(conn net.Conn) bool {
+	_, ok := conn.(*idleConn)
+	return ok
 }
 
 // engineBody is the streamed body of an engine response: it reads through
