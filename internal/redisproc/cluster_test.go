@@ -41,6 +41,10 @@ func TestCluster(t *testing.T) {
 			break
 		}
 	}
+	// Replication is asynchronous: wait for the replica to have the key.
+	if got, err := Command(c.Nodes[i].Addr, "WAIT 1 5000", 6*time.Second); err != nil || got != "1" {
+		t.Fatalf("WAIT: %q, %v", got, err)
+	}
 	// Failover: kill the master, its replica takes the slot.
 	t0 = time.Now()
 	c.Nodes[i].Kill()
