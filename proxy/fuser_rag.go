@@ -67,6 +67,10 @@ type RAGFuser struct {
 	tokFP   fingerprint.Key
 	log     *slog.Logger
 	index   fingerprint.ChunkIndex // explicitly indexed chunks, known to every tenant
+	// maxPromptBytes bounds the bytes of prompt text that can fit in the
+	// context (see promptByteBound): longer prompts are skipped before
+	// they are tokenized.
+	maxPromptBytes int
 
 	// seen holds, per tenant, the chunks met in that tenant's requests
 	// (convention c): one tenant's prompts never reveal what another sent.
@@ -139,6 +143,7 @@ func NewRAGFuser(cfg FuserConfig) (*RAGFuser, error) {
 		return nil, fmt.Errorf("proxy: model fingerprint: %w", err)
 	}
 	f.tokFP = fingerprint.TokenizerFingerprint([]byte(f.tok.Fingerprint()))
+	f.maxPromptBytes = promptByteBound(f.tok, cfg.Model.Config.MaxPositions)
 	if cfg.Store != nil {
 		f.source = &recompute.StoreSource{Store: cfg.Store}
 	}
@@ -623,6 +628,13 @@ func (c *countingSource) LeaseKV(ctx context.Context, key fingerprint.Key, check
 // (possibly rewritten) body.
 func (f *RAGFuser) segment(req *Request) (*segmented, error) {
 	chat := req.Route == RouteChat
+	// Bounds before work (issue 18): a prompt that cannot fit in the
+	// context is skipped on the sidecar's own parse, before the engine's
+	// parse of the body and before it is tokenized (a 7 MB body raised RSS
+	// by ~160 MB, 98 MB of it in EncodeOffsets).
+	if req.Prompt.IsTokens && len(req.Prompt.Tokens) > f.m.Config.MaxPositions || requestTextBytes(req) > f.maxPromptBytes {
+		return nil, Skip(SkipPromptTooLong)
+	}
 	er, err := engine.ParseRequest(req.Body, chat)
 	if err != nil {
 		return nil, Skip(SkipEngineRejects)
@@ -754,6 +766,33 @@ func (f *RAGFuser) segment(req *Request) (*segmented, error) {
 		return nil, Skip(SkipNoChunks)
 	}
 	return sg, nil
+}
+
+// promptByteBound is the most bytes of prompt text that positions tokens can
+// cover: positions times the longest vocabulary string, times 4 for
+// normalisation that shortens the input (NFKC maps a 3-byte fullwidth
+// letter to 1 byte) and for vocabulary strings shorter than the bytes they
+// stand for. Loose on purpose: it only has to keep megabytes of text away
+// from the tokenizer, never to skip a prompt that fits.
+func promptByteBound(tok tokenizer.Tokenizer, positions int) int {
+	longest := 1
+	for id := range tok.VocabSize() {
+		longest = max(longest, len(tok.Token(int32(id))))
+	}
+	return positions * longest * 4
+}
+
+// requestTextBytes is the byte length of req's prompt text (the messages'
+// contents summed, or the completions prompt).
+func requestTextBytes(req *Request) int {
+	n := len(req.Prompt.Text)
+	for _, m := range req.Messages {
+		n += len(m.Content)
+		for _, part := range m.Parts {
+			n += len(part.Text)
+		}
+	}
+	return n
 }
 
 // markers applies the configured separator or marker pair to text.
