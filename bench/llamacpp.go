@@ -170,7 +170,7 @@ func RunLlamaCpp(ctx context.Context, c LlamaCppConfig) ([]LlamaCppRow, error) {
 	srv, err := llamaserver.Start(ctx, llamaserver.Config{Bin: c.Bin, Model: c.GGUF, Context: 2 * maxCtx, Slots: 2, Threads: c.Threads,
 		// --cache-ram 0: the server's RAM prompt cache off, as the llamacpp
 		// adapter requires (docs/llamacpp.md).
-		Args: []string{"--slot-save-path", slots, "--cache-ram", "0", "--override-kv", fmt.Sprintf("%s.context_length=int:%d", ggufArchOf(m), m.Config.MaxPositions)}})
+		Args: []string{"--slot-save-path", slots, "--cache-ram", "0", "--override-kv", fmt.Sprintf("%s.context_length=int:%d", m.Config.GGUFArch(), m.Config.MaxPositions)}})
 	if err != nil {
 		return nil, err
 	}
@@ -319,14 +319,6 @@ func RunLlamaCpp(ctx context.Context, c LlamaCppConfig) ([]LlamaCppRow, error) {
 		rows = append(rows, best...)
 	}
 	return rows, nil
-}
-
-// ggufArchOf is the GGUF architecture name Model.WriteGGUF uses for m.
-func ggufArchOf(m *model.Model) string {
-	if m.Config.Arch == model.ArchQwen2 {
-		return "qwen2"
-	}
-	return "llama"
 }
 
 // LlamaCppTable renders rows as a Markdown table.

@@ -62,6 +62,20 @@ func (m *Model) WriteGGUF(path string, opts GGUFOptions) error {
 	return nil
 }
 
+// GGUFArch is the GGUF general.architecture WriteGGUF writes for c:
+// "llama" for Llama and Mistral, "qwen2" for Qwen2, "" for others. Its
+// metadata keys are prefixed with it (e.g. llama.context_length, which
+// llama-server's --override-kv names).
+func (c Config) GGUFArch() string {
+	switch c.Arch {
+	case ArchLlama, ArchMistral:
+		return "llama"
+	case ArchQwen2:
+		return "qwen2"
+	}
+	return ""
+}
+
 // ggufContents builds the metadata and tensors WriteGGUF writes.
 func (m *Model) ggufContents(opts GGUFOptions) ([]ggufKV, []ggufTensor, int, error) {
 	dtype := opts.DType
@@ -80,17 +94,12 @@ func (m *Model) ggufContents(opts GGUFOptions) ([]ggufKV, []ggufTensor, int, err
 		return nil, nil, 0, fmt.Errorf("model: GGUF alignment %d must be a power of two", align)
 	}
 	c := m.Config
-	var arch string
-	switch c.Arch {
-	case ArchLlama, ArchMistral:
-		arch = "llama"
-		if c.QKVBias {
-			return nil, nil, 0, fmt.Errorf("%w: GGUF llama with q/k/v biases", ErrUnsupported)
-		}
-	case ArchQwen2:
-		arch = "qwen2"
-	default:
+	arch := c.GGUFArch()
+	switch {
+	case arch == "":
 		return nil, nil, 0, fmt.Errorf("%w GGUF architecture for %q (supported: llama, mistral, qwen2)", ErrUnsupported, c.Arch)
+	case arch == "llama" && c.QKVBias:
+		return nil, nil, 0, fmt.Errorf("%w: GGUF llama with q/k/v biases", ErrUnsupported)
 	}
 	if c.RopeScaling != nil {
 		return nil, nil, 0, fmt.Errorf("%w: GGUF with %s rope scaling (needs rope_freqs.weight)", ErrUnsupported, c.RopeScaling.Type)

@@ -2,6 +2,9 @@ package main
 
 import (
 	"os"
+	"path/filepath"
+
+	"github.com/fusionrag/fusionrag/bench"
 
 	"github.com/fusionrag/fusionrag/model"
 )
@@ -11,8 +14,11 @@ import (
 // backend (openblas, cuda) loads it from a temporary HF directory through
 // model.Load, the path real models take, so that --backend is honoured
 // for synthetic models too.
-func syntheticSeeded(cfg model.Config, seed uint64, backend string) (*model.Model, error) {
-	if backend == "" || backend == model.DefaultBackend {
+//
+// With tokenizer the model is always loaded that way, which gives it the
+// synthetic tokenizer WriteSynthetic writes beside the weights.
+func syntheticSeeded(cfg model.Config, seed uint64, backend string, tokenizer bool) (*model.Model, error) {
+	if !tokenizer && (backend == "" || backend == model.DefaultBackend) {
 		return model.Synthetic(cfg, seed)
 	}
 	if _, err := model.NewBackend(backend); err != nil {
@@ -27,4 +33,21 @@ func syntheticSeeded(cfg model.Config, seed uint64, backend string) (*model.Mode
 		return nil, err
 	}
 	return model.Load(dir, model.LoadOptions{Backend: backend})
+}
+
+// timingModel resolves the --model of the timing harnesses (ttft, prefill,
+// llamacpp): the file, else the synthetic 31M-parameter Llama (--quick:
+// 5M) with seed 1, on --backend; it returns the model and its label.
+func (b *benchFlags) timingModel(tokenizer bool) (*model.Model, string, error) {
+	switch {
+	case b.model != "":
+		m, err := model.Load(b.model, model.LoadOptions{Backend: b.backend})
+		return m, filepath.Base(b.model), err
+	case b.quick:
+		m, err := syntheticSeeded(bench.TTFTQuickModel(), 1, b.backend, tokenizer)
+		return m, "synthetic-llama-5M", err
+	default:
+		m, err := syntheticSeeded(bench.TTFTModel(), 1, b.backend, tokenizer)
+		return m, "synthetic-llama-31M", err
+	}
 }

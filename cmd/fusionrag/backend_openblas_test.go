@@ -17,7 +17,7 @@ func TestOpenBLASBackendInBinary(t *testing.T) {
 	}
 	cfg := model.Config{Arch: model.ArchLlama, Dim: 32, HiddenDim: 64, Layers: 1, Heads: 4, KVHeads: 2, HeadDim: 8,
 		Vocab: 64, MaxPositions: 64, RopeTheta: 10000, NormEps: 1e-5, TiedEmbeddings: true, BOS: 1, EOS: []int32{2}}
-	m, err := syntheticSeeded(cfg, 1, "openblas")
+	m, err := syntheticSeeded(cfg, 1, "openblas", false)
 	if err != nil {
 		t.Skipf("SKIPPING: openblas backend refused on this machine: %v", err)
 	}

@@ -15,11 +15,11 @@ import (
 func TestSyntheticSeededBackend(t *testing.T) {
 	cfg := model.Config{Arch: model.ArchLlama, Dim: 32, HiddenDim: 64, Layers: 1, Heads: 4, KVHeads: 2, HeadDim: 8,
 		Vocab: 64, MaxPositions: 64, RopeTheta: 10000, NormEps: 1e-5, TiedEmbeddings: true, BOS: 1, EOS: []int32{2}}
-	if _, err := syntheticSeeded(cfg, 1, "no-such-backend"); !errors.Is(err, model.ErrUnsupported) {
+	if _, err := syntheticSeeded(cfg, 1, "no-such-backend", false); !errors.Is(err, model.ErrUnsupported) {
 		t.Fatalf("unknown backend: err = %v, want ErrUnsupported", err)
 	}
 	for _, name := range []string{"", "cpu"} {
-		m, err := syntheticSeeded(cfg, 1, name)
+		m, err := syntheticSeeded(cfg, 1, name, false)
 		if err != nil {
 			t.Fatalf("backend %q: %v", name, err)
 		}

@@ -121,7 +121,7 @@ func loadFidelityModels(spec, backend string) ([]fidelityModel, error) {
 		return nil
 	}
 	synthetic := func() error {
-		m, err := syntheticSeeded(bench.SyntheticFidelityModel(), 7, backend)
+		m, err := syntheticSeeded(bench.SyntheticFidelityModel(), 7, backend, false)
 		if err != nil {
 			return err
 		}
@@ -245,18 +245,7 @@ func benchTTFT(args []string) error {
 	if *ratio < 0 || *ratio > 100 {
 		return fmt.Errorf("--ratio %v outside [0, 100]", *ratio)
 	}
-	var m *model.Model
-	name := "synthetic-llama-31M"
-	switch {
-	case bf.model != "":
-		m, err = model.Load(bf.model, model.LoadOptions{Backend: bf.backend})
-		name = filepath.Base(bf.model)
-	case bf.quick:
-		m, err = syntheticSeeded(bench.TTFTQuickModel(), 1, bf.backend)
-		name = "synthetic-llama-5M"
-	default:
-		m, err = syntheticSeeded(bench.TTFTModel(), 1, bf.backend)
-	}
+	m, name, err := bf.timingModel(false)
 	if err != nil {
 		return err
 	}

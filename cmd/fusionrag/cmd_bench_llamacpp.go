@@ -41,18 +41,7 @@ func benchLlamaCpp(args []string) error {
 	if err != nil {
 		return err
 	}
-	var src *model.Model
-	name := "synthetic-llama-31M"
-	switch {
-	case bf.model != "":
-		src, err = model.Load(bf.model, model.LoadOptions{Backend: bf.backend})
-		name = filepath.Base(bf.model)
-	case bf.quick:
-		src, err = syntheticOn(bench.TTFTQuickModel(), bf.backend)
-		name = "synthetic-llama-5M"
-	default:
-		src, err = syntheticOn(bench.TTFTModel(), bf.backend)
-	}
+	src, name, err := bf.timingModel(true)
 	if err != nil {
 		return err
 	}

@@ -42,18 +42,9 @@ func benchPrefill(args []string) error {
 	if err != nil {
 		return err
 	}
-	var m *model.Model
-	name := "synthetic-llama-31M"
-	switch {
-	case bf.model != "":
-		m, err = model.Load(bf.model, model.LoadOptions{Backend: bf.backend})
-		name = filepath.Base(bf.model)
-	case bf.quick:
-		m, err = syntheticOn(bench.TTFTQuickModel(), bf.backend)
-		name = "synthetic-llama-5M"
-	default:
-		m, err = syntheticOn(bench.TTFTModel(), bf.backend)
-	}
+	// The synthetic model with its tokenizer: llama-server needs a
+	// vocabulary in the GGUF it loads.
+	m, name, err := bf.timingModel(true)
 	if err != nil {
 		return err
 	}
@@ -83,7 +74,7 @@ func benchPrefill(args []string) error {
 		// auto): llama.cpp as users run it. Its f16 cache moves
 		// log-probabilities by about 1e-2 against the Go runtime's f32;
 		// --llama-server-args "-ctk f32 -ctv f32 -fa off" computes in f32.
-		args := []string{"--override-kv", fmt.Sprintf("%s.context_length=int:%d", ggufArch(m.Config.Arch), max(maxN+16, m.Config.MaxPositions))}
+		args := []string{"--override-kv", fmt.Sprintf("%s.context_length=int:%d", m.Config.GGUFArch(), max(maxN+16, m.Config.MaxPositions))}
 		args = append(args, strings.Fields(*serverArgs)...)
 		srv, err := llamaserver.Start(ctx, llamaserver.Config{Bin: *bin, Model: gguf, Context: maxN + 16, Threads: *threads, Args: args})
 		if err != nil {
@@ -105,29 +96,4 @@ func benchPrefill(args []string) error {
 		notes = append(notes, fmt.Sprintf("llama-server at %s (its threads as it was started); Go GOMAXPROCS %d.", url, runtime.GOMAXPROCS(0)))
 	}
 	return bf.write("prefill", name, []bench.Table{bench.PrefillTable(rows, url, time.Since(start))}, rows, nil, notes...)
-}
-
-// syntheticOn returns the synthetic model of cfg (seed 1) on backend,
-// loaded from a temporary HF directory through model.Load, the path real
-// models take, so that it has its synthetic tokenizer (llama-server needs a
-// vocabulary in the GGUF it loads).
-func syntheticOn(cfg model.Config, backend string) (*model.Model, error) {
-	dir, err := os.MkdirTemp("", "fusionrag-synthetic-")
-	if err != nil {
-		return nil, err
-	}
-	defer os.RemoveAll(dir)
-	if err := model.WriteSynthetic(dir, cfg, 1, model.SaveOptions{}); err != nil {
-		return nil, err
-	}
-	return model.Load(dir, model.LoadOptions{Backend: backend})
-}
-
-// ggufArch is the GGUF architecture WriteGGUF writes for arch (Mistral is
-// written as llama).
-func ggufArch(arch string) string {
-	if arch == model.ArchQwen2 {
-		return "qwen2"
-	}
-	return "llama"
 }
