@@ -16,9 +16,13 @@ import (
 // engine share a 3-master, 3-replica Redis Cluster as their chunk store.
 // A master is killed (SIGKILL) a quarter of the way through 1,000 RAG
 // requests sent to both sidecars: no request fails (every one gets its
-// answer), chunks in the lost slots are misses while the replica is not
-// yet promoted, and once the cluster is whole again the requests are fused
-// from the store again.
+// answer), and once the cluster is whole again the requests are fused
+// from the store again. While the replica is not yet promoted, a chunk
+// whose fused KV sat on the lost master is served from its raw KV when
+// that sits on another shard (a hit), or computed (a miss): how many
+// misses depends on where the keys hash, so they are logged here; the
+// store-level TestClusterFailover (package kvstore) asserts the misses of
+// the lost slots.
 func TestE2EClusterFailover(t *testing.T) {
 	if testing.Short() {
 		t.Skip("SKIPPING: -short (two sidecars, an engine and a Redis Cluster)")
@@ -115,9 +119,6 @@ func TestE2EClusterFailover(t *testing.T) {
 		requests, time.Since(t0).Round(time.Millisecond), failed.Load(), fused, misses, fallbacks, failover.Round(time.Millisecond), tailFused.Load())
 	if failed.Load() != 0 {
 		t.Fatalf("%d requests failed; first: %v", failed.Load(), firstErr.Load())
-	}
-	if misses == 0 {
-		t.Error("no chunk miss counted while a master was down: the lost slots' reads were not misses")
 	}
 	if tailFused.Load() < 90 {
 		t.Errorf("after the failover only %d of the last 100 requests were fused from the store", tailFused.Load())
