@@ -15,6 +15,8 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -117,14 +119,14 @@ func TestSidecarE2E(t *testing.T) {
 	}
 	defer srv.Close()
 
-	sidecar := func(t *testing.T, sm *model.Model) string {
+	sidecarOn := func(t *testing.T, sm *model.Model, srvURL, slots string) string {
 		store, err := kvstore.Open("mem://?max=256MiB")
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { store.Close() })
 		pcfg := proxy.DefaultConfig()
-		pcfg.Upstream = srv.URL
+		pcfg.Upstream = srvURL
 		pcfg.Listen = "127.0.0.1:0"
 		pcfg.Fusion.Separator = sep
 		pcfg.Fusion.Adapter = "llamacpp"
@@ -133,7 +135,7 @@ func TestSidecarE2E(t *testing.T) {
 		if err := pcfg.Validate(); err != nil {
 			t.Fatal(err)
 		}
-		acfg := adapters.Config{URL: srv.URL, Model: sm, SlotDir: slots}
+		acfg := adapters.Config{URL: srvURL, Model: sm, SlotDir: slots}
 		quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 		fuser, err := proxy.NewRAGFuser(proxy.FuserConfig{Proxy: pcfg, Model: sm, Store: store, Logger: quiet,
 			OpenEngine: func(ctx context.Context) (adapters.Engine, error) { return adapters.Open(pcfg.Fusion.Adapter, acfg) }})
@@ -162,6 +164,7 @@ func TestSidecarE2E(t *testing.T) {
 		})
 		return "http://" + ln.Addr().String()
 	}
+	sidecar := func(t *testing.T, sm *model.Model) string { return sidecarOn(t, sm, srv.URL, slots) }
 
 	prompt := "Once upon a time, there was a little girl named Lily." + sep +
 		"\nPassage: Lily had a big red ball. She liked to play with it in the park." + sep +
@@ -188,6 +191,84 @@ func TestSidecarE2E(t *testing.T) {
 				t.Errorf("stream %v: the server prefilled %d tokens (cache_n %d), want 1: not fused", stream, got.PromptN, got.CacheN)
 			}
 			t.Logf("stream %v: %q, server prefilled %d, reused %d", stream, got.Text, got.PromptN, got.CacheN)
+		}
+	})
+	t.Run("200 concurrent on -np 4", func(t *testing.T) {
+		// 200 requests over 8 prompts from 16 clients through the sidecar
+		// in front of a 4-slot server: every answer is one of its own
+		// prompt's (the fused answer, or the original's when it fell back
+		// as busy): no slot cross-talk.
+		slots4 := t.TempDir()
+		srv4, err := llamaserver.Start(ctx, llamaserver.Config{Bin: bin, Model: gguf, Context: 4 * 512, Slots: 4, Threads: 1,
+			Args: []string{"--slot-save-path", slots4, "--cache-ram", "0", "--threads-http", "32", "--override-kv", "llama.context_length=int:512"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer srv4.Close()
+		base := sidecarOn(t, m, srv4.URL, slots4)
+		names := []string{"Lily", "Tom", "Sue", "Max", "Ben", "Mia", "Sam", "Zoe"}
+		things := []string{"a red ball", "a big dog", "a little cat", "a blue kite", "a toy car", "a yellow bird", "a green frog", "a soft bear"}
+		type ref struct {
+			body           []byte
+			fused, orig    string
+			fusedTokens    int
+			fusedReplies   int
+			fallbackReplie int
+		}
+		refs := make([]*ref, len(names))
+		seen := map[string]int{}
+		for i := range refs {
+			p := "Once upon a time." + sep + "\nPassage: " + names[i] + " had " + things[i] + "." + sep +
+				"\nPassage: " + names[(i+3)%8] + " liked to play in the park." + sep + "\nQuestion: what did " + names[i] + " have? Answer:"
+			b, _ := json.Marshal(map[string]any{"prompt": p, "max_tokens": 24, "temperature": 0})
+			fb, _ := json.Marshal(map[string]any{"prompt": strings.ReplaceAll(p, sep, ""), "max_tokens": 24, "temperature": 0, "cache_prompt": false})
+			ob, _ := json.Marshal(map[string]any{"prompt": p, "max_tokens": 24, "temperature": 0, "cache_prompt": false})
+			f := post(t, srv4.URL, nil, fb)
+			refs[i] = &ref{body: b, fused: f.Text, orig: post(t, srv4.URL, nil, ob).Text, fusedTokens: f.PromptN}
+			post(t, base, fused, b) // warm: chunks computed and stored
+			seen[refs[i].fused]++
+		}
+		// Cross-talk between two prompts with the same answer would not
+		// show: most answers must differ.
+		if len(seen) < len(refs)-2 {
+			t.Fatalf("only %d distinct answers for %d prompts: cross-talk would not show", len(seen), len(refs))
+		}
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		var next atomic.Int64
+		for range 16 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for {
+					n := int(next.Add(1)) - 1
+					if n >= 200 {
+						return
+					}
+					r := refs[n%len(refs)]
+					got := post(t, base, fused, r.body)
+					mu.Lock()
+					switch {
+					case got.Text == r.fused && got.PromptN == 1:
+						r.fusedReplies++
+					case got.Text == r.orig || got.Text == r.fused:
+						r.fallbackReplie++
+					default:
+						t.Errorf("request %d (prompt %d): %q (prefilled %d, reused %d), want its own %q or %q",
+							n, n%len(refs), got.Text, got.PromptN, got.CacheN, r.fused, r.orig)
+					}
+					mu.Unlock()
+				}
+			}()
+		}
+		wg.Wait()
+		fusedN := 0
+		for _, r := range refs {
+			fusedN += r.fusedReplies
+		}
+		t.Logf("200 requests, 16 clients, 4 slots: %d fused (server prefilled 1 token), %d forwarded as sent (busy), every answer its own prompt's", fusedN, 200-fusedN)
+		if fusedN == 0 {
+			t.Error("no request was fused")
 		}
 	})
 	t.Run("wrong model", func(t *testing.T) {
