@@ -256,10 +256,18 @@ func (r *Redis) TryLease(ctx context.Context, key fingerprint.Key, ttl time.Dura
 // TryLease implements Leaser for a tiered store: the lease is taken on the
 // slowest tier that offers one (the shared one); with none, every caller
 // gets the lease (there is nobody to share with).
+//
+// A leasing tier that is down is not asked: the error wraps ErrTierDown and
+// the caller computes without a lease.
 func (t *Tiered) TryLease(ctx context.Context, key fingerprint.Key, ttl time.Duration) (func(), bool, error) {
 	for i := len(t.tiers) - 1; i >= 0; i-- {
 		if l, ok := t.tiers[i].(Leaser); ok {
-			return l.TryLease(ctx, key, ttl)
+			release, got := func() {}, false
+			err := t.call(ctx, i, "lease", func() (err error) {
+				release, got, err = l.TryLease(ctx, key, ttl)
+				return err
+			})
+			return release, got, err
 		}
 	}
 	return func() {}, true, nil

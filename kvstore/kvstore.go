@@ -126,6 +126,12 @@ type TierStats struct {
 	MaxBytes    int64 // budget; 0 when the tier has none
 	BytesRead   int64
 	BytesWrite  int64
+	// Set by a tiered store (see Tiered): the tier is down (skipped until
+	// its backoff passes), calls skipped because it was, and how many times
+	// it went down.
+	Down  bool
+	Skips int64
+	Downs int64
 }
 
 // counters are the atomically updated part of TierStats.

@@ -3,6 +3,8 @@ package kvstore
 import (
 	"context"
 	"errors"
+	"strings"
+	"time"
 
 	"github.com/fusionrag/fusionrag/fingerprint"
 	"golang.org/x/sync/singleflight"
@@ -11,14 +13,59 @@ import (
 // Tiered composes tiers, fastest first, into one Store: reads go down the
 // tiers until a hit and promote the blob into every faster tier; concurrent
 // misses of one key load it once.
+//
+// A tier that fails (an error that is not a miss: Redis killed, a disk
+// error) is marked down and skipped, as a miss for reads and not written,
+// for a backoff interval (DefaultTierBackoff doubling up to
+// DefaultTierBackoffMax); then one caller probes it and a success brings it
+// back. A read that finds no blob is a miss (it matches ErrNotFound) even
+// when a tier failed: for a cache a tier that is down is a miss of that tier,
+// never a failure of the request that asked (TierStats.Down and Skips count
+// it).
 type Tiered struct {
-	tiers []Store
-	sf    singleflight.Group
+	tiers  []Store
+	health []health
+	sf     singleflight.Group
+
+	backoff, backoffMax time.Duration
 }
 
 // NewTiered returns a tiered store over tiers, fastest first. It owns them:
 // Close closes them all.
-func NewTiered(tiers ...Store) *Tiered { return &Tiered{tiers: tiers} }
+func NewTiered(tiers ...Store) *Tiered {
+	return &Tiered{tiers: tiers, health: make([]health, len(tiers)),
+		backoff: DefaultTierBackoff, backoffMax: DefaultTierBackoffMax}
+}
+
+// SetBackoff sets how long a failed tier is skipped: first, doubling on
+// every failed probe up to max. Call it before the store is used.
+func (t *Tiered) SetBackoff(first, max time.Duration) {
+	if first > 0 {
+		t.backoff = first
+	}
+	if max >= t.backoff {
+		t.backoffMax = max
+	}
+}
+
+// call runs one operation on tier i unless the tier is down (then it
+// returns a *TierError wrapping ErrTierDown without calling it), and records
+// the outcome in the tier's health.
+func (t *Tiered) call(ctx context.Context, i int, op string, f func() error) error {
+	h := &t.health[i]
+	if !h.allow() {
+		return &TierError{Tier: tierName(t.tiers[i]), Op: op, Err: ErrTierDown}
+	}
+	err := f()
+	if tierFailed(ctx, err) {
+		h.fail(t.backoff, t.backoffMax)
+	} else if ctx.Err() == nil {
+		h.ok()
+	} else {
+		h.probing.Store(false) // the caller gave up: let another probe
+	}
+	return err
+}
 
 // Tiers returns the tiers, fastest first.
 func (t *Tiered) Tiers() []Store { return t.tiers }
@@ -35,8 +82,8 @@ func tierName(s Store) string {
 // memory tiers adopt), so it may be shared by concurrent callers; Release is
 // a no-op on it. Corrupt entries are skipped (the tier drops them) and the
 // next tier is tried; a collision is a miss. When no tier hits and some tier
-// failed, the error joins the failures (each a *TierError) instead of
-// ErrNotFound.
+// failed or was down, the error is an *UnavailableError joining the
+// failures (each a *TierError): it matches ErrNotFound.
 func (t *Tiered) Get(ctx context.Context, key fingerprint.Key, want fingerprint.Check) (*Blob, error) {
 	var flight [16 + 12]byte
 	copy(flight[:16], key[:])
@@ -66,11 +113,20 @@ func (t *Tiered) Get(ctx context.Context, key fingerprint.Key, want fingerprint.
 func (t *Tiered) load(ctx context.Context, key fingerprint.Key, want fingerprint.Check) (*Blob, error) {
 	var errs []error
 	for i, tier := range t.tiers {
-		b, err := tier.Get(ctx, key, want)
+		var b *Blob
+		err := t.call(ctx, i, "get", func() (err error) {
+			b, err = tier.Get(ctx, key, want)
+			return err
+		})
 		if errors.Is(err, ErrCollision) {
 			return nil, err
 		}
-		if errors.Is(err, ErrNotFound) { // plain miss or corrupt entry
+		var te *TierError
+		if errors.As(err, &te) && te.Err == ErrTierDown {
+			errs = append(errs, err)
+			continue
+		}
+		if errors.Is(err, ErrNotFound) { // plain miss, corrupt entry, unreachable shard
 			continue
 		}
 		if err != nil {
@@ -82,34 +138,50 @@ func (t *Tiered) load(ctx context.Context, key fingerprint.Key, want fingerprint
 			b.Release()
 			b = c
 		}
-		for _, up := range t.tiers[:i] {
+		for j, up := range t.tiers[:i] {
 			// Promotion failures are counted by the tier and do not fail
 			// the read.
 			if m, ok := up.(*Mem); ok {
 				m.adopt(ctx, b)
 			} else {
-				up.Put(ctx, b)
+				_ = t.call(ctx, j, "put", func() error { return up.Put(ctx, b) })
 			}
 		}
 		return b, nil
 	}
 	if len(errs) > 0 {
-		return nil, errors.Join(errs...)
+		return nil, &UnavailableError{Tier: failedTiers(errs), Key: key, Err: errors.Join(errs...)}
 	}
 	return nil, ErrNotFound
 }
 
+// failedTiers names the tiers of errs (*TierErrors), comma-separated.
+func failedTiers(errs []error) string {
+	var names []string
+	for _, err := range errs {
+		var te *TierError
+		if errors.As(err, &te) {
+			names = append(names, te.Tier)
+		}
+	}
+	return strings.Join(names, ",")
+}
+
 // Put implements Store: it writes to every tier, fastest first. A tier too
-// small for the blob is skipped; the error joins the other tiers' failures.
+// small for the blob is skipped; the error joins the other tiers' failures
+// (a tier that is down: a *TierError wrapping ErrTierDown).
 func (t *Tiered) Put(ctx context.Context, b *Blob) error {
 	var errs []error
 	stored := false
-	for _, tier := range t.tiers {
-		err := tier.Put(ctx, b)
+	for i, tier := range t.tiers {
+		err := t.call(ctx, i, "put", func() error { return tier.Put(ctx, b) })
+		var te *TierError
 		switch {
 		case err == nil:
 			stored = true
 		case errors.Is(err, ErrTooLarge):
+		case errors.As(err, &te) && te.Err == ErrTierDown:
+			errs = append(errs, err)
 		default:
 			errs = append(errs, &TierError{Tier: tierName(tier), Op: "put", Err: err})
 		}
@@ -120,11 +192,21 @@ func (t *Tiered) Put(ctx context.Context, b *Blob) error {
 	return errors.Join(errs...)
 }
 
-// Has implements Store: true when any tier has the key.
+// Has implements Store: true when any tier has the key; a tier that is
+// down is not asked.
 func (t *Tiered) Has(ctx context.Context, key fingerprint.Key) (bool, error) {
 	var errs []error
-	for _, tier := range t.tiers {
-		ok, err := tier.Has(ctx, key)
+	for i, tier := range t.tiers {
+		var ok bool
+		err := t.call(ctx, i, "has", func() (err error) {
+			ok, err = tier.Has(ctx, key)
+			return err
+		})
+		var te *TierError
+		if errors.As(err, &te) {
+			errs = append(errs, err)
+			continue
+		}
 		if err != nil {
 			errs = append(errs, &TierError{Tier: tierName(tier), Op: "has", Err: err})
 			continue
@@ -136,22 +218,32 @@ func (t *Tiered) Has(ctx context.Context, key fingerprint.Key) (bool, error) {
 	return false, errors.Join(errs...)
 }
 
-// Delete implements Store: from every tier.
+// Delete implements Store: from every tier (a tier that is down is not
+// asked, and its *TierError wraps ErrTierDown).
 func (t *Tiered) Delete(ctx context.Context, key fingerprint.Key) error {
 	var errs []error
-	for _, tier := range t.tiers {
-		if err := tier.Delete(ctx, key); err != nil {
+	for i, tier := range t.tiers {
+		err := t.call(ctx, i, "delete", func() error { return tier.Delete(ctx, key) })
+		var te *TierError
+		if errors.As(err, &te) {
+			errs = append(errs, err)
+		} else if err != nil {
 			errs = append(errs, &TierError{Tier: tierName(tier), Op: "delete", Err: err})
 		}
 	}
 	return errors.Join(errs...)
 }
 
-// Stats implements Store: every tier's, fastest first.
+// Stats implements Store: every tier's, fastest first, with the tiered
+// store's view of its health (Down, Skips, Downs).
 func (t *Tiered) Stats() []TierStats {
 	var s []TierStats
-	for _, tier := range t.tiers {
-		s = append(s, tier.Stats()...)
+	for i, tier := range t.tiers {
+		h := &t.health[i]
+		for _, st := range tier.Stats() {
+			st.Down, st.Skips, st.Downs = h.down(), h.skips.Load(), h.downs.Load()
+			s = append(s, st)
+		}
 	}
 	return s
 }

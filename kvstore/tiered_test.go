@@ -175,8 +175,11 @@ func TestTieredPutTooLarge(t *testing.T) {
 	}
 }
 
-// TestTieredRedisDown: with Redis gone, the memory tier still serves its hits
-// and a full miss is an error that names Redis and its cause, not a plain miss.
+// TestTieredRedisDown: with Redis gone, the memory tier still serves its
+// hits and a full miss is a miss (it matches ErrNotFound, so that the caller
+// computes the chunk) that still names Redis and its cause. Redis is then
+// marked down and skipped without a call until its backoff passes; once it
+// is back, a probe finds it and it is used again (issue 18 finding 4).
 func TestTieredRedisDown(t *testing.T) {
 	ctx := ctxT(t)
 	srv := redistest.Start(t)
@@ -185,6 +188,8 @@ func TestTieredRedisDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
+	ts := s.(*Tiered)
+	ts.SetBackoff(200*time.Millisecond, time.Second)
 	b := testBlob(t, Float16, small, 5)
 	if err := s.Put(ctx, b); err != nil {
 		t.Fatal(err)
@@ -196,12 +201,80 @@ func TestTieredRedisDown(t *testing.T) {
 	k, c := wantOf(6, 3)
 	_, err = s.Get(ctx, k, c)
 	var te *TierError
-	if err == nil || errors.Is(err, ErrNotFound) || !errors.As(err, &te) || te.Tier != "redis" {
-		t.Fatalf("got %v, want a redis TierError", err)
+	var ue *UnavailableError
+	if !errors.Is(err, ErrNotFound) || !errors.As(err, &ue) || !errors.As(err, &te) || te.Tier != "redis" {
+		t.Fatalf("got %v, want a miss (*UnavailableError) naming a redis TierError", err)
 	}
 	t.Logf("surfaced as: %v", err)
+	redisStats := func() TierStats { return ts.Stats()[1] }
+	if st := redisStats(); !st.Down || st.Downs != 1 {
+		t.Fatalf("redis stats after a failure: %+v, want down once", st)
+	}
+	errsBefore := redisStats().Errors
+	for i := range 20 {
+		k, c := wantOf(100+i, 3)
+		if _, err := s.Get(ctx, k, c); !errors.Is(err, ErrNotFound) || !errors.Is(err, ErrTierDown) {
+			t.Fatalf("get %d with redis down: %v, want a miss wrapping ErrTierDown", i, err)
+		}
+	}
 	err = s.Put(ctx, testBlob(t, Float16, small, 7))
-	if err == nil || !strings.Contains(err.Error(), "redis") {
-		t.Errorf("put with redis down: %v", err)
+	if !errors.Is(err, ErrTierDown) || !strings.Contains(err.Error(), "redis") {
+		t.Errorf("put with redis down: %v, want ErrTierDown naming redis", err)
+	}
+	if st := redisStats(); st.Errors != errsBefore || st.Skips < 21 {
+		t.Errorf("redis down: %d new errors and %d skips, want 0 calls made (all 21 skipped)", st.Errors-errsBefore, st.Skips)
+	}
+	// Back: after the backoff one probe finds it and it is used again.
+	srv.Restart()
+	time.Sleep(1100 * time.Millisecond)
+	b8 := testBlob(t, Float16, small, 8)
+	deadline := time.Now().Add(5 * time.Second)
+	for s.Put(ctx, b8) != nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("redis still skipped after its restart: %+v", redisStats())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if st := redisStats(); st.Down {
+		t.Errorf("redis still down after a put succeeded: %+v", st)
+	}
+}
+
+// TestTieredHealthBackoff: a failed tier is skipped for the backoff, one
+// caller probes it when it passes (others keep skipping), a failed probe
+// doubles the backoff up to the maximum and a good one clears it.
+func TestTieredHealthBackoff(t *testing.T) {
+	var h health
+	if !h.allow() {
+		t.Fatal("healthy tier not allowed")
+	}
+	h.fail(30*time.Millisecond, 50*time.Millisecond)
+	if h.allow() || !h.down() {
+		t.Fatal("failed tier allowed within its backoff")
+	}
+	time.Sleep(40 * time.Millisecond)
+	if !h.allow() {
+		t.Fatal("no probe after the backoff")
+	}
+	if h.allow() {
+		t.Fatal("a second probe while one is in flight")
+	}
+	h.fail(30*time.Millisecond, 50*time.Millisecond)
+	h.mu.Lock()
+	got := h.backoff
+	h.mu.Unlock()
+	if got != 50*time.Millisecond {
+		t.Errorf("backoff after a failed probe %v, want 50ms (doubled, capped)", got)
+	}
+	time.Sleep(60 * time.Millisecond)
+	if !h.allow() {
+		t.Fatal("no probe after the second backoff")
+	}
+	h.ok()
+	if h.down() || !h.allow() || !h.allow() {
+		t.Error("tier not healthy after a good probe")
+	}
+	if h.downs.Load() != 1 || h.skips.Load() != 2 {
+		t.Errorf("downs %d skips %d, want 1 and 2", h.downs.Load(), h.skips.Load())
 	}
 }
