@@ -34,11 +34,26 @@ type Config struct {
 	MetricsPath string `yaml:"metrics_path" doc:"Path of the Prometheus text exposition served by the sidecar itself (not forwarded). \"-\" forwards it to the engine instead." default:"/metrics"`
 	HealthPath  string `yaml:"health_path" doc:"Path of the sidecar's health check (checks that the engine is reachable). \"-\" forwards it to the engine instead." default:"/healthz"`
 
-	Limits   Limits   `yaml:"limits"`
-	Timeouts Timeouts `yaml:"timeouts"`
-	Fusion   Fusion   `yaml:"fusion"`
-	Breaker  Breaker  `yaml:"breaker"`
-	Tenant   Tenant   `yaml:"tenant"`
+	Limits    Limits          `yaml:"limits"`
+	Timeouts  Timeouts        `yaml:"timeouts"`
+	Fusion    Fusion          `yaml:"fusion"`
+	Breaker   Breaker         `yaml:"breaker"`
+	Tenant    Tenant          `yaml:"tenant"`
+	Documents DocumentsConfig `yaml:"documents"`
+}
+
+// DocumentsConfig guards the ingest route POST /v1/fusion/documents, which makes
+// the sidecar compute and store KV (CPU, disk, Redis) for whoever calls it.
+// It is closed unless admin_key is set (the request carries it in
+// X-Fusionrag-Admin-Key) or tenant.header names a trusted gateway header
+// that the request carries (the gateway vouches for the tenant). Bodies
+// must be JSON or JSONL (a cross-site form or text/plain post is refused),
+// and each tenant's submissions are bounded in documents, bytes and rate.
+type DocumentsConfig struct {
+	AdminKey             string `yaml:"admin_key" doc:"Key that opens POST /v1/fusion/documents to a request carrying it in the X-Fusionrag-Admin-Key header (compared in constant time); the documents are stored for the request's tenant (tenant header or Authorization key). Empty, and no trusted tenant.header on the request: the route answers 403. Keep it secret like an API key."`
+	MaxDocuments         int    `yaml:"max_documents" doc:"Most documents in one submission; more: 413." default:"1024"`
+	MaxBytes             int64  `yaml:"max_bytes" doc:"Largest submission body, bytes; larger: 413 (before the body is read when Content-Length says so)." default:"8388608"`
+	TenantBytesPerMinute int64  `yaml:"tenant_bytes_per_minute" doc:"Submission bytes one tenant may send per minute (a token bucket holding max(this, max_bytes)); over it: 429 with Retry-After. 0: no rate limit." default:"33554432"`
 }
 
 // Limits bound what one request may cost the sidecar.
@@ -208,6 +223,9 @@ func (c *Config) Validate() error {
 	}
 	if (c.Fusion.MarkerOpen == "") != (c.Fusion.MarkerClose == "") {
 		bad("fusion.marker_open", "marker_open and marker_close go together")
+	}
+	if c.Documents.MaxDocuments < 0 || c.Documents.MaxBytes < 0 || c.Documents.TenantBytesPerMinute < 0 {
+		bad("documents", "negative limit")
 	}
 	if c.Tenant.Header != "-" && !validHeaderName(c.Tenant.Header) {
 		bad("tenant.header", "%q is not a valid header name", c.Tenant.Header)

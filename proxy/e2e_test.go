@@ -296,7 +296,8 @@ func (s *stack) ingest(base, tenant string) {
 	}
 	body, _ := json.Marshal(docs)
 	req, _ := http.NewRequest("POST", base+DocumentsPath, bytes.NewReader(body))
-	req.Header.Set(HeaderTenant, tenant)
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set(HeaderTenant, tenant) // the trusted gateway header opens the route
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)

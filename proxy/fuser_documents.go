@@ -1,11 +1,20 @@
 package proxy
 
 import (
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
+	"math"
+	"mime"
+	"strconv"
 	"strings"
 	"sync"
+	"time"
+
+	"github.com/fusionrag/fusionrag/fingerprint"
+	"github.com/fusionrag/fusionrag/fusion"
 
 	"github.com/valyala/fasthttp"
 	"go.opentelemetry.io/otel/attribute"
@@ -26,13 +35,18 @@ const (
 	DocumentsPath = "/v1/fusion/documents"
 )
 
+// HeaderAdminKey carries documents.admin_key on POST /v1/fusion/documents.
+const HeaderAdminKey = "X-Fusionrag-Admin-Key"
+
 // WithDocuments mounts the ingest routes. The tenant is derived from the
 // request like the fusion path's (tenant header or API key), so documents
 // are stored under the keys of the tenant that sent them, and a job's status
 // is only shown to the tenant that submitted it. Without it, the routes are
 // forwarded to the engine like any other.
 func WithDocuments(d Documents) Option {
-	return func(p *Proxy) { p.docs = &docsRoutes{d: d, owner: map[string]string{}} }
+	return func(p *Proxy) {
+		p.docs = &docsRoutes{d: d, owner: map[string]string{}, buckets: map[string]*byteBucket{}}
+	}
 }
 
 // docsRoutes remembers which tenant submitted which job (the most recent
@@ -42,6 +56,90 @@ type docsRoutes struct {
 	mu    sync.Mutex
 	owner map[string]string
 	order []string
+
+	bmu     sync.Mutex
+	buckets map[string]*byteBucket // by tenant
+}
+
+// byteBucket is one tenant's token bucket of submission bytes.
+type byteBucket struct {
+	tokens float64
+	last   time.Time
+}
+
+// maxBuckets bounds the tenants whose buckets are remembered; past it, the
+// full ones are forgotten (a full bucket is what a new tenant gets).
+const maxBuckets = 10000
+
+// take spends n bytes of tenant's bucket (refilled at perMinute, holding at
+// most capacity). When it holds too few, nothing is spent and wait says
+// how long until it holds n.
+func (r *docsRoutes) take(tenant string, n, perMinute, capacity int64, now time.Time) (ok bool, wait time.Duration) {
+	if perMinute <= 0 {
+		return true, 0
+	}
+	r.bmu.Lock()
+	defer r.bmu.Unlock()
+	rate := float64(perMinute) / 60 // bytes per second
+	b := r.buckets[tenant]
+	if b == nil {
+		if len(r.buckets) >= maxBuckets {
+			for k, o := range r.buckets {
+				if o.tokens+now.Sub(o.last).Seconds()*rate >= float64(capacity) {
+					delete(r.buckets, k)
+				}
+			}
+		}
+		b = &byteBucket{tokens: float64(capacity), last: now}
+		r.buckets[tenant] = b
+	}
+	b.tokens = math.Min(float64(capacity), b.tokens+now.Sub(b.last).Seconds()*rate)
+	b.last = now
+	if b.tokens < float64(n) {
+		return false, time.Duration((float64(n) - b.tokens) / rate * float64(time.Second))
+	}
+	b.tokens -= float64(n)
+	return true, 0
+}
+
+// documentTypes are the media types a submission may have: JSON and JSONL.
+// Anything else (text/plain, form encodings: what a web page can post
+// cross-site without a preflight) is refused with 415.
+var documentTypes = map[string]bool{
+	"application/json": true, "application/jsonl": true, "application/x-jsonlines": true,
+	"application/jsonlines": true, "application/x-ndjson": true, "application/ndjson": true,
+}
+
+// admitSubmission decides whether a POST may submit documents, before its
+// body is read: the route is closed unless the request carries
+// documents.admin_key or a trusted tenant header; the body must be JSON or
+// JSONL and within documents.max_bytes. It returns 0 or the status and
+// message of the refusal.
+func (p *Proxy) admitSubmission(h *fasthttp.RequestHeader, source string) (int, string, string) {
+	dc := p.cfg.Documents
+	key := h.Peek(HeaderAdminKey)
+	switch {
+	case source == fingerprint.TenantFromHeader:
+		// The trusted gateway vouches for the tenant.
+	case dc.AdminKey != "" && len(key) > 0 && subtle.ConstantTimeCompare(key, []byte(dc.AdminKey)) == 1:
+	case dc.AdminKey == "" && p.cfg.Tenant.Header == "-":
+		return fasthttp.StatusForbidden, "permission_denied", "POST " + DocumentsPath + " is closed: set documents.admin_key (sent in " +
+			HeaderAdminKey + ") or tenant.header (a trusted gateway's tenant header) to open it"
+	case len(key) > 0:
+		return fasthttp.StatusForbidden, "permission_denied", "wrong " + HeaderAdminKey
+	default:
+		return fasthttp.StatusUnauthorized, "unauthorized", "POST " + DocumentsPath + " needs " + HeaderAdminKey + " or the trusted tenant header"
+	}
+	mt, _, err := mime.ParseMediaType(string(h.ContentType()))
+	if err != nil || !documentTypes[mt] {
+		return fasthttp.StatusUnsupportedMediaType, "unsupported_media_type",
+			fmt.Sprintf("Content-Type %q: documents are application/json or application/jsonl", h.ContentType())
+	}
+	if cl := h.ContentLength(); dc.MaxBytes > 0 && int64(cl) > dc.MaxBytes {
+		return fasthttp.StatusRequestEntityTooLarge, "request_too_large",
+			fmt.Sprintf("submission of %d bytes is over documents.max_bytes (%d)", cl, dc.MaxBytes)
+	}
+	return 0, "", ""
 }
 
 const maxJobOwners = 10000
@@ -100,7 +198,14 @@ func (p *Proxy) serveDocuments(ctx *fasthttp.RequestCtx, x *exchange) bool {
 			status, body = fasthttp.StatusNotFound, []byte(`{"error":"unknown job"}`)
 		}
 	} else {
-		b, err := p.readWhole(ctx)
+		if st, code, msg := p.admitSubmission(h, source); st != 0 {
+			ctx.SetConnectionClose()
+			writeError(ctx, st, "invalid_request_error", code, msg)
+			x.firstByte()
+			x.finish(nil)
+			return true
+		}
+		b, err := p.readWhole(ctx, p.cfg.Documents.MaxBytes)
 		if err != nil {
 			code, st := "bad_request", fasthttp.StatusBadRequest
 			if errors.Is(err, errBodyTooLarge) {
@@ -108,6 +213,19 @@ func (p *Proxy) serveDocuments(ctx *fasthttp.RequestCtx, x *exchange) bool {
 			}
 			ctx.SetConnectionClose()
 			writeError(ctx, st, "invalid_request_error", code, err.Error())
+			x.firstByte()
+			x.finish(nil)
+			return true
+		}
+		if st, msg, retry := p.limitSubmission(tenant, b); st != 0 {
+			code := "request_too_large"
+			if st == fasthttp.StatusTooManyRequests {
+				code = "rate_limit_exceeded"
+			}
+			writeError(ctx, st, "invalid_request_error", code, msg)
+			if retry > 0 {
+				ctx.Response.Header.Set("Retry-After", strconv.Itoa(retry))
+			}
 			x.firstByte()
 			x.finish(nil)
 			return true
@@ -125,14 +243,42 @@ func (p *Proxy) serveDocuments(ctx *fasthttp.RequestCtx, x *exchange) bool {
 	return true
 }
 
-// readWhole reads a request body of any size up to MaxRequestBody.
-func (p *Proxy) readWhole(ctx *fasthttp.RequestCtx) ([]byte, error) {
+// limitSubmission applies the per-tenant quotas to a read submission:
+// documents.tenant_bytes_per_minute (429 with Retry-After) and
+// documents.max_documents (413). It returns 0 or the refusal, with the
+// seconds to wait for a 429.
+func (p *Proxy) limitSubmission(tenant string, body []byte) (int, string, int) {
+	dc := p.cfg.Documents
+	ok, wait := p.docs.take(tenant, int64(len(body)), dc.TenantBytesPerMinute, max(dc.TenantBytesPerMinute, dc.MaxBytes), time.Now())
+	if !ok {
+		secs := max(1, int(math.Ceil(wait.Seconds())))
+		return fasthttp.StatusTooManyRequests, fmt.Sprintf("this tenant's submissions are over documents.tenant_bytes_per_minute (%d); retry in %d s",
+			dc.TenantBytesPerMinute, secs), secs
+	}
+	if dc.MaxDocuments > 0 {
+		// The queue parses the body again; the count is checked here so
+		// that the refusal is the same whatever the queue does.
+		if docs, err := fusion.ParseDocuments(body); err == nil && len(docs) > dc.MaxDocuments {
+			return fasthttp.StatusRequestEntityTooLarge, fmt.Sprintf("%d documents in one submission, over documents.max_documents (%d)",
+				len(docs), dc.MaxDocuments), 0
+		}
+	}
+	return 0, "", 0
+}
+
+// readWhole reads a request body of any size up to MaxRequestBody and
+// limit (when positive).
+func (p *Proxy) readWhole(ctx *fasthttp.RequestCtx, limit int64) ([]byte, error) {
+	n := p.cfg.Limits.MaxRequestBody
+	if limit > 0 && (n <= 0 || limit < n) {
+		n = limit
+	}
 	cl := ctx.Request.Header.ContentLength()
+	if int64(cl) > n {
+		return nil, errBodyTooLarge
+	}
 	if cl >= 0 && cl <= p.cfg.Limits.BufferBody {
 		return append([]byte(nil), ctx.Request.Body()...), nil
 	}
-	if int64(cl) > p.cfg.Limits.MaxRequestBody {
-		return nil, errBodyTooLarge
-	}
-	return io.ReadAll(&limitReader{r: ctx.RequestBodyStream(), n: p.cfg.Limits.MaxRequestBody})
+	return io.ReadAll(&limitReader{r: ctx.RequestBodyStream(), n: n})
 }

@@ -123,11 +123,12 @@ func TestTenantHeaderTrust(t *testing.T) {
 			if tt.configured != "" {
 				cfg.Tenant.Header = tt.configured
 			}
+			cfg.Documents.AdminKey = "admin"
 			_, base := startProxy(t, cfg, WithFuser(tr), WithDocuments(tr))
 			if code, body := post(t, base+"/v1/completions", `{"model":"m","prompt":"p"}`, tt.hdr...); code != 200 {
 				t.Fatalf("completions: %d %s", code, body)
 			}
-			if code, body := post(t, base+DocumentsPath, `[]`, tt.hdr...); code != http.StatusAccepted {
+			if code, body := post(t, base+DocumentsPath, `[]`, append([]string{HeaderAdminKey, "admin"}, tt.hdr...)...); code != http.StatusAccepted {
 				t.Fatalf("documents: %d %s", code, body)
 			}
 			want := map[string]string{}
