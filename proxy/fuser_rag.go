@@ -144,8 +144,17 @@ func NewRAGFuser(cfg FuserConfig) (*RAGFuser, error) {
 	}
 	f.tokFP = fingerprint.TokenizerFingerprint([]byte(f.tok.Fingerprint()))
 	f.maxPromptBytes = promptByteBound(f.tok, cfg.Model.Config.MaxPositions)
-	if cfg.Store != nil {
-		f.source = &recompute.StoreSource{Store: cfg.Store}
+	if st := cfg.Store; st != nil {
+		// A shared store alone (one Redis URL) goes behind a tiered store
+		// too, so that its outage is a miss with backoff, never a fusion
+		// failure that counts against the breaker (kvstore.Tiered). Local
+		// tiers are left as they are (a tiered store copies mapped blobs).
+		if _, shared := st.(kvstore.Leaser); shared {
+			if _, tiered := st.(*kvstore.Tiered); !tiered {
+				st = kvstore.NewTiered(st) // not closed by the fuser: cfg.Store's owner closes it
+			}
+		}
+		f.source = &recompute.StoreSource{Store: st}
 	}
 	return f, nil
 }

@@ -134,3 +134,33 @@ func TestRedisDownIsAMiss(t *testing.T) {
 		t.Errorf("chunks computed during the outage: %+v, want 2 hits from mem/disk", plan.Stats)
 	}
 }
+
+// TestRedisAloneDownIsAMiss: a store of one Redis URL (the compose
+// default) is put behind a tiered store by the fuser, so that Redis killed
+// is a miss too: the chunks are computed, Fuse does not fail.
+func TestRedisAloneDownIsAMiss(t *testing.T) {
+	fe := newFuserEnv(t, nil)
+	srv := redistest.Start(t)
+	st, err := kvstore.Open("redis://" + srv.Addr + "/0?timeout=500ms")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	cfg := DefaultConfig()
+	cfg.Upstream = fe.engine
+	cfg.Fusion.MaxMissingFraction = 1
+	f, err := NewRAGFuser(FuserConfig{Proxy: cfg, Model: fe.f.m, Store: st, Engine: fe.f.eng.Engine})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Kill()
+	body := `{"messages":[{"role":"system","content":"You tell stories."},{"role":"user","content":[{"type":"text","text":` +
+		jsonString("Document: A\n"+storyA) + `},{"type":"text","text":"Once upon a time"}]}],"max_tokens":2}`
+	for i := range 3 {
+		p, err := f.Fuse(context.Background(), fe.request(t, RouteChat, body, "t"))
+		if err != nil {
+			t.Fatalf("Fuse %d with the only store down: %v, want the chunk computed", i, err)
+		}
+		p.release()
+	}
+}
