@@ -90,3 +90,12 @@ func tierFailed(ctx context.Context, err error) bool {
 	}
 	return ctx.Err() == nil
 }
+
+// shardedTier is a tier whose failures are one shard's, not the whole
+// tier's: a Redis Cluster with a master lost fails the keys of its slots
+// only. Marking the tier down would skip the live shards too, so its
+// failures are left to the tier (reads of a lost shard are misses,
+// *UnavailableError).
+type shardedTier interface{ sharded() bool }
+
+func (r *Redis) sharded() bool { return r.cluster }

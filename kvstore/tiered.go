@@ -18,7 +18,8 @@ import (
 // error) is marked down and skipped, as a miss for reads and not written,
 // for a backoff interval (DefaultTierBackoff doubling up to
 // DefaultTierBackoffMax); then one caller probes it and a success brings it
-// back. A read that finds no blob is a miss (it matches ErrNotFound) even
+// back (a Redis Cluster tier is never marked down as a whole: its failures
+// are one shard's). A read that finds no blob is a miss (it matches ErrNotFound) even
 // when a tier failed: for a cache a tier that is down is a miss of that tier,
 // never a failure of the request that asked (TierStats.Down and Skips count
 // it).
@@ -57,6 +58,9 @@ func (t *Tiered) call(ctx context.Context, i int, op string, f func() error) err
 		return &TierError{Tier: tierName(t.tiers[i]), Op: op, Err: ErrTierDown}
 	}
 	err := f()
+	if st, ok := t.tiers[i].(shardedTier); ok && st.sharded() {
+		return err
+	}
 	if tierFailed(ctx, err) {
 		h.fail(t.backoff, t.backoffMax)
 	} else if ctx.Err() == nil {

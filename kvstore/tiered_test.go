@@ -278,3 +278,34 @@ func TestTieredHealthBackoff(t *testing.T) {
 		t.Errorf("downs %d skips %d, want 1 and 2", h.downs.Load(), h.skips.Load())
 	}
 }
+
+// failingTier fails every call; sharded says whether its failures are one
+// shard's (a Redis Cluster's).
+type failingTier struct {
+	Store
+	shard bool
+}
+
+var errTierBroken = errors.New("tier broken")
+
+func (f *failingTier) Get(context.Context, fingerprint.Key, fingerprint.Check) (*Blob, error) {
+	return nil, errTierBroken
+}
+func (f *failingTier) sharded() bool { return f.shard }
+
+// TestTieredShardedNotDown: a failing tier is marked down, unless its
+// failures are one shard's (a cluster): then the live shards stay in use.
+func TestTieredShardedNotDown(t *testing.T) {
+	ctx := ctxT(t)
+	for _, shard := range []bool{false, true} {
+		m, _ := NewMem(MemConfig{MaxBytes: 1 << 20})
+		ts := NewTiered(m, &failingTier{Store: m, shard: shard})
+		k, c := wantOf(9, 3)
+		if _, err := ts.Get(ctx, k, c); !errors.Is(err, ErrNotFound) || !errors.Is(err, errTierBroken) {
+			t.Errorf("sharded %v: got %v, want a miss carrying the cause", shard, err)
+		}
+		if down := ts.health[1].down(); down == shard {
+			t.Errorf("sharded %v: tier down = %v", shard, down)
+		}
+	}
+}
