@@ -18,7 +18,7 @@ var ErrTierDown = errors.New("kvstore: tier down, retried after a backoff")
 // DefaultTierBackoffMax.
 const (
 	DefaultTierBackoff    = 500 * time.Millisecond
-	DefaultTierBackoffMax = 30 * time.Second
+	DefaultTierBackoffMax = 5 * time.Second
 )
 
 // health is one tier's availability as a tiered store sees it. A tier that
@@ -38,17 +38,17 @@ type health struct {
 }
 
 // allow reports whether a call may be made to the tier now: it is healthy,
-// or its backoff passed and this caller is the probe.
-func (h *health) allow() bool {
+// or its backoff passed and this caller is the probe (probe is true).
+func (h *health) allow() (ok, probe bool) {
 	d := h.downUntil.Load()
 	if d == 0 {
-		return true
+		return true, false
 	}
 	if time.Now().UnixNano() >= d && h.probing.CompareAndSwap(false, true) {
-		return true
+		return true, true
 	}
 	h.skips.Add(1)
-	return false
+	return false, false
 }
 
 // ok records a call that succeeded or missed: the tier answers.
@@ -63,18 +63,24 @@ func (h *health) ok() {
 	h.mu.Unlock()
 }
 
-// fail records a failure of the tier: down for the next backoff interval.
-func (h *health) fail(lo, hi time.Duration) {
+// fail records a failure of the tier: down for the next backoff interval,
+// lo after a healthy spell, doubled (up to hi) when the probe fails. The
+// calls that were in flight when the tier went down fail too; they change
+// nothing (doubling on each would take the backoff to hi at once).
+func (h *health) fail(probe bool, lo, hi time.Duration) {
 	h.mu.Lock()
-	if h.backoff == 0 {
+	defer h.mu.Unlock()
+	switch {
+	case h.backoff == 0:
 		h.downs.Add(1)
 		h.backoff = lo
-	} else {
+	case probe:
 		h.backoff = min(2*h.backoff, hi)
+	default:
+		return
 	}
 	h.downUntil.Store(time.Now().Add(h.backoff).UnixNano())
 	h.probing.Store(false)
-	h.mu.Unlock()
 }
 
 // down reports whether the tier is being skipped.

@@ -16,8 +16,8 @@ import (
 //
 // A tier that fails (an error that is not a miss: Redis killed, a disk
 // error) is marked down and skipped, as a miss for reads and not written,
-// for a backoff interval (DefaultTierBackoff doubling up to
-// DefaultTierBackoffMax); then one caller probes it and a success brings it
+// for a backoff interval (DefaultTierBackoff, doubled by each failed probe
+// up to DefaultTierBackoffMax); then one caller probes it and a success brings it
 // back (a Redis Cluster tier is never marked down as a whole: its failures
 // are one shard's). A read that finds no blob is a miss (it matches ErrNotFound) even
 // when a tier failed: for a cache a tier that is down is a miss of that tier,
@@ -54,18 +54,20 @@ func (t *Tiered) SetBackoff(first, max time.Duration) {
 // the outcome in the tier's health.
 func (t *Tiered) call(ctx context.Context, i int, op string, f func() error) error {
 	h := &t.health[i]
-	if !h.allow() {
+	ok, probe := h.allow()
+	if !ok {
 		return &TierError{Tier: tierName(t.tiers[i]), Op: op, Err: ErrTierDown}
 	}
 	err := f()
 	if st, ok := t.tiers[i].(shardedTier); ok && st.sharded() {
 		return err
 	}
-	if tierFailed(ctx, err) {
-		h.fail(t.backoff, t.backoffMax)
-	} else if ctx.Err() == nil {
+	switch {
+	case tierFailed(ctx, err):
+		h.fail(probe, t.backoff, t.backoffMax)
+	case ctx.Err() == nil:
 		h.ok()
-	} else {
+	case probe:
 		h.probing.Store(false) // the caller gave up: let another probe
 	}
 	return err

@@ -244,34 +244,42 @@ func TestTieredRedisDown(t *testing.T) {
 // caller probes it when it passes (others keep skipping), a failed probe
 // doubles the backoff up to the maximum and a good one clears it.
 func TestTieredHealthBackoff(t *testing.T) {
+	const lo, hi = 30 * time.Millisecond, 50 * time.Millisecond
 	var h health
-	if !h.allow() {
+	if ok, _ := h.allow(); !ok {
 		t.Fatal("healthy tier not allowed")
 	}
-	h.fail(30*time.Millisecond, 50*time.Millisecond)
-	if h.allow() || !h.down() {
+	h.fail(false, lo, hi)
+	// Calls in flight when it went down fail too: no doubling.
+	for range 5 {
+		h.fail(false, lo, hi)
+	}
+	if ok, _ := h.allow(); ok || !h.down() {
 		t.Fatal("failed tier allowed within its backoff")
 	}
 	time.Sleep(40 * time.Millisecond)
-	if !h.allow() {
-		t.Fatal("no probe after the backoff")
+	ok, probe := h.allow()
+	if !ok || !probe {
+		t.Fatal("no probe after the backoff (in-flight failures doubled it?)")
 	}
-	if h.allow() {
+	if ok, _ := h.allow(); ok {
 		t.Fatal("a second probe while one is in flight")
 	}
-	h.fail(30*time.Millisecond, 50*time.Millisecond)
+	h.fail(true, lo, hi)
 	h.mu.Lock()
 	got := h.backoff
 	h.mu.Unlock()
-	if got != 50*time.Millisecond {
-		t.Errorf("backoff after a failed probe %v, want 50ms (doubled, capped)", got)
+	if got != hi {
+		t.Errorf("backoff after a failed probe %v, want %v (doubled, capped)", got, hi)
 	}
 	time.Sleep(60 * time.Millisecond)
-	if !h.allow() {
+	if ok, _ := h.allow(); !ok {
 		t.Fatal("no probe after the second backoff")
 	}
 	h.ok()
-	if h.down() || !h.allow() || !h.allow() {
+	ok1, _ := h.allow()
+	ok2, _ := h.allow()
+	if h.down() || !ok1 || !ok2 {
 		t.Error("tier not healthy after a good probe")
 	}
 	if h.downs.Load() != 1 || h.skips.Load() != 2 {
