@@ -2,6 +2,7 @@ package model
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math"
 	"os"
@@ -271,36 +272,15 @@ func (m *Model) bindGGUF(f *ggufFile) error {
 		m.manifest = append(m.manifest, tensorInfo{Name: name, DType: t.Type.String(), Shape: shape, raw: t.Data})
 		return d
 	}
-	m.tokEmb = get("token_embd.weight", c.Vocab, c.Dim)
-	m.layers = make([]layerWeights, c.Layers)
-	for i := range m.layers {
-		p := fmt.Sprintf("blk.%d.", i)
-		w := &m.layers[i]
-		w.attnNorm = get(p+"attn_norm.weight", c.Dim)
-		w.wq = get(p+"attn_q.weight", c.QDim(), c.Dim)
-		w.wk = get(p+"attn_k.weight", c.KVDim(), c.Dim)
-		w.wv = get(p+"attn_v.weight", c.KVDim(), c.Dim)
-		if c.QKVBias {
-			w.bq = get(p+"attn_q.bias", c.QDim())
-			w.bk = get(p+"attn_k.bias", c.KVDim())
-			w.bv = get(p+"attn_v.bias", c.KVDim())
+	// The weights are named as in Hugging Face checkpoints; llama.cpp's
+	// names are the writer's translation of them (ggufTensorName).
+	if err := m.bindWeights(func(hf string, shape ...int) []float32 {
+		name, ok := ggufTensorName(hf)
+		if !ok {
+			panic("model: no GGUF name for weight " + hf) // broken invariant: bindWeights and ggufTensorName disagree
 		}
-		w.wo = get(p+"attn_output.weight", c.Dim, c.QDim())
-		w.ffnNorm = get(p+"ffn_norm.weight", c.Dim)
-		w.w1 = get(p+"ffn_gate.weight", c.HiddenDim, c.Dim)
-		w.w3 = get(p+"ffn_up.weight", c.HiddenDim, c.Dim)
-		w.w2 = get(p+"ffn_down.weight", c.Dim, c.HiddenDim)
-		if len(errs) > 0 {
-			return errs[0]
-		}
-	}
-	m.norm = get("output_norm.weight", c.Dim)
-	if c.TiedEmbeddings {
-		m.cls = m.tokEmb
-	} else {
-		m.cls = get("output.weight", c.Vocab, c.Dim)
-	}
-	if len(errs) > 0 {
+		return get(name, shape...)
+	}, func() error { return errors.Join(errs...) }); err != nil {
 		return errs[0]
 	}
 	for _, t := range f.Tensors {

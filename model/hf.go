@@ -2,6 +2,7 @@ package model
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -163,6 +164,45 @@ func loadHF(dir string) (*Model, error) {
 	return m, nil
 }
 
+// bindWeights fills the model's weights, every one the config implies,
+// from get, which is asked for each by its Hugging Face name and row-major
+// shape and records its own failures; failed reports them. It stops at the
+// end of the first layer (or of the model) with a failure and returns it.
+// Loaders of other formats translate the names (bindGGUF).
+func (m *Model) bindWeights(get func(name string, shape ...int) []float32, failed func() error) error {
+	c := m.Config
+	m.tokEmb = get("model.embed_tokens.weight", c.Vocab, c.Dim)
+	m.layers = make([]layerWeights, c.Layers)
+	for i := range m.layers {
+		p := fmt.Sprintf("model.layers.%d.", i)
+		w := &m.layers[i]
+		w.attnNorm = get(p+"input_layernorm.weight", c.Dim)
+		w.wq = get(p+"self_attn.q_proj.weight", c.QDim(), c.Dim)
+		w.wk = get(p+"self_attn.k_proj.weight", c.KVDim(), c.Dim)
+		w.wv = get(p+"self_attn.v_proj.weight", c.KVDim(), c.Dim)
+		if c.QKVBias {
+			w.bq = get(p+"self_attn.q_proj.bias", c.QDim())
+			w.bk = get(p+"self_attn.k_proj.bias", c.KVDim())
+			w.bv = get(p+"self_attn.v_proj.bias", c.KVDim())
+		}
+		w.wo = get(p+"self_attn.o_proj.weight", c.Dim, c.QDim())
+		w.ffnNorm = get(p+"post_attention_layernorm.weight", c.Dim)
+		w.w1 = get(p+"mlp.gate_proj.weight", c.HiddenDim, c.Dim)
+		w.w3 = get(p+"mlp.up_proj.weight", c.HiddenDim, c.Dim)
+		w.w2 = get(p+"mlp.down_proj.weight", c.Dim, c.HiddenDim)
+		if err := failed(); err != nil {
+			return err
+		}
+	}
+	m.norm = get("model.norm.weight", c.Dim)
+	if c.TiedEmbeddings {
+		m.cls = m.tokEmb
+	} else {
+		m.cls = get("lm_head.weight", c.Vocab, c.Dim)
+	}
+	return failed()
+}
+
 // bindHF takes every weight the config implies from the set, checking names,
 // shapes and dtypes.
 func (m *Model) bindHF(set *safetensors.Set) error {
@@ -197,43 +237,13 @@ func (m *Model) bindHF(set *safetensors.Set) error {
 		return f, nil
 	}
 	var errs []error
-	must := func(name string, shape ...int) []float32 {
+	if err := m.bindWeights(func(name string, shape ...int) []float32 {
 		f, err := get(name, shape...)
 		if err != nil {
 			errs = append(errs, err)
 		}
 		return f
-	}
-	m.tokEmb = must("model.embed_tokens.weight", c.Vocab, c.Dim)
-	m.layers = make([]layerWeights, c.Layers)
-	for i := range m.layers {
-		p := fmt.Sprintf("model.layers.%d.", i)
-		w := &m.layers[i]
-		w.attnNorm = must(p+"input_layernorm.weight", c.Dim)
-		w.wq = must(p+"self_attn.q_proj.weight", c.QDim(), c.Dim)
-		w.wk = must(p+"self_attn.k_proj.weight", c.KVDim(), c.Dim)
-		w.wv = must(p+"self_attn.v_proj.weight", c.KVDim(), c.Dim)
-		if c.QKVBias {
-			w.bq = must(p+"self_attn.q_proj.bias", c.QDim())
-			w.bk = must(p+"self_attn.k_proj.bias", c.KVDim())
-			w.bv = must(p+"self_attn.v_proj.bias", c.KVDim())
-		}
-		w.wo = must(p+"self_attn.o_proj.weight", c.Dim, c.QDim())
-		w.ffnNorm = must(p+"post_attention_layernorm.weight", c.Dim)
-		w.w1 = must(p+"mlp.gate_proj.weight", c.HiddenDim, c.Dim)
-		w.w3 = must(p+"mlp.up_proj.weight", c.HiddenDim, c.Dim)
-		w.w2 = must(p+"mlp.down_proj.weight", c.Dim, c.HiddenDim)
-		if len(errs) > 0 {
-			return errs[0]
-		}
-	}
-	m.norm = must("model.norm.weight", c.Dim)
-	if c.TiedEmbeddings {
-		m.cls = m.tokEmb
-	} else {
-		m.cls = must("lm_head.weight", c.Vocab, c.Dim)
-	}
-	if len(errs) > 0 {
+	}, func() error { return errors.Join(errs...) }); err != nil {
 		return errs[0]
 	}
 	for name := range set.Tensors {
