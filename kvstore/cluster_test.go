@@ -297,23 +297,10 @@ func TestClusterFailover(t *testing.T) {
 		putFails, unavailNs           atomic.Int64
 		firstFail                     atomic.Value
 	)
-	killed, recovered := make(chan struct{}), make(chan struct{})
-	var recoveredAt time.Duration
 	t0 := time.Now()
-	go func() {
-		// Kill after a quarter of the requests, then wait for the replica.
-		for next.Load() < requests/4 {
-			time.Sleep(time.Millisecond)
-		}
-		c.Nodes[victim].Kill()
-		close(killed)
-		tk := time.Now()
-		if err := c.Cluster.WaitOK(20 * time.Second); err != nil {
-			t.Error(err)
-		}
-		recoveredAt = time.Since(tk)
-		close(recovered)
-	}()
+	// Kill after a quarter of the requests, then wait for the replica.
+	fo := c.KillWhen(victim, func() bool { return next.Load() >= requests/4 })
+	recovered := fo.Recovered
 	var wg sync.WaitGroup
 	for s := range sidecars {
 		wg.Add(1)
@@ -371,7 +358,7 @@ func TestClusterFailover(t *testing.T) {
 	<-recovered
 	t.Logf("%d requests from %d sidecars in %v: %d hits, %d misses (%d unavailable shard, %d after recovery), %d puts failed, %d failed; %d of %d keys on the killed master; failover took %v; lost-slot hits after recovery %d; an unavailable read took %v on average",
 		requests, sidecars, time.Since(t0).Round(time.Millisecond), hits.Load(), misses.Load(), unavail.Load(), lateUnavail.Load(),
-		putFails.Load(), failed.Load(), len(lost), keys, recoveredAt.Round(time.Millisecond), lostHitsAfter.Load(),
+		putFails.Load(), failed.Load(), len(lost), keys, fo.Took.Round(time.Millisecond), lostHitsAfter.Load(),
 		time.Duration(unavailNs.Load()/max(1, unavail.Load())).Round(time.Millisecond))
 	if failed.Load() != 0 {
 		t.Fatalf("%d failed requests, first: %v", failed.Load(), firstFail.Load())

@@ -57,22 +57,9 @@ func TestE2EClusterFailover(t *testing.T) {
 
 	var next, failed atomic.Int64
 	var firstErr atomic.Value
-	killed, recovered := make(chan struct{}), make(chan struct{})
-	var failover time.Duration
 	var tailFused atomic.Int64
-	go func() {
-		for next.Load() < requests/4 {
-			time.Sleep(time.Millisecond)
-		}
-		c.Nodes[masters[0]].Kill()
-		close(killed)
-		t0 := time.Now()
-		if err := c.Cluster.WaitOK(20 * time.Second); err != nil {
-			t.Error(err)
-		}
-		failover = time.Since(t0)
-		close(recovered)
-	}()
+	fo := c.KillWhen(masters[0], func() bool { return next.Load() >= requests/4 })
+	recovered := fo.Recovered
 	var wg sync.WaitGroup
 	t0 := time.Now()
 	for w := range 4 {
@@ -116,7 +103,7 @@ func TestE2EClusterFailover(t *testing.T) {
 		fallbacks += sumPrefix(m, "fusionrag_proxy_fallbacks_total") - sumPrefix(before[k], "fusionrag_proxy_fallbacks_total")
 	}
 	t.Logf("%d requests to 2 sidecars in %v: %d failed; %v fused, %v chunk misses, %v fallbacks; failover %v; fused in the last 100: %d",
-		requests, time.Since(t0).Round(time.Millisecond), failed.Load(), fused, misses, fallbacks, failover.Round(time.Millisecond), tailFused.Load())
+		requests, time.Since(t0).Round(time.Millisecond), failed.Load(), fused, misses, fallbacks, fo.Took.Round(time.Millisecond), tailFused.Load())
 	if failed.Load() != 0 {
 		t.Fatalf("%d requests failed; first: %v", failed.Load(), firstErr.Load())
 	}

@@ -53,21 +53,8 @@ func TestClusterFailoverRecompute(t *testing.T) {
 
 	var next, failed, outageMisses, tailMisses atomic.Int64
 	var firstErr atomic.Value
-	killed, recovered := make(chan struct{}), make(chan struct{})
-	var failover time.Duration
-	go func() {
-		for next.Load() < requests/4 {
-			time.Sleep(time.Millisecond)
-		}
-		c.Nodes[victim].Kill()
-		close(killed)
-		t0 := time.Now()
-		if err := c.Cluster.WaitOK(20 * time.Second); err != nil {
-			t.Error(err)
-		}
-		failover = time.Since(t0)
-		close(recovered)
-	}()
+	fo := c.KillWhen(victim, func() bool { return next.Load() >= requests/4 })
+	killed, recovered := fo.Killed, fo.Recovered
 	var wg sync.WaitGroup
 	t0 := time.Now()
 	for s := range reps {
@@ -106,7 +93,7 @@ func TestClusterFailoverRecompute(t *testing.T) {
 	wg.Wait()
 	<-recovered
 	t.Logf("%d requests from 2 sidecars in %v: %d failed, %d chunks computed after the kill (lost slots), %d in the last 200; failover %v",
-		requests, time.Since(t0).Round(time.Millisecond), failed.Load(), outageMisses.Load(), tailMisses.Load(), failover.Round(time.Millisecond))
+		requests, time.Since(t0).Round(time.Millisecond), failed.Load(), outageMisses.Load(), tailMisses.Load(), fo.Took.Round(time.Millisecond))
 	if failed.Load() != 0 {
 		t.Fatalf("%d failed requests, first: %v", failed.Load(), firstErr.Load())
 	}

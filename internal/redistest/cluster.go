@@ -75,3 +75,33 @@ func (c *Cluster) WaitOK(d time.Duration) {
 		c.tb.Fatal(err)
 	}
 }
+
+// Failover is a master kill in progress (KillWhen): Killed is closed once
+// the master is dead, Recovered once every slot is served by a live master
+// again; Took, read after Recovered, is how long that took.
+type Failover struct {
+	Killed, Recovered chan struct{}
+	Took              time.Duration
+}
+
+// KillWhen kills the master node victim (SIGKILL) from another goroutine as
+// soon as ready reports true (polled every millisecond), then waits up to
+// 20 s for its replica's promotion; a promotion that does not come is a test
+// error. Callers that wait on Recovered always return.
+func (c *Cluster) KillWhen(victim int, ready func() bool) *Failover {
+	f := &Failover{Killed: make(chan struct{}), Recovered: make(chan struct{})}
+	go func() {
+		defer close(f.Recovered)
+		for !ready() {
+			time.Sleep(time.Millisecond)
+		}
+		c.Nodes[victim].Kill()
+		close(f.Killed)
+		t0 := time.Now()
+		if err := c.Cluster.WaitOK(20 * time.Second); err != nil {
+			c.tb.Error(err)
+		}
+		f.Took = time.Since(t0)
+	}()
+	return f
+}
