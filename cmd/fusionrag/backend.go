@@ -1,10 +1,15 @@
 package main
 
 import (
+	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
+	"strings"
 
 	"github.com/fusionrag/fusionrag/bench"
+	"github.com/fusionrag/fusionrag/internal/llamaserver"
 
 	"github.com/fusionrag/fusionrag/model"
 )
@@ -50,4 +55,36 @@ func (b *benchFlags) timingModel(tokenizer bool) (*model.Model, string, error) {
 		m, err := syntheticSeeded(bench.TTFTModel(), 1, b.backend, tokenizer)
 		return m, "synthetic-llama-31M", err
 	}
+}
+
+// llamaServerFlags are the flags of the harnesses that start llama-server
+// (prefill, llamacpp) as the peer they measure against.
+type llamaServerFlags struct {
+	bin     string
+	threads int
+}
+
+func (l *llamaServerFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&l.bin, "llama-server-bin", llamaserver.Find(),
+		"llama-server binary the harness starts (default $FUSIONRAG_LLAMA_SERVER, else llama-server on PATH)")
+	fs.IntVar(&l.threads, "threads", runtime.GOMAXPROCS(0), "threads of the started llama-server (-t, -tb); the Go side uses GOMAXPROCS")
+}
+
+// serverGGUF is the file llama-server loads for the harness's model m:
+// --model itself when it is a GGUF, else m written as an F32 GGUF into a
+// temporary directory that cleanup removes.
+func (b *benchFlags) serverGGUF(m *model.Model, name string) (path string, cleanup func(), err error) {
+	if strings.HasSuffix(b.model, ".gguf") {
+		return b.model, func() {}, nil
+	}
+	dir, err := os.MkdirTemp("", "fusionrag-bench-gguf-")
+	if err != nil {
+		return "", nil, err
+	}
+	path = filepath.Join(dir, "model.gguf")
+	if err := m.WriteGGUF(path, model.GGUFOptions{Name: name}); err != nil {
+		os.RemoveAll(dir)
+		return "", nil, fmt.Errorf("writing the model as GGUF for llama-server: %w", err)
+	}
+	return path, func() { os.RemoveAll(dir) }, nil
 }

@@ -4,13 +4,10 @@ import (
 	"errors"
 	"flag"
 	"os"
-	"path/filepath"
-	"runtime"
 	"strings"
 	"time"
 
 	"github.com/fusionrag/fusionrag/bench"
-	"github.com/fusionrag/fusionrag/internal/llamaserver"
 	"github.com/fusionrag/fusionrag/model"
 )
 
@@ -26,8 +23,9 @@ func benchLlamaCpp(args []string) error {
 	ratio := fs.Float64("ratio", 15, "recompute ratio of the partial strategies, percent")
 	rounds := fs.Int("rounds", 3, "interleaved rounds per context; the fastest of each method is kept")
 	strategies := fs.String("strategies", "reuse,fusionrag", "sidecar strategies timed against the server's full prefill")
-	bin := fs.String("llama-server-bin", llamaserver.Find(), "llama-server binary (default $FUSIONRAG_LLAMA_SERVER, else llama-server on PATH)")
-	threads := fs.Int("threads", runtime.GOMAXPROCS(0), "llama-server threads (-t, -tb)")
+	var lf llamaServerFlags
+	lf.register(fs)
+	bin, threads := &lf.bin, &lf.threads
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -47,19 +45,15 @@ func benchLlamaCpp(args []string) error {
 	}
 	// Both sides load one GGUF, so that they tokenize alike: the server
 	// the file, the sidecar the model read back from it.
-	gguf, m := bf.model, src
-	if !strings.HasSuffix(bf.model, ".gguf") {
-		dir, err := os.MkdirTemp("", "fusionrag-bench-llamacpp-")
-		if err != nil {
-			return err
-		}
-		defer os.RemoveAll(dir)
-		gguf = filepath.Join(dir, "model.gguf")
-		err = src.WriteGGUF(gguf, model.GGUFOptions{Name: name})
+	gguf, cleanup, err := bf.serverGGUF(src, name)
+	if err != nil {
 		src.Close()
-		if err != nil {
-			return err
-		}
+		return err
+	}
+	defer cleanup()
+	m := src
+	if gguf != bf.model {
+		src.Close()
 		if m, err = model.Load(gguf, model.LoadOptions{Backend: bf.backend, MaxPositions: src.Config.MaxPositions}); err != nil {
 			return err
 		}

@@ -4,14 +4,12 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"path/filepath"
 	"runtime"
 	"strings"
 	"time"
 
 	"github.com/fusionrag/fusionrag/bench"
 	"github.com/fusionrag/fusionrag/internal/llamaserver"
-	"github.com/fusionrag/fusionrag/model"
 )
 
 func init() {
@@ -24,11 +22,11 @@ func benchPrefill(args []string) error {
 	bf.register(fs, "model path (a .gguf to compare with llama-server); default a synthetic 31M-parameter Llama (--quick: 5M)")
 	sizes := fs.String("sizes", "512,1024,2048,4096", "prompt lengths in tokens (--quick: 256,512)")
 	rounds := fs.Int("rounds", 5, "interleaved rounds per size; the fastest of each side is kept")
-	server := fs.String("llama-server", "", "base URL of a llama-server running the same GGUF (its prefill is timed on the same ids)")
-	bin := fs.String("llama-server-bin", llamaserver.Find(),
-		"start this llama-server binary on --model (a .gguf) for the run (default $FUSIONRAG_LLAMA_SERVER, else llama-server on PATH); ignored with --llama-server")
+	server := fs.String("llama-server", "", "base URL of a llama-server running the same GGUF (its prefill is timed on the same ids); none is started then")
+	var lf llamaServerFlags
+	lf.register(fs)
 	serverArgs := fs.String("llama-server-args", "", "extra arguments of the started llama-server, e.g. \"-ctk f32 -ctv f32 -fa off\"")
-	threads := fs.Int("threads", runtime.GOMAXPROCS(0), "threads of the started llama-server (-t, -tb); the Go side uses GOMAXPROCS")
+	bin, threads := &lf.bin, &lf.threads
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -53,19 +51,11 @@ func benchPrefill(args []string) error {
 	defer stop()
 	url, started := *server, false
 	if url == "" && *bin != "" {
-		gguf := bf.model
-		if !strings.HasSuffix(gguf, ".gguf") {
-			// The server loads GGUF only: give it this very model, converted.
-			dir, err := os.MkdirTemp("", "fusionrag-prefill-")
-			if err != nil {
-				return err
-			}
-			defer os.RemoveAll(dir)
-			gguf = filepath.Join(dir, "model.gguf")
-			if err := m.WriteGGUF(gguf, model.GGUFOptions{Name: name}); err != nil {
-				return fmt.Errorf("writing the model as GGUF for llama-server: %w", err)
-			}
+		gguf, cleanup, err := bf.serverGGUF(m, name)
+		if err != nil {
+			return err
 		}
+		defer cleanup()
 		maxN := 0
 		for _, n := range ns {
 			maxN = max(maxN, n)
