@@ -1,0 +1,295 @@
+package proxy
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/fusionrag/fusionrag/engine"
+	"github.com/fusionrag/fusionrag/fingerprint"
+	"github.com/fusionrag/fusionrag/model/tokenizer"
+)
+
+// segmented is a request split on the engine's ids.
+type segmented struct {
+	ids  []int32
+	seg  fingerprint.Segments
+	body []byte // rewritten body (markers stripped); nil: req.Body
+	how  string // "parts", "separator", "markers", "index"
+}
+
+// segment finds S, the chunks and Q on the ids the engine will run for the
+// (possibly rewritten) body.
+func (f *RAGFuser) segment(req *Request) (*segmented, error) {
+	chat := req.Route == RouteChat
+	// Bounds before work (issue 18): a prompt that cannot fit in the
+	// context is skipped on the sidecar's own parse, before the engine's
+	// parse of the body and before it is tokenized (a 7 MB body raised RSS
+	// by ~160 MB, 98 MB of it in EncodeOffsets).
+	if req.Prompt.IsTokens && len(req.Prompt.Tokens) > f.m.Config.MaxPositions || requestTextBytes(req) > f.maxPromptBytes {
+		return nil, Skip(SkipPromptTooLong)
+	}
+	er, err := engine.ParseRequest(req.Body, chat)
+	if err != nil {
+		return nil, Skip(SkipEngineRejects)
+	}
+	p := er.Prompt
+	sg := &segmented{}
+	var text string
+	var cuts []int
+	bos := f.tok.AddBOS() && f.tok.BOS() >= 0
+
+	switch {
+	case p.IsTokens:
+		// Token prompts carry no text: only known chunks can be found.
+	case p.Messages != nil:
+		u := lastUser(p.Messages)
+		if u < 0 {
+			break
+		}
+		msg := p.Messages[u]
+		if !msg.Content.IsString && len(msg.Content.Parts) >= 2 {
+			r, err := f.chat.RenderSpans(p.Messages, true)
+			if err != nil {
+				return nil, Skip(SkipEngineRejects)
+			}
+			if r.Parts == nil || u >= len(r.Parts) {
+				return nil, Skip(SkipTemplateSpans)
+			}
+			parts := make([]fingerprint.Span, len(r.Parts[u]))
+			for i, s := range r.Parts[u] {
+				parts[i] = fingerprint.Span{Begin: s.Begin, End: s.End}
+			}
+			var ok bool
+			if cuts, ok = fingerprint.PartCuts(r.Text, parts); !ok {
+				return nil, Skip(SkipTemplateSpans)
+			}
+			text, sg.how = r.Text, "parts"
+			break
+		}
+		content := joinedText(msg.Content)
+		lay, how, err := f.markers(content)
+		if err != nil {
+			return nil, err
+		}
+		if how == "" {
+			break
+		}
+		if lay.Text != content {
+			p.Messages = slices.Clone(p.Messages)
+			p.Messages[u].Content = tokenizer.Text(lay.Text)
+			if sg.body, err = replaceMessageContent(req.Body, u, lay.Text); err != nil {
+				return nil, err
+			}
+		}
+		r, err := f.chat.RenderSpans(p.Messages, true)
+		if err != nil {
+			return nil, Skip(SkipEngineRejects)
+		}
+		if r.Parts == nil || u >= len(r.Parts) || len(r.Parts[u]) != 1 || r.Parts[u][0].End-r.Parts[u][0].Begin != len(lay.Text) {
+			return nil, Skip(SkipTemplateSpans) // the template trimmed or rewrote the content
+		}
+		base := r.Parts[u][0].Begin
+		for _, c := range lay.Cuts {
+			cuts = append(cuts, base+c)
+		}
+		text, sg.how = r.Text, how
+	default: // completions text prompt
+		lay, how, err := f.markers(p.Text)
+		if err != nil {
+			return nil, err
+		}
+		if how == "" {
+			break
+		}
+		if lay.Text != p.Text {
+			if sg.body, err = replaceMember(req.Body, "prompt", lay.Text); err != nil {
+				return nil, err
+			}
+		}
+		p.Text, text, cuts, sg.how = lay.Text, lay.Text, lay.Cuts, how
+	}
+
+	// The truth: the ids the engine computes for the body it will receive.
+	body := req.Body
+	if sg.body != nil {
+		body = sg.body
+		er2, err := engine.ParseRequest(body, chat)
+		if err != nil {
+			return nil, Skip(SkipEngineRejects)
+		}
+		p = er2.Prompt
+	}
+	ids, err := engine.PromptTokens(f.tok, f.chat, p)
+	if err != nil {
+		return nil, Skip(SkipEngineRejects)
+	}
+	sg.ids = ids
+
+	if sg.how != "" {
+		toks, offs := f.tok.EncodeOffsets(text)
+		if bos && (len(toks) == 0 || toks[0] != f.tok.BOS()) {
+			toks = append([]int32{f.tok.BOS()}, toks...)
+			offs = append([]tokenizer.Span{{}}, offs...)
+		}
+		if !slices.Equal(toks, ids) {
+			return nil, Skip(SkipTokenMismatch)
+		}
+		spans := make([]fingerprint.Span, len(offs))
+		for i, o := range offs {
+			spans[i] = fingerprint.Span{Begin: o.Begin, End: o.End}
+		}
+		if sg.seg, err = fingerprint.Cut(spans, cuts); err != nil {
+			return nil, Skip(SkipNoChunks)
+		}
+	} else {
+		minPrefix := 0
+		if bos {
+			minPrefix = 1
+		}
+		var ok bool
+		// The tenant's own chunks and the shared ones together: segmenting
+		// with one and then the other would cut a prompt that mixes them
+		// at the first index's chunks only, and miss the rest.
+		if sg.seg, ok = fingerprint.SegmentAny(ids, minPrefix, f.seenBy(req.Tenant), &f.index); !ok {
+			return nil, Skip(SkipNoChunks)
+		}
+		sg.how = "index"
+	}
+	if len(sg.seg.Chunks) == 0 {
+		return nil, Skip(SkipNoChunks)
+	}
+	return sg, nil
+}
+
+// promptByteBound is the most bytes of prompt text that positions tokens can
+// cover: positions times the longest vocabulary string, times 4 for
+// normalisation that shortens the input (NFKC maps a 3-byte fullwidth
+// letter to 1 byte) and for vocabulary strings shorter than the bytes they
+// stand for. Loose on purpose: it only has to keep megabytes of text away
+// from the tokenizer, never to skip a prompt that fits.
+func promptByteBound(tok tokenizer.Tokenizer, positions int) int {
+	longest := 1
+	for id := range tok.VocabSize() {
+		longest = max(longest, len(tok.Token(int32(id))))
+	}
+	return positions * longest * 4
+}
+
+// requestTextBytes is the byte length of req's prompt text (the messages'
+// contents summed, or the completions prompt).
+func requestTextBytes(req *Request) int {
+	n := len(req.Prompt.Text)
+	for _, m := range req.Messages {
+		n += len(m.Content)
+		for _, part := range m.Parts {
+			n += len(part.Text)
+		}
+	}
+	return n
+}
+
+// markers applies the configured separator or marker pair to text.
+func (f *RAGFuser) markers(text string) (fingerprint.TextLayout, string, error) {
+	fc := f.cfg.Fusion
+	if fc.MarkerOpen != "" {
+		lay, ok, err := fingerprint.SplitMarkers(text, fc.MarkerOpen, fc.MarkerClose, fc.KeepMarkers)
+		if err != nil {
+			return lay, "", Skip(SkipBadMarkers)
+		}
+		if ok {
+			return lay, "markers", nil
+		}
+	}
+	if fc.Separator != "" {
+		if lay, ok := fingerprint.SplitSeparator(text, fc.Separator, fc.KeepMarkers); ok {
+			return lay, "separator", nil
+		}
+	}
+	return fingerprint.TextLayout{}, "", nil
+}
+
+func lastUser(msgs []tokenizer.Message) int {
+	for i := len(msgs) - 1; i >= 0; i-- {
+		if msgs[i].Role == "user" {
+			return i
+		}
+	}
+	return -1
+}
+
+func joinedText(c tokenizer.Content) string {
+	if len(c.Parts) == 1 {
+		return c.Parts[0].Text
+	}
+	if c.IsString && len(c.Parts) == 0 {
+		return ""
+	}
+	s := ""
+	for i, p := range c.Parts {
+		if i > 0 {
+			s += "\n"
+		}
+		s += p.Text
+	}
+	return s
+}
+
+// replaceMember returns body with the top-level member key set to v.
+func replaceMember(body []byte, key string, v any) ([]byte, error) {
+	raw, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	nb, _, err := removeMember(body, key)
+	if err != nil {
+		return nil, err
+	}
+	return appendMember(nb, key, raw)
+}
+
+// replaceMessageContent returns body with the content of message u (of the
+// top-level "messages" that counts, the last) set to the string text, every
+// other byte as the client sent it: the other members of that message and
+// the other messages (name, tool_calls, null contents...) are not re-encoded,
+// so the engine gets the original request minus the markers.
+func replaceMessageContent(body []byte, u int, text string) ([]byte, error) {
+	ms, err := objectMembers(body)
+	if err != nil {
+		return nil, err
+	}
+	m, ok := lastMember(ms, "messages")
+	if !ok {
+		return nil, errors.New("proxy: no messages to rewrite")
+	}
+	var items []json.RawMessage
+	if err := json.Unmarshal(body[m.valStart:m.valEnd], &items); err != nil {
+		return nil, err
+	}
+	if u < 0 || u >= len(items) {
+		return nil, fmt.Errorf("proxy: message %d of %d", u, len(items))
+	}
+	raw, err := json.Marshal(text)
+	if err != nil {
+		return nil, err
+	}
+	msg, _, err := removeMember(items[u], "content")
+	if err != nil {
+		return nil, err
+	}
+	if items[u], err = appendMember(msg, "content", raw); err != nil {
+		return nil, err
+	}
+	out := make([]byte, 0, len(body)+len(raw))
+	out = append(out, body[:m.valStart]...)
+	out = append(out, '[')
+	for i, it := range items {
+		if i > 0 {
+			out = append(out, ',')
+		}
+		out = append(out, it...)
+	}
+	out = append(out, ']')
+	return append(out, body[m.valEnd:]...), nil
+}
