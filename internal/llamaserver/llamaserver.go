@@ -17,6 +17,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/fusionrag/fusionrag/internal/skiplog"
 )
 
 // Server is a llama-server process started by Start.
@@ -179,6 +181,7 @@ func Bin(tb Skipper) string {
 	if p == "" {
 		msg := "SKIPPING: llama-server not found (set " + EnvBin + " to the binary or put llama-server on PATH; see DESIGN.md, Peers)"
 		fmt.Fprintln(os.Stderr, tb.Name()+": "+msg)
+		skiplog.Record(skiplog.LlamaServer, tb.Name())
 		tb.Skip(msg)
 	}
 	return p

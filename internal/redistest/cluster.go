@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/fusionrag/fusionrag/internal/redisproc"
+	"github.com/fusionrag/fusionrag/internal/skiplog"
 )
 
 // Cluster is a Redis Cluster owned by one test (3 masters and 3 replicas by
@@ -43,6 +44,7 @@ func ClusterInstalled() bool {
 func StartCluster(tb testing.TB, opts ...ClusterOption) *Cluster {
 	tb.Helper()
 	if !ClusterInstalled() {
+		skiplog.Record(skiplog.Redis, tb.Name())
 		tb.Skipf("SKIPPING %s: redis-server or redis-cli not installed (apt-get install redis-server); this test needs a real Redis Cluster and is NOT run", tb.Name())
 	}
 	cfg := redisproc.ClusterConfig{Dir: tb.TempDir()}
@@ -51,6 +53,7 @@ func StartCluster(tb testing.TB, opts ...ClusterOption) *Cluster {
 	}
 	c, err := redisproc.StartCluster(cfg)
 	if errors.Is(err, redisproc.ErrNotInstalled) || errors.Is(err, redisproc.ErrCLINotInstalled) {
+		skiplog.Record(skiplog.Redis, tb.Name())
 		tb.Skipf("SKIPPING %s: %v", tb.Name(), err)
 	}
 	if err != nil {

@@ -15,6 +15,7 @@ import (
 	"testing"
 
 	"github.com/fusionrag/fusionrag/internal/redisproc"
+	"github.com/fusionrag/fusionrag/internal/skiplog"
 )
 
 // Option changes how Start starts the server.
@@ -46,6 +47,7 @@ type Server struct {
 func Start(tb testing.TB, opts ...Option) *Server {
 	tb.Helper()
 	if !Installed() {
+		skiplog.Record(skiplog.Redis, tb.Name())
 		tb.Skipf("SKIPPING %s: redis-server not installed (apt-get install redis-server); this test needs a real Redis and is NOT run", tb.Name())
 	}
 	cfg := redisproc.Config{Dir: tb.TempDir()}
@@ -54,6 +56,7 @@ func Start(tb testing.TB, opts ...Option) *Server {
 	}
 	s, err := redisproc.Start(cfg)
 	if errors.Is(err, redisproc.ErrNotInstalled) {
+		skiplog.Record(skiplog.Redis, tb.Name())
 		tb.Skipf("SKIPPING %s: %v", tb.Name(), err)
 	}
 	if err != nil {

@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/fusionrag/fusionrag/internal/skiplog"
 )
 
 // EnvVar names the variable that points at the data directory.
@@ -43,10 +45,12 @@ func Path(tb testing.TB, rel string) string {
 	tb.Helper()
 	d, ok := Dir()
 	if !ok {
+		skiplog.Record(skiplog.SharedData, tb.Name())
 		tb.Skipf("SKIPPING: reference data not found (set %s or place it at ../shared/data); this test needs %s", EnvVar, rel)
 	}
 	p := filepath.Join(d, rel)
 	if _, err := os.Stat(p); err != nil {
+		skiplog.Record(skiplog.SharedData, tb.Name())
 		tb.Skipf("SKIPPING: reference file %s missing: %v", p, err)
 	}
 	return p

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"unicode/utf8"
 
+	"github.com/fusionrag/fusionrag/internal/skiplog"
 	"github.com/google/go-cmp/cmp"
 )
 
@@ -46,6 +47,7 @@ func loadHFTest(tb testing.TB, name string) *HF {
 	tb.Helper()
 	dir := filepath.Join(tokenizerCache(tb), "tokenizers", name)
 	if _, err := os.Stat(filepath.Join(dir, "tokenizer.json")); err != nil {
+		skiplog.Record(skiplog.Tokenizers, tb.Name())
 		tb.Skipf("SKIPPING: %s/tokenizer.json not found: run scripts/tokenizer-golden/regen.sh (or set FUSIONRAG_TOKENIZERS)", dir)
 	}
 	hfMu.Lock()
