@@ -107,6 +107,8 @@ func New(cfg Config, lm LM, tok tokenizer.Tokenizer, opts ...Option) (*Engine, e
 		e.kv = e.conn
 	}
 	e.sched = newScheduler(e.cfg, lm, tok, e.met)
+	counts := e.sched.counts
+	e.met.counts.Store(&counts)
 	return e, nil
 }
 
@@ -228,9 +230,7 @@ func (e *Engine) route(w http.ResponseWriter, r *http.Request) string {
 		return p
 	case p == "/metrics":
 		if method(http.MethodGet) {
-			w.Header().Set("Content-Type", "text/plain; version=0.0.4")
-			run, wait := e.sched.counts()
-			e.met.write(w, run, wait)
+			e.met.serve(w, r)
 		}
 		return p
 	case p == "/v1/kv":

@@ -351,8 +351,8 @@ func TestMethodsAndInfoRoutes(t *testing.T) {
 	m, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	for _, want := range []string{
-		`fusionrag_engine_requests_total{endpoint="/v1/completions",code="200"} 1`,
-		`fusionrag_engine_requests_total{endpoint="/v1/completions",code="405"} 1`,
+		`fusionrag_engine_requests_total{code="200",endpoint="/v1/completions"} 1`,
+		`fusionrag_engine_requests_total{code="405",endpoint="/v1/completions"} 1`,
 		"fusionrag_engine_generation_tokens_total 2",
 		"fusionrag_engine_time_to_first_token_seconds_count 1",
 	} {
