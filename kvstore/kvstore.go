@@ -11,7 +11,7 @@
 // Stores are opened from URLs; tiers register their scheme with Register:
 //
 //	mem://?max=2GiB&policy=lru|heat
-//	disk:///var/cache/fusionrag?max=50GiB&fsync=0&mmap=1
+//	disk:///var/cache/fusionrag?max=50GiB&fsync=0&mmap=1&rescan=10s
 //	redis://host:6379/0?ttl=24h&part=8MiB&timeout=2s&prefix=fusionrag:kv:&streams=1
 //	redis-cluster://host1:7000,host2:7001,host3:7002/?ttl=24h&part=2MiB&spread=1
 //
@@ -28,6 +28,16 @@
 // Redis and Redis Cluster tiers are Leasers: sidecars sharing a store take
 // a short lease before computing a chunk, so that a burst of one cold chunk
 // computes it once.
+//
+// A disk directory may be shared by several processes at once (serve while
+// ingest writes, two serves): blobs are written to a temporary file and
+// renamed into place, a Get that misses a store's index looks at the file
+// system, a vanished file is a miss, eviction checks that no other process
+// used a file since, and each store resynchronises its index every rescan
+// interval (default 10s). Stats of a shared directory are that process's
+// view, approximate; each process holds what it knows of to max, so the
+// directory can briefly exceed max by what the others wrote since the last
+// rescan (see Disk).
 //
 // Several URLs separated by commas make one tiered store, fastest first.
 package kvstore
@@ -76,8 +86,6 @@ var (
 	ErrTooLarge = errors.New("kvstore: blob larger than the tier's budget")
 	// ErrClosed: the store was closed.
 	ErrClosed = errors.New("kvstore: store closed")
-	// ErrDirLocked: another open disk store holds the directory.
-	ErrDirLocked = errors.New("kvstore: directory in use by another store")
 	// ErrBadURL: a store URL that cannot be opened.
 	ErrBadURL = errors.New("kvstore: bad store URL")
 )

@@ -20,19 +20,23 @@ func mapFile(f *os.File, size int) (data []byte, unmap func() error, err error) 
 	return data, func() error { return unix.Munmap(data) }, nil
 }
 
-// lockDir takes an exclusive advisory lock on dir/LOCK, so that two stores
-// (in this process or another) never share a directory.
-func lockDir(dir string) (unlock func() error, err error) {
-	f, err := os.OpenFile(dir+"/LOCK", os.O_RDWR|os.O_CREATE, 0o644)
-	if err != nil {
-		return nil, err
-	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		f.Close()
-		if err == unix.EWOULDBLOCK {
-			return nil, ErrDirLocked
+// lockFile takes an exclusive flock on f, a temporary file being written,
+// held until f is closed (see Disk.cleanTemp).
+func lockFile(f *os.File) error {
+	for {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX)
+		if err != unix.EINTR {
+			return err
 		}
-		return nil, err
 	}
-	return f.Close, nil // closing the descriptor releases the lock
+}
+
+// tryLockFile takes an exclusive flock on f without waiting: false when
+// another descriptor (a live writer, in any process) holds one.
+func tryLockFile(f *os.File) (bool, error) {
+	err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+	if err == unix.EWOULDBLOCK {
+		return false, nil
+	}
+	return err == nil, err
 }
