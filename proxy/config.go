@@ -95,6 +95,9 @@ type Fusion struct {
 	IgnoreOverrides    bool    `yaml:"ignore_overrides" doc:"Ignore per-request strategy and ratio overrides (the body field is still removed)."`
 	Neighbours         int     `yaml:"neighbours" doc:"Fusion parameter n the chunk KV was ingested with (neighbours fused into each chunk); part of every chunk key, so it must match the ingest's --neighbours." default:"10"`
 	Similarity         string  `yaml:"similarity" doc:"Neighbour similarity the chunk KV was ingested with (bm25, or emb:<model>); part of every chunk key like neighbours." default:"bm25"`
+	NoParagraphs       bool    `yaml:"no_paragraphs" doc:"Turn off the recognition of passages in unmarked prompts (convention d, docs/recognition.md): blocks of text between blank lines, of paragraph_min_tokens tokens or more, anywhere in the rendered prompt (system or user message), are chunks. Chunks met before are still recognised."`
+	ParagraphMinTokens int     `yaml:"paragraph_min_tokens" doc:"Fewest tokens a blank-line block of an unmarked prompt needs to be a chunk; shorter blocks (a metadata line, a rule, Context:) are glue of the chunk after them, or part of S or Q." default:"32"`
+	ParagraphMaxTokens int     `yaml:"paragraph_max_tokens" doc:"Most tokens of one chunk found in an unmarked prompt; a longer block (a whole document) is cut into windows of at most this many tokens on the prompt's own ids, before a word where it can." default:"256"`
 	System             string  `yaml:"system" doc:"System text S that documents ingested through POST /v1/fusion/documents are computed after (BOS alone when empty); chat requests must start with the same system message to hit them."`
 	Adapter            string  `yaml:"adapter" doc:"Engine adapter that receives the assembled KV, one of those registered in the binary: native (this project's engine), llamacpp (an unmodified llama-server: KV restored into a slot the request is pinned to; needs slot_dir, see docs/deploy.md) or passthrough (publishes nothing: every request is forwarded untouched)." default:"native"`
 	AdapterURL         string  `yaml:"adapter_url" doc:"Base URL the adapter talks to (KV info, KV push, slot actions). Empty: the upstream."`
@@ -223,6 +226,9 @@ func (c *Config) Validate() error {
 	}
 	if (c.Fusion.MarkerOpen == "") != (c.Fusion.MarkerClose == "") {
 		bad("fusion.marker_open", "marker_open and marker_close go together")
+	}
+	if c.Fusion.ParagraphMinTokens < 1 || c.Fusion.ParagraphMaxTokens < c.Fusion.ParagraphMinTokens {
+		bad("fusion.paragraph_min_tokens", "%d and paragraph_max_tokens %d: want 1 <= min <= max", c.Fusion.ParagraphMinTokens, c.Fusion.ParagraphMaxTokens)
 	}
 	if c.Documents.MaxDocuments < 0 || c.Documents.MaxBytes < 0 || c.Documents.TenantBytesPerMinute < 0 {
 		bad("documents", "negative limit")

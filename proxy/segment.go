@@ -16,7 +16,7 @@ type segmented struct {
 	ids  []int32
 	seg  fingerprint.Segments
 	body []byte // rewritten body (markers stripped); nil: req.Body
-	how  string // "parts", "separator", "markers", "index"
+	how  string // "parts", "separator", "markers", "index", "paragraphs", "index+paragraphs"
 }
 
 // segment finds S, the chunks and Q on the ids the engine will run for the
@@ -148,19 +148,65 @@ func (f *RAGFuser) segment(req *Request) (*segmented, error) {
 		if bos {
 			minPrefix = 1
 		}
-		var ok bool
 		// The tenant's own chunks and the shared ones together: segmenting
 		// with one and then the other would cut a prompt that mixes them
 		// at the first index's chunks only, and miss the rest.
-		if sg.seg, ok = fingerprint.SegmentAny(ids, minPrefix, f.seenBy(req.Tenant), &f.index); !ok {
+		seen := f.seenBy(req.Tenant)
+		var ok bool
+		if spans, text := f.paragraphOffsets(p, ids); spans != nil {
+			// (c) and (d) together: known chunks where they match,
+			// passages around them.
+			sg.seg, sg.how, ok = fingerprint.SegmentParagraphs(ids, text, spans, minPrefix, f.paragraphs(), seen, &f.index)
+		} else {
+			sg.seg, ok = fingerprint.SegmentAny(ids, minPrefix, seen, &f.index)
+			sg.how = "index"
+		}
+		if !ok {
 			return nil, Skip(SkipNoChunks)
 		}
-		sg.how = "index"
 	}
 	if len(sg.seg.Chunks) == 0 {
 		return nil, Skip(SkipNoChunks)
 	}
 	return sg, nil
+}
+
+// paragraphs is convention (d)'s configuration.
+func (f *RAGFuser) paragraphs() fingerprint.Paragraphs {
+	fc := f.cfg.Fusion
+	return fingerprint.Paragraphs{MinTokens: fc.ParagraphMinTokens, MaxTokens: fc.ParagraphMaxTokens}
+}
+
+// paragraphOffsets returns what convention (d) needs to find passages in an
+// unmarked text or chat prompt: the prompt text the engine tokenizes (a
+// chat prompt rendered with the model's template, every message included)
+// and the byte span of each of ids in it. Nil when (d) is off, for a token
+// prompt, or when encoding the text with offsets does not give exactly ids
+// (then only known chunks, convention c, are looked for).
+func (f *RAGFuser) paragraphOffsets(p engine.Prompt, ids []int32) ([]fingerprint.Span, string) {
+	if f.cfg.Fusion.NoParagraphs || p.IsTokens {
+		return nil, ""
+	}
+	text := p.Text
+	if p.Messages != nil {
+		var err error
+		if text, err = f.chat.Render(p.Messages, true); err != nil {
+			return nil, ""
+		}
+	}
+	toks, offs := f.tok.EncodeOffsets(text)
+	if f.tok.AddBOS() && f.tok.BOS() >= 0 && (len(toks) == 0 || toks[0] != f.tok.BOS()) {
+		toks = append([]int32{f.tok.BOS()}, toks...)
+		offs = append([]tokenizer.Span{{}}, offs...)
+	}
+	if !slices.Equal(toks, ids) {
+		return nil, ""
+	}
+	spans := make([]fingerprint.Span, len(offs))
+	for i, o := range offs {
+		spans[i] = fingerprint.Span{Begin: o.Begin, End: o.End}
+	}
+	return spans, text
 }
 
 // promptByteBound is the most bytes of prompt text that positions tokens can
