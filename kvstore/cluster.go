@@ -100,6 +100,9 @@ func openClusterURL(u *url.URL) (Store, error) {
 			return nil, fmt.Errorf("parameter timeout: %v", err)
 		}
 	}
+	if c.CallTimeout, err = q.deadline(); err != nil {
+		return nil, err
+	}
 	c.Prefix = q.str("prefix", "")
 	if st := q.str("streams", ""); st != "" {
 		if c.Streams, err = strconv.Atoi(st); err != nil {
@@ -190,6 +193,7 @@ func NewRedisCluster(c RedisConfig) (*Redis, error) {
 		o.MaxRetryBackoff = 32 * time.Millisecond
 	}
 	c.ClusterOptions = &o
+	c.fillCallTimeout(o.ReadTimeout)
 	return &Redis{cfg: c, url: "redis-cluster://" + strings.Join(o.Addrs, ","), addr: o.Addrs[0],
 		tier: "redis-cluster", cluster: true, c: redis.NewClusterClient(&o)}, nil
 }

@@ -12,13 +12,17 @@
 //
 //	mem://?max=2GiB&policy=lru|heat
 //	disk:///var/cache/fusionrag?max=50GiB&fsync=0&mmap=1&rescan=10s
-//	redis://host:6379/0?ttl=24h&part=8MiB&timeout=2s&prefix=fusionrag:kv:&streams=1
+//	redis://host:6379/0?ttl=24h&part=8MiB&timeout=2s&deadline=5s&prefix=fusionrag:kv:&streams=1
 //	redis-cluster://host1:7000,host2:7001,host3:7002/?ttl=24h&part=2MiB&spread=1
 //
 // Sizes take B, KB..TB or KiB..TiB; unknown parameters are errors. A Redis
 // URL also passes go-redis's own parameters through (pool_size,
 // read_timeout, max_retries...); by default a Redis failure is not retried,
-// since a failed cache read only means a fallback.
+// since a failed cache read only means a fallback. timeout= sets go-redis's
+// dial, read and write timeouts; deadline= bounds one call of the tier as a
+// whole (default 2 x read timeout + 1 s), so a Redis that hangs (stopped,
+// not dead) costs at most that per call, and a tiered store then skips it
+// as down (TestTieredRedisStalled).
 //
 // A redis-cluster URL lists seed nodes separated by commas (they do not
 // split the spec into tiers) and takes the Redis parameters plus spread

@@ -47,6 +47,9 @@ func openRedisURL(u *url.URL) (Store, error) {
 			return nil, fmt.Errorf("parameter timeout: %v", err)
 		}
 	}
+	if c.CallTimeout, err = q.deadline(); err != nil {
+		return nil, err
+	}
 	c.Prefix = q.str("prefix", "")
 	if st := q.str("streams", ""); st != "" {
 		if c.Streams, err = strconv.Atoi(st); err != nil {
@@ -102,6 +105,14 @@ type RedisConfig struct {
 	PartSize int
 	// Timeout sets the dial, read and write timeouts when non-zero.
 	Timeout time.Duration
+	// CallTimeout bounds one Get, Put, Has or Delete of the tier as a whole:
+	// the wait for a pooled connection, a dial and every round trip (a
+	// caller's earlier deadline still wins). go-redis's timeouts bound each
+	// step, not their sum: against a server that hangs (SIGSTOP, a stuck
+	// host) a call could wait out the pool timeout, then a dial, then a read.
+	// Default: 2 x the read timeout + 1 s (1.6 s with Timeout 300 ms, 11 s
+	// with go-redis's 5 s default); negative: none. URL parameter deadline.
+	CallTimeout time.Duration
 	// Prefix of every key; default "fusionrag:kv:".
 	Prefix string
 	// Streams is how many pipelines (connections) carry the parts of one
@@ -160,6 +171,7 @@ func NewRedis(c RedisConfig) (*Redis, error) {
 		o.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
 	}
 	c.Options = &o
+	c.fillCallTimeout(o.ReadTimeout)
 	return &Redis{cfg: c, url: "redis://" + o.Addr, addr: o.Addr, tier: "redis", c: redis.NewClient(&o)}, nil
 }
 
@@ -187,6 +199,43 @@ func (c *RedisConfig) fill() error {
 		c.Prefix = "fusionrag:kv:"
 	}
 	return nil
+}
+
+// fillCallTimeout sets CallTimeout's default from the client's read
+// timeout (0: go-redis's default, 5 s; negative: none, counted as 5 s).
+func (c *RedisConfig) fillCallTimeout(read time.Duration) {
+	if c.CallTimeout != 0 {
+		return
+	}
+	if read <= 0 {
+		read = 5 * time.Second
+	}
+	c.CallTimeout = 2*read + time.Second
+}
+
+// deadline parses the deadline parameter (CallTimeout): a duration, 0 for
+// none.
+func (q *query) deadline() (time.Duration, error) {
+	s := q.str("deadline", "")
+	if s == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, fmt.Errorf("parameter deadline: %v", err)
+	}
+	if d == 0 {
+		d = -1 // explicit deadline=0: none
+	}
+	return d, nil
+}
+
+// bound returns ctx with the tier's per-call deadline (CallTimeout).
+func (r *Redis) bound(ctx context.Context) (context.Context, context.CancelFunc) {
+	if r.cfg.CallTimeout <= 0 {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, r.cfg.CallTimeout)
 }
 
 // key is the blob's key; its hash tag {hex} puts the blob, its lease and
@@ -285,6 +334,8 @@ func (r *Redis) unavailable(op string, k fingerprint.Key, err error) error {
 
 // Get implements Store.
 func (r *Redis) Get(ctx context.Context, key fingerprint.Key, want fingerprint.Check) (*Blob, error) {
+	ctx, cancel := r.bound(ctx)
+	defer cancel()
 	v, err := r.c.Get(ctx, r.key(key)).Bytes()
 	if errors.Is(err, redis.Nil) {
 		r.misses.Add(1)
@@ -407,6 +458,8 @@ func (r *Redis) readParts(ctx context.Context, key fingerprint.Key, m manifest) 
 
 // Put implements Store.
 func (r *Redis) Put(ctx context.Context, b *Blob) error {
+	ctx, cancel := r.bound(ctx)
+	defer cancel()
 	raw, err := b.Encode()
 	if err != nil {
 		return err
@@ -461,6 +514,8 @@ func (r *Redis) Put(ctx context.Context, b *Blob) error {
 
 // Has implements Store.
 func (r *Redis) Has(ctx context.Context, key fingerprint.Key) (bool, error) {
+	ctx, cancel := r.bound(ctx)
+	defer cancel()
 	n, err := r.c.Exists(ctx, r.key(key)).Result()
 	if err != nil {
 		return false, r.fail("has", key, err)
@@ -470,6 +525,8 @@ func (r *Redis) Has(ctx context.Context, key fingerprint.Key) (bool, error) {
 
 // Delete implements Store: the key and, for a blob in parts, its parts.
 func (r *Redis) Delete(ctx context.Context, key fingerprint.Key) error {
+	ctx, cancel := r.bound(ctx)
+	defer cancel()
 	keys := []string{r.key(key)}
 	v, err := r.c.Get(ctx, r.key(key)).Bytes()
 	if err != nil && !errors.Is(err, redis.Nil) {
