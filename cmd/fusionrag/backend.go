@@ -14,6 +14,24 @@ import (
 	"github.com/fusionrag/fusionrag/model"
 )
 
+// modelFormats ends the --model help of the commands that load a model
+// file: model.Load takes all three formats.
+const modelFormats = "a Hugging Face directory, a GGUF file (.gguf) or a llama2.c checkpoint (.bin, with its tok*.bin beside it)"
+
+// envBackend is the environment default of every --backend flag.
+const envBackend = "FUSIONRAG_BACKEND"
+
+func backendHelp() string {
+	return fmt.Sprintf("compute backend, one of %v (default %s; env %s)", model.Backends(), model.DefaultBackend, envBackend)
+}
+
+// backendFlag adds --backend, the compute backend of the model the command
+// loads, defaulting to $FUSIONRAG_BACKEND (serve, engine, ingest, generate
+// and the bench harnesses alike).
+func backendFlag(fs *flag.FlagSet) *string {
+	return fs.String("backend", os.Getenv(envBackend), backendHelp())
+}
+
 // syntheticSeeded returns the synthetic model of cfg and seed on backend
 // (--backend): model.Synthetic builds it on the cpu backend; any other
 // backend (openblas, cuda) loads it from a temporary HF directory through

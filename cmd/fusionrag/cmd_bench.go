@@ -18,7 +18,7 @@ import (
 )
 
 func init() {
-	register("bench", "measurements: bench ttft|fidelity [--quick] [--json FILE] [--out DIR]", runBench)
+	register("bench", "measurements, one harness at a time: bench <harness> [flags] (reports as Markdown, JSON and PNG)", runBench)
 	registerBench("fidelity", "KL / top-1 / normalised fidelity of each strategy × ratio against full prefill", benchFidelity)
 	registerBench("ttft", "time to first token of each strategy against full prefill, with FLOP limits", benchTTFT)
 }
@@ -29,33 +29,53 @@ type benchCommand struct {
 	run     func(args []string) error
 }
 
-// benchCommands is the dispatch table; harnesses add themselves with
-// registerBench from their own cmd_bench_*.go init.
+// benchCommands is the dispatch table of the harnesses, and the only list
+// of them: the top-level help, `bench -h` and the -h test are generated
+// from it. A harness is one registerBench line in the init of its own
+// cmd_bench_<name>.go; its run parses a newFlagSet("bench <name>") with
+// parseFlags, so that -h and bad flags behave as everywhere else.
 var benchCommands = map[string]benchCommand{}
 
 func registerBench(name, summary string, run func(args []string) error) {
+	if _, dup := benchCommands[name]; dup {
+		panic("fusionrag: bench harness " + name + " registered twice") // broken invariant
+	}
 	benchCommands[name] = benchCommand{summary: summary, run: run}
 }
 
-func runBench(args []string) error {
+// benchNames returns the registered harnesses, sorted.
+func benchNames() []string {
 	names := make([]string, 0, len(benchCommands))
 	for n := range benchCommands {
 		names = append(names, n)
 	}
 	sort.Strings(names)
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
-		fmt.Fprintf(os.Stderr, "usage: fusionrag bench <harness> [flags]\n\nharnesses:\n")
-		for _, n := range names {
-			fmt.Fprintf(os.Stderr, "  %-10s %s\n", n, benchCommands[n].summary)
-		}
-		if len(args) == 0 {
-			return fmt.Errorf("no harness given (one of %s)", strings.Join(names, ", "))
-		}
-		return nil
+	return names
+}
+
+// benchUsage is the usage of `fusionrag bench`: every registered harness.
+func benchUsage() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "usage: fusionrag bench <harness> [flags]\n\n%s\n\nharnesses:\n", commands["bench"].summary)
+	for _, n := range benchNames() {
+		fmt.Fprintf(&b, "  %-10s %s\n", n, benchCommands[n].summary)
+	}
+	fmt.Fprintf(&b, "\nRun 'fusionrag bench <harness> -h' for the flags of one harness.\n")
+	return b.String()
+}
+
+func runBench(args []string) error {
+	names := benchNames()
+	if len(args) == 0 {
+		return &usageError{cmd: "bench", err: fmt.Errorf("no harness given (one of %s)", strings.Join(names, ", ")), usage: benchUsage()}
+	}
+	switch args[0] {
+	case "-h", "-help", "--help":
+		return &helpError{usage: benchUsage()}
 	}
 	c, ok := benchCommands[args[0]]
 	if !ok {
-		return fmt.Errorf("unknown harness %q (one of %s)", args[0], strings.Join(names, ", "))
+		return &usageError{cmd: "bench", err: fmt.Errorf("unknown harness %q (one of %s)", args[0], strings.Join(names, ", ")), usage: benchUsage()}
 	}
 	return c.run(args[1:])
 }
@@ -69,12 +89,18 @@ type benchFlags struct {
 	backend string
 }
 
+// register adds the common flags to fs; --model (with help modelHelp) and
+// --backend only when modelHelp is not empty, for harnesses that load a
+// model.
 func (b *benchFlags) register(fs *flag.FlagSet, modelHelp string) {
 	fs.BoolVar(&b.quick, "quick", false, "a reduced run that finishes in under a minute")
-	fs.StringVar(&b.json, "json", "", "write the result rows as JSON to FILE")
-	fs.StringVar(&b.out, "out", "", "write <harness>.json and <harness>.md into DIR")
+	fs.StringVar(&b.json, "json", "", "write the result rows as JSON to `FILE`")
+	fs.StringVar(&b.out, "out", "", "write <harness>.json, <harness>.md and the plots into `DIR`")
+	if modelHelp == "" {
+		return
+	}
 	fs.StringVar(&b.model, "model", "", modelHelp)
-	fs.StringVar(&b.backend, "backend", "", fmt.Sprintf("compute backend %v (default %s)", model.Backends(), model.DefaultBackend))
+	fs.StringVar(&b.backend, "backend", os.Getenv(envBackend), backendHelp())
 }
 
 // write emits a harness's report: Markdown (with the run's meta: command,
@@ -160,7 +186,7 @@ func loadFidelityModels(spec, backend string) ([]fidelityModel, error) {
 }
 
 func benchFidelity(args []string) error {
-	fs := flag.NewFlagSet("bench fidelity", flag.ContinueOnError)
+	fs := newFlagSet("bench fidelity")
 	var bf benchFlags
 	bf.register(fs, `model: "stories260K", "synthetic", a model path; default both built-in models`)
 	prompts := fs.Int("prompts", 24, "prompts per model and workload (--quick: 3)")
@@ -172,7 +198,7 @@ func benchFidelity(args []string) error {
 	dataset := fs.String("dataset", "musique", `RAG set of the coretrieval workload: "musique", "nq" or a JSON / JSONL(.gz) file`)
 	neighbours := fs.Int("neighbours", 3, "neighbours per chunk of fused KV")
 	neighboursBy := fs.String("neighbours-by", "bm25,random,coretrieved", "neighbour searches of fused KV: the first is the main table's, the others controls")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	rs, err := parsePercents(*ratios)
@@ -225,14 +251,14 @@ func benchFidelity(args []string) error {
 }
 
 func benchTTFT(args []string) error {
-	fs := flag.NewFlagSet("bench ttft", flag.ContinueOnError)
+	fs := newFlagSet("bench ttft")
 	var bf benchFlags
 	bf.register(fs, "model path; default a synthetic 31M-parameter Llama (--quick: 5M)")
 	contexts := fs.String("contexts", "1024,2048,4096", "context sizes in tokens (--quick: 512,1024)")
 	ratio := fs.Float64("ratio", 15, "recompute ratio of the partial strategies, percent")
 	repeats := fs.Int("repeats", 1, "runs per measurement, fastest kept")
 	strategies := fs.String("strategies", "reuse,fusionrag,cacheblend,epic", "strategies timed against full")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if bf.quick && !flagSet(fs, "contexts") {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -89,7 +88,7 @@ HTTP) are not amortised by a 260K-parameter model: the end-to-end and load figur
 correctness (the engine reports the prompt tokens it loaded from published KV), not the GPU speedup.`
 
 func benchAll(args []string) error {
-	fs := flag.NewFlagSet("bench all", flag.ContinueOnError)
+	fs := newFlagSet("bench all")
 	out := fs.String("out", "docs/bench", "directory of the reports")
 	doc := fs.String("doc", "", "assemble the benchmarks page into FILE (e.g. docs/benchmarks.md)")
 	quick := fs.Bool("quick", false, "every harness in its reduced --quick form")
@@ -97,11 +96,8 @@ func benchAll(args []string) error {
 	skip := fs.String("skip", "", "comma-separated harnesses not to run (their existing reports are still assembled)")
 	quiet := fs.Bool("quiet", false, "no progress bars")
 	assembleOnly := fs.Bool("assemble-only", false, "run nothing: assemble --doc from the reports already in --out")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	pick := func(list string) []string {
 		var out []string

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"flag"
 	"fmt"
 	"os"
 
@@ -13,7 +12,7 @@ func init() {
 }
 
 func benchCapacity(args []string) error {
-	fs := flag.NewFlagSet("bench capacity", flag.ContinueOnError)
+	fs := newFlagSet("bench capacity")
 	c := bench.DefaultCapacity()
 	update := fs.String("update", "", "rewrite the generated block of this Markdown file (docs/scale.md) instead of printing")
 	fs.Float64Var(&c.MFU, "mfu", c.MFU, "share of the GPU's peak a prefill reaches")
@@ -25,7 +24,7 @@ func benchCapacity(args []string) error {
 	fs.Float64Var(&c.ShardMemGiB, "shard-gib", c.ShardMemGiB, "usable memory GiB of one shard")
 	fs.Float64Var(&c.SidecarGBps, "sidecar-gbps", c.SidecarGBps, "usable network GB/s of one sidecar")
 	fs.Float64Var(&c.WorkingSet, "working-set", c.WorkingSet, "hot chunks to hold in memory")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	md, err := bench.CapacityMarkdown(c)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"errors"
-	"flag"
 	"os"
 	"strings"
 	"time"
@@ -16,7 +15,7 @@ func init() {
 }
 
 func benchLlamaCpp(args []string) error {
-	fs := flag.NewFlagSet("bench llamacpp", flag.ContinueOnError)
+	fs := newFlagSet("bench llamacpp")
 	var bf benchFlags
 	bf.register(fs, "model path (GGUF, or any model, written as GGUF for the server); default a synthetic 31M-parameter Llama (--quick: 5M)")
 	contexts := fs.String("contexts", "2048,4096", "context sizes in tokens (--quick: 512,1024)")
@@ -26,7 +25,7 @@ func benchLlamaCpp(args []string) error {
 	var lf llamaServerFlags
 	lf.register(fs)
 	bin, threads := &lf.bin, &lf.threads
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if *bin == "" {

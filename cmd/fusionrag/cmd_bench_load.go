@@ -96,14 +96,14 @@ func stackNote(name string) string {
 }
 
 func benchLoad(args []string) error {
-	fs := flag.NewFlagSet("bench load", flag.ContinueOnError)
+	fs := newFlagSet("bench load")
 	var l loadSetup
 	l.register(fs)
 	conc := fs.String("concurrency", "1,4,16", "closed-loop client counts (--quick: 1,4)")
 	requests := fs.Int("requests", 48, "requests per target and concurrency (--quick: 8)")
 	maxTokens := fs.Int("max-tokens", 16, "completion tokens per request")
 	passageTokens := fs.Int("passage-tokens", 64, "each of the 4 passages of a prompt cut to N tokens")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if l.bf.quick {
@@ -147,14 +147,14 @@ func benchLoad(args []string) error {
 }
 
 func benchE2E(args []string) error {
-	fs := flag.NewFlagSet("bench e2e", flag.ContinueOnError)
+	fs := newFlagSet("bench e2e")
 	var l loadSetup
 	l.register(fs)
 	contexts := fs.String("contexts", "32,64,128,192", "context sizes (chunk tokens, 4 passages; stories260K's 512 positions hold S, Q and about 200 more) (--quick: 64,128)")
 	prompts := fs.Int("prompts", 4, "prompts per size (--quick: 2)")
 	repeats := fs.Int("repeats", 3, "requests per prompt and target (--quick: 1)")
 	ratios := fs.String("ratios", "5,15,30", "in-process stack: fusionrag ratios of the fusion targets, percent (--quick: 15)")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if l.bf.quick {

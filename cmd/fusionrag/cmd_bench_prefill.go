@@ -1,7 +1,6 @@
 package main
 
 import (
-	"flag"
 	"fmt"
 	"os"
 	"runtime"
@@ -17,7 +16,7 @@ func init() {
 }
 
 func benchPrefill(args []string) error {
-	fs := flag.NewFlagSet("bench prefill", flag.ContinueOnError)
+	fs := newFlagSet("bench prefill")
 	var bf benchFlags
 	bf.register(fs, "model path (a .gguf to compare with llama-server); default a synthetic 31M-parameter Llama (--quick: 5M)")
 	sizes := fs.String("sizes", "512,1024,2048,4096", "prompt lengths in tokens (--quick: 256,512)")
@@ -27,7 +26,7 @@ func benchPrefill(args []string) error {
 	lf.register(fs)
 	serverArgs := fs.String("llama-server-args", "", "extra arguments of the started llama-server, e.g. \"-ctk f32 -ctv f32 -fa off\"")
 	bin, threads := &lf.bin, &lf.threads
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if bf.quick && !flagSet(fs, "sizes") {

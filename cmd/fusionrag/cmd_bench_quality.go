@@ -2,7 +2,6 @@ package main
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -101,7 +100,7 @@ func loadDatasets(spec string, examples, k int) ([]*bench.Dataset, error) {
 }
 
 func benchQuality(args []string) error {
-	fs := flag.NewFlagSet("bench quality", flag.ContinueOnError)
+	fs := newFlagSet("bench quality")
 	var bf benchFlags
 	bf.register(fs, `model answering in process: "stories260K" (default), "synthetic", or a model path`)
 	datasets := fs.String("datasets", "musique,nq", `comma-separated: "musique", "nq", or JSON / JSONL(.gz) files of {question, answers, ctxs}`)
@@ -117,7 +116,7 @@ func benchQuality(args []string) error {
 	separator := fs.String("separator", "", "with --endpoint: chunk separator written before every passage and the question (the sidecar's fusion.separator)")
 	results := fs.String("results", "", "resumable per-example results file (JSON lines); default <out>/quality-results.jsonl with --out")
 	quiet := fs.Bool("quiet", false, "no progress bar")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	rs, err := parsePercents(*ratios)

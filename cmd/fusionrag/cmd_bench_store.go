@@ -2,12 +2,12 @@ package main
 
 import (
 	"errors"
-	"flag"
 	"fmt"
-	"github.com/fusionrag/fusionrag/internal/redisproc"
 	"os"
 	"strings"
 	"time"
+
+	"github.com/fusionrag/fusionrag/internal/redisproc"
 
 	"github.com/fusionrag/fusionrag/bench"
 	"github.com/fusionrag/fusionrag/kvstore"
@@ -18,9 +18,9 @@ func init() {
 }
 
 func benchStore(args []string) error {
-	fs := flag.NewFlagSet("bench store", flag.ContinueOnError)
+	fs := newFlagSet("bench store")
 	var bf benchFlags
-	bf.register(fs, "unused")
+	bf.register(fs, "") // no model: the blobs are synthetic
 	tiers := fs.String("tiers", "", `store URLs separated by ";" (a "," inside one makes a tiered store); default mem, disk (a temporary directory) and redis`)
 	redisURL := fs.String("redis", "auto", `redis tier of the default tiers: "auto" starts a local redis-server on a free port, "off", or a redis:// URL`)
 	clusterURL := fs.String("cluster", "auto", `Redis Cluster tiers of the default tiers (its defaults, and spread=0&part=8MiB): "auto" starts a local 3-master, 3-replica cluster, "off", or a redis-cluster:// URL`)
@@ -28,7 +28,7 @@ func benchStore(args []string) error {
 	blobs := fs.Int("blobs", 8, "distinct blobs per shape and tier (--quick: 4)")
 	rounds := fs.Int("rounds", 3, "reads of every blob (--quick: 2)")
 	quiet := fs.Bool("quiet", false, "no progress bar")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	var shapes []bench.StoreShape

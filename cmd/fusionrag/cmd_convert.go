@@ -1,7 +1,6 @@
 package main
 
 import (
-	"flag"
 	"fmt"
 
 	"github.com/fusionrag/fusionrag/model"
@@ -12,15 +11,15 @@ func init() {
 }
 
 func runConvert(args []string) error {
-	fs := flag.NewFlagSet("convert", flag.ContinueOnError)
-	modelPath := fs.String("model", "", "model to convert: Hugging Face directory, llama2.c checkpoint (.bin) or GGUF")
+	fs := newFlagSet("convert")
+	modelPath := fs.String("model", "", "model to convert (required): "+modelFormats)
 	tokPath := fs.String("tokenizer", "", "tokenizer file (default: found beside the model, or the GGUF's own)")
-	out := fs.String("out", "", "GGUF file to write")
+	out := fs.String("out", "", "GGUF file to write (required)")
 	dtype := fs.String("dtype", "F32", "weight type of the matrices: F32 or F16 (norms and biases stay F32)")
 	align := fs.Int("alignment", 0, "tensor data alignment (general.alignment), a power of two; 0 = 32")
 	maxPos := fs.Int("max-positions", 0, "context length to record (0: the model's own)")
 	name := fs.String("name", "", "general.name (default \"fusionrag\")")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if *modelPath == "" || *out == "" {

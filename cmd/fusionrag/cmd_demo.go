@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"os"
 	"os/signal"
@@ -20,10 +18,10 @@ func init() {
 // runDemo: fusionrag demo [--quick] [--model DIR] [--out DIR] ..., or
 // fusionrag demo --write-model DIR (write the built-in model and exit).
 func runDemo(args []string) error {
-	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
+	fs := newFlagSet("demo")
 	var c bench.DemoConfig
 	fs.BoolVar(&c.Quick, "quick", false, "a smaller run (4 queries of ~1K tokens; about half a minute on 2 cores)")
-	fs.StringVar(&c.Model, "model", "", "model directory or llama2.c .bin (default: the built-in synthetic model)")
+	fs.StringVar(&c.Model, "model", "", "model (default: the built-in synthetic model): "+modelFormats)
 	fs.StringVar(&c.Format, "format", bench.DemoFormatTokens, "prompts sent as token ids (tokens) or as text (text)")
 	fs.StringVar(&c.Corpus, "corpus", bench.DemoCorpusAuto, "auto (NQ-open when $FUSIONRAG_DATA has it), nq or generated")
 	fs.IntVar(&c.Queries, "queries", 0, "RAG queries, each sent once per strategy (default 6; --quick 4)")
@@ -36,14 +34,8 @@ func runDemo(args []string) error {
 	out := fs.String("out", "out/demo", `write demo.json, demo.md and demo-ttft.png into DIR ("" for none)`)
 	writeModel := fs.String("write-model", "", "only write the built-in synthetic model into DIR (kept when present) and exit")
 	quiet := fs.Bool("quiet", false, "no progress bar or stage lines")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
+	if err := parseFlags(fs, args); err != nil {
 		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	if *writeModel != "" {
 		if err := bench.WriteDemoModel(*writeModel); err != nil {

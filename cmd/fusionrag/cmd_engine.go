@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"log"
 	"os"
@@ -20,8 +19,8 @@ func init() {
 }
 
 func runEngine(args []string) error {
-	fs := flag.NewFlagSet("engine", flag.ContinueOnError)
-	modelPath := fs.String("model", "", "Hugging Face model directory or llama2.c checkpoint (.bin)")
+	fs := newFlagSet("engine")
+	modelPath := fs.String("model", "", "model to serve (required): "+modelFormats)
 	tok := fs.String("tokenizer", "", "tokenizer file (default: found beside the model)")
 	listen := fs.String("listen", engine.DefaultListen, "HTTP listen address")
 	store := fs.String("store", "", "shared KV store URL(s) a sidecar publishes into, e.g. redis://127.0.0.1:6379/0")
@@ -31,8 +30,8 @@ func runEngine(args []string) error {
 	ctxLimit := fs.Int("context", 0, "context limit in tokens (0: the model's)")
 	name := fs.String("name", engine.DefaultModelName, "model id served in /v1/models")
 	timeout := fs.Duration("timeout", engine.DefaultTimeout, "per-request timeout")
-	backend := fs.String("backend", "", "model backend (default cpu; see model.Backends)")
-	if err := fs.Parse(args); err != nil {
+	backend := backendFlag(fs)
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if *modelPath == "" {

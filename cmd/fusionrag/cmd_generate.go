@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"flag"
 	"fmt"
 	"os"
 	"os/signal"
@@ -18,18 +17,18 @@ func init() {
 }
 
 func runGenerate(args []string) error {
-	fs := flag.NewFlagSet("generate", flag.ContinueOnError)
-	modelPath := fs.String("model", "", "Hugging Face model directory, GGUF file (.gguf) or llama2.c checkpoint (.bin)")
+	fs := newFlagSet("generate")
+	modelPath := fs.String("model", "", "model to run (required): "+modelFormats)
 	tokPath := fs.String("tokenizer", "", "tokenizer file (default: found beside the model)")
 	prompt := fs.String("prompt", "", "prompt text (BOS is added when the tokenizer says so)")
 	maxTokens := fs.Int("max-tokens", 256, "maximum number of generated tokens")
 	temperature := fs.Float64("temperature", 1.0, "sampling temperature; 0 = greedy")
 	topP := fs.Float64("top-p", 0.9, "nucleus sampling threshold in (0, 1), as llama2.c run.c; 0 or 1 = off")
 	seed := fs.Uint64("seed", 0, "random seed for sampling")
-	backend := fs.String("backend", "", fmt.Sprintf("compute backend %v (default %s)", model.Backends(), model.DefaultBackend))
+	backend := backendFlag(fs)
 	echo := fs.Bool("echo", false, "print the prompt before the continuation")
 	maxPos := fs.Int("max-positions", 0, "override the model file's context length (llama.cpp --override-kv <arch>.context_length=int:N); 0 = the file's")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if *modelPath == "" {

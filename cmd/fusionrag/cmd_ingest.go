@@ -4,15 +4,15 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
-	"github.com/fusionrag/fusionrag/fingerprint"
 	"io"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"syscall"
 	"time"
+
+	"github.com/fusionrag/fusionrag/fingerprint"
 
 	"github.com/fusionrag/fusionrag/fusion"
 	"github.com/fusionrag/fusionrag/kvstore"
@@ -32,8 +32,8 @@ func defaultStoreURL() string {
 }
 
 func runIngest(args []string) error {
-	fs := flag.NewFlagSet("ingest", flag.ContinueOnError)
-	modelPath := fs.String("model", "", "Hugging Face model directory or llama2.c checkpoint (.bin)")
+	fs := newFlagSet("ingest")
+	modelPath := fs.String("model", "", "model that computes the KV (required): "+modelFormats)
 	tok := fs.String("tokenizer", "", "tokenizer file (default: found beside the model)")
 	corpus := fs.String("corpus", "", "JSONL corpus ({id,text,title?}, {id,chunks}, or RAG {ctxs}); .gz accepted")
 	store := fs.String("store", defaultStoreURL(), "KV store URL(s), comma-separated tiers")
@@ -50,10 +50,10 @@ func runIngest(args []string) error {
 	tenant := fs.String("tenant", "", "tenant the KV belongs to: the value a trusted gateway sets in the tenant header the sidecar is configured to trust (tenant.header; none by default); default: requests with no API key (anonymous)")
 	apiKey := fs.String("api-key", "", "tenant given as the API key its requests send (only its hash is used); exclusive with --tenant")
 	dtype := fs.String("dtype", "f32", "stored KV element type: f32, f16 or bf16")
-	backend := fs.String("backend", "", "model backend (default cpu)")
+	backend := backendFlag(fs)
 	jsonOut := fs.String("json", "", "also write the summary as JSON to this file")
 	quiet := fs.Bool("quiet", false, "no progress bar")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if *modelPath == "" || *corpus == "" {

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"net/http"
 	"os"
@@ -30,26 +29,13 @@ func init() {
 // [--store URL] [--config FILE], plus one flag per configuration key (see
 // docs/configuration.md).
 func runServe(args []string) error {
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	file := fs.String("config", os.Getenv("FUSIONRAG_CONFIG"), "YAML configuration file (env FUSIONRAG_CONFIG)")
-	backend := fs.String("backend", os.Getenv("FUSIONRAG_BACKEND"), fmt.Sprintf("compute backend of the --model recompute %v (default %s; env FUSIONRAG_BACKEND)", model.Backends(), model.DefaultBackend))
-	cf := proxy.RegisterFlags(fs)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments %q", fs.Args())
-	}
-	cfg, err := proxy.LoadConfig(*file, os.LookupEnv, cf.Visited())
+	cfg, backend, err := parseServe(args)
 	if err != nil {
 		return err
 	}
 	var opts []proxy.Option
 	if cfg.Model != "" && !cfg.Fusion.Disabled {
-		fp, err := buildFusionPath(cfg, *backend)
+		fp, err := buildFusionPath(cfg, backend)
 		if err != nil {
 			return err
 		}
@@ -79,6 +65,22 @@ func runServe(args []string) error {
 		return err
 	}
 	return nil
+}
+
+// parseServe reads serve's command line into the configuration: defaults,
+// then --config FILE, then FUSIONRAG_* variables, then the flags. Each
+// configuration key is a flag of its field's type (proxy.RegisterFlags):
+// --fusion.disabled takes no value, --timeouts.read a duration.
+func parseServe(args []string) (proxy.Config, string, error) {
+	fs := newFlagSet("serve")
+	file := fs.String("config", os.Getenv("FUSIONRAG_CONFIG"), "YAML configuration file (env FUSIONRAG_CONFIG)")
+	backend := backendFlag(fs)
+	cf := proxy.RegisterFlags(fs)
+	if err := parseFlags(fs, args); err != nil {
+		return proxy.Config{}, "", err
+	}
+	cfg, err := proxy.LoadConfig(*file, os.LookupEnv, cf.Visited())
+	return cfg, *backend, err
 }
 
 // fusionPath is what serve builds for --model: the fuser, and the ingest
