@@ -55,9 +55,9 @@ type faultStack struct {
 	redisPfx string
 }
 
-// faultRedisTimeout bounds one Redis command of the harness's Redis tier: a
+// FaultRedisTimeout bounds one Redis command of the harness's Redis tier: a
 // stalled server costs a request this long once, then the tier is down.
-const faultRedisTimeout = 250 * time.Millisecond
+const FaultRedisTimeout = 250 * time.Millisecond
 
 // startFaultStack starts everything; dir is the disk tier's directory ("":
 // a temporary one, removed by close).
@@ -93,7 +93,7 @@ func startFaultStack(m *model.Model, dir string) (_ *faultStack, err error) {
 	if s.disk, err = kvstore.Open("disk://" + filepath.Join(s.dir, "kv") + "?max=1GiB"); err != nil {
 		return nil, err
 	}
-	if s.rds, err = kvstore.Open(s.redis.URL(0) + "?timeout=" + faultRedisTimeout.String()); err != nil {
+	if s.rds, err = kvstore.Open(s.redis.URL(0) + "?timeout=" + FaultRedisTimeout.String()); err != nil {
 		return nil, err
 	}
 	s.store = kvstore.NewTiered(s.mem, s.disk, s.rds)
