@@ -209,6 +209,18 @@ func ParagraphChunks(text string, offsets []Span, minPrefix int, p Paragraphs) (
 	return chunks, exact
 }
 
+// Windows cuts the token span c of a text into pieces of at most limit
+// tokens the way convention (d) cuts a passage longer than
+// Paragraphs.MaxTokens: offsets are the tokens' byte spans in text. An
+// ingest that cuts a document with it over the document's own ids gets the
+// chunks the sidecar finds when the document is presented whole.
+func Windows(text string, offsets []Span, c Span, limit int) []Span {
+	if limit < 1 || c.Begin < 0 || c.End > len(offsets) || c.End <= c.Begin {
+		return nil
+	}
+	return windows(text, offsets, c, limit)
+}
+
 // windows cuts span c into pieces of at most limit tokens. A cut goes before
 // the last token in the second half of the window that begins with white
 // space (a word start), else after limit tokens: the same ids always cut the

@@ -9,11 +9,13 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/fusionrag/fusionrag/fingerprint"
 	"github.com/fusionrag/fusionrag/model/tokenizer"
 )
 
@@ -335,6 +337,9 @@ func NewChunker(c Chunker) (*Chunker, error) {
 	if c.Size < 1 {
 		return nil, fmt.Errorf("fusion: chunk size %d must be >= 1", c.Size)
 	}
+	if c.Template.Whole && c.Overlap != 0 {
+		return nil, fmt.Errorf("fusion: chunk overlap %d with a whole-document template: the windows of one presentation do not overlap", c.Overlap)
+	}
 	if c.Overlap < 0 || c.Overlap >= c.Size {
 		return nil, fmt.Errorf("fusion: chunk overlap %d must be in [0, %d)", c.Overlap, c.Size)
 	}
@@ -349,6 +354,9 @@ func NewChunker(c Chunker) (*Chunker, error) {
 // pre-chunked document's chunks are used as given, except that one longer
 // than Size tokens is cut the same way. Chunks left empty are dropped.
 func (c *Chunker) Split(d Document) ([]Chunk, error) {
+	if c.Template.Whole {
+		return c.splitWhole(d)
+	}
 	var wins []window
 	if len(d.Chunks) > 0 {
 		for _, t := range d.Chunks {
@@ -418,4 +426,51 @@ func (c *Chunker) windows(text string) []window {
 			return out
 		}
 	}
+}
+
+// splitWhole is Split for a Template.Whole: each text (the document's, or
+// each pre-chunk) is rendered once, encoded once with its byte offsets
+// (without a dummy-prefix space the text does not have, as EncodeSegment),
+// and cut into windows of at most Size ids of that encoding, template
+// included, with fingerprint.Windows. A chunk's Tokens are its window's
+// ids; Text, Begin and End are the document bytes the window covers.
+func (c *Chunker) splitWhole(d Document) ([]Chunk, error) {
+	texts := d.Chunks
+	if len(texts) == 0 {
+		texts = []string{d.Text}
+	}
+	var out []Chunk
+	for _, text := range texts {
+		lead := len(text) - len(strings.TrimLeftFunc(text, unicode.IsSpace))
+		text = strings.TrimSpace(text)
+		if text == "" {
+			continue
+		}
+		whole := c.Template.Render(d.Title, text)
+		at := strings.Index(whole, text) // the document's bytes in the rendering
+		if at < 0 {
+			return out, fmt.Errorf("fusion: document %q: the template does not hold its text", d.ID)
+		}
+		ids, offs := c.Tokenizer.EncodeOffsets(whole)
+		if len(ids) > 1 && whole[0] != ' ' {
+			if p := c.Tokenizer.Token(ids[0]); p == " " || p == "▁" {
+				ids, offs = ids[1:], offs[1:]
+			}
+		}
+		spans := make([]fingerprint.Span, len(offs))
+		for i, o := range offs {
+			spans[i] = fingerprint.Span{Begin: o.Begin, End: o.End}
+		}
+		for _, w := range fingerprint.Windows(whole, spans, fingerprint.Span{Begin: 0, End: len(ids)}, c.Size) {
+			b := min(max(spans[w.Begin].Begin, at), at+len(text)) - at
+			e := min(max(spans[w.End-1].End, at), at+len(text)) - at
+			ch := Chunk{ID: d.ID + "#" + strconv.Itoa(len(out)), Title: d.Title, Text: text[b:e], Begin: lead + b, End: lead + e,
+				Tokens: slices.Clone(ids[w.Begin:w.End])}
+			if c.MaxTokens > 0 && len(ch.Tokens) > c.MaxTokens {
+				return out, fmt.Errorf("%w: document %q chunk %d has %d tokens, limit %d", ErrChunkTooLong, d.ID, len(out), len(ch.Tokens), c.MaxTokens)
+			}
+			out = append(out, ch)
+		}
+	}
+	return out, nil
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -11,6 +12,9 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/fusionrag/fusionrag/fingerprint"
+	"github.com/fusionrag/fusionrag/internal/shareddata"
 )
 
 func TestReadCorpus(t *testing.T) {
@@ -261,4 +265,62 @@ func abs(x int) int {
 		return -x
 	}
 	return x
+}
+
+// TestSplitWholeIsThePassages (issue 19): a document longer than a chunk,
+// ingested with PassageTemplate, is cut into chunks whose ids are exactly
+// the chunks the sidecar's passages (fingerprint.ParagraphChunks, with
+// MaxTokens = Size) find when a prompt presents the document whole after a
+// blank line, so the KV stored for them is the KV looked up.
+func TestSplitWholeIsThePassages(t *testing.T) {
+	m := synthModelTok(t, tinyConfig(256), shareddata.Path(t, "models/stories260K/tok512.bin"))
+	tok := m.Tokenizer
+	var sb strings.Builder
+	for i := range 12 {
+		fmt.Fprintf(&sb, "Lily had %d red balls. Every day Lily went to the park to play with them, and her dog ran after them. ", i+2)
+	}
+	doc := strings.TrimSpace(sb.String())
+	const size = 64
+	ch, err := NewChunker(Chunker{Tokenizer: tok, Template: PassageTemplate, Size: size})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs, err := ch.Split(Document{ID: "d", Text: "  " + doc + "\n"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cs) < 4 {
+		t.Fatalf("%d chunks, want the document cut in 4 or more", len(cs))
+	}
+	var got [][]int32
+	var all []int32
+	for i, c := range cs {
+		if len(c.Tokens) > size {
+			t.Errorf("chunk %d: %d tokens, over %d", i, len(c.Tokens), size)
+		}
+		if c.Text != ("  " + doc)[c.Begin:c.End] {
+			t.Errorf("chunk %d: Text is not the document's bytes [%d, %d)", i, c.Begin, c.End)
+		}
+		got = append(got, c.Tokens)
+		all = append(all, c.Tokens...)
+	}
+	if d := cmp.Diff(EncodeSegment(tok, "\n\n"+doc), all); d != "" {
+		t.Errorf("the chunks' ids together are not the document's ids after a blank line (-want +got):\n%s", d)
+	}
+
+	prompt := "Answer from the story.\n\n" + doc + "\n\nQuestion: how many balls?\nAnswer:"
+	ids, offs := tok.EncodeOffsets(prompt)
+	spans := []fingerprint.Span{{}} // BOS
+	ids = append([]int32{tok.BOS()}, ids...)
+	for _, o := range offs {
+		spans = append(spans, fingerprint.Span{Begin: o.Begin, End: o.End})
+	}
+	chunks, _ := fingerprint.ParagraphChunks(prompt, spans, 1, fingerprint.Paragraphs{MaxTokens: size})
+	var want [][]int32
+	for _, c := range chunks {
+		want = append(want, ids[c.Begin:c.End])
+	}
+	if d := cmp.Diff(want, got); d != "" {
+		t.Errorf("ingested chunks differ from the passages found in the prompt (-prompt +ingest):\n%s", d)
+	}
 }

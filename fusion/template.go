@@ -22,7 +22,22 @@ type Template struct {
 	// Untitled renders a chunk without a title; empty means Format with an
 	// empty title.
 	Untitled string
+	// Whole presents a document longer than a chunk whole, as RAG
+	// frameworks put a retrieved document into a prompt, rather than each
+	// chunk with the template around it: the document is rendered once,
+	// tokenized once, and cut into windows on those ids (fingerprint.Windows,
+	// the rule of the sidecar's passages, convention d), so each chunk's ids
+	// are exactly its ids in the whole document. The template's text before
+	// {text} is in the first chunk, the text after it in the last.
+	Whole bool
 }
+
+// PassageTemplate presents a document the way LangChain, LlamaIndex and
+// Haystack join retrieved documents: its own text after a blank line, no
+// header, whole (see Template.Whole). Chunks ingested with it have the ids
+// the sidecar's passages (convention d) have when the document is presented
+// after a blank line and Chunker.Size equals fusion.paragraph_max_tokens.
+var PassageTemplate = Template{Format: "\n\n{text}", Whole: true}
 
 // DefaultTemplate presents a chunk as a titled document after a blank line.
 // It starts with a newline on purpose: a newline never merges with the
