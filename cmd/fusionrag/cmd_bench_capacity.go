@@ -15,11 +15,12 @@ func benchCapacity(args []string) error {
 	fs := newFlagSet("bench capacity")
 	c := bench.DefaultCapacity()
 	update := fs.String("update", "", "rewrite the generated block of this Markdown file (docs/scale.md) instead of printing")
-	fs.Float64Var(&c.MFU, "mfu", c.MFU, "share of the GPU's peak a prefill reaches")
 	fs.IntVar(&c.ChunkTokens, "chunk-tokens", c.ChunkTokens, "tokens per chunk")
 	fs.IntVar(&c.ChunksPerReq, "chunks", c.ChunksPerReq, "retrieved chunks per request")
-	fs.Float64Var(&c.HitRate, "hit-rate", c.HitRate, "share of chunk lookups that hit")
-	fs.Float64Var(&c.Ratio, "ratio", c.Ratio, "share of context tokens recomputed")
+	// Percents, as every other harness's --ratio and the demo's.
+	mfu := fs.Float64("mfu", c.MFU*100, "share of the GPU's peak FLOP/s a prefill reaches, percent")
+	hitRate := fs.Float64("hit-rate", c.HitRate*100, "chunk lookups that hit, percent")
+	ratio := fs.Float64("ratio", c.Ratio*100, "context tokens recomputed, percent")
 	fs.Float64Var(&c.ShardGBps, "shard-gbps", c.ShardGBps, "usable network GB/s of one shard")
 	fs.Float64Var(&c.ShardMemGiB, "shard-gib", c.ShardMemGiB, "usable memory GiB of one shard")
 	fs.Float64Var(&c.SidecarGBps, "sidecar-gbps", c.SidecarGBps, "usable network GB/s of one sidecar")
@@ -27,6 +28,7 @@ func benchCapacity(args []string) error {
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
+	c.MFU, c.HitRate, c.Ratio = *mfu/100, *hitRate/100, *ratio/100
 	md, err := bench.CapacityMarkdown(c)
 	if err != nil {
 		return err

@@ -14,7 +14,7 @@ func TestBenchCapacityUpdate(t *testing.T) {
 	if err := os.WriteFile(p, []byte("# x\n\n"+bench.CapacityBegin+"\nold\n"+bench.CapacityEnd+"\ntail\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := runBench([]string{"capacity", "--update", p, "--mfu", "0.4"}); err != nil {
+	if err := runBench([]string{"capacity", "--update", p, "--mfu", "40"}); err != nil {
 		t.Fatal(err)
 	}
 	b, _ := os.ReadFile(p)
@@ -23,8 +23,8 @@ func TestBenchCapacityUpdate(t *testing.T) {
 		!strings.Contains(s, "MFU 40%") || !strings.HasSuffix(s, bench.CapacityEnd+"\ntail\n") {
 		t.Errorf("updated doc:\n%s", s)
 	}
-	if err := runBench([]string{"capacity", "--mfu", "2"}); err == nil {
-		t.Error("--mfu 2: no error")
+	if err := runBench([]string{"capacity", "--mfu", "200"}); err == nil {
+		t.Error("--mfu 200: no error")
 	}
 	if err := runBench([]string{"capacity", "--update", filepath.Join(t.TempDir(), "none.md")}); err == nil {
 		t.Error("missing file: no error")
