@@ -14,6 +14,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/fusionrag/fusionrag/internal/skiplog"
 )
 
 // llamaServerBin finds llama-server: $FUSIONRAG_LLAMA_SERVER, else PATH.
@@ -23,6 +25,7 @@ func llamaServerBin(t *testing.T) string {
 	}
 	p, err := exec.LookPath("llama-server")
 	if err != nil {
+		skiplog.Record(skiplog.LlamaServer, t.Name())
 		t.Skip("SKIPPING: no llama-server (set FUSIONRAG_LLAMA_SERVER to the binary or put llama-server on PATH) — GGUF files written by WriteGGUF are not checked against llama.cpp")
 	}
 	return p

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/fusionrag/fusionrag/internal/redistest"
+	"github.com/fusionrag/fusionrag/internal/skiplog"
 	"github.com/fusionrag/fusionrag/kvstore"
 )
 
@@ -36,6 +37,7 @@ func TestTiersAndDTypes(t *testing.T) {
 		for _, dt := range []kvstore.DType{kvstore.Float32, kvstore.Float16, kvstore.BFloat16} {
 			t.Run(tier+"/"+dt.String(), func(t *testing.T) {
 				if strings.Contains(tier, "redis") && redisAddr == "" {
+					skiplog.Record(skiplog.Redis, t.Name())
 					t.Skip("SKIPPING: redis-server not installed (apt-get install redis-server); recompute over the Redis tier is NOT tested")
 				}
 				store, err := kvstore.Open(urls[tier]())
