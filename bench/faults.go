@@ -185,10 +185,21 @@ var faultPhases = []faultPhaseSpec{
 		},
 		end: func(ctx context.Context, r *faultRun) error { return r.st.redis.Restart() }},
 	{name: "redis-back", fault: "Redis restarted empty at the start", share: 0.10},
-	{name: "redis-stalled", fault: "Redis SIGSTOPped (same placement), SIGCONT at the end", share: 0.10,
+	{name: "redis-stalled", fault: "Redis SIGSTOPped (the disk's blobs copied into Redis, then the same placement, the Redis tier up), SIGCONT at the end", share: 0.10,
 		begin: func(ctx context.Context, r *faultRun) (string, error) {
+			n, err := r.st.seedRedis(ctx)
+			if err != nil {
+				return "", err
+			}
 			r.st.place(ctx, r.local, r.remote)
-			return "", r.st.redis.Stop()
+			// Stall a tier in use: one still down since the kill would be
+			// skipped and the stall never seen.
+			took, up := r.st.redisTierUp(ctx, r.remote, 2*kvstore.DefaultTierBackoffMax)
+			note := fmt.Sprintf("%d blobs copied into Redis; the Redis tier up again after %.1f s", n, took.Seconds())
+			if !up {
+				note = fmt.Sprintf("%d blobs copied into Redis; the Redis tier still down after %.1f s", n, took.Seconds())
+			}
+			return note, r.st.redis.Stop()
 		},
 		end: func(ctx context.Context, r *faultRun) error { return r.st.redis.Cont() }},
 	{name: "corrupt", fault: "one byte flipped in every disk file and every Redis value (the disk's blobs copied into Redis first); memory tier emptied", share: 0.15,

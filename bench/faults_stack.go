@@ -310,6 +310,29 @@ func (s *faultStack) seedRedis(ctx context.Context) (int, error) {
 	return n, nil
 }
 
+// redisTierUp waits (up to wait) until the tiered store counts its Redis
+// tier up again, poking it with reads of keys (which must not be in the
+// faster tiers, or the read never reaches Redis): a tier marked down is
+// probed only by a call once its backoff has passed. It returns how long
+// that took and whether the tier came up.
+func (s *faultStack) redisTierUp(ctx context.Context, keys []fingerprint.Key, wait time.Duration) (time.Duration, bool) {
+	start := time.Now()
+	for i := 0; ; i++ {
+		down := false
+		for _, t := range s.store.Stats() {
+			down = down || t.Tier == "redis" && t.Down
+		}
+		if !down {
+			return time.Since(start), true
+		}
+		if time.Since(start) > wait || ctx.Err() != nil || len(keys) == 0 {
+			return time.Since(start), false
+		}
+		s.store.Has(ctx, keys[i%len(keys)])
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // flipRedis flips one byte in the middle of every stored value.
 func (s *faultStack) flipRedis(ctx context.Context) (int, error) {
 	n := 0
