@@ -69,12 +69,12 @@ type RAGFuser struct {
 	// context (see promptByteBound): longer prompts are skipped before
 	// they are tokenized.
 	maxPromptBytes int
+	// budget bounds the bytes in flight of concurrent runs (budget.go).
+	budget *Budget
 
 	// seen holds, per tenant, the chunks met in that tenant's requests
 	// (convention c): one tenant's prompts never reveal what another sent.
-	seenMu    sync.Mutex
-	seen      map[string]*fingerprint.ChunkIndex
-	seenTotal int
+	seen knownChunks
 
 	engMu    sync.Mutex
 	eng      *liveEngine
@@ -142,6 +142,7 @@ func NewRAGFuser(cfg FuserConfig) (*RAGFuser, error) {
 	}
 	f.tokFP = fingerprint.TokenizerFingerprint([]byte(f.tok.Fingerprint()))
 	f.maxPromptBytes = promptByteBound(f.tok, cfg.Model.Config.MaxPositions)
+	f.budget = NewBudget(cfg.Proxy.Limits.FusionMemory)
 	if st := cfg.Store; st != nil {
 		// A shared store alone (one Redis URL) goes behind a tiered store
 		// too, so that its outage is a miss with backoff, never a fusion
@@ -367,6 +368,13 @@ func (f *RAGFuser) Fuse(ctx context.Context, req *Request) (*Plan, error) {
 	if req.Override.HasRatio {
 		ratio = req.Override.Ratio
 	}
+	// Memory budget (limits.fusion_memory, budget.go): reserved before the
+	// recompute, released once the KV is published (or the run fails).
+	need := fusionBytes(f.m.Config, len(sg.ids), sg.seg.Prefix.End, sg.seg.Question.Len(), strategy, ratio)
+	if !f.budget.Reserve(need) {
+		return nil, Skip(SkipOverBudget)
+	}
+	defer f.budget.Release(need)
 
 	// Look up and recompute. A source wrapper counts raw-key misses and
 	// stops the run as soon as more than MaxMissingFraction of the chunks
