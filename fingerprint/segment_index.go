@@ -19,19 +19,32 @@ const IndexGram = 8
 // It is safe for concurrent use; memory is bounded by MaxChunks.
 type ChunkIndex struct {
 	// MaxChunks bounds the number of indexed chunks; Add beyond it is
-	// ignored (0: 1<<20).
+	// ignored (0: 1<<20), or evicts the oldest chunk with Evict.
 	MaxChunks int
+	// Evict makes Add on a full index drop the oldest chunk (first
+	// added) instead of refusing the new one.
+	Evict bool
 
 	mu    sync.RWMutex
 	n     int
 	heads map[uint64][][]int32
+	fifo  [][]int32 // indexed chunks, oldest first from fifo[head]
+	head  int
 }
 
 // Add indexes chunk (a copy is kept). It reports whether the chunk is now
-// indexed: false for one shorter than IndexGram or when the index is full.
+// indexed: false for one shorter than IndexGram or when the index is full
+// (and does not Evict).
 func (x *ChunkIndex) Add(chunk []int32) bool {
+	ok, _ := x.AddEvict(chunk)
+	return ok
+}
+
+// AddEvict is Add that also reports how many chunks it evicted (0 or 1) to
+// make room.
+func (x *ChunkIndex) AddEvict(chunk []int32) (added bool, evicted int) {
 	if len(chunk) < IndexGram {
-		return false
+		return false, 0
 	}
 	h := gramHash(chunk[:IndexGram])
 	x.mu.Lock()
@@ -41,7 +54,7 @@ func (x *ChunkIndex) Add(chunk []int32) bool {
 	}
 	for _, c := range x.heads[h] {
 		if slices.Equal(c, chunk) {
-			return true
+			return true, 0
 		}
 	}
 	limit := x.MaxChunks
@@ -49,10 +62,53 @@ func (x *ChunkIndex) Add(chunk []int32) bool {
 		limit = 1 << 20
 	}
 	if x.n >= limit {
+		if !x.Evict || !x.evictOldest() {
+			return false, 0
+		}
+		evicted = 1
+	}
+	c := slices.Clone(chunk)
+	x.heads[h] = append(x.heads[h], c)
+	x.fifo = append(x.fifo, c)
+	x.n++
+	return true, evicted
+}
+
+// EvictOldest removes the oldest indexed chunk; false when the index is
+// empty.
+func (x *ChunkIndex) EvictOldest() bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return x.evictOldest()
+}
+
+// evictOldest is EvictOldest with x.mu held. The chunk is found in its
+// bucket by identity (the slice Add stored), not by value.
+func (x *ChunkIndex) evictOldest() bool {
+	if x.head >= len(x.fifo) {
 		return false
 	}
-	x.heads[h] = append(x.heads[h], slices.Clone(chunk))
-	x.n++
+	c := x.fifo[x.head]
+	x.fifo[x.head] = nil
+	x.head++
+	if x.head > 1024 && x.head*2 > len(x.fifo) { // compact: amortised O(1)
+		x.fifo = slices.Clone(x.fifo[x.head:])
+		x.head = 0
+	}
+	h := gramHash(c[:IndexGram])
+	b := x.heads[h]
+	for i := range b {
+		if &b[i][0] == &c[0] {
+			b = slices.Delete(b, i, i+1)
+			break
+		}
+	}
+	if len(b) == 0 {
+		delete(x.heads, h)
+	} else {
+		x.heads[h] = b
+	}
+	x.n--
 	return true
 }
 

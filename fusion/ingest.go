@@ -7,7 +7,6 @@ import (
 	"io"
 	"log"
 	"runtime"
-	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -17,6 +16,8 @@ import (
 	"github.com/fusionrag/fusionrag/kvstore"
 	"github.com/fusionrag/fusionrag/model"
 	"github.com/fusionrag/fusionrag/recompute"
+
+	"github.com/zeebo/xxh3"
 )
 
 // Config configures an Ingester. NewIngester validates it and fills the
@@ -83,6 +84,11 @@ type Summary struct {
 	RawSkipped   int `json:"raw_skipped"`
 	FusedStored  int `json:"fused_stored"`
 	FusedSkipped int `json:"fused_skipped"`
+	// FusedReplaced counts the chunks of FusedStored whose fused KV was
+	// already stored but fused with other neighbours (a re-ingest among
+	// other documents, or a store written before neighbour records): it
+	// was computed again and replaced.
+	FusedReplaced int `json:"fused_replaced"`
 	// Failed chunks could not be computed (too long for the model...); the
 	// first errors are in Errors.
 	Failed int      `json:"failed"`
@@ -162,10 +168,11 @@ func humanBytes(n int64) string {
 // Ingester computes and stores the raw and fused KV of chunks. It is safe
 // for concurrent Runs (they share nothing but the model and the store).
 type Ingester struct {
-	cfg Config
-	ns  fingerprint.Namespace
-	src *recompute.StoreSource
-	b   *Builder
+	cfg   Config
+	ns    fingerprint.Namespace
+	src   *recompute.StoreSource
+	b     *Builder
+	locks *keyLocks // shared by the queue's per-job copies
 }
 
 // Params is the canonical fusion-parameter string of the namespace that
@@ -237,7 +244,8 @@ func NewIngester(ctx context.Context, cfg Config) (*Ingester, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Ingester{cfg: cfg, ns: ns, src: &recompute.StoreSource{Store: cfg.Store, DType: cfg.DType}, b: b}, nil
+	return &Ingester{cfg: cfg, ns: ns, src: &recompute.StoreSource{Store: cfg.Store, DType: cfg.DType}, b: b,
+		locks: &keyLocks{m: map[fingerprint.Key]*keyLock{}}}, nil
 }
 
 // Config returns the validated configuration.
@@ -282,12 +290,17 @@ func (r *run) fail(i int, err error) {
 // Run ingests chunks: raw KV of every chunk, then (unless RawOnly) fused KV
 // on top of its neighbours. Chunks whose KV is already stored are skipped,
 // so a Run that was interrupted (ctx cancelled, process killed) resumes
-// where it stopped when run again; every KV is a pure function of the
-// model, S and the chunks, so results do not depend on Workers or on
-// interruptions. Chunks with identical ids are one chunk; chunks without
-// ids are ignored. Skipping relies on Store.Put being atomic (a key exists
-// only once its whole blob does), which the mem, disk (rename) and Redis
-// (parts first, then the manifest) tiers guarantee.
+// where it stopped when run again; every KV is a pure function of the model,
+// S and the chunks, so results do not depend on Workers or on interruptions.
+// A chunk's fused KV also depends on its neighbours, which depend on the
+// other chunks of the Run: beside it a neighbour record (a digest of the
+// neighbours' keys, see neighbourCheck) says which ones it was fused with,
+// and a chunk stored with other neighbours is fused again and replaced
+// (issue 18 finding 5: the first ingest of a chunk won). Chunks with
+// identical ids are one chunk; chunks without ids are ignored. Skipping
+// relies on Store.Put being atomic (a key exists only once its whole blob
+// does), which the mem, disk (rename) and Redis (parts first, then the
+// manifest) tiers guarantee.
 //
 // A chunk the model cannot take is counted in Summary.Failed and skipped;
 // store errors stop the run. When ctx ends, Run returns the summary so far
@@ -344,26 +357,18 @@ func (r *run) do(ctx context.Context) error {
 	if err != nil || in.cfg.RawOnly {
 		return err
 	}
-	// Which chunks still need fused KV.
+	// Every chunk that did not fail goes through fuse, which skips it when
+	// its fused KV is stored with the same neighbours: the neighbours are
+	// searched first, whatever the store holds (BM25 over a job is cheap
+	// next to one fused prefill).
 	var todo []int
-	var mu sync.Mutex
-	err = r.parallelN(ctx, len(r.chunks), func(ctx context.Context, i int) error {
-		ok, err := in.cfg.Store.Has(ctx, r.fused[i])
-		if err != nil {
-			return err
-		}
-		mu.Lock()
-		defer mu.Unlock()
-		switch {
-		case ok:
-			r.sum.FusedSkipped++
-		case !r.failed[i]:
+	for i := range r.chunks {
+		if !r.failed[i] {
 			todo = append(todo, i)
 		}
+	}
+	if len(todo) == 0 {
 		return nil
-	})
-	if err != nil || len(todo) == 0 {
-		return err
 	}
 	t = time.Now()
 	r.progress("neighbours", 0, 1, t)
@@ -376,7 +381,6 @@ func (r *run) do(ctx context.Context) error {
 		return fmt.Errorf("fusion: %s returned %d neighbour lists for %d chunks", in.cfg.Similarity.Name(), len(nb), len(r.chunks))
 	}
 	r.progress("neighbours", 1, 1, t)
-	slices.Sort(todo)
 	t = time.Now()
 	err = r.phaseOver(ctx, "fused", todo, func(ctx context.Context, i int) error {
 		return r.fuse(ctx, i, nb[i])
@@ -433,6 +437,21 @@ func (r *run) fuse(ctx context.Context, i int, nb []int) error {
 		nb = nb[:keep]
 		r.count(&r.sum.Truncated, 0)
 	}
+	// The neighbour record: skip when the stored fused KV was fused with
+	// these very neighbours. The chunk's key is locked from this check to
+	// the record's Put, so that two Runs of this process fusing it with
+	// different neighbours cannot leave one's KV under the other's record.
+	ver := r.neighbourCheck(nb)
+	unlock := in.locks.lock(r.fused[i])
+	defer unlock()
+	had, same, err := r.storedWith(ctx, i, ver)
+	if err != nil {
+		return err
+	}
+	if same {
+		r.count(&r.sum.FusedSkipped, 0)
+		return nil
+	}
 	kvs := make([]*model.Cache, len(nb))
 	var releases []func()
 	defer func() {
@@ -466,13 +485,109 @@ func (r *run) fuse(ctx context.Context, i int, nb []int) error {
 	if err != nil {
 		return chunkError{err}
 	}
+	// The fused KV first, its record second: a reader sees the old KV or
+	// the new one whole (Put is atomic per key), and a crash between the
+	// two leaves an old record, which only costs a fusion more next time.
 	if err := r.put(ctx, r.fused[i], c.Tokens, kv, &r.sum.FusedStored); err != nil {
+		return err
+	}
+	if err := r.putRecord(ctx, i, ver); err != nil {
 		return err
 	}
 	r.mu.Lock()
 	r.sum.NeighbourTokens += ntok
+	if had {
+		r.sum.FusedReplaced++
+	}
 	r.mu.Unlock()
 	return nil
+}
+
+// neighbourCheck is the digest of a fused chunk's neighbours as its record
+// holds it: their count, and an xxh3 of the stored dtype and their raw
+// keys in layout order (the keys include the model, tokenizer, tenant,
+// fusion parameters, S and each neighbour's ids).
+func (r *run) neighbourCheck(nb []int) fingerprint.Check {
+	buf := make([]byte, 0, 1+16*len(nb))
+	buf = append(buf, byte(r.in.cfg.DType))
+	for _, j := range nb {
+		buf = append(buf, r.raw[j][:]...)
+	}
+	return fingerprint.Check{Tokens: uint32(len(nb)), Sum: xxh3.Hash(buf)}
+}
+
+// recordKey is the key of chunk i's neighbour record: the fused key's
+// namespace with a parameter of its own.
+func (r *run) recordKey(i int) fingerprint.Key {
+	ns := r.in.ns
+	ns.Params += ";record=neighbours"
+	return recompute.ChunkKey(ns, fingerprint.VariantFused, r.in.cfg.Prefix, r.chunks[i].Tokens)
+}
+
+// storedWith reports whether chunk i has fused KV stored (had) and whether
+// its record says it was fused with the neighbours of digest ver (same).
+// The record is a blob of one element whose Check is the digest, so a
+// record of other neighbours is a Get miss (kvstore.ErrCollision).
+func (r *run) storedWith(ctx context.Context, i int, ver fingerprint.Check) (had, same bool, err error) {
+	st := r.in.cfg.Store
+	if had, err = st.Has(ctx, r.fused[i]); err != nil || !had {
+		return had, false, err
+	}
+	b, err := st.Get(ctx, r.recordKey(i), ver)
+	switch {
+	case err == nil:
+		_ = b.Release()
+		return true, true, nil
+	case errors.Is(err, kvstore.ErrNotFound):
+		return true, false, nil
+	}
+	return true, false, fmt.Errorf("fusion: store: %w", err)
+}
+
+// putRecord stores chunk i's neighbour record.
+func (r *run) putRecord(ctx context.Context, i int, ver fingerprint.Check) error {
+	b, err := kvstore.NewBlob(kvstore.Meta{DType: kvstore.Float32, Layers: 1, KVHeads: 1, HeadDim: 1, Tokens: 1,
+		PositionFree: true, Key: r.recordKey(i), Check: ver})
+	if err != nil {
+		return err
+	}
+	if err := r.in.cfg.Store.Put(ctx, b); err != nil {
+		return fmt.Errorf("fusion: store: %w", err)
+	}
+	return nil
+}
+
+// keyLocks is a mutex per key, held by the Runs of one Ingester (and its
+// queue's copies) while they check and replace a chunk's fused KV.
+type keyLocks struct {
+	mu sync.Mutex
+	m  map[fingerprint.Key]*keyLock
+}
+
+type keyLock struct {
+	mu   sync.Mutex
+	refs int
+}
+
+// lock locks k and returns its unlock.
+func (l *keyLocks) lock(k fingerprint.Key) func() {
+	l.mu.Lock()
+	kl := l.m[k]
+	if kl == nil {
+		kl = &keyLock{}
+		l.m[k] = kl
+	}
+	kl.refs++
+	l.mu.Unlock()
+	kl.mu.Lock()
+	return func() {
+		kl.mu.Unlock()
+		l.mu.Lock()
+		if kl.refs--; kl.refs == 0 {
+			delete(l.m, k)
+		}
+		l.mu.Unlock()
+	}
 }
 
 func (r *run) phase(ctx context.Context, name string, fn func(context.Context, int) error) error {

@@ -211,8 +211,8 @@ func TestIngestResume(t *testing.T) {
 	for _, ts := range st.Stats() {
 		entries += ts.Entries
 	}
-	if entries != int64(2*n) {
-		t.Errorf("disk store holds %d entries, want %d (raw + fused per chunk, no duplicate)", entries, 2*n)
+	if entries != int64(3*n) {
+		t.Errorf("disk store holds %d entries, want %d (raw, fused and its neighbour record per chunk, no duplicate)", entries, 3*n)
 	}
 }
 

@@ -54,6 +54,7 @@ type DocumentsConfig struct {
 	MaxDocuments         int    `yaml:"max_documents" doc:"Most documents in one submission; more: 413." default:"1024"`
 	MaxBytes             int64  `yaml:"max_bytes" doc:"Largest submission body, bytes; larger: 413 (before the body is read when Content-Length says so)." default:"8388608"`
 	TenantBytesPerMinute int64  `yaml:"tenant_bytes_per_minute" doc:"Submission bytes one tenant may send per minute (a token bucket holding max(this, max_bytes)); over it: 429 with Retry-After. 0: no rate limit." default:"33554432"`
+	MaxJobsPerTenant     int    `yaml:"max_jobs_per_tenant" doc:"Most ingest jobs one tenant may have queued or running; more: 429 with Retry-After (about one job's run time). Jobs run one at a time, taken round-robin over the tenants with jobs waiting, so one tenant's backlog never holds another's job behind it." default:"4"`
 }
 
 // Limits bound what one request may cost the sidecar.
@@ -64,6 +65,9 @@ type Limits struct {
 	MaxChunks       int   `yaml:"max_chunks" doc:"Most chunks one request may carry into the fusion path; more and the request is passed through." default:"64"`
 	MaxUpstreamConn int   `yaml:"max_upstream_conns" doc:"Most concurrent keep-alive connections to the engine." default:"1024"`
 	MaxFusions      int   `yaml:"max_concurrent_fusions" doc:"Most fusion-path runs at once, abandoned ones (past their deadline, not yet returned) included; beyond it requests are passed through." default:"64"`
+	FusionMemory    int64 `yaml:"fusion_memory" doc:"Budget of the fusion path's memory in flight, bytes: each run reserves its estimate (twice the KV of the whole prompt, layers x 2 x kv_heads x head_dim x 4 bytes per token, plus the recompute pass's activations) before it recomputes and releases it once published; a request whose reservation does not fit is forwarded untouched (skip reason over_budget, not a failure). 0: half the memory the process may use (its cgroup limit, else the machine's), 4 GiB when neither is known; -1: no budget."`
+	IndexedChunks   int   `yaml:"indexed_chunks" doc:"Most chunks the known-chunk index (unmarked prompts, convention c) holds for all tenants together; past it, the oldest chunk of the tenant holding the most is dropped, so one tenant's flood never evicts a tenant under its share." default:"65536"`
+	IndexPerTenant  int   `yaml:"indexed_chunks_per_tenant" doc:"Most chunks the known-chunk index holds for one tenant; past it, the tenant's oldest chunk is dropped for the new one." default:"8192"`
 }
 
 // Timeouts are per phase. Read and Write are idle timeouts (time allowed
@@ -230,8 +234,14 @@ func (c *Config) Validate() error {
 	if c.Fusion.ParagraphMinTokens < 1 || c.Fusion.ParagraphMaxTokens < c.Fusion.ParagraphMinTokens {
 		bad("fusion.paragraph_min_tokens", "%d and paragraph_max_tokens %d: want 1 <= min <= max", c.Fusion.ParagraphMinTokens, c.Fusion.ParagraphMaxTokens)
 	}
-	if c.Documents.MaxDocuments < 0 || c.Documents.MaxBytes < 0 || c.Documents.TenantBytesPerMinute < 0 {
+	if c.Documents.MaxDocuments < 0 || c.Documents.MaxBytes < 0 || c.Documents.TenantBytesPerMinute < 0 || c.Documents.MaxJobsPerTenant < 0 {
 		bad("documents", "negative limit")
+	}
+	if c.Limits.IndexedChunks < 0 || c.Limits.IndexPerTenant < 0 {
+		bad("limits", "negative known-chunk index bound")
+	}
+	if c.Limits.FusionMemory < -1 {
+		bad("limits.fusion_memory", "%d: bytes, 0 for the default or -1 for no budget", c.Limits.FusionMemory)
 	}
 	if c.Tenant.Header != "-" && !validHeaderName(c.Tenant.Header) {
 		bad("tenant.header", "%q is not a valid header name", c.Tenant.Header)

@@ -234,6 +234,16 @@ func (p *Proxy) serveDocuments(ctx *fasthttp.RequestCtx, x *exchange) bool {
 		if status < 300 {
 			p.docs.remember(body, tenant)
 		}
+		if status == fasthttp.StatusTooManyRequests {
+			// The queue is full or the tenant holds
+			// documents.max_jobs_per_tenant jobs: its body says when to retry.
+			var ra struct {
+				RetryAfter int `json:"retry_after"`
+			}
+			if json.Unmarshal(body, &ra) == nil && ra.RetryAfter > 0 {
+				ctx.Response.Header.Set("Retry-After", strconv.Itoa(ra.RetryAfter))
+			}
+		}
 	}
 	ctx.SetStatusCode(status)
 	ctx.SetContentType("application/json")

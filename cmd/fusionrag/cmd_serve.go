@@ -204,7 +204,7 @@ func (fp *fusionPath) newQueue() error {
 		return err
 	}
 	fp.chunker = ch
-	fp.queue, err = fusion.NewQueue(fusion.QueueConfig{Ingester: in, Chunker: ch})
+	fp.queue, err = fusion.NewQueue(fusion.QueueConfig{Ingester: in, Chunker: ch, MaxJobsPerTenant: fp.cfg.Documents.MaxJobsPerTenant})
 	return err
 }
 
