@@ -247,3 +247,27 @@ func TestRecognitionOff(t *testing.T) {
 		t.Errorf("%+v, want %s", o, SkipNoChunks)
 	}
 }
+
+// BenchmarkSegmentParagraphs measures segment() on the LangChain prompt with
+// convention (d) on and off (off: known chunks only, which finds none
+// here), and reports on over off measured in the same run: the price of
+// rendering and encoding the prompt a second time with offsets.
+func BenchmarkSegmentParagraphs(b *testing.B) {
+	fe := newFuserEnv(b, nil)
+	r := fe.request(b, RouteChat, chatBodyOf("", langchainPrompt("Where did the ball go?", ragDocs)), "bench")
+	per := map[bool]time.Duration{}
+	for _, off := range []bool{true, false} {
+		name := map[bool]string{true: "off", false: "on"}[off]
+		b.Run(name, func(b *testing.B) {
+			fe.f.cfg.Fusion.NoParagraphs = off
+			start := time.Now()
+			for range b.N {
+				_, _ = fe.f.segment(r)
+			}
+			per[off] = time.Since(start) / time.Duration(b.N)
+			if base := per[true]; !off && base > 0 {
+				b.ReportMetric(float64(per[false])/float64(base), "x_off")
+			}
+		})
+	}
+}
