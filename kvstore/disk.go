@@ -1,6 +1,7 @@
 package kvstore
 
 import (
+	"cmp"
 	"container/list"
 	"context"
 	"crypto/rand"
@@ -12,7 +13,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -153,6 +154,7 @@ type Disk struct {
 
 	mu       sync.Mutex
 	index    map[fingerprint.Key]*diskEntry
+	gen      uint64    // merges so far
 	lru      list.List // front: most recent
 	used     int64     // accounted bytes of indexed files plus reservations
 	closed   bool
@@ -171,6 +173,7 @@ type diskEntry struct {
 	// added is when the entry was indexed; a rescan that started before
 	// does not drop it for not having seen its file.
 	added int64
+	gen   uint64 // the last merge that saw its file
 	elem  *list.Element
 }
 
@@ -293,33 +296,30 @@ func (d *Disk) cleanTemp(dir string) {
 // of eviction is rebuilt from the last known uses, and the budget is
 // enforced; mu held.
 func (d *Disk) merge(files []diskFile, start int64) {
-	seen := make(map[fingerprint.Key]struct{}, len(files))
+	d.gen++
 	for _, f := range files {
-		seen[f.key] = struct{}{}
 		cost := diskAccount(f.size)
 		if e, ok := d.index[f.key]; ok {
 			d.used += cost - e.cost
-			e.cost = cost
-			e.last = max(e.last, f.mtime)
+			e.cost, e.last, e.gen = cost, max(e.last, f.mtime), d.gen
 			continue
 		}
-		e := &diskEntry{key: f.key, cost: cost, last: f.mtime, added: start}
+		e := &diskEntry{key: f.key, cost: cost, last: f.mtime, added: start, gen: d.gen}
 		e.elem = d.lru.PushFront(e)
 		d.index[f.key] = e
 		d.used += cost
 	}
 	entries := make([]*diskEntry, 0, len(d.index))
-	for k, e := range d.index {
-		if _, ok := seen[k]; !ok && e.added < start {
+	for _, e := range d.index {
+		if e.gen != d.gen && e.added < start {
 			d.unindex(e) // removed by another process
 			continue
 		}
 		entries = append(entries, e)
 	}
-	sort.Slice(entries, func(i, j int) bool { return entries[i].last < entries[j].last })
-	d.lru.Init()
+	slices.SortFunc(entries, func(a, b *diskEntry) int { return cmp.Compare(a.last, b.last) })
 	for _, e := range entries { // oldest first, so the newest ends at the front
-		e.elem = d.lru.PushFront(e)
+		d.lru.MoveToFront(e.elem)
 	}
 	d.evict(0)
 }
