@@ -98,7 +98,7 @@ func usage(w io.Writer) {
 			}
 		}
 	}
-	fmt.Fprintf(w, "\nRun 'fusionrag <command> -h' (or 'fusionrag bench <harness> -h') for the flags of one command.\n")
+	fmt.Fprintf(w, "\nRun 'fusionrag <command> -h' or 'fusionrag help <command>' ('fusionrag bench <harness> -h') for the flags of one command.\n")
 }
 
 // helpError is what a command returns for -h/--help: run prints usage to
