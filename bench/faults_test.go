@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -68,3 +69,79 @@ func TestFaults(t *testing.T) {
 type testWriter struct{ t *testing.T }
 
 func (w testWriter) Write(p []byte) (int, error) { w.t.Log(string(p)); return len(p), nil }
+
+func TestFaultAnswersCheck(t *testing.T) {
+	a := faultAnswers{full: "a ball", fullSep: "a kite", fused1: "a box", fused2: "a hat"}
+	for _, tc := range []struct {
+		text  string
+		fused bool
+		wrong bool
+	}{
+		{"a ball", false, false},
+		{"a kite", false, false},
+		{"a ball", true, false}, // fused and exact
+		{"a box", true, false},
+		{"a hat", true, false},
+		{"a box", false, true}, // the engine alone never gives the fused answer
+		{"a cake", true, true},
+		{"", true, true},
+	} {
+		if got := a.check(tc.text, tc.fused); got != tc.wrong {
+			t.Errorf("check(%q, fused %v): got wrong=%v, want %v", tc.text, tc.fused, got, tc.wrong)
+		}
+	}
+	// An unfused clean pass leaves fused1 empty: an empty answer is still wrong.
+	if !(faultAnswers{full: "x", fullSep: "y"}).check("", true) {
+		t.Error("an empty fused answer matched an empty reference")
+	}
+}
+
+func TestMetricByLabel(t *testing.T) {
+	m := map[string]float64{
+		`fusionrag_proxy_requests_total{path="fusion",route="chat"}`:        2,
+		`fusionrag_proxy_requests_total{path="fusion",route="completions"}`: 3,
+		`fusionrag_proxy_requests_total{route="chat",path="fallback"}`:      1,
+		`fusionrag_proxy_requests_total_other{path="fusion"}`:               7,
+		`fusionrag_proxy_skips_total{reason="too_many_missing"}`:            4,
+	}
+	got := metricByLabel(m, "fusionrag_proxy_requests_total", "path")
+	if len(got) != 2 || got["fusion"] != 5 || got["fallback"] != 1 {
+		t.Errorf("got %v, want map[fallback:1 fusion:5]", got)
+	}
+	if got := counts(metricByLabel(m, "fusionrag_proxy_skips_total", "reason")); got != "too_many_missing 4" {
+		t.Errorf("counts: got %q, want %q", got, "too_many_missing 4")
+	}
+}
+
+func TestFaultPromptsFit(t *testing.T) {
+	m, err := model.Load(shareddata.Path(t, "models/stories260K/stories260K.bin"), model.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	ps, err := faultPrompts(m, 64, 4, 8, 18)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	classes := map[string]int{}
+	for _, p := range ps {
+		classes[p.class]++
+		parts := strings.Split(p.text, StackSeparator)
+		if len(parts) != 6 {
+			t.Fatalf("prompt has %d parts, want S, 4 chunks, Q: %q", len(parts), p.text)
+		}
+		for _, c := range parts[1:5] {
+			if seen[c] {
+				t.Errorf("chunk %q in two prompts", c)
+			}
+			seen[c] = true
+		}
+	}
+	if classes[ClassLocal] != 32 || classes[ClassRedis] != 32 {
+		t.Errorf("classes: got %v, want 32 each", classes)
+	}
+	if _, err := faultPrompts(m, 2, 40, 8, 18); err == nil {
+		t.Error("40 passages fit stories260K's 512 positions: want an error")
+	}
+}
