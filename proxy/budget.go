@@ -103,14 +103,16 @@ func DefaultFusionMemory() int64 {
 
 // fusionBytes estimates the memory one fusion-path run holds at its peak
 // for a prompt of tokens ids, prefix of them S and question of them Q, with
-// the strategy and ratio: the KV of the whole prompt twice (the assembled
-// cache, [layers][tokens, kv_heads, head_dim] float32 for K and V, and the
-// chunks' KV it is assembled from, decoded copies when they come from Redis
-// or in float16), the activations of the recompute pass for its rows (the
-// selected tokens and Q; every token for full and cacheblend, whose
-// layer-1 pass covers the whole context), the attention sums and the
-// logits row. The attention kernel's own buffers are per block of rows and
-// small next to these.
+// the strategy and ratio: the KV of the whole prompt three times (the
+// assembled cache, [layers][tokens, kv_heads, head_dim] float32 for K and
+// V; the chunks' KV it is assembled from, decoded copies when they come
+// from Redis or in float16; and the copy the adapter encodes to publish it,
+// a pushed blob or a llama.cpp slot file), the activations of the
+// recompute pass for its rows (the selected tokens and Q; every token for
+// full and cacheblend, whose layer-1 pass covers the whole context), the
+// attention sums and the logits row. The attention kernel's own buffers
+// are per block of rows and small next to these. TestFusionBytesMeasured
+// logs it next to what one Fuse allocates.
 func fusionBytes(c model.Config, tokens, prefix, question int, strategy string, ratio float64) int64 {
 	context := max(tokens-prefix-question, 0)
 	rows := int64(question) + int64(math.Ceil(ratio*float64(context)))
@@ -124,5 +126,5 @@ func fusionBytes(c model.Config, tokens, prefix, question int, strategy string, 
 	L := int64(tokens)
 	kv := L * int64(c.Layers) * 2 * int64(c.KVDim()) * 4
 	act := rows * 4 * int64(2*c.Dim+c.QDim()+2*c.KVDim()+2*c.HiddenDim)
-	return 2*kv + act + L*4*int64(c.Heads+1) + 4*int64(c.Vocab)
+	return 3*kv + act + L*4*int64(c.Heads+1) + 4*int64(c.Vocab)
 }
