@@ -40,6 +40,14 @@ type Config struct {
 	Breaker   Breaker         `yaml:"breaker"`
 	Tenant    Tenant          `yaml:"tenant"`
 	Documents DocumentsConfig `yaml:"documents"`
+	Telemetry TelemetryConfig `yaml:"telemetry"`
+}
+
+// TelemetryConfig is what the sidecar tells clients about its work (metrics
+// and traces are configured by the standard OTEL_* variables, see
+// docs/observability.md).
+type TelemetryConfig struct {
+	CacheHeader string `yaml:"cache_header" doc:"Response header, on every answer to POST /v1/chat/completions and /v1/completions, saying what the cache did (e.g. path=fusion hit=3/4 recomputed=19, or path=passthrough reason=too_many_missing hit=0/4; see docs/observability.md). The sidecar's value replaces any the engine sent. \"-\": no header (and the engine's X-Fusionrag-Cache is removed)." default:"X-Fusionrag-Cache"`
 }
 
 // DocumentsConfig guards the ingest route POST /v1/fusion/documents, which makes
@@ -242,6 +250,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Limits.FusionMemory < -1 {
 		bad("limits.fusion_memory", "%d: bytes, 0 for the default or -1 for no budget", c.Limits.FusionMemory)
+	}
+	if c.Telemetry.CacheHeader != "-" && !validHeaderName(c.Telemetry.CacheHeader) {
+		bad("telemetry.cache_header", "%q is not a valid header name (or - for none)", c.Telemetry.CacheHeader)
 	}
 	if c.Tenant.Header != "-" && !validHeaderName(c.Tenant.Header) {
 		bad("tenant.header", "%q is not a valid header name", c.Tenant.Header)

@@ -10,6 +10,7 @@ import (
 	"github.com/fusionrag/fusionrag/adapters"
 
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
 )
 
@@ -72,7 +73,7 @@ type Stats struct {
 	Ratio            float64
 	Chunks           int   // chunks recognised in the prompt
 	Hits             int   // found in the store
-	Misses           int   // computed (and stored) on the spot
+	Misses           int   // not found in the store (computed and stored on the spot when fused)
 	RecomputedTokens int   // tokens recomputed by the strategy
 	ContextTokens    int   // tokens of S + chunks
 	BytesLoaded      int64 // KV bytes read from the store
@@ -129,10 +130,26 @@ const (
 )
 
 // StartPhase starts a child span of the request span in ctx, with the
-// proxy's tracer provider. End it with span.End().
+// proxy's tracer provider. End it with span.End(). Extra options (a start
+// time, say) follow the attributes.
 func StartPhase(ctx context.Context, name string, attrs ...attribute.KeyValue) (context.Context, trace.Span) {
+	return startPhase(ctx, name, trace.WithAttributes(attrs...))
+}
+
+func startPhase(ctx context.Context, name string, opts ...trace.SpanStartOption) (context.Context, trace.Span) {
 	tp := trace.SpanFromContext(ctx).TracerProvider()
-	return tp.Tracer(instrumentationName).Start(ctx, name, trace.WithAttributes(attrs...))
+	return tp.Tracer(instrumentationName).Start(ctx, name, opts...)
+}
+
+// spanError records err on span as an exception event and sets the span's
+// status to Error with err's text: an exception event on a span whose
+// status stays Unset is easy to miss in a trace viewer.
+func spanError(span trace.Span, err error) {
+	if err == nil || !span.IsRecording() {
+		return
+	}
+	span.RecordError(err)
+	span.SetStatus(codes.Error, err.Error())
 }
 
 // ErrSkip says the fusion path declines a request; it is passed through and
@@ -140,8 +157,15 @@ func StartPhase(ctx context.Context, name string, attrs ...attribute.KeyValue) (
 var ErrSkip = errors.New("proxy: fusion skipped")
 
 // SkipError is ErrSkip with its reason (a constant such as "no_chunks",
-// "too_many_missing"), which becomes a metric label.
-type SkipError struct{ Reason string }
+// "too_many_missing"), which becomes a metric label, and what the Fuser knew
+// of the request's chunks when it declined (nil: nothing, e.g. before
+// segmentation), which the proxy counts as hits and misses like a fused
+// request's: a request skipped because its chunks are not in the store is
+// the very miss the hit ratio must show.
+type SkipError struct {
+	Reason string
+	Stats  *Stats
+}
 
 func (e *SkipError) Error() string { return "proxy: fusion skipped: " + e.Reason }
 
@@ -151,6 +175,9 @@ func (e *SkipError) Is(target error) bool { return target == ErrSkip }
 // Skip returns a *SkipError with the reason.
 func Skip(reason string) error { return &SkipError{Reason: reason} }
 
+// SkipWith returns a *SkipError with the reason and the chunks' stats.
+func SkipWith(reason string, s Stats) error { return &SkipError{Reason: reason, Stats: &s} }
+
 // PanicError is a panic recovered from a Fuser.
 type PanicError struct{ Value any }
 
@@ -159,10 +186,12 @@ func (e *PanicError) Error() string { return fmt.Sprintf("proxy: fuser panicked:
 // FallbackError is a failure of the fusion path with its reason (a short
 // constant, e.g. "engine_mismatch", "restore_refused"), which becomes the
 // fallback's metric label and span attribute instead of "fuser_error". It
-// counts against the breaker like any failure.
+// counts against the breaker like any failure. Stats, when set, are what the
+// Fuser knew of the chunks (counted as hits and misses, as for SkipError).
 type FallbackError struct {
 	Reason string
 	Err    error
+	Stats  *Stats
 }
 
 func (e *FallbackError) Error() string { return e.Err.Error() }
@@ -170,6 +199,20 @@ func (e *FallbackError) Unwrap() error { return e.Err }
 
 // Fallback returns err as a *FallbackError with reason.
 func Fallback(reason string, err error) error { return &FallbackError{Reason: reason, Err: err} }
+
+// statsOf returns the stats a Fuser's error carries (*SkipError or
+// *FallbackError), or nil.
+func statsOf(err error) *Stats {
+	var se *SkipError
+	var fe *FallbackError
+	switch {
+	case errors.As(err, &se):
+		return se.Stats
+	case errors.As(err, &fe):
+		return fe.Stats
+	}
+	return nil
+}
 
 // applyPlan returns body as the engine receives it on the fused path: the
 // members only the sidecar may set removed (leaseBody), then rewritten by

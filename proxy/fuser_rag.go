@@ -9,11 +9,11 @@ import (
 	"math"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/zeebo/xxh3"
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/fusionrag/fusionrag/adapters"
 	"github.com/fusionrag/fusionrag/engine"
@@ -321,6 +321,7 @@ const (
 	SkipPromptTooLong   = "prompt_too_long"
 	SkipNoPublish       = "no_publish"
 	SkipEngineBusy      = "engine_busy" // adapters.ErrBusy: every slot leased; not a failure
+	AttrSkipReason      = "fusionrag.skip_reason"
 	AttrAdapterReason   = "fusionrag.adapter_reason"
 	AttrInexactChunks   = "fusionrag.inexact_chunks"
 	AttrSegmentation    = "fusionrag.segmentation"
@@ -375,23 +376,21 @@ func (f *RAGFuser) Fuse(ctx context.Context, req *Request) (*Plan, error) {
 		return nil, Skip(SkipOverBudget)
 	}
 	defer f.budget.Release(need)
+	k := len(sg.seg.Chunks)
+	known := Stats{Strategy: strategy, Ratio: ratio, Chunks: k} // what a skip below reports; hits and misses once looked up
 
-	// Look up and recompute. A source wrapper counts raw-key misses and
-	// stops the run as soon as more than MaxMissingFraction of the chunks
-	// are missing, before any of them is computed.
+	// Look up and recompute. A source wrapper sees every chunk lookup (all
+	// of them run before any chunk is computed) and stops the run before
+	// the first computation when more than MaxMissingFraction of the
+	// chunks are missing; it also times the lookups for fusion.lookup.
 	ns, err := ChunkNamespace(f.m, req.Tenant, f.cfg.Fusion)
 	if err != nil {
 		return nil, err
 	}
-	k := len(sg.seg.Chunks)
 	var src recompute.KVSource
+	var cs *countingSource
 	if f.source != nil {
-		cs := &countingSource{inner: f.source, raw: make(map[fingerprint.Key]bool, k),
-			allowed: int(math.Floor(f.cfg.Fusion.MaxMissingFraction*float64(k) + 1e-9))}
-		prefix := sg.ids[:sg.seg.Prefix.End]
-		for _, c := range sg.seg.Chunks {
-			cs.raw[recompute.ChunkKey(ns, fingerprint.VariantRaw, prefix, sg.ids[c.Begin:c.End])] = true
-		}
+		cs = newCountingSource(f.source, ns, sg, int(math.Floor(f.cfg.Fusion.MaxMissingFraction*float64(k)+1e-9)))
 		src = cs
 	}
 	rp, err := recompute.New(recompute.Config{Model: f.m, Source: src, Namespace: ns,
@@ -401,20 +400,32 @@ func (f *RAGFuser) Fuse(ctx context.Context, req *Request) (*Plan, error) {
 	}
 	rreq, err := toRecompute(sg, strategy, ratio)
 	if err != nil {
-		return nil, requestSkip(err)
+		return nil, withStats(requestSkip(err), known)
 	}
 	rctx, rspan := StartPhase(ctx, SpanRecompute, attribute.String(AttrStrategy, strategy), attribute.Float64(AttrRatio, ratio))
 	res, err := rp.Run(rctx, rreq)
+	if cs != nil {
+		known.Hits, known.Misses = cs.counts()
+		cs.span(ctx, known)
+	}
 	if err != nil {
-		rspan.RecordError(err)
-		rspan.End()
 		if errors.Is(err, errTooManyMissing) {
+			rspan.SetAttributes(attribute.String(AttrSkipReason, SkipTooManyMissing),
+				attribute.Int(AttrHits, known.Hits), attribute.Int(AttrMisses, known.Misses))
+			rspan.End()
 			f.warm(ns, rreq)
-			return nil, Skip(SkipTooManyMissing)
+			return nil, SkipWith(SkipTooManyMissing, known)
 		}
-		return nil, requestSkip(err)
+		err = requestSkip(err)
+		if !errors.Is(err, ErrSkip) {
+			spanError(rspan, err)
+		}
+		rspan.End()
+		return nil, withStats(err, known)
 	}
 	rec := res.Record
+	known.Hits, known.Misses = rec.RawHits+rec.FusedHits, rec.Misses
+	known.RecomputedTokens, known.ContextTokens, known.BytesLoaded = rec.Recomputed, rec.PrefixTokens+rec.ContextTokens, rec.BytesLoaded
 	rspan.SetAttributes(
 		attribute.Int(AttrHits, rec.RawHits+rec.FusedHits), attribute.Int(AttrMisses, rec.Misses),
 		attribute.Int("fusionrag.bad_entries", rec.BadEntries), attribute.Int(AttrRecomputedTokens, rec.Recomputed),
@@ -430,14 +441,14 @@ func (f *RAGFuser) Fuse(ctx context.Context, req *Request) (*Plan, error) {
 	defer pspan.End()
 	eng, err := f.engine(pctx)
 	if err != nil {
-		pspan.RecordError(err)
+		spanError(pspan, err)
 		switch {
 		case errors.Is(err, adapters.ErrMismatch):
-			return nil, Fallback(ReasonEngineMismatch, err)
+			return nil, withStats(Fallback(ReasonEngineMismatch, err), known)
 		case ctx.Err() != nil:
 			return nil, err
 		}
-		return nil, Fallback(adapterReason(err, ReasonAdapterOpen), err)
+		return nil, withStats(Fallback(adapterReason(err, ReasonAdapterOpen), err), known)
 	}
 	fwd := req.Body
 	if sg.body != nil {
@@ -451,26 +462,32 @@ func (f *RAGFuser) Fuse(ctx context.Context, req *Request) (*Plan, error) {
 	lease, err := eng.publish(pctx, adapters.Publication{Namespace: pns, Prompt: sg.ids, KV: res.Cache.Slice(0, L-1),
 		Path: req.Route.Path(), Body: fwd})
 	if err != nil {
-		pspan.RecordError(err)
 		if r := adapters.ReasonOf(err); r != "" {
 			pspan.SetAttributes(attribute.String(AttrAdapterReason, truncateAttr(r)))
 		}
 		switch {
 		case errors.Is(err, adapters.ErrNoPublish):
-			return nil, Skip(SkipNoPublish)
+			pspan.SetAttributes(attribute.String(AttrSkipReason, SkipNoPublish))
+			return nil, SkipWith(SkipNoPublish, known)
 		case errors.Is(err, adapters.ErrBusy):
-			return nil, Skip(SkipEngineBusy)
+			pspan.SetAttributes(attribute.String(AttrSkipReason, SkipEngineBusy))
+			return nil, SkipWith(SkipEngineBusy, known)
 		case errors.Is(err, adapters.ErrRequest):
 			// The request's own tokens or shape (adapters.ErrRequest):
 			// forwarded as it is, not a failure of the path.
-			return nil, Skip(adapterReason(err, SkipEngineRejects))
+			reason := adapterReason(err, SkipEngineRejects)
+			pspan.SetAttributes(attribute.String(AttrSkipReason, reason))
+			return nil, SkipWith(reason, known)
+		}
+		spanError(pspan, err)
+		switch {
 		case ctx.Err() != nil:
 			return nil, err // the proxy tells a deadline from a cancel
 		case errors.Is(err, adapters.ErrMismatch):
 			f.retire(eng, err)
-			return nil, Fallback(ReasonEngineMismatch, err)
+			return nil, withStats(Fallback(ReasonEngineMismatch, err), known)
 		}
-		return nil, Fallback(adapterReason(err, ReasonAdapterError), err)
+		return nil, withStats(Fallback(adapterReason(err, ReasonAdapterError), err), known)
 	}
 	pspan.SetAttributes(attribute.Int("fusionrag.published_tokens", L-1))
 
@@ -480,12 +497,22 @@ func (f *RAGFuser) Fuse(ctx context.Context, req *Request) (*Plan, error) {
 			f.Remember(req.Tenant, sg.ids[c.Begin:c.End])
 		}
 	}
-	return &Plan{
-		Lease: lease,
-		Body:  fwd,
-		Stats: Stats{Strategy: strategy, Ratio: ratio, Chunks: k, Hits: rec.RawHits + rec.FusedHits, Misses: rec.Misses,
-			RecomputedTokens: rec.Recomputed, ContextTokens: rec.PrefixTokens + rec.ContextTokens, BytesLoaded: rec.BytesLoaded},
-	}, nil
+	return &Plan{Lease: lease, Body: fwd, Stats: known}, nil
+}
+
+// withStats attaches s to a *SkipError or *FallbackError that carries none,
+// so the proxy counts the request's chunks; other errors are returned as
+// they are.
+func withStats(err error, s Stats) error {
+	var se *SkipError
+	var fe *FallbackError
+	switch {
+	case errors.As(err, &se) && se.Stats == nil:
+		se.Stats = &s
+	case errors.As(err, &fe) && fe.Stats == nil:
+		fe.Stats = &s
+	}
+	return err
 }
 
 // warm computes and stores the chunks of a request that skipped fusion
@@ -555,32 +582,109 @@ func toRecompute(sg *segmented, strategy string, ratio float64) (recompute.Reque
 
 var errTooManyMissing = errors.New("proxy: too many chunks missing from the store")
 
-// countingSource counts misses of chunks' raw keys (the last key tried for
-// a chunk) and fails the run once more than allowed are missing.
+// countingSource is the fuser's view of the store during one request: it
+// notes which chunks were found (under their raw or fused key), times the
+// lookups (the fusion.lookup span), and refuses the first chunk
+// computation when more than allowed chunks are missing.
+//
+// recompute looks every chunk up (in parallel) before it computes any
+// missing one, and asks the source for a lease (LeaseKV) right before each
+// computation, so LeaseKV is where the decision falls: by then every lookup
+// has returned, and the counts are those of the whole request, not of the
+// lookups that happened to finish before the limit was crossed.
 type countingSource struct {
 	inner   recompute.KVSource
-	raw     map[fingerprint.Key]bool
+	chunkOf map[fingerprint.Key]int // raw and fused key -> chunk index
+	k       int
 	allowed int
-	misses  atomic.Int32
+
+	mu         sync.Mutex
+	found      []bool
+	lookups    int // GetKV calls, prefix included
+	first      time.Time
+	last       time.Time
+	lookupTime time.Duration // summed over calls (they overlap)
+}
+
+func newCountingSource(inner recompute.KVSource, ns fingerprint.Namespace, sg *segmented, allowed int) *countingSource {
+	k := len(sg.seg.Chunks)
+	c := &countingSource{inner: inner, chunkOf: make(map[fingerprint.Key]int, 2*k), k: k, allowed: allowed, found: make([]bool, k)}
+	prefix := sg.ids[:sg.seg.Prefix.End]
+	for i, ch := range sg.seg.Chunks {
+		ids := sg.ids[ch.Begin:ch.End]
+		c.chunkOf[recompute.ChunkKey(ns, fingerprint.VariantRaw, prefix, ids)] = i
+		c.chunkOf[recompute.ChunkKey(ns, fingerprint.VariantFused, prefix, ids)] = i
+	}
+	return c
 }
 
 func (c *countingSource) GetKV(ctx context.Context, key fingerprint.Key, check fingerprint.Check) (recompute.Loaded, error) {
+	t := time.Now()
 	ld, err := c.inner.GetKV(ctx, key, check)
-	if err != nil && c.raw[key] && (errors.Is(err, recompute.ErrMiss) || errors.Is(err, recompute.ErrKVMismatch)) {
-		if int(c.misses.Add(1)) > c.allowed {
-			return recompute.Loaded{}, errTooManyMissing
+	end := time.Now()
+	c.mu.Lock()
+	if c.lookups == 0 || t.Before(c.first) {
+		c.first = t
+	}
+	if end.After(c.last) {
+		c.last = end
+	}
+	c.lookups++
+	c.lookupTime += end.Sub(t)
+	if i, ok := c.chunkOf[key]; ok && err == nil {
+		c.found[i] = true
+	}
+	c.mu.Unlock()
+	return ld, err
+}
+
+// counts returns the chunks found and the chunks not found.
+func (c *countingSource) counts() (hits, misses int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, f := range c.found {
+		if f {
+			hits++
 		}
 	}
-	return ld, err
+	return hits, c.k - hits
+}
+
+// span emits fusion.lookup, a child of the request span in ctx, over
+// [first lookup, last lookup's return) with the chunks' hits and misses.
+// The lookups run inside recompute.Run, so the span is written afterwards
+// with their own timestamps.
+func (c *countingSource) span(ctx context.Context, s Stats) {
+	if !trace.SpanFromContext(ctx).IsRecording() {
+		return
+	}
+	c.mu.Lock()
+	first, last, n, sum := c.first, c.last, c.lookups, c.lookupTime
+	c.mu.Unlock()
+	if n == 0 {
+		first = time.Now()
+		last = first
+	}
+	_, sp := startPhase(ctx, SpanLookup, trace.WithTimestamp(first), trace.WithAttributes(
+		attribute.Int(AttrChunks, s.Chunks), attribute.Int(AttrHits, s.Hits), attribute.Int(AttrMisses, s.Misses),
+		attribute.Float64(AttrHitRate, s.hitRate()), attribute.Int("fusionrag.store_lookups", n),
+		attribute.Float64(AttrLoadSeconds, sum.Seconds())))
+	sp.End(trace.WithTimestamp(last))
 }
 
 func (c *countingSource) PutKV(ctx context.Context, key fingerprint.Key, check fingerprint.Check, kv *model.Cache) error {
 	return c.inner.PutKV(ctx, key, check, kv)
 }
 
-// LeaseKV forwards the inner source's lease (sidecars sharing a store
-// compute a cold chunk once); without one, compute at once.
+// LeaseKV is asked right before a missing chunk is computed (every lookup
+// has returned by then): it fails the run with errTooManyMissing when more
+// than allowed chunks are missing. Otherwise it forwards the inner
+// source's lease (sidecars sharing a store compute a cold chunk once);
+// without one, compute at once.
 func (c *countingSource) LeaseKV(ctx context.Context, key fingerprint.Key, check fingerprint.Check) (recompute.Loaded, func(), error) {
+	if _, misses := c.counts(); misses > c.allowed {
+		return recompute.Loaded{}, nil, errTooManyMissing
+	}
 	if l, ok := c.inner.(recompute.KVLeaser); ok {
 		return l.LeaseKV(ctx, key, check)
 	}

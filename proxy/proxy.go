@@ -30,6 +30,7 @@ import (
 
 	"github.com/sony/gobreaker/v2"
 	"github.com/valyala/fasthttp"
+	"github.com/valyala/fasthttp/fasthttpadaptor"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/metric"
@@ -51,6 +52,7 @@ type Proxy struct {
 	fusions chan struct{} // semaphore: running (and abandoned) Fuse calls
 	docs    *docsRoutes
 	debug   *debugServer // FUSIONRAG_PPROF listener, nil when off
+	metrics fasthttp.RequestHandler
 }
 
 // Option configures a Proxy.
@@ -110,6 +112,7 @@ func New(cfg Config, opts ...Option) (*Proxy, error) {
 		},
 	})
 	p.tel.breakerState = p.breaker.State
+	p.metrics = fasthttpadaptor.NewFastHTTPHandler(p.tel.prom.Handler())
 	p.server = &fasthttp.Server{
 		Handler:           p.Handler,
 		Name:              "fusionrag",
@@ -209,6 +212,15 @@ const (
 // already in flight.
 const SkipSaturated = "saturated"
 
+// Reasons an eligible route's request never reached the fusion path; they
+// appear in the cache header only (not in the skip metric, which counts the
+// requests the fusion path declined).
+const (
+	SkipFusionOff   = "fusion_off"   // no fusion path (no model) or fusion.disabled
+	SkipMalformed   = "malformed"    // the body is not a request the sidecar can read: forwarded as is
+	SkipNotEligible = "not_eligible" // a request the fusion path does not serve (see ParseRequest)
+)
+
 // exchange is one client request, from arrival to the end of its response
 // (which, for a streamed body, is after the handler returned).
 type exchange struct {
@@ -218,7 +230,10 @@ type exchange struct {
 	span     trace.Span
 	route    Route
 	path     string
-	reason   string
+	reason   string      // fallback reason
+	skip     string      // skip reason (the fusion path declined)
+	stats    Stats       // what the fusion path knew of the chunks, when looked
+	looked   bool        // stats hold a lookup's hits and misses
 	done     func(error) // breaker outcome, set on the fusion path
 	plan     *Plan
 	ttft     atomic.Bool
@@ -251,7 +266,8 @@ func (x *exchange) unref() {
 	case n < 0:
 		panic("proxy: exchange released twice")
 	}
-	x.p, x.ctx, x.span, x.reason, x.done, x.plan = nil, nil, nil, "", nil, nil
+	x.p, x.ctx, x.span, x.reason, x.skip, x.done, x.plan = nil, nil, nil, "", "", nil, nil
+	x.stats, x.looked = Stats{}, false
 	x.ttft.Store(false)
 	x.finished.Store(false)
 	exchanges.Put(x)
@@ -307,6 +323,34 @@ func (x *exchange) finishAt(now time.Time, err error) {
 func (x *exchange) fallback(reason string) {
 	x.path, x.reason = PathFallback, reason
 	x.p.tel.fallbacks.Add(x.ctx, 1, metric.WithAttributes(attribute.String("reason", reason)))
+	if reason != ReasonClientCancel && x.span.IsRecording() {
+		// The client is served (the original request), but the fusion
+		// path failed: the span says so where a trace viewer looks.
+		x.span.SetStatus(codes.Error, "fusion fallback: "+reason)
+	}
+}
+
+// skipped notes that the fusion path declined the request.
+func (x *exchange) skipped(reason string) {
+	x.skip = reason
+	x.p.tel.skips.Add(x.ctx, 1, metric.WithAttributes(attribute.String("reason", reason)))
+	if x.span.IsRecording() {
+		x.span.SetAttributes(attribute.String(AttrSkipReason, reason))
+	}
+}
+
+// lookedUp counts an eligible request the fusion path was asked about
+// (fusionrag.proxy.lookups, and its chunks as hits and misses) and keeps
+// what it knew for the cache header; s nil: nothing known.
+func (x *exchange) lookedUp(s *Stats) {
+	x.p.tel.recordLookup(x.ctx, s)
+	if s != nil && s.Hits+s.Misses > 0 {
+		x.stats, x.looked = *s, true
+		if x.span.IsRecording() {
+			x.span.SetAttributes(attribute.Int(AttrChunks, s.Chunks), attribute.Int(AttrHits, s.Hits),
+				attribute.Int(AttrMisses, s.Misses), attribute.Float64(AttrHitRate, s.hitRate()))
+		}
+	}
 }
 
 // Handler is the fasthttp handler of the sidecar.
@@ -383,6 +427,7 @@ func (p *Proxy) Handler(ctx *fasthttp.RequestCtx) {
 		// The "fusionrag" member is addressed to the sidecar and
 		// kv_transfer_params is the sidecar's to set: neither reaches the
 		// engine from the client, fusion or not.
+		x.skip = SkipFusionOff
 		body = stripClientControl(body)
 		p.forward(ctx, x, body, nil, len(body))
 		return
@@ -484,6 +529,7 @@ func (p *Proxy) serveEligible(ctx *fasthttp.RequestCtx, x *exchange, body []byte
 	switch {
 	case errors.Is(err, ErrMalformed):
 		// Forward untouched: the engine answers exactly as it would have.
+		x.skip = SkipMalformed
 		p.forward(ctx, x, body, nil, len(body))
 		return
 	case errors.As(err, &oe):
@@ -493,6 +539,7 @@ func (p *Proxy) serveEligible(ctx *fasthttp.RequestCtx, x *exchange, body []byte
 		p.reject(ctx, x, fasthttp.StatusBadRequest, "invalid_request", ie.Error())
 		return
 	case err != nil: // ErrNotEligible
+		x.skip = SkipNotEligible
 		p.forward(ctx, x, req.Body, nil, len(req.Body))
 		return
 	}
@@ -571,14 +618,15 @@ func (p *Proxy) fuse(x *exchange, req *Request) ([]byte, bool) {
 	select {
 	case p.fusions <- struct{}{}:
 	default:
-		p.tel.skips.Add(x.ctx, 1, metric.WithAttributes(attribute.String("reason", SkipSaturated)))
-		x.span.SetAttributes(attribute.String("fusionrag.skip_reason", SkipSaturated))
+		x.skipped(SkipSaturated)
+		x.lookedUp(nil)
 		return nil, false
 	}
 	done, err := p.breaker.Allow()
 	if err != nil {
 		<-p.fusions
 		x.fallback(ReasonBreakerOpen)
+		x.lookedUp(nil)
 		return nil, false
 	}
 	fctx, cancel := context.WithTimeout(x.ctx, p.cfg.Timeouts.Fusion)
@@ -611,6 +659,20 @@ func (p *Proxy) fuse(x *exchange, req *Request) ([]byte, bool) {
 		r.plan.release()
 		r.plan = nil
 	}
+	// Every eligible request the fusion path was asked about counts in
+	// the lookups and, with the chunks it recognised, in the chunk hits and
+	// misses: fused, skipped (too many missing) or failed alike.
+	var known *Stats
+	var skip *SkipError
+	switch {
+	case r.err == nil:
+		known = &r.plan.Stats
+	case errors.As(r.err, &skip) && skip.Stats == nil && skip.Reason == SkipNoChunks:
+		known = &Stats{} // nothing recognised
+	default:
+		known = statsOf(r.err)
+	}
+	x.lookedUp(known)
 	var body []byte
 	if r.err == nil {
 		base := req.Body
@@ -629,7 +691,6 @@ func (p *Proxy) fuse(x *exchange, req *Request) ([]byte, bool) {
 			return nil, false
 		}
 	}
-	var skip *SkipError
 	var pe *PanicError
 	var fe *FallbackError
 	switch {
@@ -638,7 +699,7 @@ func (p *Proxy) fuse(x *exchange, req *Request) ([]byte, bool) {
 		if x.span.IsRecording() {
 			x.span.SetAttributes(r.plan.Stats.Attributes()...)
 		}
-		p.tel.recordStats(x.ctx, r.plan.Stats)
+		p.tel.recordFused(x.ctx, r.plan.Stats)
 		return body, true
 	case errors.As(r.err, &skip) || errors.Is(r.err, ErrSkip):
 		done(r.err)
@@ -646,8 +707,7 @@ func (p *Proxy) fuse(x *exchange, req *Request) ([]byte, bool) {
 		if skip != nil {
 			reason = skip.Reason
 		}
-		p.tel.skips.Add(x.ctx, 1, metric.WithAttributes(attribute.String("reason", reason)))
-		x.span.SetAttributes(attribute.String("fusionrag.skip_reason", reason))
+		x.skipped(reason)
 		return nil, false
 	case errors.Is(r.err, context.DeadlineExceeded):
 		x.fallback(ReasonFuserTimeout)
@@ -701,6 +761,9 @@ func (p *Proxy) roundTrip(ctx *fasthttp.RequestCtx, x *exchange, body []byte, st
 	}
 	if span.IsRecording() {
 		span.SetAttributes(attribute.Int("http.response.status_code", resp.StatusCode()))
+		if resp.StatusCode() >= 400 { // an error for a client span (OTel HTTP semantic conventions)
+			span.SetStatus(codes.Error, fmt.Sprintf("engine answered %d", resp.StatusCode()))
+		}
 	}
 	return resp, nil
 }
@@ -722,6 +785,7 @@ func (p *Proxy) forward(ctx *fasthttp.RequestCtx, x *exchange, body []byte, stre
 func (p *Proxy) respond(ctx *fasthttp.RequestCtx, x *exchange, resp *fasthttp.Response) {
 	resp.Header.CopyTo(&ctx.Response.Header)
 	stripResponseHopHeaders(&ctx.Response.Header)
+	p.setCacheHeader(ctx, x) // before the body: a streamed response's header goes out first
 	bs := resp.BodyStream()
 	cl := resp.Header.ContentLength()
 	if bs == nil || cl == 0 || ctx.IsHead() {
@@ -771,6 +835,7 @@ func (p *Proxy) upstreamError(ctx *fasthttp.RequestCtx, x *exchange, err error) 
 	p.log.Warn("upstream error", "err", err, "status", status)
 	ctx.SetConnectionClose()
 	writeError(ctx, status, "upstream_error", code, msg+": "+err.Error())
+	p.setCacheHeader(ctx, x)
 	x.firstByte()
 	x.finish(err)
 }
@@ -781,6 +846,7 @@ func (p *Proxy) reject(ctx *fasthttp.RequestCtx, x *exchange, status int, code, 
 		lingerError(ctx, status, code, msg)
 	} else {
 		writeError(ctx, status, "invalid_request_error", code, msg)
+		p.setCacheHeader(ctx, x)
 	}
 	x.firstByte()
 	x.finish(nil)
@@ -826,13 +892,11 @@ func writeError(ctx *fasthttp.RequestCtx, status int, typ, code, msg string) {
 	ctx.SetBody(b)
 }
 
+// serveMetrics serves the Prometheus page through promhttp (content
+// negotiation, compression), as the OpenTelemetry Prometheus exporter
+// gathers it.
 func (p *Proxy) serveMetrics(ctx *fasthttp.RequestCtx) {
-	ctx.SetContentType("text/plain; version=0.0.4; charset=utf-8")
-	if err := p.tel.WritePrometheus(context.Background(), ctx); err != nil {
-		ctx.Response.Reset()
-		ctx.SetStatusCode(fasthttp.StatusInternalServerError)
-		ctx.SetBodyString(err.Error())
-	}
+	p.metrics(ctx)
 }
 
 func (p *Proxy) serveHealth(ctx *fasthttp.RequestCtx) {

@@ -5,40 +5,44 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
-	"sort"
 	"strconv"
 	"strings"
-	"sync/atomic"
 
 	"github.com/sony/gobreaker/v2"
+	"github.com/valyala/fasthttp"
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetricgrpc"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
 	"go.opentelemetry.io/otel/metric"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/exemplar"
-	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/fusionrag/fusionrag/internal/promexport"
 )
 
 const instrumentationName = "github.com/fusionrag/fusionrag/proxy"
 
 // Telemetry holds the proxy's tracer and meter providers. Spans go to an
 // OTLP/gRPC exporter configured by the standard OTEL_* variables (none when
-// unset); metrics are read on demand for the Prometheus /metrics page.
+// unset). Metrics are read on demand for the Prometheus /metrics page by the
+// OpenTelemetry Prometheus exporter (package promexport), and pushed over
+// OTLP/gRPC by a periodic reader when an OTLP endpoint is configured.
 type Telemetry struct {
 	tp     *sdktrace.TracerProvider
 	mp     *sdkmetric.MeterProvider
-	reader *sdkmetric.ManualReader
+	prom   *promexport.Exposition
 	tracer trace.Tracer
 
-	requests, fallbacks, skips, chunks, recomputed, bytesLoaded, upstreamErrors, transitions metric.Int64Counter
-	ttft, duration                                                                           metric.Float64Histogram
+	requests, fallbacks, skips, chunks, lookups, recomputed, bytesLoaded, upstreamErrors, transitions metric.Int64Counter
+	ttft, duration                                                                                    metric.Float64Histogram
 
-	hits, misses atomic.Int64
 	breakerState func() gobreaker.State
+
+	// metricsOTLP is true when metrics are also pushed over OTLP.
+	metricsOTLP bool
 
 	// tracing is false when no span can ever be exported (no exporter):
 	// the proxy then starts no spans at all. A non-recording span still
@@ -50,6 +54,41 @@ type Telemetry struct {
 	// variadic parameter allocates its slice.
 	byPath      [numPaths][]metric.RecordOption
 	byPathRoute [numPaths][numRoutes][]metric.AddOption
+	byLookup    [numLookups][]metric.AddOption
+	chunkHit    []metric.AddOption
+	chunkMiss   []metric.AddOption
+}
+
+// Results of fusionrag.proxy.lookups, one per eligible request the fusion
+// path was asked about (the "result" label).
+const (
+	LookupHit     = "hit"     // every recognised chunk was in the store
+	LookupPartial = "partial" // some were
+	LookupMiss    = "miss"    // none was
+	LookupNone    = "none"    // no chunk recognised in the prompt (no markers, parts or known chunks)
+	LookupUnknown = "unknown" // the fusion path stopped before it knew (breaker open, saturated, deadline, error)
+)
+
+var lookupResults = [...]string{LookupHit, LookupPartial, LookupMiss, LookupNone, LookupUnknown}
+
+const numLookups = len(lookupResults)
+
+// lookupResult classifies what a fusion attempt knew of its chunks (nil:
+// nothing), as an index into lookupResults.
+func lookupResult(s *Stats) int {
+	switch {
+	case s == nil:
+		return 4
+	case s.Hits+s.Misses == 0 && s.Chunks == 0:
+		return 3
+	case s.Hits+s.Misses == 0: // chunks recognised, never looked up
+		return 4
+	case s.Misses == 0:
+		return 0
+	case s.Hits == 0:
+		return 2
+	}
+	return 1
 }
 
 // hotPaths are the exchange paths whose option slices are prebuilt, in
@@ -97,7 +136,11 @@ func (t *Telemetry) pathRouteOpts(path string, r Route) []metric.AddOption {
 // NewTelemetry builds the providers. env looks variables up (os.LookupEnv);
 // OTEL_TRACES_EXPORTER may be "otlp" or "none"; with it unset, spans are
 // exported when OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT
-// is set. The exporter itself reads the other OTEL_EXPORTER_OTLP_* variables.
+// is set. Likewise OTEL_METRICS_EXPORTER ("otlp" or "none"; unset: otlp when
+// OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_METRICS_ENDPOINT is set)
+// pushes metrics every OTEL_METRIC_EXPORT_INTERVAL (default 60 s), besides
+// the /metrics page that is always there. The exporters themselves read the
+// other OTEL_EXPORTER_OTLP_* variables. Only OTLP over gRPC is supported.
 func NewTelemetry(ctx context.Context, env func(string) (string, bool)) (*Telemetry, error) {
 	get := func(k string) string {
 		if env == nil {
@@ -113,38 +156,43 @@ func NewTelemetry(ctx context.Context, env func(string) (string, bool)) (*Teleme
 		return nil, fmt.Errorf("telemetry: resource: %w", err)
 	}
 	topts := []sdktrace.TracerProviderOption{sdktrace.WithResource(res)}
-	exporter := strings.ToLower(get("OTEL_TRACES_EXPORTER"))
-	tracing := false
-	if exporter == "" && (get("OTEL_EXPORTER_OTLP_ENDPOINT") != "" || get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") != "") {
-		exporter = "otlp"
+	tracing, err := otlpWanted(get, "TRACES")
+	if err != nil {
+		return nil, err
 	}
-	switch exporter {
-	case "", "none":
+	if tracing {
+		exp, err := otlptracegrpc.New(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("telemetry: OTLP trace exporter: %w", err)
+		}
+		topts = append(topts, sdktrace.WithBatcher(exp))
+	} else {
 		// Nothing is exported: the proxy starts no spans (tracing false),
 		// and spans others start from this provider are non-recording.
 		topts = append(topts, sdktrace.WithSampler(sdktrace.NeverSample()))
-	case "otlp":
-		tracing = true
-		proto := get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-		if proto == "" {
-			proto = get("OTEL_EXPORTER_OTLP_PROTOCOL")
-		}
-		if proto != "" && proto != "grpc" {
-			return nil, fmt.Errorf("telemetry: OTLP protocol %q not supported (only grpc)", proto)
-		}
-		exp, err := otlptracegrpc.New(ctx)
-		if err != nil {
-			return nil, fmt.Errorf("telemetry: OTLP exporter: %w", err)
-		}
-		topts = append(topts, sdktrace.WithBatcher(exp))
-	default:
-		return nil, fmt.Errorf("telemetry: OTEL_TRACES_EXPORTER=%q not supported (otlp or none)", exporter)
 	}
-	t := &Telemetry{tp: sdktrace.NewTracerProvider(topts...), reader: sdkmetric.NewManualReader(), tracing: tracing}
-	// Exemplars are never exposed (the Prometheus page has none): keeping
-	// them would only cost each measurement a span-context lookup.
-	t.mp = sdkmetric.NewMeterProvider(sdkmetric.WithReader(t.reader), sdkmetric.WithResource(res),
-		sdkmetric.WithExemplarFilter(exemplar.AlwaysOffFilter))
+	pushMetrics, err := otlpWanted(get, "METRICS")
+	if err != nil {
+		return nil, err
+	}
+	prom, err := promexport.New()
+	if err != nil {
+		return nil, fmt.Errorf("telemetry: %w", err)
+	}
+	// Exemplars are never exposed (neither the text page nor the pushed
+	// points need them): keeping them would only cost each measurement a
+	// span-context lookup.
+	mopts := []sdkmetric.Option{sdkmetric.WithReader(prom.Reader()), sdkmetric.WithResource(res),
+		sdkmetric.WithExemplarFilter(exemplar.AlwaysOffFilter)}
+	if pushMetrics {
+		exp, err := otlpmetricgrpc.New(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("telemetry: OTLP metric exporter: %w", err)
+		}
+		mopts = append(mopts, sdkmetric.WithReader(sdkmetric.NewPeriodicReader(exp)))
+	}
+	t := &Telemetry{tp: sdktrace.NewTracerProvider(topts...), prom: prom, tracing: tracing, metricsOTLP: pushMetrics}
+	t.mp = sdkmetric.NewMeterProvider(mopts...)
 	t.tracer = t.tp.Tracer(instrumentationName)
 	for i, path := range hotPaths {
 		t.byPath[i] = []metric.RecordOption{metric.WithAttributeSet(attribute.NewSet(attribute.String("path", path)))}
@@ -152,10 +200,38 @@ func NewTelemetry(ctx context.Context, env func(string) (string, bool)) (*Teleme
 			t.byPathRoute[i][r] = []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(attribute.String("path", path), attribute.String("route", r.String())))}
 		}
 	}
+	for i, r := range lookupResults {
+		t.byLookup[i] = []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(attribute.String("result", r)))}
+	}
+	t.chunkHit = []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(attribute.String("result", "hit")))}
+	t.chunkMiss = []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(attribute.String("result", "miss")))}
 	if err := t.instruments(); err != nil {
 		return nil, err
 	}
 	return t, nil
+}
+
+// otlpWanted reads OTEL_<signal>_EXPORTER and the endpoint variables: true
+// when the signal is to be exported over OTLP/gRPC.
+func otlpWanted(get func(string) string, signal string) (bool, error) {
+	exporter := strings.ToLower(get("OTEL_" + signal + "_EXPORTER"))
+	if exporter == "" && (get("OTEL_EXPORTER_OTLP_ENDPOINT") != "" || get("OTEL_EXPORTER_OTLP_"+signal+"_ENDPOINT") != "") {
+		exporter = "otlp"
+	}
+	switch exporter {
+	case "", "none":
+		return false, nil
+	case "otlp":
+		proto := get("OTEL_EXPORTER_OTLP_" + signal + "_PROTOCOL")
+		if proto == "" {
+			proto = get("OTEL_EXPORTER_OTLP_PROTOCOL")
+		}
+		if proto != "" && proto != "grpc" {
+			return false, fmt.Errorf("telemetry: OTLP protocol %q not supported (only grpc)", proto)
+		}
+		return true, nil
+	}
+	return false, fmt.Errorf("telemetry: OTEL_%s_EXPORTER=%q not supported (otlp or none)", signal, exporter)
 }
 
 func (t *Telemetry) instruments() error {
@@ -169,7 +245,8 @@ func (t *Telemetry) instruments() error {
 	t.requests = counter("fusionrag.proxy.requests", "Requests by path taken: fusion, passthrough, fallback, rejected.", "{request}")
 	t.fallbacks = counter("fusionrag.proxy.fallbacks", "Fusion-path failures that fell back to forwarding the original request, by reason.", "{request}")
 	t.skips = counter("fusionrag.proxy.skips", "Eligible requests the fusion path declined, by reason.", "{request}")
-	t.chunks = counter("fusionrag.proxy.chunks", "Chunks met by the fusion path, by result: hit or miss.", "{chunk}")
+	t.chunks = counter("fusionrag.proxy.chunks", "Chunks recognised in eligible requests, by result: hit (in the store) or miss (not in it), whether the request was fused or skipped. Chunk hit ratio over a window: rate(hit) / rate(hit + miss).", "{chunk}")
+	t.lookups = counter("fusionrag.proxy.lookups", "Eligible requests the fusion path was asked about, by what it found: hit (every chunk), partial, miss (no chunk), none (no chunk recognised), unknown (stopped before it knew).", "{request}")
 	t.recomputed = counter("fusionrag.proxy.recomputed_tokens", "Context tokens recomputed by the fusion path.", "{token}")
 	t.bytesLoaded = counter("fusionrag.proxy.loaded", "KV bytes loaded from the store.", "By")
 	t.upstreamErrors = counter("fusionrag.proxy.upstream_errors", "Failures talking to the engine, by kind: connect, timeout, other.", "{error}")
@@ -180,16 +257,7 @@ func (t *Telemetry) instruments() error {
 	errs = append(errs, err)
 	t.duration, err = m.Float64Histogram("fusionrag.proxy.request.duration", metric.WithDescription("Time from request arrival to the end of the response, by path."), metric.WithUnit("s"), buckets)
 	errs = append(errs, err)
-	_, err = m.Float64ObservableGauge("fusionrag.proxy.hit_rate", metric.WithDescription("Chunk hit rate of the fusion path since start: hits / (hits + misses)."), metric.WithUnit("1"),
-		metric.WithFloat64Callback(func(_ context.Context, o metric.Float64Observer) error {
-			h, mi := t.hits.Load(), t.misses.Load()
-			if h+mi > 0 {
-				o.Observe(float64(h) / float64(h+mi))
-			}
-			return nil
-		}))
-	errs = append(errs, err)
-	_, err = m.Int64ObservableGauge("fusionrag.proxy.breaker.state", metric.WithDescription("Circuit breaker state: 0 closed, 1 half-open, 2 open."), metric.WithUnit("1"),
+	_, err = m.Int64ObservableGauge("fusionrag.proxy.breaker.state", metric.WithDescription("Circuit breaker state: 0 closed, 1 half-open, 2 open."), metric.WithUnit("{state}"),
 		metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error {
 			if f := t.breakerState; f != nil {
 				o.Observe(int64(f()))
@@ -215,146 +283,101 @@ func (t *Telemetry) Shutdown(ctx context.Context) error {
 	return errors.Join(t.tp.Shutdown(ctx), t.mp.Shutdown(ctx))
 }
 
-// ForceFlush exports pending spans now.
-func (t *Telemetry) ForceFlush(ctx context.Context) error { return t.tp.ForceFlush(ctx) }
+// ForceFlush exports pending spans and, when pushed, metrics now.
+func (t *Telemetry) ForceFlush(ctx context.Context) error {
+	return errors.Join(t.tp.ForceFlush(ctx), t.mp.ForceFlush(ctx))
+}
 
-func (t *Telemetry) recordStats(ctx context.Context, s Stats) {
-	t.hits.Add(int64(s.Hits))
-	t.misses.Add(int64(s.Misses))
-	t.chunks.Add(ctx, int64(s.Hits), metric.WithAttributes(attribute.String("result", "hit")))
-	t.chunks.Add(ctx, int64(s.Misses), metric.WithAttributes(attribute.String("result", "miss")))
+// MetricsOTLP reports whether metrics are pushed over OTLP.
+func (t *Telemetry) MetricsOTLP() bool { return t.metricsOTLP }
+
+// recordLookup counts one eligible request the fusion path was asked
+// about: its lookup result and, when s is known, its chunks as hits and
+// misses, fused or not. A request skipped because too many chunks were
+// missing counts its misses here too, so the windowed hit ratio falls on
+// cold traffic.
+func (t *Telemetry) recordLookup(ctx context.Context, s *Stats) {
+	t.lookups.Add(ctx, 1, t.byLookup[lookupResult(s)]...)
+	if s == nil {
+		return
+	}
+	if s.Hits > 0 {
+		t.chunks.Add(ctx, int64(s.Hits), t.chunkHit...)
+	}
+	if s.Misses > 0 {
+		t.chunks.Add(ctx, int64(s.Misses), t.chunkMiss...)
+	}
+}
+
+// recordFused adds the work of a fused request.
+func (t *Telemetry) recordFused(ctx context.Context, s Stats) {
 	t.recomputed.Add(ctx, int64(s.RecomputedTokens))
 	t.bytesLoaded.Add(ctx, s.BytesLoaded)
 }
 
 // WritePrometheus writes every metric in the Prometheus text exposition
-// format (version 0.0.4).
-func (t *Telemetry) WritePrometheus(ctx context.Context, w io.Writer) error {
-	var rm metricdata.ResourceMetrics
-	if err := t.reader.Collect(ctx, &rm); err != nil {
-		return err
-	}
-	var b strings.Builder
-	for _, sm := range rm.ScopeMetrics {
-		for _, m := range sm.Metrics {
-			writeMetric(&b, m)
-		}
-	}
-	_, err := io.WriteString(w, b.String())
-	return err
+// format (version 0.0.4), as the OpenTelemetry Prometheus exporter names
+// them (see package promexport).
+func (t *Telemetry) WritePrometheus(_ context.Context, w io.Writer) error {
+	return t.prom.WriteText(w)
 }
 
-// promName maps an OTel name and unit to a Prometheus metric name.
-func promName(name, unit string) string {
-	n := strings.Map(func(r rune) rune {
-		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' || r == ':' {
-			return r
-		}
-		return '_'
-	}, name)
-	switch unit {
-	case "s":
-		n += "_seconds"
-	case "By":
-		n += "_bytes"
-	case "1":
-		if !strings.HasSuffix(n, "_rate") && !strings.HasSuffix(n, "_state") {
-			n += "_ratio"
-		}
+// HeaderCache is the response header in which the sidecar tells a client
+// what its cache did for the request (telemetry.cache_header renames it or,
+// "-", turns it off). The value is space-separated key=value fields:
+//
+//	path=fusion hit=3/4 recomputed=19
+//	path=passthrough reason=too_many_missing hit=1/4
+//	path=fallback reason=fuser_timeout
+//
+// path is the exchange's path (the label of fusionrag_proxy_requests_total);
+// reason the skip or fallback reason when not fused; hit=H/K the chunks
+// found in the store out of those recognised, when the fusion path got as
+// far as looking them up; recomputed the context tokens recomputed, when
+// fused. Clients must ignore fields they do not know.
+const HeaderCache = "X-Fusionrag-Cache"
+
+// cacheHeader formats the exchange's HeaderCache value.
+func (x *exchange) cacheHeader() []byte {
+	b := make([]byte, 0, 64)
+	b = append(b, "path="...)
+	b = append(b, x.path...)
+	reason := x.reason
+	if reason == "" {
+		reason = x.skip
 	}
-	return n
+	if reason != "" && x.path != PathFusion {
+		b = append(b, " reason="...)
+		b = append(b, reason...)
+	}
+	if x.looked {
+		b = append(b, " hit="...)
+		b = strconv.AppendInt(b, int64(x.stats.Hits), 10)
+		b = append(b, '/')
+		b = strconv.AppendInt(b, int64(x.stats.Chunks), 10)
+	}
+	if x.path == PathFusion && x.looked {
+		b = append(b, " recomputed="...)
+		b = strconv.AppendInt(b, int64(x.stats.RecomputedTokens), 10)
+	}
+	return b
 }
 
-func writeMetric(b *strings.Builder, m metricdata.Metrics) {
-	name := promName(m.Name, m.Unit)
-	header := func(typ, n string) {
-		fmt.Fprintf(b, "# HELP %s %s\n# TYPE %s %s\n", n, escapeHelp(m.Description), n, typ)
+// setCacheHeader sets the cache header on the response to an eligible
+// route's request, replacing any the engine sent: the header is the
+// sidecar's word, and an engine's (another sidecar's, a test double's)
+// would read as it. Off ("-"), the engine's HeaderCache is removed all the
+// same. Other routes are relayed untouched.
+func (p *Proxy) setCacheHeader(ctx *fasthttp.RequestCtx, x *exchange) {
+	if x.route == RouteOther {
+		return
 	}
-	switch d := m.Data.(type) {
-	case metricdata.Sum[int64]:
-		n, typ := sumName(name, d.IsMonotonic)
-		header(typ, n)
-		writePoints(b, n, d.DataPoints)
-	case metricdata.Sum[float64]:
-		n, typ := sumName(name, d.IsMonotonic)
-		header(typ, n)
-		writePoints(b, n, d.DataPoints)
-	case metricdata.Gauge[int64]:
-		header("gauge", name)
-		writePoints(b, name, d.DataPoints)
-	case metricdata.Gauge[float64]:
-		header("gauge", name)
-		writePoints(b, name, d.DataPoints)
-	case metricdata.Histogram[float64]:
-		header("histogram", name)
-		for _, p := range d.DataPoints {
-			var cum uint64
-			for i, bound := range p.Bounds {
-				cum += p.BucketCounts[i]
-				fmt.Fprintf(b, "%s_bucket%s %d\n", name, labels(p.Attributes, `le="`+promFloat(bound)+`"`), cum)
-			}
-			fmt.Fprintf(b, "%s_bucket%s %d\n", name, labels(p.Attributes, `le="+Inf"`), p.Count)
-			fmt.Fprintf(b, "%s_sum%s %s\n", name, labels(p.Attributes, ""), promFloat(p.Sum))
-			fmt.Fprintf(b, "%s_count%s %d\n", name, labels(p.Attributes, ""), p.Count)
-		}
+	h := &ctx.Response.Header
+	name := p.cfg.Telemetry.CacheHeader
+	if name == "-" || !strings.EqualFold(name, HeaderCache) {
+		h.Del(HeaderCache)
 	}
-}
-
-// sumName returns the exposed name and type of a sum: a monotonic one is a
-// counter named with _total, any other a gauge.
-func sumName(name string, monotonic bool) (n, typ string) {
-	if monotonic {
-		return name + "_total", "counter"
+	if name != "-" {
+		h.SetBytesV(name, x.cacheHeader())
 	}
-	return name, "gauge"
-}
-
-// writePoints writes one sample line per data point: integers as they are,
-// floats as promFloat.
-func writePoints[N int64 | float64](b *strings.Builder, name string, points []metricdata.DataPoint[N]) {
-	for _, p := range points {
-		var v string
-		switch x := any(p.Value).(type) {
-		case int64:
-			v = strconv.FormatInt(x, 10)
-		case float64:
-			v = promFloat(x)
-		}
-		fmt.Fprintf(b, "%s%s %s\n", name, labels(p.Attributes, ""), v)
-	}
-}
-
-func labels(set attribute.Set, extra string) string {
-	parts := make([]string, 0, set.Len()+1)
-	for _, kv := range set.ToSlice() {
-		parts = append(parts, promName(string(kv.Key), "")+`="`+escapeLabel(kv.Value.Emit())+`"`)
-	}
-	sort.Strings(parts)
-	if extra != "" {
-		parts = append(parts, extra)
-	}
-	if len(parts) == 0 {
-		return ""
-	}
-	return "{" + strings.Join(parts, ",") + "}"
-}
-
-func escapeLabel(s string) string {
-	return strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`).Replace(s)
-}
-
-func escapeHelp(s string) string {
-	return strings.NewReplacer(`\`, `\\`, "\n", `\n`).Replace(s)
-}
-
-func promFloat(x float64) string {
-	switch {
-	case math.IsInf(x, 1):
-		return "+Inf"
-	case math.IsInf(x, -1):
-		return "-Inf"
-	case math.IsNaN(x):
-		return "NaN"
-	}
-	return strconv.FormatFloat(x, 'g', -1, 64)
 }

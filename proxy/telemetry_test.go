@@ -12,19 +12,22 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
-	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+	"github.com/sony/gobreaker/v2"
+	colmetricpb "go.opentelemetry.io/proto/otlp/collector/metrics/v1"
 	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
+	metricpb "go.opentelemetry.io/proto/otlp/metrics/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 	"google.golang.org/grpc"
 )
 
-// receiver is a real OTLP/gRPC trace collector endpoint, in process.
+// receiver is a real OTLP/gRPC collector endpoint, in process: traces and
+// metrics.
 type receiver struct {
 	coltracepb.UnimplementedTraceServiceServer
-	mu    sync.Mutex
-	spans []*tracepb.Span
+	mu      sync.Mutex
+	spans   []*tracepb.Span
+	metrics map[string]*metricpb.Metric // latest push of each metric, by name
 }
 
 func (r *receiver) Export(_ context.Context, req *coltracepb.ExportTraceServiceRequest) (*coltracepb.ExportTraceServiceResponse, error) {
@@ -42,6 +45,102 @@ func (r *receiver) snapshot() []*tracepb.Span {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return append([]*tracepb.Span(nil), r.spans...)
+}
+
+// metricsReceiver is the metrics service of a receiver (its Export has
+// another signature than the trace service's).
+type metricsReceiver struct {
+	colmetricpb.UnimplementedMetricsServiceServer
+	r *receiver
+}
+
+func (m metricsReceiver) Export(_ context.Context, req *colmetricpb.ExportMetricsServiceRequest) (*colmetricpb.ExportMetricsServiceResponse, error) {
+	m.r.mu.Lock()
+	defer m.r.mu.Unlock()
+	if m.r.metrics == nil {
+		m.r.metrics = map[string]*metricpb.Metric{}
+	}
+	for _, rm := range req.ResourceMetrics {
+		for _, sm := range rm.ScopeMetrics {
+			for _, x := range sm.Metrics {
+				m.r.metrics[x.Name] = x
+			}
+		}
+	}
+	return &colmetricpb.ExportMetricsServiceResponse{}, nil
+}
+
+// sumPoints returns a pushed counter's points as attribute value -> value
+// for one attribute key.
+func (r *receiver) sumPoints(name, key string) map[string]int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := map[string]int64{}
+	m := r.metrics[name]
+	if m == nil || m.GetSum() == nil {
+		return out
+	}
+	for _, p := range m.GetSum().DataPoints {
+		v := ""
+		for _, kv := range p.Attributes {
+			if kv.Key == key {
+				v = kv.Value.GetStringValue()
+			}
+		}
+		out[v] += p.GetAsInt()
+	}
+	return out
+}
+
+// startReceiver serves a receiver on a loopback port and points the OTLP
+// exporters at it (OTEL_* of the test process, which the exporters read);
+// it returns the receiver and the env function NewTelemetry decides by.
+func startReceiver(t *testing.T) (*receiver, func(string) (string, bool)) {
+	t.Helper()
+	rcv := &receiver{}
+	srv := grpc.NewServer()
+	coltracepb.RegisterTraceServiceServer(srv, rcv)
+	colmetricpb.RegisterMetricsServiceServer(srv, metricsReceiver{r: rcv})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(srv.Stop)
+	endpoint := "http://" + ln.Addr().String()
+	t.Setenv("OTEL_TRACES_EXPORTER", "")
+	t.Setenv("OTEL_METRICS_EXPORTER", "")
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+	t.Setenv("OTEL_EXPORTER_OTLP_INSECURE", "true")
+	t.Setenv("OTEL_SERVICE_NAME", "fusionrag-test")
+	return rcv, func(k string) (string, bool) {
+		if k == "OTEL_EXPORTER_OTLP_ENDPOINT" {
+			return endpoint, true
+		}
+		return "", false
+	}
+}
+
+// waitSpans waits until the receiver holds n spans named name.
+func waitSpans(t *testing.T, rcv *receiver, name string, n int) []*tracepb.Span {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		spans := rcv.snapshot()
+		got := 0
+		for _, s := range spans {
+			if s.Name == name {
+				got++
+			}
+		}
+		if got >= n {
+			return spans
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("receiver got %d spans, %d of %s, want %d", len(spans), got, name, n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 func attrs(s *tracepb.Span) map[string]any {
@@ -65,27 +164,8 @@ func attrs(s *tracepb.Span) map[string]any {
 // OTEL_* variables arrive at a gRPC collector with the phase structure and
 // the hit-rate attributes.
 func TestTracesReachOTLPReceiver(t *testing.T) {
-	rcv := &receiver{}
-	srv := grpc.NewServer()
-	coltracepb.RegisterTraceServiceServer(srv, rcv)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = srv.Serve(ln) }()
-	defer srv.Stop()
-
-	t.Setenv("OTEL_TRACES_EXPORTER", "")
-	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://"+ln.Addr().String())
-	t.Setenv("OTEL_EXPORTER_OTLP_INSECURE", "true")
-	t.Setenv("OTEL_SERVICE_NAME", "fusionrag-test")
-	tel, err := NewTelemetry(context.Background(), func(k string) (string, bool) {
-		switch k {
-		case "OTEL_EXPORTER_OTLP_ENDPOINT":
-			return "http://" + ln.Addr().String(), true
-		}
-		return "", false
-	})
+	rcv, env := startReceiver(t)
+	tel, err := NewTelemetry(context.Background(), env)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,24 +199,7 @@ func TestTracesReachOTLPReceiver(t *testing.T) {
 	if err := tel.ForceFlush(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	var spans []*tracepb.Span
-	for {
-		spans = rcv.snapshot()
-		n := 0
-		for _, s := range spans {
-			if s.Name == SpanRequest {
-				n++
-			}
-		}
-		if n == 2 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("receiver got %d spans, no 2 request spans", len(spans))
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	spans := waitSpans(t, rcv, SpanRequest, 2)
 	var fused, fallback *tracepb.Span
 	for _, s := range spans {
 		if s.Name != SpanRequest {
@@ -165,6 +228,17 @@ func TestTracesReachOTLPReceiver(t *testing.T) {
 	if r := attrs(fallback)[AttrFallbackReason]; r != ReasonFuserError {
 		t.Errorf("fallback span reason = %v, want %s", r, ReasonFuserError)
 	}
+	// The span that carries the exception event says Error, with why.
+	if st := fallback.GetStatus(); st.GetCode() != tracepb.Status_STATUS_CODE_ERROR || !strings.Contains(st.GetMessage(), ReasonFuserError) {
+		t.Errorf("fallback span status = %v, want ERROR naming %s", st, ReasonFuserError)
+	}
+	if st := fused.GetStatus(); st.GetCode() == tracepb.Status_STATUS_CODE_ERROR {
+		t.Errorf("fused span status = %v, want not ERROR", st)
+	}
+	// Metrics went over OTLP too, the lookups counter among them.
+	if got := rcv.sumPoints("fusionrag.proxy.lookups", "result"); got[LookupPartial] != 1 || got[LookupUnknown] != 1 {
+		t.Errorf("pushed fusionrag.proxy.lookups by result = %v, want partial 1 (the fused 3/4) and unknown 1 (the failure)", got)
+	}
 	// Phase spans are children of their request span; forwards too.
 	children := map[string][]string{}
 	for _, s := range spans {
@@ -186,12 +260,17 @@ func TestTelemetryEnv(t *testing.T) {
 		env     map[string]string
 		fail    bool
 		tracing bool // spans are started (an exporter is configured)
+		metrics bool // metrics are pushed over OTLP
 	}{
-		{map[string]string{}, false, false},
-		{map[string]string{"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1"}, false, false},
-		{map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1"}, false, true},
-		{map[string]string{"OTEL_TRACES_EXPORTER": "zipkin"}, true, false},
-		{map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}, true, false},
+		{map[string]string{}, false, false, false},
+		{map[string]string{"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1"}, false, false, true},
+		{map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1"}, false, true, true},
+		{map[string]string{"OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": "http://127.0.0.1:1"}, false, false, true},
+		{map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1", "OTEL_METRICS_EXPORTER": "none"}, false, true, false},
+		{map[string]string{"OTEL_TRACES_EXPORTER": "zipkin"}, true, false, false},
+		{map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}, true, false, false},
+		{map[string]string{"OTEL_METRICS_EXPORTER": "prometheus"}, true, false, false},
+		{map[string]string{"OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": "http://127.0.0.1:1", "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": "http/json"}, true, false, false},
 	} {
 		tel, err := NewTelemetry(context.Background(), env(tt.env))
 		if (err != nil) != tt.fail {
@@ -201,16 +280,30 @@ func TestTelemetryEnv(t *testing.T) {
 			if tel.Tracing() != tt.tracing {
 				t.Errorf("env %v: Tracing() = %v, want %v", tt.env, tel.Tracing(), tt.tracing)
 			}
-			_ = tel.Shutdown(context.Background())
+			if tel.MetricsOTLP() != tt.metrics {
+				t.Errorf("env %v: MetricsOTLP() = %v, want %v", tt.env, tel.MetricsOTLP(), tt.metrics)
+			}
+			// The endpoints are unreachable: a bounded shutdown, or the
+			// metric reader's last push waits out its export timeout.
+			ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+			_ = tel.Shutdown(ctx)
+			cancel()
 		}
 	}
 }
 
-// TestPrometheusExposition checks the text format itself on a known state.
+// TestPrometheusExposition checks the page the OpenTelemetry Prometheus
+// exporter writes on a known state: the names (dots to underscores, _total
+// on counters, unit suffixes), sorted labels, histogram series.
 func TestPrometheusExposition(t *testing.T) {
 	tel := testTelemetry(t)
 	ctx := context.Background()
-	tel.recordStats(ctx, Stats{Hits: 19, Misses: 1, RecomputedTokens: 10, BytesLoaded: 2048})
+	tel.recordLookup(ctx, &Stats{Chunks: 20, Hits: 19, Misses: 1})
+	tel.recordLookup(ctx, &Stats{Chunks: 4, Misses: 4})
+	tel.recordLookup(ctx, &Stats{})
+	tel.recordLookup(ctx, nil)
+	tel.recordFused(ctx, Stats{RecomputedTokens: 10, BytesLoaded: 2048})
+	tel.breakerState = func() gobreaker.State { return gobreaker.StateOpen }
 	var b strings.Builder
 	if err := tel.WritePrometheus(ctx, &b); err != nil {
 		t.Fatal(err)
@@ -219,15 +312,23 @@ func TestPrometheusExposition(t *testing.T) {
 	for _, line := range []string{
 		"# TYPE fusionrag_proxy_chunks_total counter",
 		`fusionrag_proxy_chunks_total{result="hit"} 19`,
-		`fusionrag_proxy_chunks_total{result="miss"} 1`,
-		"# TYPE fusionrag_proxy_hit_rate gauge",
-		"fusionrag_proxy_hit_rate 0.95",
+		`fusionrag_proxy_chunks_total{result="miss"} 5`,
+		"# TYPE fusionrag_proxy_lookups_total counter",
+		`fusionrag_proxy_lookups_total{result="partial"} 1`,
+		`fusionrag_proxy_lookups_total{result="miss"} 1`,
+		`fusionrag_proxy_lookups_total{result="none"} 1`,
+		`fusionrag_proxy_lookups_total{result="unknown"} 1`,
 		"fusionrag_proxy_loaded_bytes_total 2048",
 		"fusionrag_proxy_recomputed_tokens_total 10",
+		"# TYPE fusionrag_proxy_breaker_state gauge",
+		"fusionrag_proxy_breaker_state 2",
 	} {
 		if !strings.Contains(text, line+"\n") {
 			t.Errorf("exposition lacks %q:\n%s", line, text)
 		}
+	}
+	if strings.Contains(text, "hit_rate") {
+		t.Errorf("the since-start hit_rate gauge is back (it hid all-miss traffic):\n%s", text)
 	}
 	tel.ttft.Record(ctx, 0.003)
 	b.Reset()
@@ -239,35 +340,21 @@ func TestPrometheusExposition(t *testing.T) {
 	}
 }
 
-// TestWriteMetricKinds pins the exposition of every sum and gauge kind:
-// integer and float values, monotonic sums as counters named _total,
-// labels sorted.
-func TestWriteMetricKinds(t *testing.T) {
-	attrs := attribute.NewSet(attribute.String("z", "1"), attribute.String("a", `q"x`))
+// TestLookupResult pins the classification of fusionrag.proxy.lookups.
+func TestLookupResult(t *testing.T) {
 	for _, tc := range []struct {
-		name string
-		data metricdata.Aggregation
+		s    *Stats
 		want string
 	}{
-		{"int counter", metricdata.Sum[int64]{IsMonotonic: true, DataPoints: []metricdata.DataPoint[int64]{{Attributes: attrs, Value: 7}}},
-			"# HELP m_total d\n# TYPE m_total counter\nm_total{a=\"q\\\"x\",z=\"1\"} 7\n"},
-		{"int up-down sum", metricdata.Sum[int64]{DataPoints: []metricdata.DataPoint[int64]{{Value: -3}}},
-			"# HELP m d\n# TYPE m gauge\nm -3\n"},
-		{"float counter", metricdata.Sum[float64]{IsMonotonic: true, DataPoints: []metricdata.DataPoint[float64]{{Value: 0.25}, {Attributes: attrs, Value: 1e21}}},
-			"# HELP m_total d\n# TYPE m_total counter\nm_total 0.25\nm_total{a=\"q\\\"x\",z=\"1\"} 1e+21\n"},
-		{"float up-down sum", metricdata.Sum[float64]{DataPoints: []metricdata.DataPoint[float64]{{Value: 2}}},
-			"# HELP m d\n# TYPE m gauge\nm 2\n"},
-		{"int gauge", metricdata.Gauge[int64]{DataPoints: []metricdata.DataPoint[int64]{{Value: 12}}},
-			"# HELP m d\n# TYPE m gauge\nm 12\n"},
-		{"float gauge", metricdata.Gauge[float64]{DataPoints: []metricdata.DataPoint[float64]{{Attributes: attrs, Value: 0.95}}},
-			"# HELP m d\n# TYPE m gauge\nm{a=\"q\\\"x\",z=\"1\"} 0.95\n"},
+		{nil, LookupUnknown},
+		{&Stats{}, LookupNone},
+		{&Stats{Chunks: 3}, LookupUnknown}, // recognised, never looked up
+		{&Stats{Chunks: 3, Hits: 3}, LookupHit},
+		{&Stats{Chunks: 3, Hits: 1, Misses: 2}, LookupPartial},
+		{&Stats{Chunks: 3, Misses: 3}, LookupMiss},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			var b strings.Builder
-			writeMetric(&b, metricdata.Metrics{Name: "m", Description: "d", Data: tc.data})
-			if diff := cmp.Diff(tc.want, b.String()); diff != "" {
-				t.Errorf("exposition (-want +got):\n%s", diff)
-			}
-		})
+		if got := lookupResults[lookupResult(tc.s)]; got != tc.want {
+			t.Errorf("lookupResult(%+v) = %s, want %s", tc.s, got, tc.want)
+		}
 	}
 }
