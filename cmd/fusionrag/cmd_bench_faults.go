@@ -1,7 +1,6 @@
 package main
 
 import (
-	"flag"
 	"fmt"
 	"os"
 	"time"
@@ -14,7 +13,7 @@ func init() {
 }
 
 func benchFaults(args []string) error {
-	fs := flag.NewFlagSet("bench faults", flag.ContinueOnError)
+	fs := newFlagSet("bench faults")
 	var bf benchFlags
 	bf.register(fs, `model of the in-process engine and sidecar: "stories260K" (default), "synthetic", or a model path`)
 	requests := fs.Int("requests", 3200, "requests over the phases, at least (--quick: 400)")
@@ -24,7 +23,7 @@ func benchFaults(args []string) error {
 	down := fs.Duration("engine-down", time.Second, "how long the engine stays down when restarted")
 	after := fs.Duration("after", 12*time.Second, "least duration of the last phase (the breaker stays open 10 s by default) (--quick: 3s)")
 	quiet := fs.Bool("quiet", false, "no progress bar")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if bf.quick {
