@@ -488,6 +488,9 @@ header on every request, since any client reaching the sidecar could otherwise c
 Tracing uses the standard OpenTelemetry variables: ` + "`OTEL_TRACES_EXPORTER` (`otlp` or `none`)" + `,
 ` + "`OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`" + ` (OTLP/gRPC), ` + "`OTEL_EXPORTER_OTLP_INSECURE`" + `,
 ` + "`OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`" + `. With none of them set, no spans are exported.
+Metrics are always on ` + "`metrics_path`" + ` and, with an OTLP endpoint set (` + "`OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`" + ` too;
+` + "`OTEL_METRICS_EXPORTER=none`" + ` turns it off), pushed over OTLP/gRPC as well: see docs/observability.md, which also
+describes the ` + "`X-Fusionrag-Cache`" + ` response header.
 
 | key | environment | flag | type | default | meaning |
 |---|---|---|---|---|---|
