@@ -6,6 +6,8 @@
 // them, ports are bound where they should be, the sidecar's environment
 // is a configuration the sidecar accepts, and the published sidecar trusts
 // no tenant header (only the gateway override of docs/deploy.md makes it).
+// The Grafana dashboard grafana/fusionrag.json is checked against the
+// metric names a running sidecar exposes (docs/observability.md).
 //
 // The package has no code of its own; docs/deploy.md describes the stack.
 package deploy
