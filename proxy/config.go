@@ -342,34 +342,54 @@ var errEOF = func() error {
 	return yaml.NewDecoder(bytes.NewReader(nil)).Decode(&x)
 }()
 
-// ConfigFlags holds one string flag per configuration key.
+// ConfigFlags holds one flag per configuration key, of the key's type.
 type ConfigFlags struct {
 	fs   *flag.FlagSet
-	vals map[string]*string
+	keys map[string]bool
 }
 
 // RegisterFlags adds a flag for every configuration key to fs (-listen,
-// -upstream, -timeouts.read, ...). Their values only count when set.
+// -upstream, -timeouts.read, ...), typed by its field: a bool flag takes no
+// value (-fusion.disabled; -fusion.disabled=false to turn it off over the
+// environment), durations and numbers are parsed as such with the command
+// line. Their values only count when set.
 func RegisterFlags(fs *flag.FlagSet) *ConfigFlags {
-	cf := &ConfigFlags{fs: fs, vals: map[string]*string{}}
+	cf := &ConfigFlags{fs: fs, keys: map[string]bool{}}
 	var c Config
 	_ = walkConfig(reflect.ValueOf(&c).Elem(), "", func(f setting) error {
 		usage := f.doc
 		if f.def != "" {
 			usage += " (default " + f.def + ")"
 		}
-		cf.vals[f.key] = fs.String(f.key, "", usage)
+		cf.keys[f.key] = true
+		// Zero flag defaults: the default is the config's (in usage), and a
+		// flag counts only when set. f.set range-checks the field's width.
+		switch {
+		case f.v.Type() == durationType:
+			fs.Duration(f.key, 0, usage)
+		case f.v.Kind() == reflect.Bool:
+			fs.Bool(f.key, false, usage)
+		case f.v.CanInt():
+			fs.Int64(f.key, 0, usage)
+		case f.v.CanUint():
+			fs.Uint64(f.key, 0, usage)
+		case f.v.CanFloat():
+			fs.Float64(f.key, 0, usage)
+		default:
+			fs.String(f.key, "", usage)
+		}
 		return nil
 	})
 	return cf
 }
 
-// Visited returns the values of the flags set on the command line, by key.
+// Visited returns the values of the flags set on the command line, by key,
+// formatted as LoadConfig parses them.
 func (cf *ConfigFlags) Visited() map[string]string {
 	m := map[string]string{}
 	cf.fs.Visit(func(f *flag.Flag) {
-		if p, ok := cf.vals[f.Name]; ok {
-			m[f.Name] = *p
+		if cf.keys[f.Name] {
+			m[f.Name] = f.Value.String()
 		}
 	})
 	return m

@@ -101,7 +101,7 @@ start_sidecar() { # $1 name, $2 binary, $3 pprof address or ""
 	local port
 	port=$(free_port)
 	FUSIONRAG_PPROF=$3 GOMAXPROCS=$nproxy taskset -c "$proxy_cpus" "$2" serve --upstream "http://127.0.0.1:$up" \
-		--listen "127.0.0.1:$port" -fusion.disabled true >"$work/$1.log" 2>&1 &
+		--listen "127.0.0.1:$port" -fusion.disabled >"$work/$1.log" 2>&1 &
 	wait_up "$port" "$1" "$work/$1.log"
 	targets+=("$1 $port")
 }
