@@ -35,6 +35,7 @@ import (
 	"github.com/openai/openai-go"
 	"github.com/openai/openai-go/option"
 	"github.com/redis/go-redis/v9"
+	colmetricpb "go.opentelemetry.io/proto/otlp/collector/metrics/v1"
 	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	"google.golang.org/grpc"
 
@@ -225,6 +226,7 @@ func startStack(t *testing.T, sidecarFlags ...string) *stack {
 	s.traces = &receiver{}
 	gs := grpc.NewServer()
 	coltracepb.RegisterTraceServiceServer(gs, s.traces)
+	colmetricpb.RegisterMetricsServiceServer(gs, metricsReceiver{r: s.traces}) // the sidecars push metrics to the same endpoint
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
