@@ -247,8 +247,9 @@ func isSpaceByte(c byte) bool { return c == ' ' || c == '\n' || isBlankByte(c) }
 // indexes xs) and passages (convention d) together: ids are the engine's
 // ids, text and offsets what they were encoded from (len(offsets) ==
 // len(ids)). Known chunks take precedence where they match; passages fill in
-// the rest: a passage that overlaps a known chunk keeps only what lies
-// outside it, and tokens between two known chunks that no passage covers
+// the rest after the first known chunk (what precedes it is S, as in
+// SegmentAny: chunk keys include S): a passage that overlaps a known chunk
+// keeps only what lies outside it, and tokens between two known chunks that no passage covers
 // form a chunk of their own (Exact false), as in SegmentAny. ok is false
 // when neither finds a chunk. how is "index", "paragraphs", or
 // "index+paragraphs".
@@ -292,6 +293,13 @@ func SegmentParagraphs(ids []int32, text string, offsets []Span, minPrefix int, 
 			rest = next
 		}
 		for _, r := range rest {
+			if len(known) > 0 && r.End <= known[0].Begin {
+				// Before the first known chunk: S. Its KV was stored after
+				// what precedes it (an ingest's fusion.system, a system
+				// message long enough to be a passage); a passage cut there
+				// would change S, hence every known chunk's key.
+				continue
+			}
 			// A piece cut by a known chunk is exact at that end (a token boundary).
 			all = append(all, piece{r, false, pex[i], r != c})
 			npar++

@@ -174,24 +174,26 @@ func TestSegmentParagraphsWithIndex(t *testing.T) {
 	for _, c := range seg.Chunks {
 		got = append(got, spanText(text, offs, c))
 	}
-	// d1's passage takes the glue before the known chunk ("\n\n").
-	want := []string{"\n\n" + d1 + "\n\n", d2, "\n\n" + d3}
+	// d1, before the first known chunk, is S (the known chunk's KV was
+	// stored after it); d3 is a passage.
+	want := []string{d2, "\n\n" + d3}
 	if d := cmp.Diff(want, got); d != "" {
 		t.Errorf("chunks (-want +got):\n%s", d)
 	}
-	if d := cmp.Diff([]bool{true, true, true}, seg.Exact); d != "" {
+	if d := cmp.Diff([]bool{true, true}, seg.Exact); d != "" {
 		t.Errorf("exact (-want +got):\n%s", d)
 	}
 
-	// A known chunk inside a passage splits it.
+	// A known chunk inside a passage splits it: what comes before is S,
+	// what comes after a passage.
 	var y ChunkIndex
 	mid, _ := wordTokens("\n"+passage("one", 20), vocab)
 	y.Add(mid[2+5:]) // words 5..19 of d1, after the newline: " onef ... ones"
 	seg, how, ok = SegmentParagraphs(ids, text, offs, 1, Paragraphs{}, &y)
-	if !ok || how != "index+paragraphs" || len(seg.Chunks) != 5 {
+	if !ok || how != "index+paragraphs" || len(seg.Chunks) != 4 {
 		t.Fatalf("ok %v how %q %+v", ok, how, seg)
 	}
-	if got := spanText(text, offs, seg.Chunks[1]); got != " "+passage("one", 20)[len(passage("one", 5))+1:] {
+	if got := spanText(text, offs, seg.Chunks[0]); got != " "+passage("one", 20)[len(passage("one", 5))+1:] {
 		t.Errorf("known chunk %q", got)
 	}
 }
