@@ -268,7 +268,7 @@ func greedyAll(t *testing.T, m *Model, prompt []int32, steps int, banned []int32
 		for _, id := range banned {
 			r.Logits[0][id] = float32(math.Inf(-1))
 		}
-		next := argmax(r.Logits[0])
+		next := Argmax(r.Logits[0])
 		out = append(out, next)
 		if slices.Contains(m.Config.EOS, next) {
 			break

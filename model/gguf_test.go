@@ -120,7 +120,7 @@ func TestGGUFReferenceStories260K(t *testing.T) {
 		t.Errorf("Encode(\"</s>Once\") = %v, want %v", got, want)
 	}
 	// The prompt-too-long error names the override.
-	_, err = m0.Generate(context.Background(), make([]int32, 200), 1, NewSampler(0, 0, 0), func(int32) bool { return true })
+	_, err = m0.Generate(context.Background(), make([]int32, 200), 1, Greedy(), func(int32) bool { return true })
 	if err == nil || !strings.Contains(err.Error(), "MaxPositions") {
 		t.Errorf("a 200-token prompt on a 128-position model: error %v, want one naming the MaxPositions override", err)
 	}

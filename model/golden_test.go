@@ -32,48 +32,18 @@ func loadStories(tb testing.TB) *Model {
 	return m
 }
 
-// greedy decodes up to steps tokens after prompt (prefilled in one pass,
-// then one token per Forward with the cache appended), stopping at BOS or
-// EOS as llama2.c run.c does at BOS.
+// greedy decodes up to steps tokens after prompt with Model.Generate and a
+// greedy Sampler (prefilled in one pass, then one token per Forward with the
+// cache appended), stopping at StopIDs (BOS and EOS for stories260K, as
+// llama2.c run.c stops at BOS). The golden tests thereby check the one
+// decoder the engine, bench and the CLI share.
 func greedy(tb testing.TB, m *Model, prompt []int32, steps int) []int32 {
 	tb.Helper()
-	ctx := context.Background()
-	cache := NewCache(m.Config, len(prompt)+steps)
-	pos := make([]int32, len(prompt))
-	for i := range pos {
-		pos[i] = int32(i)
-	}
-	r, err := m.Forward(ctx, cache, Batch{Tokens: prompt, Pos: pos}, ForwardOptions{Logits: []int{len(prompt) - 1}, Append: true})
+	out, err := m.Generate(context.Background(), prompt, steps, Greedy(), nil)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	var out []int32
-	for len(out) < steps {
-		next := argmax(r.Logits[0])
-		if next == 1 || next == 2 {
-			break
-		}
-		out = append(out, next)
-		p := int32(len(prompt) + len(out) - 1)
-		if int(p) >= m.Config.MaxPositions {
-			break
-		}
-		r, err = m.Forward(ctx, cache, Batch{Tokens: []int32{next}, Pos: []int32{p}}, ForwardOptions{Logits: []int{0}, Append: true})
-		if err != nil {
-			tb.Fatal(err)
-		}
-	}
 	return out
-}
-
-func argmax(x []float32) int32 {
-	best := 0
-	for i, v := range x {
-		if v > x[best] {
-			best = i
-		}
-	}
-	return int32(best)
 }
 
 // TestGoldenStories260K checks the runtime against an independent fp32

@@ -1,151 +1,143 @@
 package model
 
 import (
-	"context"
-	"fmt"
+	"cmp"
 	"math"
 	"math/rand/v2"
 	"slices"
 )
 
-// Sampler picks the next token from logits. Temperature 0 is greedy (the
-// first maximal id, as llama2.c run.c); otherwise softmax(logits/T) is
-// sampled, restricted to the smallest set of most likely ids whose
-// probability reaches TopP when 0 < TopP < 1. A Sampler is not safe for
-// concurrent use (it owns a random stream).
-type Sampler struct {
-	Temperature float64
-	TopP        float64
-	rng         *rand.Rand
-	probs       []float64
-	idx         []int32
-}
-
-// NewSampler returns a sampler; the same seed replays the same choices.
-func NewSampler(temperature, topP float64, seed uint64) *Sampler {
-	return &Sampler{Temperature: max(temperature, 0), TopP: topP, rng: rand.New(rand.NewPCG(seed, 0x5a3b1e))}
-}
-
-// Sample returns the chosen id.
-func (s *Sampler) Sample(logits []float32) int32 {
-	if s.Temperature == 0 || len(logits) < 2 {
-		return argmaxF(logits)
+// Argmax returns the index of the largest value of x: the lowest index on
+// ties, and NaN never wins (any number, -Inf included, beats it). When no
+// value is a number (all NaN) it returns 0, the lowest index. It returns -1
+// for an empty x: logits are never empty for a model with a vocabulary, so
+// callers that index with the result have a broken invariant to report,
+// and callers that only compare two argmaxes get a value no id equals.
+//
+// This is the one greedy rule of the module: the engine's temperature-0
+// decoding, Model.Decode with a greedy Sampler and every "top-1 agrees"
+// figure of package bench use it. It equals llama2.c run.c's argmax (the
+// first maximum) on logits without NaN.
+func Argmax(x []float32) int32 {
+	if len(x) == 0 {
+		return -1
 	}
-	mx := float64(logits[argmaxF(logits)])
-	s.probs = s.probs[:0]
-	var sum float64
-	for _, l := range logits {
-		p := math.Exp((float64(l) - mx) / s.Temperature)
-		s.probs = append(s.probs, p)
-		sum += p
-	}
-	if s.TopP > 0 && s.TopP < 1 {
-		s.idx = s.idx[:0]
-		for i := range logits {
-			s.idx = append(s.idx, int32(i))
-		}
-		slices.SortStableFunc(s.idx, func(a, b int32) int {
-			switch pa, pb := s.probs[a], s.probs[b]; {
-			case pa > pb:
-				return -1
-			case pa < pb:
-				return 1
-			}
-			return 0
-		})
-		var cum float64
-		keep := len(s.idx)
-		for i, id := range s.idx {
-			cum += s.probs[id] / sum
-			if cum >= s.TopP {
-				keep = i + 1
-				break
-			}
-		}
-		var kept float64
-		for _, id := range s.idx[:keep] {
-			kept += s.probs[id]
-		}
-		u := s.rng.Float64() * kept
-		for _, id := range s.idx[:keep] {
-			u -= s.probs[id]
-			if u < 0 {
-				return id
-			}
-		}
-		return s.idx[keep-1]
-	}
-	u := s.rng.Float64() * sum
-	for i, p := range s.probs {
-		u -= p
-		if u < 0 {
-			return int32(i)
-		}
-	}
-	return int32(len(s.probs) - 1)
-}
-
-func argmaxF(x []float32) int32 {
-	best := 0
+	best := -1
 	for i, v := range x {
-		if v > x[best] {
+		if v == v && (best < 0 || v > x[best]) {
 			best = i
 		}
 	}
-	return int32(best)
+	return int32(max(best, 0))
 }
 
-// Generate prefills prompt (positions [0, len(prompt))) and decodes up to
-// maxTokens ids with s, calling emit with each one (emit returning false
-// stops). It stops at an EOS id (the config's or the tokenizer's), at BOS (llama2.c convention: a generated
-// BOS ends the text) and when prompt + output fill MaxPositions. Returns the
-// generated ids (without the stop id).
-func (m *Model) Generate(ctx context.Context, prompt []int32, maxTokens int, s *Sampler, emit func(id int32) bool) ([]int32, error) {
-	if len(prompt) == 0 {
-		return nil, fmt.Errorf("model: empty prompt (start it with BOS)")
+// Sampling are the decoding parameters of one sequence. The zero value is
+// greedy decoding.
+type Sampling struct {
+	// Temperature divides the logits; 0 (or less) is greedy (Argmax).
+	Temperature float64
+	// TopK keeps the K most likely ids; 0 (or less) keeps all.
+	TopK int
+	// TopP keeps the smallest set of most likely ids (after TopK) whose
+	// probability reaches TopP; 0 or >= 1 keeps all.
+	TopP float64
+	// Seed seeds the random stream: the same Sampling replays the same
+	// choices on the same logits.
+	Seed uint64
+}
+
+// pcgStream is the second PCG word of every Sampler. It is the engine's
+// historical constant, kept so that a request with a given seed gets the
+// same completion it got before the samplers were merged.
+const pcgStream = 0x9e3779b97f4a7c15
+
+// Sampler picks the next id from logits under one Sampling: softmax of
+// logits/Temperature over the candidates (NaN and -Inf logits are never
+// candidates), restricted to the TopK most likely, then to the smallest
+// most-likely prefix whose probability reaches TopP, renormalised, and
+// drawn with one Float64 of a PCG stream per call. Candidates are ordered by
+// logit, descending, ties by lower id. Temperature 0 or TopK 1 is Argmax and
+// draws nothing. A Sampler is not safe for concurrent use (it owns a random
+// stream and scratch space).
+type Sampler struct {
+	p   Sampling
+	rng *rand.Rand
+	idx []int32   // candidate ids, scratch
+	w   []float64 // candidate weights, scratch
+}
+
+// NewSampler returns a sampler for p.
+func NewSampler(p Sampling) *Sampler {
+	return &Sampler{p: p, rng: rand.New(rand.NewPCG(p.Seed, pcgStream))}
+}
+
+// Greedy returns a greedy sampler (Argmax on every call).
+func Greedy() *Sampler { return NewSampler(Sampling{}) }
+
+// Sampling returns the parameters the sampler was made with.
+func (s *Sampler) Sampling() Sampling { return s.p }
+
+// Sample returns the chosen id, -1 only for empty logits.
+func (s *Sampler) Sample(logits []float32) int32 {
+	if s.p.Temperature <= 0 || s.p.TopK == 1 || len(logits) < 2 {
+		return Argmax(logits)
 	}
-	if len(prompt) > m.Config.MaxPositions {
-		return nil, fmt.Errorf("%w: prompt of %d tokens exceeds the model's %d positions (LoadOptions.MaxPositions, --max-positions, overrides the file's context length)", ErrPosition, len(prompt), m.Config.MaxPositions)
+	best := Argmax(logits)
+	maxL := float64(logits[best])
+	if math.IsInf(maxL, 0) || maxL != maxL {
+		// All -Inf or NaN: nothing to weigh. +Inf: exp(l - Inf) is 0 for
+		// every finite l and NaN for the infinite ones; the first +Inf wins.
+		return best
 	}
-	stop := map[int32]bool{}
-	for _, e := range m.Config.EOS {
-		stop[e] = true
-	}
-	if m.Config.BOS >= 0 {
-		stop[m.Config.BOS] = true
-	}
-	if m.Tokenizer != nil {
-		for _, e := range m.Tokenizer.EOS() { // generation_config.json's list
-			stop[e] = true
+	invT := 1 / s.p.Temperature
+	s.idx, s.w = s.idx[:0], s.w[:0]
+	for i, v := range logits {
+		if v == v && !math.IsInf(float64(v), -1) {
+			s.idx = append(s.idx, int32(i))
 		}
 	}
-	cache := NewCache(m.Config, min(len(prompt)+maxTokens, m.Config.MaxPositions))
-	pos := make([]int32, len(prompt))
-	for i := range pos {
-		pos[i] = int32(i)
-	}
-	r, err := m.Forward(ctx, cache, Batch{Tokens: prompt, Pos: pos}, ForwardOptions{Logits: []int{len(prompt) - 1}, Append: true})
-	if err != nil {
-		return nil, err
-	}
-	var out []int32
-	for len(out) < maxTokens {
-		next := s.Sample(r.Logits[0])
-		if stop[next] {
-			break
-		}
-		out = append(out, next)
-		if emit != nil && !emit(next) {
-			break
-		}
-		p := int32(len(prompt) + len(out) - 1) // position of next
-		if len(out) == maxTokens || int(p)+1 >= m.Config.MaxPositions {
-			break // the text fills the context: prompt + output <= MaxPositions
-		}
-		r, err = m.Forward(ctx, cache, Batch{Tokens: []int32{next}, Pos: []int32{p}}, ForwardOptions{Logits: []int{0}, Append: true})
-		if err != nil {
-			return out, err
+	topK := s.p.TopK > 0 && s.p.TopK < len(s.idx)
+	topP := s.p.TopP > 0 && s.p.TopP < 1
+	if topK || topP {
+		// Sort candidates by logit, descending (ties: lower id first) so that
+		// top-k and top-p are prefixes.
+		slices.SortFunc(s.idx, func(a, b int32) int {
+			if c := cmp.Compare(logits[b], logits[a]); c != 0 {
+				return c
+			}
+			return cmp.Compare(a, b)
+		})
+		if topK {
+			s.idx = s.idx[:s.p.TopK]
 		}
 	}
-	return out, nil
+	var sum float64
+	for _, id := range s.idx {
+		e := math.Exp((float64(logits[id]) - maxL) * invT)
+		s.w = append(s.w, e)
+		sum += e
+	}
+	if topP {
+		cut, acc := len(s.w), 0.0
+		for i, e := range s.w {
+			acc += e / sum
+			if acc >= s.p.TopP {
+				cut = i + 1
+				break
+			}
+		}
+		s.idx, s.w = s.idx[:cut], s.w[:cut]
+		sum = 0
+		for _, e := range s.w {
+			sum += e
+		}
+	}
+	r := s.rng.Float64() * sum
+	for i, e := range s.w {
+		r -= e
+		if r < 0 {
+			return s.idx[i]
+		}
+	}
+	return s.idx[len(s.idx)-1] // rounding: r landed on the total
 }

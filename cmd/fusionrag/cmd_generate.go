@@ -24,6 +24,7 @@ func runGenerate(args []string) error {
 	maxTokens := fs.Int("max-tokens", 256, "maximum number of generated tokens")
 	temperature := fs.Float64("temperature", 1.0, "sampling temperature; 0 = greedy")
 	topP := fs.Float64("top-p", 0.9, "nucleus sampling threshold in (0, 1), as llama2.c run.c; 0 or 1 = off")
+	topK := fs.Int("top-k", 0, "sample among the k most likely ids only; 0 = all")
 	seed := fs.Uint64("seed", 0, "random seed for sampling")
 	backend := backendFlag(fs)
 	echo := fs.Bool("echo", false, "print the prompt before the continuation")
@@ -34,8 +35,8 @@ func runGenerate(args []string) error {
 	if *modelPath == "" {
 		return fmt.Errorf("--model is required")
 	}
-	if *maxTokens < 0 || *temperature < 0 || *topP < 0 || *topP > 1 {
-		return fmt.Errorf("--max-tokens and --temperature must be >= 0, --top-p in [0, 1]")
+	if *maxTokens < 0 || *temperature < 0 || *topK < 0 || *topP < 0 || *topP > 1 {
+		return fmt.Errorf("--max-tokens, --temperature and --top-k must be >= 0, --top-p in [0, 1]")
 	}
 	m, err := model.Load(*modelPath, model.LoadOptions{Tokenizer: *tokPath, Backend: *backend, MaxPositions: *maxPos})
 	if err != nil {
@@ -58,7 +59,7 @@ func runGenerate(args []string) error {
 		w.WriteString(tok.Decode(ids))
 	}
 	out := newTextStream(tok, ids)
-	_, err = m.Generate(ctx, ids, *maxTokens, model.NewSampler(*temperature, *topP, *seed), func(id int32) bool {
+	_, err = m.Generate(ctx, ids, *maxTokens, model.NewSampler(model.Sampling{Temperature: *temperature, TopK: *topK, TopP: *topP, Seed: *seed}), func(id int32) bool {
 		w.WriteString(out.add(id))
 		w.Flush()
 		return true
