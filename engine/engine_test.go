@@ -16,6 +16,7 @@ import (
 
 	"github.com/fusionrag/fusionrag/internal/streamtest"
 	"github.com/fusionrag/fusionrag/kvstore"
+	"github.com/fusionrag/fusionrag/model"
 	"github.com/google/go-cmp/cmp"
 )
 
@@ -51,7 +52,7 @@ func soloText(lm *fakeLM, prompt string, n int) string {
 	ids := append([]int32{1}, byteTok{}.Encode(prompt)...)
 	var out []byte
 	for range n {
-		id := argmax(fakeLogits(ids, 259, lm.eosEvery))
+		id := model.Argmax(fakeLogits(ids, 259, lm.eosEvery))
 		if id == 2 {
 			break
 		}

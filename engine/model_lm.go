@@ -130,29 +130,10 @@ func (s *modelSeq) LoadKV(k, v [][]float32, tokens int) error {
 	return nil
 }
 
-// StopIDs are the ids that end generation: the model's and tokenizer's EOS
-// ids, and BOS for llama2.c checkpoints (interleaved RoPE), whose run.c
-// ends a sample when the model emits BOS.
-func (l *ModelLM) StopIDs() []int32 {
-	var ids []int32
-	add := func(id int32) {
-		if id >= 0 && !slices.Contains(ids, id) {
-			ids = append(ids, id)
-		}
-	}
-	for _, id := range l.M.Config.EOS {
-		add(id)
-	}
-	if l.M.Tokenizer != nil {
-		for _, id := range l.M.Tokenizer.EOS() {
-			add(id)
-		}
-	}
-	if l.M.Config.RopeInterleaved {
-		add(l.M.Config.BOS)
-	}
-	return ids
-}
+// StopIDs are the ids that end generation: model.Model.StopIDs (the
+// model's and tokenizer's EOS ids, and BOS), the list Model.Generate and
+// package bench stop at too.
+func (l *ModelLM) StopIDs() []int32 { return l.M.StopIDs() }
 
 // NewFromModel builds an engine serving m (which must have a tokenizer):
 // its stop ids, its chat template, and a KV connector over

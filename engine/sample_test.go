@@ -7,6 +7,8 @@ import (
 	"github.com/fusionrag/fusionrag/model/tokenizer"
 )
 
+// TestSamplerGreedyAndSeed: the request's Sampling reaches the model's
+// sampler (whose distribution and stream tests are in package model).
 func TestSamplerGreedyAndSeed(t *testing.T) {
 	logits := []float32{0.1, 3, 3, -1, float32(math.NaN())}
 	if got := newSampler(Sampling{Temperature: 0}).Sample(logits); got != 1 {
@@ -21,53 +23,6 @@ func TestSamplerGreedyAndSeed(t *testing.T) {
 		if x, y := a.Sample(logits), b.Sample(logits); x != y {
 			t.Fatalf("draw %d: seeded samplers differ: %d vs %d", i, x, y)
 		}
-	}
-}
-
-// TestSamplerDistribution: frequencies follow softmax(logits/T) restricted
-// to top-k / top-p, within 5 standard deviations of a binomial count.
-func TestSamplerDistribution(t *testing.T) {
-	logits := []float32{2, 1, 0.5, 0, -1}
-	softmax := func(l []float32, T float64, keep int) []float64 {
-		p := make([]float64, len(l))
-		var s float64
-		for i := range keep {
-			p[i] = math.Exp(float64(l[i]) / T)
-			s += p[i]
-		}
-		for i := range p {
-			p[i] /= s
-		}
-		return p
-	}
-	tests := []struct {
-		name string
-		s    Sampling
-		want []float64
-	}{
-		{"T=1", Sampling{Temperature: 1, TopP: 1}, softmax(logits, 1, 5)},
-		{"T=0.5", Sampling{Temperature: 0.5, TopP: 1}, softmax(logits, 0.5, 5)},
-		{"top_k=2", Sampling{Temperature: 1, TopP: 1, TopK: 2}, softmax(logits, 1, 2)},
-		// softmax(T=1) = [.53 .20 .12 .07 .03...]: top_p 0.7 keeps 2 ids (0.73 >= 0.7).
-		{"top_p=0.7", Sampling{Temperature: 1, TopP: 0.7}, softmax(logits, 1, 2)},
-	}
-	const n = 20000
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			seed := int64(1)
-			tt.s.Seed = &seed
-			s := newSampler(tt.s)
-			count := make([]float64, len(logits))
-			for range n {
-				count[s.Sample(logits)]++
-			}
-			for i, p := range tt.want {
-				sd := math.Sqrt(n * p * (1 - p))
-				if d := math.Abs(count[i] - n*p); d > 5*sd+1e-9 {
-					t.Errorf("id %d: %v draws, want %.0f ± %.0f", i, count[i], n*p, 5*sd)
-				}
-			}
-		})
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/fusionrag/fusionrag/model"
 	"github.com/fusionrag/fusionrag/model/tokenizer"
 )
 
@@ -36,7 +37,7 @@ type seq struct {
 	s         Sequence
 	maxTokens int
 	stopIDs   []int32
-	sampler   *sampler
+	sampler   *model.Sampler
 	text      *textStream
 	generated int
 	last      int32
