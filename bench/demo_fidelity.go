@@ -77,7 +77,7 @@ func (f *demoFidelity) measure(ctx context.Context, p demoPrompt, strategies []s
 		if err != nil {
 			return nil, err
 		}
-		out[s] = demoFirstToken{KL: KL(ref, l), Top1: demoArgmax(ref) == demoArgmax(l), LogitErr: relErr(l, ref)}
+		out[s] = demoFirstToken{KL: KL(ref, l), Top1: model.Argmax(ref) == model.Argmax(l), LogitErr: relErr(l, ref)}
 	}
 	rawRes, err := f.raw.Run(ctx, recompute.Request{Prefix: p.Prefix, Chunks: p.Chunks, Question: p.Question, Strategy: "reuse"})
 	if err != nil {
@@ -112,11 +112,4 @@ func relErr(x, ref []float32) float64 {
 		return 1 // JSON has no Inf; any error against all-zero logits is total
 	}
 	return math.Sqrt(num / den)
-}
-
-func demoArgmax(x []float32) int {
-	if len(x) == 0 {
-		return -1
-	}
-	return slices.Index(x, slices.Max(x))
 }

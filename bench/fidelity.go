@@ -243,6 +243,11 @@ func (g *generator) sample(ctx context.Context, prompt []int32, n int) ([]int32,
 }
 
 // sampleToken draws from softmax(logits/temp) with banned ids excluded.
+// It writes the workloads' corpus text, it does not decode answers: it
+// draws from the generator's one stream shared by every story (so the
+// prompts, and the figures in docs/benchmarks.md, stay as they were), where
+// model.Sampler owns a stream per sequence. Answers and continuations use
+// model.Decode.
 func sampleToken(logits []float32, temp float64, rng *rand.Rand, banned []int32) int32 {
 	mx := math.Inf(-1)
 	for _, v := range logits {
@@ -268,17 +273,7 @@ func sampleToken(logits []float32, temp float64, rng *rand.Rand, banned []int32)
 			return int32(i)
 		}
 	}
-	return int32(argmax(logits))
-}
-
-func argmax(x []float32) int {
-	best := 0
-	for i, v := range x {
-		if v > x[best] {
-			best = i
-		}
-	}
-	return best
+	return model.Argmax(logits)
 }
 
 // buildPrompts makes the fidelity prompts of the stories and recall
@@ -388,28 +383,6 @@ func teacherForce(ctx context.Context, m *model.Model, kv *model.Cache, lastLogi
 		return nil, err
 	}
 	return append(out, res.Logits...), nil
-}
-
-// greedy decodes n tokens after the prompt whose KV is kv (cloned, not
-// modified) and whose last logits are given.
-func greedy(ctx context.Context, m *model.Model, kv *model.Cache, lastLogits []float32, n int) ([]int32, error) {
-	cache := kv.Clone()
-	logits := lastLogits
-	var out []int32
-	for len(out) < n {
-		tok := int32(argmax(logits))
-		out = append(out, tok)
-		if len(out) == n {
-			break
-		}
-		res, err := m.Forward(ctx, cache, model.Batch{Tokens: []int32{tok}, Pos: []int32{int32(cache.Len())}},
-			model.ForwardOptions{Logits: []int{0}, Append: true})
-		if err != nil {
-			return nil, err
-		}
-		logits = res.Logits[0]
-	}
-	return out, nil
 }
 
 // RunFidelity measures, for every method (strategy × chunk KV × ratio), how
@@ -692,7 +665,9 @@ func runFidelityOn(ctx context.Context, c FidelityConfig, w *fidelityWorkload) (
 		if err != nil {
 			return nil, err
 		}
-		cont, err := greedy(ctx, c.Model, full.Cache, full.LastLogits, c.Continuation)
+		// full's greedy continuation, n ids exactly: no stop ids (a story
+		// may run through EOS; what follows is still teacher-forced text).
+		cont, err := c.Model.Decode(ctx, full.Cache.Clone(), full.LastLogits, c.Continuation, model.Greedy(), nil, nil)
 		if err != nil {
 			return nil, err
 		}
@@ -719,7 +694,7 @@ func runFidelityOn(ctx context.Context, c FidelityConfig, w *fidelityWorkload) (
 			var promptKL float64
 			for t := range ref {
 				promptKL += KL(ref[t], got[t])
-				if argmax(ref[t]) == argmax(got[t]) {
+				if model.Argmax(ref[t]) == model.Argmax(got[t]) {
 					a.top1++
 				}
 			}

@@ -352,39 +352,17 @@ func (c *QualityConfig) layout(e Example) (qualityPrompt, error) {
 	return qualityPrompt{req: req, text: text.String()}, nil
 }
 
-// answerOf decodes greedily up to n tokens on kv (not modified), stopping
-// at EOS, BOS, or a newline after some text. It returns the ids and the text.
+// answerOf decodes greedily up to n tokens on kv (not modified) with
+// Model.Decode, stopping at the model's StopIDs or after a newline that
+// follows some text. It returns the ids and the text.
 func answerOf(ctx context.Context, m *model.Model, kv *model.Cache, last []float32, n int) ([]int32, string, error) {
-	stop := map[int32]bool{}
-	for _, id := range m.Config.EOS {
-		stop[id] = true
-	}
-	if m.Config.BOS >= 0 {
-		stop[m.Config.BOS] = true
-	}
-	if t := m.Tokenizer; t != nil {
-		for _, id := range t.EOS() {
-			stop[id] = true
-		}
-	}
-	cache := kv.Clone()
-	logits := last
-	var ids []int32
-	for len(ids) < n && cache.Len() < m.Config.MaxPositions {
-		id := int32(argmax(logits))
-		if stop[id] {
-			break
-		}
-		ids = append(ids, id)
-		if s := m.Tokenizer.Decode(ids); strings.Contains(strings.TrimLeft(s, "\n"), "\n") || len(ids) == n {
-			break
-		}
-		res, err := m.Forward(ctx, cache, model.Batch{Tokens: []int32{id}, Pos: []int32{int32(cache.Len())}},
-			model.ForwardOptions{Logits: []int{0}, Append: true})
-		if err != nil {
-			return nil, "", err
-		}
-		logits = res.Logits[0]
+	var so []int32 // the answer so far
+	ids, err := m.Decode(ctx, kv.Clone(), last, n, model.Greedy(), m.StopIDs(), func(id int32) bool {
+		so = append(so, id)
+		return !strings.Contains(strings.TrimLeft(m.Tokenizer.Decode(so), "\n"), "\n")
+	})
+	if err != nil {
+		return nil, "", err
 	}
 	return ids, m.Tokenizer.Decode(ids), nil
 }
@@ -602,7 +580,7 @@ func (c *QualityConfig) answerInProcess(ctx context.Context, rep *recompute.Repr
 		var kl, top1 float64
 		for i := range ref {
 			kl += KL(ref[i], got[i])
-			if argmax(ref[i]) == argmax(got[i]) {
+			if model.Argmax(ref[i]) == model.Argmax(got[i]) {
 				top1++
 			}
 		}
