@@ -6,6 +6,7 @@ import (
 	"math"
 	"slices"
 
+	"github.com/fusionrag/fusionrag/chunkkv"
 	"github.com/fusionrag/fusionrag/fingerprint"
 	"github.com/fusionrag/fusionrag/kvstore"
 	"github.com/fusionrag/fusionrag/model"
@@ -41,12 +42,12 @@ type demoFidelity struct {
 }
 
 func newDemoFidelity(m *model.Model, store kvstore.Store, ns fingerprint.Namespace) (*demoFidelity, error) {
-	rp, err := recompute.New(recompute.Config{Model: m, Source: &recompute.StoreSource{Store: store}, Namespace: ns,
+	rp, err := recompute.New(recompute.Config{Model: m, Source: &chunkkv.Store{Store: store}, Namespace: ns,
 		Variant: fingerprint.VariantFused, NoStoreBack: true})
 	if err != nil {
 		return nil, err
 	}
-	raw, err := recompute.New(recompute.Config{Model: m, Source: &recompute.StoreSource{Store: store}, Namespace: ns,
+	raw, err := recompute.New(recompute.Config{Model: m, Source: &chunkkv.Store{Store: store}, Namespace: ns,
 		Variant: fingerprint.VariantRaw, NoStoreBack: true})
 	if err != nil {
 		return nil, err

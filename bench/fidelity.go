@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/fusionrag/fusionrag/chunkkv"
 	"github.com/fusionrag/fusionrag/fingerprint"
 	"github.com/fusionrag/fusionrag/fusion"
 	"github.com/fusionrag/fusionrag/kvstore"
@@ -581,7 +582,7 @@ func runFidelityOn(ctx context.Context, c FidelityConfig, w *fidelityWorkload) (
 		return nil, err
 	}
 	defer store.Close()
-	src := &recompute.StoreSource{Store: store}
+	src := &chunkkv.Store{Store: store}
 	prefix := w.prompts[0].Prefix
 	for _, p := range w.prompts {
 		if !slices.Equal(p.Prefix, prefix) {
@@ -629,7 +630,7 @@ func runFidelityOn(ctx context.Context, c FidelityConfig, w *fidelityWorkload) (
 			continue
 		}
 		if len(prefix) > 0 {
-			key, err := recompute.PrefixKey(ns, prefix, rep.Config().BlockSize)
+			key, err := fingerprint.SystemPrefixKey(ns, prefix, rep.Config().BlockSize)
 			if err != nil {
 				return nil, err
 			}
@@ -638,7 +639,7 @@ func runFidelityOn(ctx context.Context, c FidelityConfig, w *fidelityWorkload) (
 			}
 		}
 		for i, ch := range w.corpus {
-			if err := src.PutKV(ctx, recompute.ChunkKey(ns, fingerprint.VariantRaw, prefix, ch.Tokens), fingerprint.CheckOf(ch.Tokens), raw[i]); err != nil {
+			if err := src.PutKV(ctx, fingerprint.ChunkKeyAfter(ns, fingerprint.VariantRaw, prefix, ch.Tokens), fingerprint.CheckOf(ch.Tokens), raw[i]); err != nil {
 				return nil, err
 			}
 		}
@@ -796,10 +797,10 @@ func median(x []float64) float64 {
 
 // storeFused computes the fused KV of every corpus chunk, as the offline
 // stage does: its neighbours by nbr, fused KV = C prefilled after S and its
-// neighbours' raw KV (fusion.Builder), stored under recompute.ChunkKey with
+// neighbours' raw KV (fusion.Builder), stored under fingerprint.ChunkKeyAfter with
 // the fused variant in namespace ns. It returns the neighbour lists.
 func storeFused(ctx context.Context, c *FidelityConfig, w *fidelityWorkload, b *fusion.Builder, raw []*model.Cache,
-	nbr fusion.Neighbourer, src *recompute.StoreSource, ns fingerprint.Namespace, prefix []int32) ([][]int, error) {
+	nbr fusion.Neighbourer, src *chunkkv.Store, ns fingerprint.Namespace, prefix []int32) ([][]int, error) {
 	nb, err := nbr.Neighbours(ctx, w.corpus, c.Neighbours)
 	if err != nil {
 		return nil, err
@@ -817,7 +818,7 @@ func storeFused(ctx context.Context, c *FidelityConfig, w *fidelityWorkload, b *
 		if err != nil {
 			return nil, err
 		}
-		key := recompute.ChunkKey(ns, fingerprint.VariantFused, prefix, ch.Tokens)
+		key := fingerprint.ChunkKeyAfter(ns, fingerprint.VariantFused, prefix, ch.Tokens)
 		if err := src.PutKV(ctx, key, fingerprint.CheckOf(ch.Tokens), kv); err != nil {
 			return nil, err
 		}

@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/fusionrag/fusionrag/chunkkv"
 	"github.com/fusionrag/fusionrag/kvstore"
 	"github.com/fusionrag/fusionrag/model"
 	"github.com/fusionrag/fusionrag/recompute"
@@ -435,7 +436,7 @@ func RunQuality(ctx context.Context, c QualityConfig) ([]QualityRow, []QualityRe
 			return nil, nil, err
 		}
 		defer store.Close()
-		if rep, err = recompute.New(recompute.Config{Model: c.Model, Source: &recompute.StoreSource{Store: store}}); err != nil {
+		if rep, err = recompute.New(recompute.Config{Model: c.Model, Source: &chunkkv.Store{Store: store}}); err != nil {
 			return nil, nil, err
 		}
 	}

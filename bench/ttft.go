@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"time"
 
+	"github.com/fusionrag/fusionrag/chunkkv"
 	"github.com/fusionrag/fusionrag/fingerprint"
 	"github.com/fusionrag/fusionrag/kvstore"
 	"github.com/fusionrag/fusionrag/model"
@@ -154,7 +155,7 @@ func RunTTFT(ctx context.Context, c TTFTConfig) ([]TTFTRow, error) {
 		if err != nil {
 			return nil, err
 		}
-		src := &recompute.StoreSource{Store: store}
+		src := &chunkkv.Store{Store: store}
 		rep, err := recompute.New(recompute.Config{Model: c.Model, Source: src, NoStoreBack: true})
 		if err != nil {
 			store.Close()
@@ -211,10 +212,10 @@ func RunTTFT(ctx context.Context, c TTFTConfig) ([]TTFTRow, error) {
 
 // seedStore stores S's and every chunk's slice of kv (the full prefill) as
 // position-free entries under the keys recompute looks up.
-func seedStore(ctx context.Context, rep *recompute.Reprocessor, src *recompute.StoreSource, req recompute.Request, kv *model.Cache) error {
+func seedStore(ctx context.Context, rep *recompute.Reprocessor, src *chunkkv.Store, req recompute.Request, kv *model.Cache) error {
 	cfg := rep.Config()
 	l := req.Layout()
-	key, err := recompute.PrefixKey(cfg.Namespace, req.Prefix, cfg.BlockSize)
+	key, err := fingerprint.SystemPrefixKey(cfg.Namespace, req.Prefix, cfg.BlockSize)
 	if err != nil {
 		return err
 	}
@@ -222,7 +223,7 @@ func seedStore(ctx context.Context, rep *recompute.Reprocessor, src *recompute.S
 		return err
 	}
 	for i, sp := range l.Chunks {
-		key := recompute.ChunkKey(cfg.Namespace, cfg.Variant, req.Prefix, req.Chunks[i])
+		key := fingerprint.ChunkKeyAfter(cfg.Namespace, cfg.Variant, req.Prefix, req.Chunks[i])
 		if err := src.PutKV(ctx, key, fingerprint.CheckOf(req.Chunks[i]), kv.Slice(sp.Begin, sp.End)); err != nil {
 			return err
 		}

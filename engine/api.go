@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/fusionrag/fusionrag/fingerprint"
 	"github.com/fusionrag/fusionrag/model/tokenizer"
 )
 
@@ -173,7 +174,7 @@ func ParseRequest(body []byte, chat bool) (*Request, error) {
 	}
 	r.Sampling = s
 	if p := w.KVTransferParams; p != nil && p.Namespace != "" {
-		if !ValidNamespace(p.Namespace) {
+		if !fingerprint.ValidKVNamespace(p.Namespace) {
 			return nil, badParam("kv_transfer_params", "kv_transfer_params.namespace must be a hex string of at most 128 digits")
 		}
 		r.KVNamespace = strings.ToLower(p.Namespace)

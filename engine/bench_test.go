@@ -88,7 +88,7 @@ func BenchmarkTTFT2K(b *testing.B) {
 	defer e.Close()
 	ids := benchIDs(2048)
 	kv := modeltest.Prefill(b, m, ids)
-	key, _ := fingerprint.PrefixKey(KVNamespace(lm.Fingerprint(), byteTok{}.Fingerprint(), "beef"), ids, len(ids), KVBlockSize)
+	key, _ := fingerprint.PrefixKey(fingerprint.KVNamespace(lm.Fingerprint(), byteTok{}.Fingerprint(), "beef"), ids, len(ids), fingerprint.BlockSize)
 	blob, err := kvstore.FromFloat32(kvstore.Meta{DType: kvstore.Float32, Layers: l, KVHeads: h, HeadDim: d, Tokens: len(ids),
 		PositionFree: true, Key: key, Check: fingerprint.CheckOf(ids)}, kv.K, kv.V)
 	if err != nil {

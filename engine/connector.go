@@ -2,7 +2,6 @@ package engine
 
 import (
 	"context"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/http"
@@ -16,45 +15,17 @@ import (
 // A request that may use published KV carries
 // "kv_transfer_params": {"namespace": "<hex>"}. The engine combines that
 // value with its model and tokenizer fingerprints into a
-// fingerprint.Namespace (KVNamespace) and probes the keys of
+// fingerprint.Namespace (fingerprint.KVNamespace) and probes the keys of
 // fingerprint.Lookup over the request's token ids with block size
-// KVBlockSize: exact prefixes of length L and L-1, then block boundaries
-// descending. The first probe whose blob verifies (checksums, key, token
-// count and second hash, shape) is loaded; the last prompt token is always
-// prefilled, so a hit of length L loads only [0, L-1). A publisher stores
-// the KV of the prefix [0, n) of the ids under
-// fingerprint.PrefixKey(KVNamespace(...), ids, n, KVBlockSize), as a
-// kvstore blob that is position-free (K before RoPE) and whose Check is
-// fingerprint.CheckOf(ids[:n]), either in the shared store or with
-// PUT /v1/kv/{key} (body: the encoded blob).
-const (
-	// KVBlockSize is the block size of the prefix keys.
-	KVBlockSize = 16
-	// kvParam is the Namespace.Params prefix of published prompt KV.
-	kvParam = "kv_transfer_namespace="
-)
-
-// KVNamespace is the namespace of KV published for requests that carry
-// kv_transfer_params.namespace ns, for the model and tokenizer with these
-// fingerprints (hex strings as Model.Fingerprint and
-// Tokenizer.Fingerprint return them).
-func KVNamespace(modelFP, tokenizerFP, ns string) fingerprint.Namespace {
-	return fingerprint.Namespace{
-		Model:     fingerprintKey(modelFP),
-		Tokenizer: fingerprintKey(tokenizerFP),
-		Variant:   fingerprint.VariantPrompt,
-		Params:    kvParam + ns,
-	}
-}
-
-// fingerprintKey turns a fingerprint string into a Key: 32 hex digits are
-// parsed, anything else is hashed.
-func fingerprintKey(s string) fingerprint.Key {
-	if k, err := fingerprint.ParseKey(s); err == nil {
-		return k
-	}
-	return fingerprint.TokenizerFingerprint([]byte(s))
-}
+// fingerprint.BlockSize: exact prefixes of length L and L-1, then block
+// boundaries descending. The first probe whose blob verifies (checksums,
+// key, token count and second hash, shape) is loaded; the last prompt token
+// is always prefilled, so a hit of length L loads only [0, L-1). A
+// publisher stores the KV of the prefix [0, n) of the ids under
+// fingerprint.PrefixKey(fingerprint.KVNamespace(...), ids, n,
+// fingerprint.BlockSize), as a kvstore blob that is position-free (K before
+// RoPE) and whose Check is fingerprint.CheckOf(ids[:n]), either in the
+// shared store or with PUT /v1/kv/{key} (body: the encoded blob).
 
 // kvSequence is a Sequence that can take KV computed elsewhere.
 type kvSequence interface {
@@ -146,7 +117,7 @@ func OpenConnector(sharedURL, pushURL string, lm *ModelLM, tokenizerFP string) (
 // Info describes what publishers must match.
 func (c *Connector) Info() KVInfo {
 	return KVInfo{Model: c.cfg.Model, Tokenizer: c.cfg.Tokenizer, Layers: c.cfg.Layers, KVHeads: c.cfg.KVHeads,
-		HeadDim: c.cfg.HeadDim, BlockSize: KVBlockSize, Push: c.cfg.Pushed != nil, Shared: c.cfg.Shared != nil}
+		HeadDim: c.cfg.HeadDim, BlockSize: fingerprint.BlockSize, Push: c.cfg.Pushed != nil, Shared: c.cfg.Shared != nil}
 }
 
 // Close closes the stores.
@@ -168,7 +139,7 @@ func (c *Connector) Load(ctx context.Context, ns string, prompt []int32, s Seque
 	if !ok || s.Len() != 0 || len(prompt) < 2 {
 		return 0
 	}
-	probes, err := fingerprint.Lookup(KVNamespace(c.cfg.Model, c.cfg.Tokenizer, ns), prompt, KVBlockSize)
+	probes, err := fingerprint.Lookup(fingerprint.KVNamespace(c.cfg.Model, c.cfg.Tokenizer, ns), prompt, fingerprint.BlockSize)
 	if err != nil {
 		c.met.lookup("error")
 		return 0
@@ -313,10 +284,4 @@ func (e *Engine) handleKVInfo(w http.ResponseWriter) {
 		return
 	}
 	writeJSON(w, http.StatusOK, e.conn.Info())
-}
-
-// ValidNamespace reports whether ns is a usable kv_transfer_params namespace.
-func ValidNamespace(ns string) bool {
-	_, err := hex.DecodeString(ns)
-	return err == nil && ns != "" && len(ns) <= 128
 }

@@ -21,7 +21,7 @@
 // at iteration boundaries; a client that disconnects frees its slot before
 // the next step. See the scheduler type.
 //
-// KV connector: see Connector and the protocol comment at KVBlockSize.
+// KV connector: see Connector and the protocol comment in connector.go.
 //
 // It serves the demo and the end-to-end tests, and it is the reference for
 // what an adapter (package adapters) must deliver to a production engine.

@@ -3,6 +3,8 @@ package engine
 import (
 	"errors"
 	"testing"
+
+	"github.com/fusionrag/fusionrag/fingerprint"
 )
 
 // FuzzParseRequest: any body either parses into a request that satisfies
@@ -41,7 +43,7 @@ func FuzzParseRequest(f *testing.F) {
 		if !chat && r.Prompt.IsTokens && len(r.Prompt.Tokens) == 0 {
 			t.Fatal("empty token prompt accepted")
 		}
-		if r.KVNamespace != "" && !ValidNamespace(r.KVNamespace) {
+		if r.KVNamespace != "" && !fingerprint.ValidKVNamespace(r.KVNamespace) {
 			t.Fatalf("invalid namespace %q accepted", r.KVNamespace)
 		}
 		if r.IncludeUsage && !r.Stream {

@@ -83,7 +83,7 @@ func TestGoldenGreedyStories260K(t *testing.T) {
 func publishBlob(tb testing.TB, m *model.Model, ns string, ids []int32, kv *model.Cache, dt kvstore.DType) *kvstore.Blob {
 	tb.Helper()
 	n := kv.Len()
-	key, err := fingerprint.PrefixKey(KVNamespace(m.Fingerprint(), m.Tokenizer.Fingerprint(), ns), ids, n, KVBlockSize)
+	key, err := fingerprint.PrefixKey(fingerprint.KVNamespace(m.Fingerprint(), m.Tokenizer.Fingerprint(), ns), ids, n, fingerprint.BlockSize)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -143,11 +143,11 @@ func TestInjectedKVSameGreedyOutput(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pub.Close()
-	n2 := L / KVBlockSize * KVBlockSize
+	n2 := L / fingerprint.BlockSize * fingerprint.BlockSize
 	b2 := publishBlob(t, m, "bb02", ids, modeltest.Prefill(t, m, ids[:n2]), kvstore.Float32)
 	// Publish it under the block key (the exact PrefixKey differs from a
 	// block key): the engine probes block boundaries after exact lengths.
-	probes := must(fingerprint.Lookup(KVNamespace(m.Fingerprint(), m.Tokenizer.Fingerprint(), "bb02"), ids, KVBlockSize))
+	probes := must(fingerprint.Lookup(fingerprint.KVNamespace(m.Fingerprint(), m.Tokenizer.Fingerprint(), "bb02"), ids, fingerprint.BlockSize))
 	for _, p := range probes {
 		if !p.Exact && p.Len == n2 {
 			b2.Key = p.Key

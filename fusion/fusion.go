@@ -17,8 +17,9 @@
 //  4. KV (Builder): raw KV = prefill of S + C keeping C; fused KV = C
 //     prefilled on top of S and its neighbours' raw KV laid out back to back
 //     (placed by RoPE), keeping C. Both are stored position-free (K before
-//     RoPE, as if C started right after S) under recompute.ChunkKey with the
-//     variant, S and the fusion parameters (Params) in the key.
+//     RoPE, as if C started right after S) under fingerprint.ChunkKeyAfter with
+//     the variant, S and the fusion parameters (fingerprint.FusionParams)
+//     in the key.
 //  5. Ingest (Ingester): a worker pool over batches of chunks with a
 //     progress bar, resumable (stored chunks are skipped), deterministic,
 //     ending with a Summary. Queue runs ingest jobs submitted over HTTP by
@@ -26,8 +27,9 @@
 //
 // What the serving side must do to hit the stored KV: build prompts as
 // EncodePrefix(S) + Template.Tokens(chunk)... + EncodeSegment(question),
-// and look chunks up with recompute.ChunkKey(Namespace(model, tenant,
-// Params(n, similarity)), variant, S, chunk ids).
+// and look chunks up with fingerprint.ChunkKeyAfter(
+// fingerprint.ChunkNamespace(model, tokenizer, tenant,
+// fingerprint.FusionParams(n, similarity)), variant, S, chunk ids).
 package fusion
 
 import (

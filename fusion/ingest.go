@@ -12,10 +12,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/fusionrag/fusionrag/chunkkv"
 	"github.com/fusionrag/fusionrag/fingerprint"
 	"github.com/fusionrag/fusionrag/kvstore"
 	"github.com/fusionrag/fusionrag/model"
-	"github.com/fusionrag/fusionrag/recompute"
 
 	"github.com/zeebo/xxh3"
 )
@@ -170,30 +170,22 @@ func humanBytes(n int64) string {
 type Ingester struct {
 	cfg   Config
 	ns    fingerprint.Namespace
-	src   *recompute.StoreSource
+	src   *chunkkv.Store
 	b     *Builder
 	locks *keyLocks // shared by the queue's per-job copies
 }
 
-// Params is the canonical fusion-parameter string of the namespace that
-// raw and fused chunk KV are stored in: the sidecar's
-// recompute.Config.Namespace.Params must equal it to find them.
-func Params(neighbours int, similarity string) string {
-	return fingerprint.Params(map[string]string{"fusion": "v1", "n": strconv.Itoa(neighbours), "sim": similarity})
-}
-
-// Namespace is the key namespace of chunk KV for a model, tenant and fusion
-// parameters (Params). Its Tokenizer is the hash of the model tokenizer's
-// fingerprint (zero without a tokenizer); Variant is set per key by
-// recompute.ChunkKey.
-func Namespace(m *model.Model, tenant, params string) (fingerprint.Namespace, error) {
-	mk, err := fingerprint.ParseKey(m.Fingerprint())
-	if err != nil {
-		return fingerprint.Namespace{}, fmt.Errorf("fusion: model fingerprint: %w", err)
-	}
-	ns := fingerprint.Namespace{Model: mk, Tenant: tenant, Params: params}
+// chunkNamespace is the key namespace of chunk KV for a model, tenant and
+// fusion parameters (fingerprint.ChunkNamespace; the tokenizer is zero for
+// a model without one).
+func chunkNamespace(m *model.Model, tenant, params string) (fingerprint.Namespace, error) {
+	tokFP := ""
 	if m.Tokenizer != nil {
-		ns.Tokenizer = fingerprint.TokenizerFingerprint([]byte(m.Tokenizer.Fingerprint()))
+		tokFP = m.Tokenizer.Fingerprint()
+	}
+	ns, err := fingerprint.ChunkNamespace(m.Fingerprint(), tokFP, tenant, params)
+	if err != nil {
+		return fingerprint.Namespace{}, fmt.Errorf("fusion: %w", err)
 	}
 	return ns, nil
 }
@@ -236,7 +228,7 @@ func NewIngester(ctx context.Context, cfg Config) (*Ingester, error) {
 	if cfg.Logf == nil {
 		cfg.Logf = log.Printf
 	}
-	ns, err := Namespace(cfg.Model, cfg.Tenant, Params(cfg.Neighbours, cfg.Similarity.Name()))
+	ns, err := chunkNamespace(cfg.Model, cfg.Tenant, fingerprint.FusionParams(cfg.Neighbours, cfg.Similarity.Name()))
 	if err != nil {
 		return nil, err
 	}
@@ -244,7 +236,7 @@ func NewIngester(ctx context.Context, cfg Config) (*Ingester, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Ingester{cfg: cfg, ns: ns, src: &recompute.StoreSource{Store: cfg.Store, DType: cfg.DType}, b: b,
+	return &Ingester{cfg: cfg, ns: ns, src: &chunkkv.Store{Store: cfg.Store, DType: cfg.DType}, b: b,
 		locks: &keyLocks{m: map[fingerprint.Key]*keyLock{}}}, nil
 }
 
@@ -256,7 +248,7 @@ func (in *Ingester) Namespace() fingerprint.Namespace { return in.ns }
 
 // Key returns the store key of a chunk's KV of the given variant.
 func (in *Ingester) Key(v fingerprint.Variant, tokens []int32) fingerprint.Key {
-	return recompute.ChunkKey(in.ns, v, in.cfg.Prefix, tokens)
+	return fingerprint.ChunkKeyAfter(in.ns, v, in.cfg.Prefix, tokens)
 }
 
 // run is the state of one Run.
@@ -468,7 +460,7 @@ func (r *run) fuse(ctx context.Context, i int, nb []int) error {
 			if ld.Release != nil {
 				releases = append(releases, ld.Release)
 			}
-		case errors.Is(err, recompute.ErrMiss) || errors.Is(err, recompute.ErrKVMismatch):
+		case errors.Is(err, chunkkv.ErrMiss) || errors.Is(err, chunkkv.ErrKVMismatch):
 			// Evicted from a bounded store, or failed to compute: compute
 			// it again (not stored: the raw phase owns raw entries).
 			kv, err := in.b.Raw(ctx, r.chunks[j].Tokens)
@@ -521,7 +513,7 @@ func (r *run) neighbourCheck(nb []int) fingerprint.Check {
 func (r *run) recordKey(i int) fingerprint.Key {
 	ns := r.in.ns
 	ns.Params += ";record=neighbours"
-	return recompute.ChunkKey(ns, fingerprint.VariantFused, r.in.cfg.Prefix, r.chunks[i].Tokens)
+	return fingerprint.ChunkKeyAfter(ns, fingerprint.VariantFused, r.in.cfg.Prefix, r.chunks[i].Tokens)
 }
 
 // storedWith reports whether chunk i has fused KV stored (had) and whether
@@ -606,7 +598,7 @@ func (r *run) phaseOver(ctx context.Context, name string, idx []int, fn func(con
 	var bar *Bar
 	if r.in.cfg.Progress != nil {
 		bar = NewBar(r.in.cfg.Progress, name, len(idx))
-		defer bar.Finish()
+		defer bar.Done()
 	}
 	var done atomic.Int64
 	bs := r.in.cfg.BatchSize

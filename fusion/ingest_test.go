@@ -10,13 +10,13 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/fusionrag/fusionrag/chunkkv"
 	"github.com/fusionrag/fusionrag/fingerprint"
 	"github.com/fusionrag/fusionrag/internal/modeltest"
 	"github.com/fusionrag/fusionrag/internal/redistest"
 	"github.com/fusionrag/fusionrag/internal/shareddata"
 	"github.com/fusionrag/fusionrag/kvstore"
 	"github.com/fusionrag/fusionrag/model"
-	"github.com/fusionrag/fusionrag/recompute"
 )
 
 // payloads returns the stored bytes of every chunk's raw and fused KV
@@ -43,7 +43,7 @@ func payloads(t *testing.T, in *Ingester, st kvstore.Store, chunks []Chunk) map[
 
 func loadKV(t *testing.T, in *Ingester, st kvstore.Store, v fingerprint.Variant, c Chunk) *model.Cache {
 	t.Helper()
-	src := &recompute.StoreSource{Store: st}
+	src := &chunkkv.Store{Store: st}
 	ld, err := src.GetKV(context.Background(), in.Key(v, c.Tokens), fingerprint.CheckOf(c.Tokens))
 	if err != nil {
 		t.Fatalf("chunk %s %v: %v", c.ID, v, err)
@@ -231,8 +231,8 @@ func TestIngestRedis(t *testing.T) {
 	}
 	// The sidecar's view: recompute finds the fused entries under the same keys.
 	ns := in.Namespace()
-	if got := recompute.ChunkKey(ns, fingerprint.VariantFused, in.Config().Prefix, chunks[0].Tokens); got != in.Key(fingerprint.VariantFused, chunks[0].Tokens) {
-		t.Errorf("recompute.ChunkKey and Ingester.Key disagree")
+	if got := fingerprint.ChunkKeyAfter(ns, fingerprint.VariantFused, in.Config().Prefix, chunks[0].Tokens); got != in.Key(fingerprint.VariantFused, chunks[0].Tokens) {
+		t.Errorf("fingerprint.ChunkKeyAfter and Ingester.Key disagree")
 	}
 	if ok, err := st.Has(context.Background(), in.Key(fingerprint.VariantFused, chunks[len(chunks)-1].Tokens)); !ok || err != nil {
 		t.Errorf("last fused entry not in Redis: %v %v", ok, err)

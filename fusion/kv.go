@@ -5,16 +5,16 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/fusionrag/fusionrag/chunkkv"
 	"github.com/fusionrag/fusionrag/model"
-	"github.com/fusionrag/fusionrag/recompute"
 )
 
 // Builder computes raw and fused chunk KV for one model and one S. It is
 // safe for concurrent use (the model is; S's KV is only read).
 //
-// Storage convention (recompute's): chunk KV is position-free, K before
-// RoPE, its positions [s, s+|C|) as if the chunk started right after S
-// (s = |S|). Moving it elsewhere is exact (model.Cache.Shift).
+// Storage convention (chunkkv's, shared with the recompute stage): chunk
+// KV is position-free, K before RoPE, its positions [s, s+|C|) as if the
+// chunk started right after S (s = |S|). Moving it elsewhere is exact (model.Cache.Shift).
 type Builder struct {
 	m      *model.Model
 	prefix []int32
@@ -63,7 +63,7 @@ func (b *Builder) Raw(ctx context.Context, chunk []int32) (*model.Cache, error) 
 	if s := len(b.prefix); s+len(chunk) > b.m.Config.MaxPositions {
 		return nil, fmt.Errorf("%w: |S| %d + chunk %d > %d", ErrTooLong, s, len(chunk), b.m.Config.MaxPositions)
 	}
-	return recompute.RawKV(ctx, b.m, b.s, len(b.prefix), chunk)
+	return chunkkv.RawKV(ctx, b.m, b.s, len(b.prefix), chunk)
 }
 
 // Fits returns how many of the neighbours (with these token counts, most

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/fusionrag/fusionrag/fingerprint"
-	"github.com/fusionrag/fusionrag/recompute"
 )
 
 // mount serves a Queue the way the sidecar mounts it.
@@ -128,11 +127,11 @@ func TestQueueHTTP(t *testing.T) {
 	}
 	// Tenant isolation: acme's chunk is stored under acme's keys only.
 	x := chunksOf(t, m, []Document{{ID: "x", Text: xText}}, 32, 0)[0]
-	acme, err := Namespace(m, "acme", in.Namespace().Params)
+	acme, err := chunkNamespace(m, "acme", in.Namespace().Params)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ok, _ := st.Has(context.Background(), recompute.ChunkKey(acme, fingerprint.VariantFused, in.Config().Prefix, x.Tokens)); !ok {
+	if ok, _ := st.Has(context.Background(), fingerprint.ChunkKeyAfter(acme, fingerprint.VariantFused, in.Config().Prefix, x.Tokens)); !ok {
 		t.Error("acme's chunk is not under acme's key")
 	}
 	if ok, _ := st.Has(context.Background(), in.Key(fingerprint.VariantFused, x.Tokens)); ok {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"testing"
 
+	"github.com/fusionrag/fusionrag/chunkkv"
 	"github.com/fusionrag/fusionrag/fingerprint"
 	"github.com/fusionrag/fusionrag/internal/modeltest"
 	"github.com/fusionrag/fusionrag/recompute"
@@ -29,11 +30,11 @@ func TestServingFindsFusedKV(t *testing.T) {
 	dist := map[fingerprint.Variant]float64{}
 	var full []float32
 	for _, variant := range []fingerprint.Variant{fingerprint.VariantFused, fingerprint.VariantRaw} {
-		ns, err := Namespace(m, "", Params(3, "bm25"))
+		ns, err := chunkNamespace(m, "", fingerprint.FusionParams(3, "bm25"))
 		if err != nil {
 			t.Fatal(err)
 		}
-		rp, err := recompute.New(recompute.Config{Model: m, Source: &recompute.StoreSource{Store: st}, Namespace: ns,
+		rp, err := recompute.New(recompute.Config{Model: m, Source: &chunkkv.Store{Store: st}, Namespace: ns,
 			Variant: variant, NoStoreBack: true})
 		if err != nil {
 			t.Fatal(err)
@@ -68,7 +69,7 @@ func TestServingFindsFusedKV(t *testing.T) {
 			t.Errorf("%v lookup: fused hits %d, raw hits %d, misses %d, exact chunks %d; want %d, %d, 0, 1", variant, r.FusedHits, r.RawHits, r.Misses, r.ExactChunks, wantFused, wantRaw)
 		}
 		if variant == fingerprint.VariantFused { // the ablation: every chunk fused, none exact
-			ab, err := recompute.New(recompute.Config{Model: m, Source: &recompute.StoreSource{Store: st}, Namespace: ns,
+			ab, err := recompute.New(recompute.Config{Model: m, Source: &chunkkv.Store{Store: st}, Namespace: ns,
 				Variant: variant, NoStoreBack: true, FirstChunkFused: true})
 			if err != nil {
 				t.Fatal(err)

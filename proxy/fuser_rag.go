@@ -2,23 +2,20 @@ package proxy
 
 import (
 	"context"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math"
-	"strconv"
 	"sync"
 	"time"
 
-	"github.com/zeebo/xxh3"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/fusionrag/fusionrag/adapters"
+	"github.com/fusionrag/fusionrag/chunkkv"
 	"github.com/fusionrag/fusionrag/engine"
 	"github.com/fusionrag/fusionrag/fingerprint"
-	"github.com/fusionrag/fusionrag/fusion"
 	"github.com/fusionrag/fusionrag/kvstore"
 	"github.com/fusionrag/fusionrag/model"
 	"github.com/fusionrag/fusionrag/model/tokenizer"
@@ -153,7 +150,7 @@ func NewRAGFuser(cfg FuserConfig) (*RAGFuser, error) {
 				st = kvstore.NewTiered(st) // not closed by the fuser: cfg.Store's owner closes it
 			}
 		}
-		f.source = &recompute.StoreSource{Store: st}
+		f.source = &chunkkv.Store{Store: st}
 	}
 	return f, nil
 }
@@ -166,17 +163,6 @@ func unwrapJoined(err error) []error {
 }
 
 func startsWith(s, p string) bool { return len(s) >= len(p) && s[:len(p)] == p }
-
-// ChunkNamespace is the namespace of chunk KV for a model, tenant and the
-// configured fusion parameters, as the sidecar looks it up: the offline
-// ingest's (fusion.Namespace with fusion.Params(neighbours, similarity)),
-// so that chunks ingested for the same tenant are found.
-func ChunkNamespace(m *model.Model, tenant string, fc Fusion) (fingerprint.Namespace, error) {
-	if m == nil || m.Tokenizer == nil {
-		return fingerprint.Namespace{}, errors.New("proxy: ChunkNamespace needs a model with its tokenizer")
-	}
-	return fusion.Namespace(m, tenant, fusion.Params(fc.Neighbours, fc.Similarity))
-}
 
 // Close closes the adapter the fuser opened.
 func (f *RAGFuser) Close() error {
@@ -383,9 +369,12 @@ func (f *RAGFuser) Fuse(ctx context.Context, req *Request) (*Plan, error) {
 	// of them run before any chunk is computed) and stops the run before
 	// the first computation when more than MaxMissingFraction of the
 	// chunks are missing; it also times the lookups for fusion.lookup.
-	ns, err := ChunkNamespace(f.m, req.Tenant, f.cfg.Fusion)
+	// The offline ingest's namespace for the tenant and the configured
+	// fusion parameters, so that chunks ingested for it are found.
+	ns, err := fingerprint.ChunkNamespace(f.m.Fingerprint(), f.tok.Fingerprint(), req.Tenant,
+		fingerprint.FusionParams(f.cfg.Fusion.Neighbours, f.cfg.Fusion.Similarity))
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("proxy: %w", err)
 	}
 	var src recompute.KVSource
 	var cs *countingSource
@@ -458,7 +447,7 @@ func (f *RAGFuser) Fuse(ctx context.Context, req *Request) (*Plan, error) {
 		return nil, err
 	}
 	L := len(sg.ids)
-	pns := publishNamespace(req.Tenant, ns.Params, strategy, ratio)
+	pns := fingerprint.PublishNamespace(req.Tenant, ns.Params, strategy, ratio)
 	lease, err := eng.publish(pctx, adapters.Publication{Namespace: pns, Prompt: sg.ids, KV: res.Cache.Slice(0, L-1),
 		Path: req.Route.Path(), Body: fwd})
 	if err != nil {
@@ -561,16 +550,6 @@ func requestSkip(err error) error {
 // warmTimeout bounds one background warm-up.
 const warmTimeout = time.Minute
 
-// publishNamespace is the kv_transfer_params namespace of a published
-// prompt KV: the tenant and everything that changes the KV besides the ids
-// (the chunk KV's fusion parameters, strategy, ratio). The engine folds in
-// its model and tokenizer.
-func publishNamespace(tenant, params, strategy string, ratio float64) string {
-	h := xxh3.HashString128("fusionrag-publish\x00" + tenant + "\x00" + params + "\x00" + strategy + "\x00" +
-		strconv.FormatFloat(ratio, 'g', -1, 64)).Bytes()
-	return hex.EncodeToString(h[:])
-}
-
 func toRecompute(sg *segmented, strategy string, ratio float64) (recompute.Request, error) {
 	chunks := make([]recompute.Span, len(sg.seg.Chunks))
 	for i, c := range sg.seg.Chunks {
@@ -612,8 +591,8 @@ func newCountingSource(inner recompute.KVSource, ns fingerprint.Namespace, sg *s
 	prefix := sg.ids[:sg.seg.Prefix.End]
 	for i, ch := range sg.seg.Chunks {
 		ids := sg.ids[ch.Begin:ch.End]
-		c.chunkOf[recompute.ChunkKey(ns, fingerprint.VariantRaw, prefix, ids)] = i
-		c.chunkOf[recompute.ChunkKey(ns, fingerprint.VariantFused, prefix, ids)] = i
+		c.chunkOf[fingerprint.ChunkKeyAfter(ns, fingerprint.VariantRaw, prefix, ids)] = i
+		c.chunkOf[fingerprint.ChunkKeyAfter(ns, fingerprint.VariantFused, prefix, ids)] = i
 	}
 	return c
 }

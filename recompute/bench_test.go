@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fusionrag/fusionrag/chunkkv"
 	"github.com/fusionrag/fusionrag/internal/modeltest"
 	"github.com/fusionrag/fusionrag/model"
 )
@@ -18,7 +19,7 @@ func BenchmarkStrategies(b *testing.B) {
 	cfg := model.Config{Arch: model.ArchLlama, Dim: 128, HiddenDim: 352, Layers: 4, Heads: 4, KVHeads: 4, HeadDim: 32,
 		Vocab: 512, MaxPositions: 2048, RopeTheta: 10000, NormEps: 1e-5, TiedEmbeddings: true, BOS: 1}
 	m := modeltest.Synthetic(b, cfg, 3)
-	r, err := New(Config{Model: m, Source: &StoreSource{Store: memStore(b)}})
+	r, err := New(Config{Model: m, Source: &chunkkv.Store{Store: memStore(b)}})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fusionrag/fusionrag/chunkkv"
 	"github.com/fusionrag/fusionrag/internal/redisproc"
 	"github.com/fusionrag/fusionrag/internal/redistest"
 	"github.com/fusionrag/fusionrag/kvstore"
@@ -35,7 +36,7 @@ func TestClusterFailoverRecompute(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { st.Close() })
-		reps[i] = newRep(t, m, &StoreSource{Store: st})
+		reps[i] = newRep(t, m, &chunkkv.Store{Store: st})
 	}
 	ctx := context.Background()
 	for _, r := range reqs { // warm the store

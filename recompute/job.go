@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/fusionrag/fusionrag/chunkkv"
 	"github.com/fusionrag/fusionrag/fingerprint"
 	"github.com/fusionrag/fusionrag/model"
 	"golang.org/x/sync/errgroup"
@@ -312,7 +313,7 @@ func (j *Job) prefixKV(ctx context.Context) (*model.Cache, error) {
 	var key fingerprint.Key
 	if j.r.cfg.Source != nil {
 		var err error
-		key, err = PrefixKey(j.r.cfg.Namespace, s, j.r.cfg.BlockSize)
+		key, err = fingerprint.SystemPrefixKey(j.r.cfg.Namespace, s, j.r.cfg.BlockSize)
 		if err != nil {
 			return nil, err
 		}
@@ -360,7 +361,7 @@ func (j *Job) chunkKV(ctx context.Context, prefix *model.Cache) ([]*model.Cache,
 	}
 	rawKeys := make([]fingerprint.Key, n)
 	for i, c := range j.req.Chunks {
-		rawKeys[i] = ChunkKey(cfg.Namespace, fingerprint.VariantRaw, j.req.Prefix, c)
+		rawKeys[i] = fingerprint.ChunkKeyAfter(cfg.Namespace, fingerprint.VariantRaw, j.req.Prefix, c)
 	}
 	missing := make([]bool, n)
 	for i := range missing {
@@ -381,7 +382,7 @@ func (j *Job) chunkKV(ctx context.Context, prefix *model.Cache) ([]*model.Cache,
 				keys := []fingerprint.Key{rawKeys[i]}
 				fusedAt := -1 // index of the fused key in keys
 				if cfg.Variant == fingerprint.VariantFused {
-					fused := ChunkKey(cfg.Namespace, fingerprint.VariantFused, j.req.Prefix, c)
+					fused := fingerprint.ChunkKeyAfter(cfg.Namespace, fingerprint.VariantFused, j.req.Prefix, c)
 					if i == 0 && !cfg.FirstChunkFused { // raw is exact right after S
 						keys, fusedAt = []fingerprint.Key{rawKeys[i], fused}, 1
 					} else {
@@ -454,7 +455,7 @@ func (j *Job) chunkKV(ctx context.Context, prefix *model.Cache) ([]*model.Cache,
 			continue
 		}
 		j.rec.Misses++
-		kv, err = RawKV(ctx, j.Model(), prefix, s, c)
+		kv, err = chunkkv.RawKV(ctx, j.Model(), prefix, s, c)
 		if err != nil {
 			release()
 			return nil, fmt.Errorf("chunk %d KV: %w", i, err)
@@ -465,21 +466,4 @@ func (j *Job) chunkKV(ctx context.Context, prefix *model.Cache) ([]*model.Cache,
 		out[i] = kv
 	}
 	return out, nil
-}
-
-// RawKV computes a chunk's raw KV: the prefill of S + C keeping C's slice,
-// i.e. chunk at positions [s, s+len(chunk)) on top of prefix, S's KV at
-// [0, s) (nil when S is empty). The result is position-free in the storage
-// convention (positions s.., K before RoPE) and is what ChunkKey with
-// VariantRaw names.
-func RawKV(ctx context.Context, m *model.Model, prefix *model.Cache, s int, chunk []int32) (*model.Cache, error) {
-	b := model.Batch{Tokens: chunk, Pos: make([]int32, len(chunk))}
-	for i := range b.Pos {
-		b.Pos[i] = int32(s + i)
-	}
-	res, err := m.Forward(ctx, prefix, b, model.ForwardOptions{ReturnKV: true})
-	if err != nil {
-		return nil, err
-	}
-	return res.KV, nil
 }

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fusionrag/fusionrag/chunkkv"
 	"github.com/fusionrag/fusionrag/fingerprint"
 	"github.com/fusionrag/fusionrag/internal/redistest"
 	"github.com/fusionrag/fusionrag/kvstore"
@@ -46,7 +47,7 @@ func (s *leasingStore) TryLease(ctx context.Context, key fingerprint.Key, ttl ti
 }
 
 // burst runs the same cold request on n sidecars at once (each its own
-// Reprocessor and StoreSource over the shared store) and returns their
+// Reprocessor and chunkkv.Store over the shared store) and returns their
 // records and last-position logits.
 func burst(t *testing.T, n int, sources func(i int) KVSource, req Request) ([]Record, [][]float32) {
 	t.Helper()
@@ -104,7 +105,7 @@ func TestLeaseColdBurst(t *testing.T) {
 	m := tinySynthetic(t)
 	req := randomRequest(m, 7, []int{12, 9, 15}, 4)
 	shared := &leasingStore{Store: memStore(t), held: map[fingerprint.Key]bool{}}
-	recs, logits := burst(t, 6, func(int) KVSource { return &StoreSource{Store: shared} }, req)
+	recs, logits := burst(t, 6, func(int) KVSource { return &chunkkv.Store{Store: shared} }, req)
 	checkBurst(t, recs, logits, 3)
 	if shared.taken < 3 {
 		t.Errorf("%d leases taken, want at least one per chunk", shared.taken)
@@ -120,14 +121,14 @@ func TestLeaseFallbacks(t *testing.T) {
 	req.Strategy, req.Ratio = "reuse", 0
 
 	broken := &leasingStore{Store: memStore(t), held: map[fingerprint.Key]bool{}, broken: true}
-	res := run(t, newRep(t, m, &StoreSource{Store: broken}), req, "reuse", 0)
+	res := run(t, newRep(t, m, &chunkkv.Store{Store: broken}), req, "reuse", 0)
 	if res.Record.Misses != 2 {
 		t.Errorf("broken lease service: %d computed, want 2", res.Record.Misses)
 	}
 
 	stuck := &leasingStore{Store: memStore(t), held: map[fingerprint.Key]bool{}, stuck: true}
 	t0 := time.Now()
-	res = run(t, newRep(t, m, &StoreSource{Store: stuck, LeaseWait: 50 * time.Millisecond}), req, "reuse", 0)
+	res = run(t, newRep(t, m, &chunkkv.Store{Store: stuck, LeaseWait: 50 * time.Millisecond}), req, "reuse", 0)
 	if res.Record.Misses != 2 || res.Record.LeaseHits != 0 {
 		t.Errorf("stuck leases: %d computed, %d lease hits; want 2, 0", res.Record.Misses, res.Record.LeaseHits)
 	}
@@ -138,12 +139,12 @@ func TestLeaseFallbacks(t *testing.T) {
 	// A cancelled request stops waiting.
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	src := &StoreSource{Store: stuck}
-	if _, _, err := src.LeaseKV(ctx, ChunkKey(fingerprint.Namespace{}, fingerprint.VariantRaw, req.Prefix, req.Chunks[0]), fingerprint.CheckOf(req.Chunks[0])); !errors.Is(err, context.Canceled) {
+	src := &chunkkv.Store{Store: stuck}
+	if _, _, err := src.LeaseKV(ctx, fingerprint.ChunkKeyAfter(fingerprint.Namespace{}, fingerprint.VariantRaw, req.Prefix, req.Chunks[0]), fingerprint.CheckOf(req.Chunks[0])); !errors.Is(err, context.Canceled) {
 		t.Errorf("cancelled wait: %v", err)
 	}
 	// A store without leases: compute at once.
-	if ld, rel, err := (&StoreSource{Store: memStore(t)}).LeaseKV(context.Background(), fingerprint.Key{}, fingerprint.Check{}); ld.KV != nil || rel == nil || err != nil {
+	if ld, rel, err := (&chunkkv.Store{Store: memStore(t)}).LeaseKV(context.Background(), fingerprint.Key{}, fingerprint.Check{}); ld.KV != nil || rel == nil || err != nil {
 		t.Errorf("store without leases: KV %v, release nil %v, %v", ld.KV != nil, rel == nil, err)
 	}
 }
@@ -160,7 +161,7 @@ func TestLeaseColdBurstCluster(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { st.Close() })
-		return &StoreSource{Store: st}
+		return &chunkkv.Store{Store: st}
 	}, req)
 	checkBurst(t, recs, logits, 4)
 }

@@ -110,7 +110,8 @@ type Config struct {
 	// or VariantFused. With fused, a missing fused entry falls back to the raw
 	// one, then to computing raw KV.
 	Variant fingerprint.Variant
-	// BlockSize is the block size of prefix keys (PrefixKey). Default 16.
+	// BlockSize is the block size of prefix keys (fingerprint.SystemPrefixKey).
+	// Default fingerprint.BlockSize, the one the engine probes.
 	BlockSize int
 	// CheckLayer is cacheblend's check layer: layers [0, CheckLayer] are
 	// recomputed in full and the deviation is measured at CheckLayer.
@@ -161,7 +162,7 @@ func New(cfg Config) (*Reprocessor, error) {
 		return nil, fmt.Errorf("recompute: Config.Variant %v: want raw or fused", cfg.Variant)
 	}
 	if cfg.BlockSize == 0 {
-		cfg.BlockSize = 16
+		cfg.BlockSize = fingerprint.BlockSize
 	}
 	if cfg.BlockSize < 1 {
 		return nil, fmt.Errorf("recompute: Config.BlockSize %d must be >= 1", cfg.BlockSize)

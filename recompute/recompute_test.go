@@ -9,6 +9,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/fusionrag/fusionrag/chunkkv"
 	"github.com/fusionrag/fusionrag/fingerprint"
 	"github.com/fusionrag/fusionrag/internal/modeltest"
 	"github.com/fusionrag/fusionrag/internal/shareddata"
@@ -181,7 +182,7 @@ func memStore(t testing.TB) kvstore.Store {
 func TestPlacementAtOffsetsIsExact(t *testing.T) {
 	for name, m := range testModels(t) {
 		t.Run(name, func(t *testing.T) {
-			src := &StoreSource{Store: memStore(t)}
+			src := &chunkkv.Store{Store: memStore(t)}
 			r := newRep(t, m, src)
 			req := randomRequest(m, 3, []int{31, 12, 25, 8}, 6)
 			full := run(t, r, req, "full", 0) // full reads no store
@@ -190,7 +191,7 @@ func TestPlacementAtOffsetsIsExact(t *testing.T) {
 			for i, c := range req.Layout().Chunks {
 				slice := full.Cache.Slice(c.Begin, c.End).Clone()
 				slice.Shift(-int32(c.Begin)) // position-free: positions are dropped by the store
-				key := ChunkKey(ns, fingerprint.VariantRaw, req.Prefix, req.Chunks[i])
+				key := fingerprint.ChunkKeyAfter(ns, fingerprint.VariantRaw, req.Prefix, req.Chunks[i])
 				if err := src.PutKV(ctx, key, fingerprint.CheckOf(req.Chunks[i]), slice); err != nil {
 					t.Fatal(err)
 				}
@@ -215,7 +216,7 @@ func TestPlacementAtOffsetsIsExact(t *testing.T) {
 func TestStoreRoundTripAndImmutability(t *testing.T) {
 	m := tinySynthetic(t)
 	store := memStore(t)
-	src := &StoreSource{Store: store}
+	src := &chunkkv.Store{Store: store}
 	r := newRep(t, m, src)
 	req := randomRequest(m, 4, []int{20, 33, 14}, 5)
 	first := run(t, r, req, "fusionrag", 0.2)
@@ -225,7 +226,7 @@ func TestStoreRoundTripAndImmutability(t *testing.T) {
 	ns := r.Config().Namespace
 	ctx := context.Background()
 	payload := func(c []int32) []byte {
-		b, err := store.Get(ctx, ChunkKey(ns, fingerprint.VariantRaw, req.Prefix, c), fingerprint.CheckOf(c))
+		b, err := store.Get(ctx, fingerprint.ChunkKeyAfter(ns, fingerprint.VariantRaw, req.Prefix, c), fingerprint.CheckOf(c))
 		if err != nil {
 			t.Fatalf("chunk not stored back: %v", err)
 		}
@@ -401,12 +402,12 @@ func TestFromSpans(t *testing.T) {
 func TestStoredKVMismatch(t *testing.T) {
 	m := tinySynthetic(t)
 	store := memStore(t)
-	src := &StoreSource{Store: store}
+	src := &chunkkv.Store{Store: store}
 	r := newRep(t, m, src)
 	req := randomRequest(m, 8, []int{12, 9}, 3)
 	ctx := context.Background()
 	ns := r.Config().Namespace
-	key := ChunkKey(ns, fingerprint.VariantRaw, req.Prefix, req.Chunks[1])
+	key := fingerprint.ChunkKeyAfter(ns, fingerprint.VariantRaw, req.Prefix, req.Chunks[1])
 	wrong := model.NewCache(model.Config{Layers: 2, KVHeads: 2, HeadDim: 16}, 0)
 	for range 9 {
 		wrong.Append(&model.Cache{Layers: 2, KVHeads: 2, HeadDim: 16, Pos: []int32{0},

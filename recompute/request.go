@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"math"
+
+	"github.com/fusionrag/fusionrag/chunkkv"
 )
 
 // Sentinel errors for bad requests. Every one of them means "this request
@@ -23,30 +25,16 @@ var (
 	ErrTooLong = errors.New("recompute: prompt longer than the model's context")
 	// ErrToken: a token id outside the model's vocabulary.
 	ErrToken = errors.New("recompute: token id out of range")
-	// ErrKVMismatch is matched (errors.Is) by every *KVMismatchError.
-	ErrKVMismatch = errors.New("recompute: stored KV does not match")
+	// ErrKVMismatch is matched (errors.Is) by every *KVMismatchError
+	// (chunkkv's: the store and this package report the same errors).
+	ErrKVMismatch = chunkkv.ErrKVMismatch
 	// ErrMiss is returned by a KVSource for a key it does not hold.
-	ErrMiss = errors.New("recompute: KV not found")
+	ErrMiss = chunkkv.ErrMiss
 )
 
-// KVMismatchError reports a stored KV that cannot be used for the request:
-// its shape, token count or model fingerprint differs from what the model
-// and the segment need. It matches ErrKVMismatch.
-type KVMismatchError struct {
-	// Key is the store key (hex) of the offending entry.
-	Key string
-	// Field names what differs: "shape", "tokens", "model", "check", "dtype".
-	Field string
-	// Got and Want describe the stored and the expected values.
-	Got, Want string
-}
-
-func (e *KVMismatchError) Error() string {
-	return fmt.Sprintf("recompute: stored KV %s: %s is %s, want %s", e.Key, e.Field, e.Got, e.Want)
-}
-
-// Is makes errors.Is(err, ErrKVMismatch) true.
-func (e *KVMismatchError) Is(target error) bool { return target == ErrKVMismatch }
+// KVMismatchError reports a stored KV that cannot be used for the request
+// (chunkkv.KVMismatchError). It matches ErrKVMismatch.
+type KVMismatchError = chunkkv.KVMismatchError
 
 // Request is one prompt S + C_1..C_k + Q split on token ids, and how to
 // reprocess it. Positions follow the order: S occupies [0, |S|), C_1 starts at

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/fusionrag/fusionrag/chunkkv"
 	"github.com/fusionrag/fusionrag/internal/redistest"
 	"github.com/fusionrag/fusionrag/internal/skiplog"
 	"github.com/fusionrag/fusionrag/kvstore"
@@ -45,7 +46,7 @@ func TestTiersAndDTypes(t *testing.T) {
 					t.Fatal(err)
 				}
 				defer store.Close()
-				r := newRep(t, m, &StoreSource{Store: store, DType: dt})
+				r := newRep(t, m, &chunkkv.Store{Store: store, DType: dt})
 				first := run(t, r, req, "fusionrag", 0.15)
 				if first.Record.Misses != 3 {
 					t.Fatalf("first run: %d misses, want 3", first.Record.Misses)

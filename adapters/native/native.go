@@ -63,8 +63,8 @@ func Open(cfg adapters.Config) (*Adapter, error) {
 		return nil, fmt.Errorf("%w: sidecar model %s tokenizer %s, engine model %s tokenizer %s", adapters.ErrMismatch,
 			cfg.ModelFingerprint, cfg.TokenizerFingerprint, a.info.Model, a.info.Tokenizer)
 	}
-	if a.info.BlockSize != engine.KVBlockSize {
-		return nil, fmt.Errorf("%w: engine block size %d, adapter %d", adapters.ErrMismatch, a.info.BlockSize, engine.KVBlockSize)
+	if a.info.BlockSize != fingerprint.BlockSize {
+		return nil, fmt.Errorf("%w: engine block size %d, adapter %d", adapters.ErrMismatch, a.info.BlockSize, fingerprint.BlockSize)
 	}
 	switch cfg.Transport {
 	case adapters.TransportPush:
@@ -95,7 +95,7 @@ func (a *Adapter) Info() engine.KVInfo { return a.info }
 // Key is the key the engine finds the KV of the prefix tokens under, for
 // requests prepared with namespace ns.
 func (a *Adapter) Key(ns string, tokens []int32) (fingerprint.Key, error) {
-	return fingerprint.PrefixKey(engine.KVNamespace(a.info.Model, a.info.Tokenizer, ns), tokens, len(tokens), engine.KVBlockSize)
+	return fingerprint.PrefixKey(fingerprint.KVNamespace(a.info.Model, a.info.Tokenizer, ns), tokens, len(tokens), fingerprint.BlockSize)
 }
 
 // Publish implements adapters.Engine: the KV goes into the shared store or
@@ -106,7 +106,7 @@ func (a *Adapter) Key(ns string, tokens []int32) (fingerprint.Key, error) {
 // bounds what stays published.
 func (a *Adapter) Publish(ctx context.Context, p adapters.Publication) (adapters.Lease, error) {
 	ns := p.Namespace
-	if !engine.ValidNamespace(ns) {
+	if !fingerprint.ValidKVNamespace(ns) {
 		return nil, fmt.Errorf("native: namespace %q must be 1-128 hex digits", ns)
 	}
 	if err := adapters.CheckPublication(p); err != nil {
