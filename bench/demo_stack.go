@@ -11,18 +11,18 @@ import (
 	"time"
 
 	"github.com/fusionrag/fusionrag/adapters"
-	"github.com/fusionrag/fusionrag/adapters/native"
 	"github.com/fusionrag/fusionrag/engine"
 	"github.com/fusionrag/fusionrag/kvstore"
 	"github.com/fusionrag/fusionrag/model"
 	"github.com/fusionrag/fusionrag/proxy"
+	"github.com/fusionrag/fusionrag/sidecar"
 )
 
 // demoStack is the engine and the sidecar with its fusion path, in process on
 // loopback ports.
 type demoStack struct {
 	engineURL, sidecarURL string
-	fuser                 *proxy.RAGFuser
+	fuser                 *sidecar.Fuser
 	closers               []func()
 }
 
@@ -34,7 +34,8 @@ func (s *demoStack) close() {
 }
 
 // startDemoStack serves m with the engine and puts the sidecar in front of it,
-// with the real fusion path (proxy.RAGFuser) over store, publishing KV to
+// built as fusionrag serve builds it (package sidecar: reuse self-check,
+// documents queue) with the real fusion path over store, publishing KV to
 // the engine with the native adapter (HTTP push, PUT /v1/kv/{key}). rec
 // records what the fusion path did for each request.
 func startDemoStack(m *model.Model, cfg *DemoConfig, store kvstore.Store) (_ *demoStack, _ *demoRecorder, err error) {
@@ -44,8 +45,6 @@ func startDemoStack(m *model.Model, cfg *DemoConfig, store kvstore.Store) (_ *de
 			s.close()
 		}
 	}()
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-
 	url, stop, err := startEngine(engine.Config{MaxBatch: 4, PushStoreURL: "mem://?max=2GiB"}, m)
 	if err != nil {
 		return nil, nil, fmt.Errorf("demo: %w", err)
@@ -59,6 +58,7 @@ func startDemoStack(m *model.Model, cfg *DemoConfig, store kvstore.Store) (_ *de
 	}
 	pcfg := proxy.DefaultConfig()
 	pcfg.Listen, pcfg.Upstream = pln.Addr().String(), s.engineURL
+	pcfg.Fusion.Adapter, pcfg.Fusion.Transport = "native", adapters.TransportPush
 	pcfg.Fusion.Strategy = "fusionrag"
 	pcfg.Fusion.Ratio = cfg.Ratio
 	pcfg.Fusion.Neighbours = cfg.Neighbours
@@ -66,37 +66,21 @@ func startDemoStack(m *model.Model, cfg *DemoConfig, store kvstore.Store) (_ *de
 	// request should say so rather than compute it on the spot.
 	pcfg.Fusion.MaxMissingFraction = 0
 	pcfg.Timeouts.Fusion = 2 * time.Minute
-	f, err := proxy.NewRAGFuser(proxy.FuserConfig{Proxy: pcfg, Model: m, Store: store, Logger: quiet,
-		OpenEngine: func(ctx context.Context) (adapters.Engine, error) {
-			return native.Open(adapters.Config{URL: s.engineURL, Transport: adapters.TransportPush,
-				ModelFingerprint: m.Fingerprint(), TokenizerFingerprint: m.Tokenizer.Fingerprint(), Timeout: pcfg.Timeouts.Fusion})
+	rec := &demoRecorder{byUser: map[string]demoOutcome{}}
+	sc, err := sidecar.New(context.Background(), sidecar.Config{Proxy: pcfg, Model: m, Store: store,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Env:    sidecar.NoEnv, // no telemetry export, whatever the environment says
+		WrapFuser: func(f proxy.Fuser) proxy.Fuser {
+			rec.inner = f
+			return rec
 		}})
 	if err != nil {
 		pln.Close()
-		return nil, nil, err
+		return nil, nil, fmt.Errorf("demo: %w", err)
 	}
-	s.fuser = f
-	s.closers = append(s.closers, func() { f.Close() })
-	rec := &demoRecorder{inner: f, byUser: map[string]demoOutcome{}}
-	// No telemetry export, whatever the environment says.
-	tel, err := proxy.NewTelemetry(context.Background(), nil)
-	if err != nil {
-		pln.Close()
-		return nil, nil, err
-	}
-	px, err := proxy.New(pcfg, proxy.WithFuser(rec), proxy.WithTelemetry(tel), proxy.WithLogger(quiet))
-	if err != nil {
-		pln.Close()
-		tel.Shutdown(context.Background())
-		return nil, nil, err
-	}
-	go px.Serve(pln)
-	s.closers = append(s.closers, func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		px.Shutdown(ctx)
-		tel.Shutdown(ctx)
-	})
+	s.fuser = sc.Fuser()
+	go sc.Serve(pln)
+	s.closers = append(s.closers, func() { sc.Close() })
 	s.sidecarURL = "http://" + pln.Addr().String()
 	return s, rec, nil
 }

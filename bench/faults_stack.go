@@ -5,9 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -19,13 +17,13 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/fusionrag/fusionrag/adapters"
 	"github.com/fusionrag/fusionrag/engine"
 	"github.com/fusionrag/fusionrag/fingerprint"
 	"github.com/fusionrag/fusionrag/internal/redisproc"
 	"github.com/fusionrag/fusionrag/kvstore"
 	"github.com/fusionrag/fusionrag/model"
 	"github.com/fusionrag/fusionrag/proxy"
+	"github.com/fusionrag/fusionrag/sidecar"
 )
 
 // faultStack is the system under faults: the engine on a fixed loopback
@@ -107,31 +105,17 @@ func startFaultStack(m *model.Model, dir string) (_ *faultStack, err error) {
 	return s, nil
 }
 
-// sidecar starts a proxy with a RAGFuser over the stack's store; warm
-// makes it compute every missing chunk.
+// sidecar starts a sidecar with the fusion path over the stack's store,
+// built as fusionrag serve builds it (package sidecar: reuse self-check,
+// documents queue); warm makes it compute every missing chunk.
 func (s *faultStack) sidecar(warm bool) (string, error) {
 	pcfg := proxy.DefaultConfig()
-	pcfg.Upstream = s.side.EngineURL
 	pcfg.Fusion.Separator = StackSeparator
 	if warm {
 		pcfg.Fusion.MaxMissingFraction = 1
 		pcfg.Timeouts.Fusion = time.Minute
 	}
-	if err := pcfg.Validate(); err != nil {
-		return "", err
-	}
-	acfg := adapters.Config{URL: s.side.EngineURL, Transport: adapters.TransportPush,
-		ModelFingerprint: s.m.Fingerprint(), TokenizerFingerprint: s.m.Tokenizer.Fingerprint()}
-	fuser, err := proxy.NewRAGFuser(proxy.FuserConfig{Proxy: pcfg, Model: s.m, Store: s.store,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		OpenEngine: func(ctx context.Context) (adapters.Engine, error) {
-			return adapters.Open(pcfg.Fusion.Adapter, acfg)
-		}})
-	if err != nil {
-		return "", err
-	}
-	s.side.close = append(s.side.close, func() { fuser.Close() })
-	return s.side.sidecar(pcfg, proxy.WithFuser(fuser))
+	return s.side.sidecar(sidecar.Config{Proxy: pcfg, Model: s.m, Store: s.store})
 }
 
 // serveEngine starts a fresh engine on ln.

@@ -6,19 +6,18 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"math/rand/v2"
 	"net/http"
 	"os"
 	"strings"
 	"time"
 
-	"github.com/fusionrag/fusionrag/adapters"
 	_ "github.com/fusionrag/fusionrag/adapters/llamacpp" // the adapter measured
 	"github.com/fusionrag/fusionrag/internal/llamaserver"
 	"github.com/fusionrag/fusionrag/kvstore"
 	"github.com/fusionrag/fusionrag/model"
 	"github.com/fusionrag/fusionrag/proxy"
+	"github.com/fusionrag/fusionrag/sidecar"
 )
 
 // LlamaCppConfig configures RunLlamaCpp: time to first token of RAG
@@ -188,22 +187,11 @@ func RunLlamaCpp(ctx context.Context, c LlamaCppConfig) ([]LlamaCppRow, error) {
 	pcfg.Fusion.SlotDir = slots
 	pcfg.Fusion.MaxMissingFraction = 1 // the warm-up pass computes and stores every chunk
 	pcfg.Timeouts.Fusion = 10 * time.Minute
-	if err := pcfg.Validate(); err != nil {
-		return nil, err
-	}
-	acfg := adapters.Config{URL: srv.URL, Model: m, SlotDir: slots, Timeout: 10 * time.Minute}
-	fuser, err := proxy.NewRAGFuser(proxy.FuserConfig{Proxy: pcfg, Model: m, Store: store,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		OpenEngine: func(ctx context.Context) (adapters.Engine, error) {
-			return adapters.Open(pcfg.Fusion.Adapter, acfg)
-		}})
-	if err != nil {
-		return nil, err
-	}
-	defer fuser.Close()
+	// Built as fusionrag serve builds it (package sidecar); the store is
+	// this function's.
 	stack := &Stack{EngineURL: srv.URL}
 	defer stack.Close()
-	sidecar, err := stack.sidecar(pcfg, proxy.WithFuser(fuser))
+	sidecarURL, err := stack.sidecar(sidecar.Config{Proxy: pcfg, Model: m, Store: store})
 	if err != nil {
 		return nil, err
 	}
@@ -227,7 +215,7 @@ func RunLlamaCpp(ctx context.Context, c LlamaCppConfig) ([]LlamaCppRow, error) {
 		if err != nil {
 			return StreamResult{}, err
 		}
-		base := sidecar
+		base := sidecarURL
 		headers := map[string]string{"Accept": "text/event-stream"}
 		if strategy == "" {
 			base = srv.URL
@@ -259,7 +247,7 @@ func RunLlamaCpp(ctx context.Context, c LlamaCppConfig) ([]LlamaCppRow, error) {
 		if c.Progress == nil {
 			return
 		}
-		resp, err := client.Get(sidecar + "/metrics")
+		resp, err := client.Get(sidecarURL + "/metrics")
 		if err != nil {
 			return
 		}

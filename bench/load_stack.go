@@ -8,12 +8,10 @@ import (
 	"net"
 	"time"
 
-	"github.com/fusionrag/fusionrag/adapters"
-	_ "github.com/fusionrag/fusionrag/adapters/native" // the fusion sidecar's engine adapter
 	"github.com/fusionrag/fusionrag/engine"
-	"github.com/fusionrag/fusionrag/kvstore"
 	"github.com/fusionrag/fusionrag/model"
 	"github.com/fusionrag/fusionrag/proxy"
+	"github.com/fusionrag/fusionrag/sidecar"
 )
 
 // StackSeparator is the chunk separator of the stack's fusion sidecar and of
@@ -28,8 +26,8 @@ type StackConfig struct {
 	Model *model.Model
 	// Engine is the engine's configuration (Listen is ignored).
 	Engine engine.Config
-	// Fusion also starts a second sidecar with the fusion path: a RAGFuser
-	// over a memory store that finds chunks at StackSeparator, recomputes
+	// Fusion also starts a second sidecar with the fusion path: the RAG
+	// fuser over a memory store that finds chunks at StackSeparator, recomputes
 	// with the request's strategy (default fusionrag at 15%) and pushes the
 	// prompt's KV to the engine through the native adapter.
 	Fusion bool
@@ -49,7 +47,9 @@ type Stack struct {
 }
 
 // StartStack starts the engine, the pass-through sidecar and, when asked,
-// the fusion sidecar. Telemetry export is off whatever the environment says.
+// the fusion sidecar, both built as fusionrag serve builds them (package
+// sidecar: reuse self-check, documents queue). Telemetry export is off
+// whatever the environment says.
 func StartStack(c StackConfig) (*Stack, error) {
 	m := c.Model
 	if m == nil || m.Tokenizer == nil {
@@ -62,74 +62,45 @@ func StartStack(c StackConfig) (*Stack, error) {
 	}
 	s.close = append(s.close, stop)
 	s.EngineURL = url
-	if s.SidecarURL, err = s.sidecar(proxy.DefaultConfig()); err != nil {
+	// No model: serve without --model, every request passed through.
+	if s.SidecarURL, err = s.sidecar(sidecar.Config{Proxy: proxy.DefaultConfig()}); err != nil {
 		s.Close()
 		return nil, err
 	}
 	if !c.Fusion {
 		return s, nil
 	}
-	store, err := kvstore.Open("mem://?max=2GiB")
-	if err != nil {
-		s.Close()
-		return nil, err
-	}
-	s.close = append(s.close, func() { store.Close() })
 	pcfg := proxy.DefaultConfig()
-	pcfg.Upstream = s.EngineURL
+	pcfg.Store = "mem://?max=2GiB"
 	pcfg.Fusion.Separator = StackSeparator
 	// Compute (and store) every missing chunk: the benchmark warms the store
 	// with one pass over its prompts, as an ingest would.
 	pcfg.Fusion.MaxMissingFraction = 1
-	if err := pcfg.Validate(); err != nil {
-		s.Close()
-		return nil, err
-	}
-	acfg := adapters.Config{URL: s.EngineURL, Transport: adapters.TransportPush,
-		ModelFingerprint: m.Fingerprint(), TokenizerFingerprint: m.Tokenizer.Fingerprint()}
-	fuser, err := proxy.NewRAGFuser(proxy.FuserConfig{Proxy: pcfg, Model: m, Store: store,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		OpenEngine: func(ctx context.Context) (adapters.Engine, error) {
-			return adapters.Open(pcfg.Fusion.Adapter, acfg)
-		}})
-	if err != nil {
-		s.Close()
-		return nil, err
-	}
-	s.close = append(s.close, func() { fuser.Close() })
-	if s.FusionURL, err = s.sidecar(pcfg, proxy.WithFuser(fuser)); err != nil {
+	if s.FusionURL, err = s.sidecar(sidecar.Config{Proxy: pcfg, Model: m}); err != nil {
 		s.Close()
 		return nil, err
 	}
 	return s, nil
 }
 
-// sidecar serves a proxy in front of the engine on a free loopback port.
-func (s *Stack) sidecar(pcfg proxy.Config, opts ...proxy.Option) (string, error) {
-	tel, err := proxy.NewTelemetry(context.Background(), func(string) (string, bool) { return "", false })
-	if err != nil {
-		return "", err
-	}
-	pcfg.Upstream = s.EngineURL
-	pcfg.Listen = "127.0.0.1:0"
-	opts = append([]proxy.Option{proxy.WithTelemetry(tel), proxy.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil)))}, opts...)
-	px, err := proxy.New(pcfg, opts...)
-	if err != nil {
-		tel.Shutdown(context.Background())
-		return "", err
-	}
+// sidecar builds a sidecar from c (its upstream the engine, its logger
+// quiet, no telemetry export) and serves it on a free loopback port.
+func (s *Stack) sidecar(c sidecar.Config) (string, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		tel.Shutdown(context.Background())
 		return "", err
 	}
-	go px.Serve(ln)
-	s.close = append(s.close, func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		px.Shutdown(ctx)
-		tel.Shutdown(context.Background())
-	})
+	c.Proxy.Upstream = s.EngineURL
+	c.Proxy.Listen = ln.Addr().String()
+	c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	c.Env = sidecar.NoEnv
+	sc, err := sidecar.New(context.Background(), c)
+	if err != nil {
+		ln.Close()
+		return "", err
+	}
+	go sc.Serve(ln)
+	s.close = append(s.close, func() { sc.Close() })
 	return "http://" + ln.Addr().String(), nil
 }
 

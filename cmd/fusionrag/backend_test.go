@@ -1,11 +1,13 @@
 package main
 
 import (
+	"context"
 	"errors"
+	"os"
 	"testing"
 
 	"github.com/fusionrag/fusionrag/model"
-	"github.com/fusionrag/fusionrag/proxy"
+	"github.com/fusionrag/fusionrag/sidecar"
 )
 
 // TestSyntheticSeededBackend: synthetic models honour --backend (before,
@@ -39,8 +41,16 @@ func TestServeBackend(t *testing.T) {
 	if err := model.WriteSynthetic(dir, cfg, 1, model.SaveOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	_, err := buildFusionPath(proxy.Config{Model: dir}, "no-such-backend")
+	for _, k := range []string{"FUSIONRAG_CONFIG", "FUSIONRAG_MODEL", "FUSIONRAG_STORE", "FUSIONRAG_FUSION_DISABLED"} {
+		t.Setenv(k, "") // restored after the test
+		os.Unsetenv(k)
+	}
+	pcfg, backend, err := parseServe([]string{"--upstream", "http://127.0.0.1:1", "--model", dir, "--backend", "no-such-backend"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = sidecar.New(context.Background(), sidecar.Config{Proxy: pcfg, Backend: backend, Env: sidecar.NoEnv})
 	if !errors.Is(err, model.ErrUnsupported) {
-		t.Fatalf("buildFusionPath with an unknown backend: err = %v, want ErrUnsupported", err)
+		t.Fatalf("serve's sidecar with an unknown backend: err = %v, want ErrUnsupported", err)
 	}
 }
