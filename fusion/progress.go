@@ -3,18 +3,27 @@ package fusion
 import (
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"sync"
 	"time"
 )
 
-// Bar is a terminal progress bar: done/total, rate in chunks per minute and
-// the ETA at that rate, redrawn in place ("\r") at most every Interval. Safe
-// for concurrent Set calls.
+// Bar is the module's one progress bar (ingest's phases here, every bench
+// harness through bench.NewProgress): a line
+//
+//	label [=========>                    ] 25/100  25.0%  2.5/s  elapsed 10s  ETA 30s
+//
+// redrawn in place ("\r", and "\x1b[K" to clear the rest when the writer is
+// a terminal) at most every 100 ms and whenever the count reaches the total.
+// The rate is per second, or per minute below one a second (fusing large
+// chunks is slow). A nil *Bar is silent: every method is a no-op, so a
+// caller that wants no output passes nil. Safe for concurrent use.
 type Bar struct {
 	w        io.Writer
 	label    string
 	total    int
+	clear    string // "\x1b[K" on a terminal, else ""
 	start    time.Time
 	interval time.Duration
 	now      func() time.Time
@@ -29,28 +38,60 @@ type Bar struct {
 // barWidth is the number of cells of the bar itself.
 const barWidth = 30
 
-// NewBar starts a bar for total items, drawing to w.
+// NewBar starts a bar for total items, drawing to w; nil w gives a nil
+// (silent) bar.
 func NewBar(w io.Writer, label string, total int) *Bar {
-	b := &Bar{w: w, label: label, total: total, interval: 200 * time.Millisecond, now: time.Now}
+	if w == nil {
+		return nil
+	}
+	b := &Bar{w: w, label: label, total: total, interval: 100 * time.Millisecond, now: time.Now}
+	if IsTerminal(w) {
+		b.clear = "\x1b[K"
+	}
 	b.start = b.now()
 	b.draw()
 	return b
 }
 
-// Set records that done items are finished and redraws when due.
-func (b *Bar) Set(done int) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if done > b.done {
-		b.done = done
+// IsTerminal reports whether w is a character device (a TTY): where a
+// redrawn line makes sense rather than a log full of carriage returns.
+func IsTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok || f == nil {
+		return false
 	}
-	if t := b.now(); t.Sub(b.last) >= b.interval || b.done == b.total {
-		b.draw()
-	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }
 
-// Finish draws the final state and ends the line.
-func (b *Bar) Finish() {
+// Set records that done items are finished (a smaller count than one seen
+// before is ignored: workers report out of order) and redraws when due.
+func (b *Bar) Set(done int) {
+	if b == nil {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.done = max(b.done, done)
+	b.maybeDraw()
+}
+
+// Add records n more finished items and redraws when due.
+func (b *Bar) Add(n int) {
+	if b == nil {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.done += n
+	b.maybeDraw()
+}
+
+// Done draws the final state and ends the line; later calls do nothing.
+func (b *Bar) Done() {
+	if b == nil {
+		return
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.finished {
@@ -63,25 +104,37 @@ func (b *Bar) Finish() {
 	fmt.Fprintln(b.w)
 }
 
-// Line renders the bar's current text (no "\r").
+// Line renders the bar's current text (no "\r"); "" for a nil bar.
 func (b *Bar) Line() string {
+	if b == nil {
+		return ""
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.line(b.now())
+}
+
+func (b *Bar) maybeDraw() {
+	if b.finished {
+		return
+	}
+	if t := b.now(); t.Sub(b.last) >= b.interval || b.done == b.total {
+		b.draw()
+	}
 }
 
 func (b *Bar) draw() {
 	t := b.now()
 	b.last = t
 	b.drawn = b.done
-	fmt.Fprintf(b.w, "\r%s", b.line(t))
+	fmt.Fprintf(b.w, "\r%s%s", b.line(t), b.clear)
 }
 
 func (b *Bar) line(t time.Time) string {
 	el := t.Sub(b.start)
 	frac := 1.0
 	if b.total > 0 {
-		frac = float64(b.done) / float64(b.total)
+		frac = min(1, float64(b.done)/float64(b.total))
 	}
 	fill := int(frac * barWidth)
 	var bar string
@@ -91,7 +144,14 @@ func (b *Bar) line(t time.Time) string {
 	default:
 		bar = strings.Repeat("=", fill) + ">" + strings.Repeat(" ", barWidth-fill-1)
 	}
-	rate := perMin(b.done, el)
+	rate := "--"
+	if s := el.Seconds(); s > 0 {
+		if ps := float64(b.done) / s; ps >= 1 || b.done == 0 {
+			rate = fmt.Sprintf("%.1f/s", ps)
+		} else {
+			rate = fmt.Sprintf("%.1f/min", 60*ps)
+		}
+	}
 	eta := "--"
 	if b.done >= b.total {
 		eta = "done"
@@ -99,6 +159,6 @@ func (b *Bar) line(t time.Time) string {
 		left := time.Duration(float64(el) / float64(b.done) * float64(b.total-b.done))
 		eta = left.Round(time.Second).String()
 	}
-	return fmt.Sprintf("%-6s [%s] %d/%d %5.1f%% %8.1f chunks/min  elapsed %s  ETA %s ",
+	return fmt.Sprintf("%s [%s] %d/%d %5.1f%%  %s  elapsed %s  ETA %s",
 		b.label, bar, b.done, b.total, 100*frac, rate, el.Round(time.Second), eta)
 }
