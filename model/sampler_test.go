@@ -193,3 +193,34 @@ func TestStopIDs(t *testing.T) {
 		t.Errorf("StopIDs() = %v, want %v (no BOS, duplicates and out-of-vocabulary ids dropped)", got, want)
 	}
 }
+
+// FuzzSampler: any logits (NaN, ±Inf, huge, subnormal) and parameters give
+// an id in [0, len) (or -1 when empty), never a NaN id while a number exists,
+// and never a panic.
+func FuzzSampler(f *testing.F) {
+	f.Add([]byte{0, 0, 0x80, 0x3f, 0, 0, 0xc0, 0x7f}, 1.0, 0, 0.9, uint64(1))
+	f.Add([]byte{0, 0, 0x80, 0x7f, 0, 0, 0x80, 0xff, 1, 2, 3, 4}, 0.5, 2, 0.0, uint64(7))
+	f.Add([]byte{}, 1.0, 0, 1.0, uint64(0))
+	f.Fuzz(func(t *testing.T, raw []byte, temp float64, topK int, topP float64, seed uint64) {
+		logits := make([]float32, len(raw)/4)
+		for i := range logits {
+			logits[i] = math.Float32frombits(uint32(raw[4*i]) | uint32(raw[4*i+1])<<8 | uint32(raw[4*i+2])<<16 | uint32(raw[4*i+3])<<24)
+		}
+		s := NewSampler(Sampling{Temperature: temp, TopK: topK, TopP: topP, Seed: seed})
+		for range 3 {
+			id := s.Sample(logits)
+			if len(logits) == 0 {
+				if id != -1 {
+					t.Fatalf("empty logits: %d", id)
+				}
+				continue
+			}
+			if id < 0 || int(id) >= len(logits) {
+				t.Fatalf("id %d outside [0, %d)", id, len(logits))
+			}
+			if v := logits[id]; v != v && slices.ContainsFunc(logits, func(x float32) bool { return x == x }) {
+				t.Fatalf("picked NaN id %d of %v", id, logits)
+			}
+		}
+	})
+}
