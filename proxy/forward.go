@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -14,6 +15,9 @@ import (
 	"time"
 
 	"github.com/valyala/fasthttp"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // This file is the reverse proxy proper: the upstream connection pool with
@@ -474,4 +478,89 @@ func (r *relay) CloseWithError(werr error) error {
 		r.x.finish(end)
 	})
 	return nil
+}
+
+// roundTrip sends the client's request to the engine with body (buffered)
+// or stream (size: Content-Length or -1). The response body is a stream the
+// caller must hand to respond or close.
+func (p *Proxy) roundTrip(ctx *fasthttp.RequestCtx, x *exchange, body []byte, stream io.Reader, size int, attempt string) (*fasthttp.Response, error) {
+	span := noSpan
+	if p.tel.tracing {
+		_, span = p.tel.tracer.Start(x.ctx, SpanForward, trace.WithSpanKind(trace.SpanKindClient),
+			trace.WithAttributes(attribute.String("fusionrag.attempt", attempt)))
+	}
+	defer span.End()
+	req := fasthttp.AcquireRequest()
+	defer fasthttp.ReleaseRequest(req)
+	ctx.Request.Header.CopyTo(&req.Header)
+	stripRequestHopHeaders(&req.Header)
+	req.Header.SetNoDefaultContentType(true)
+	req.SetRequestURIBytes(ctx.Request.Header.RequestURI())
+	setForwardedFor(&req.Header, ctx.RemoteIP())
+	switch {
+	case stream != nil:
+		req.SetBodyStream(stream, size)
+	case body != nil:
+		req.SetBodyRaw(body)
+	default:
+		req.ResetBody()
+	}
+	resp := fasthttp.AcquireResponse()
+	err := p.client.Do(req, resp)
+	if err != nil {
+		fasthttp.ReleaseResponse(resp)
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+		return nil, err
+	}
+	if span.IsRecording() {
+		span.SetAttributes(attribute.Int("http.response.status_code", resp.StatusCode()))
+		if resp.StatusCode() >= 400 { // an error for a client span (OTel HTTP semantic conventions)
+			span.SetStatus(codes.Error, fmt.Sprintf("engine answered %d", resp.StatusCode()))
+		}
+	}
+	return resp, nil
+}
+
+// forward sends the request as is (body already without the "fusionrag"
+// member where one was removed) and relays the answer, or an error page.
+func (p *Proxy) forward(ctx *fasthttp.RequestCtx, x *exchange, body []byte, stream io.Reader, size int) {
+	resp, err := p.roundTrip(ctx, x, body, stream, size, "original")
+	if err != nil {
+		p.fail(ctx, x, err)
+		return
+	}
+	p.respond(ctx, x, resp)
+}
+
+// respond copies the engine's status and headers and relays its body:
+// one already read (engineTransport reads small bodies at once) is handed
+// over without a copy, a stream is relayed read by read.
+func (p *Proxy) respond(ctx *fasthttp.RequestCtx, x *exchange, resp *fasthttp.Response) {
+	resp.Header.CopyTo(&ctx.Response.Header)
+	stripResponseHopHeaders(&ctx.Response.Header)
+	p.setCacheHeader(ctx, x) // before the body: a streamed response's header goes out first
+	bs := resp.BodyStream()
+	cl := resp.Header.ContentLength()
+	if bs == nil || cl == 0 || ctx.IsHead() {
+		if ctx.IsHead() || resp.StatusCode() == fasthttp.StatusNotModified {
+			// No body to relay: keep the engine's Content-Length as is.
+			ctx.Response.SkipBody = true
+		} else if bs == nil && len(resp.Body()) > 0 {
+			// Swap buffers: the client response takes the engine's body,
+			// the engine response (released now) takes the old buffer.
+			ctx.Response.SwapBody(resp.SwapBody(ctx.Response.SwapBody(nil)))
+		}
+		closeEngineBody(resp, nil)
+		fasthttp.ReleaseResponse(resp)
+		now := time.Now()
+		x.firstByteAt(now)
+		x.finishAt(now, nil)
+		return
+	}
+	if cl < 0 { // chunked or until-close: re-chunk, one flushed chunk per read
+		cl = -1
+		ctx.Response.ImmediateHeaderFlush = true
+	}
+	ctx.Response.SetBodyStream(&relay{x: x, resp: resp, stream: bs}, cl)
 }

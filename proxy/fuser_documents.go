@@ -3,7 +3,6 @@ package proxy
 import (
 	"crypto/subtle"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -113,9 +112,8 @@ var documentTypes = map[string]bool{
 // admitSubmission decides whether a POST may submit documents, before its
 // body is read: the route is closed unless the request carries
 // documents.admin_key or a trusted tenant header; the body must be JSON or
-// JSONL and within documents.max_bytes. It returns 0 or the status and
-// message of the refusal.
-func (p *Proxy) admitSubmission(h *fasthttp.RequestHeader, source string) (int, string, string) {
+// JSONL and within documents.max_bytes. It returns nil or the refusal.
+func (p *Proxy) admitSubmission(h *fasthttp.RequestHeader, source string) error {
 	dc := p.cfg.Documents
 	key := h.Peek(HeaderAdminKey)
 	switch {
@@ -123,23 +121,21 @@ func (p *Proxy) admitSubmission(h *fasthttp.RequestHeader, source string) (int, 
 		// The trusted gateway vouches for the tenant.
 	case dc.AdminKey != "" && len(key) > 0 && subtle.ConstantTimeCompare(key, []byte(dc.AdminKey)) == 1:
 	case dc.AdminKey == "" && p.cfg.Tenant.Header == "-":
-		return fasthttp.StatusForbidden, "permission_denied", "POST " + DocumentsPath + " is closed: set documents.admin_key (sent in " +
-			HeaderAdminKey + ") or tenant.header (a trusted gateway's tenant header) to open it"
+		return refuse(errForbidden, "POST "+DocumentsPath+" is closed: set documents.admin_key (sent in "+
+			HeaderAdminKey+") or tenant.header (a trusted gateway's tenant header) to open it")
 	case len(key) > 0:
-		return fasthttp.StatusForbidden, "permission_denied", "wrong " + HeaderAdminKey
+		return refuse(errForbidden, "wrong "+HeaderAdminKey)
 	default:
-		return fasthttp.StatusUnauthorized, "unauthorized", "POST " + DocumentsPath + " needs " + HeaderAdminKey + " or the trusted tenant header"
+		return refuse(errUnauthorized, "POST "+DocumentsPath+" needs "+HeaderAdminKey+" or the trusted tenant header")
 	}
 	mt, _, err := mime.ParseMediaType(string(h.ContentType()))
 	if err != nil || !documentTypes[mt] {
-		return fasthttp.StatusUnsupportedMediaType, "unsupported_media_type",
-			fmt.Sprintf("Content-Type %q: documents are application/json or application/jsonl", h.ContentType())
+		return refuse(errMediaType, fmt.Sprintf("Content-Type %q: documents are application/json or application/jsonl", h.ContentType()))
 	}
 	if cl := h.ContentLength(); dc.MaxBytes > 0 && int64(cl) > dc.MaxBytes {
-		return fasthttp.StatusRequestEntityTooLarge, "request_too_large",
-			fmt.Sprintf("submission of %d bytes is over documents.max_bytes (%d)", cl, dc.MaxBytes)
+		return refuse(errBodyTooLarge, fmt.Sprintf("submission of %d bytes is over documents.max_bytes (%d)", cl, dc.MaxBytes))
 	}
-	return 0, "", ""
+	return nil
 }
 
 const maxJobOwners = 10000
@@ -185,7 +181,7 @@ func (p *Proxy) serveDocuments(ctx *fasthttp.RequestCtx, x *exchange) bool {
 	default:
 		return false
 	}
-	x.path = "documents"
+	x.path = pathDocuments
 	h := &ctx.Request.Header
 	tenant, source := p.tenantOf(h)
 	x.span.SetAttributes(attribute.String(AttrTenantSource, source))
@@ -198,36 +194,17 @@ func (p *Proxy) serveDocuments(ctx *fasthttp.RequestCtx, x *exchange) bool {
 			status, body = fasthttp.StatusNotFound, []byte(`{"error":"unknown job"}`)
 		}
 	} else {
-		if st, code, msg := p.admitSubmission(h, source); st != 0 {
-			ctx.SetConnectionClose()
-			writeError(ctx, st, "invalid_request_error", code, msg)
-			x.firstByte()
-			x.finish(nil)
+		if err := p.admitSubmission(h, source); err != nil {
+			p.fail(ctx, x, err)
 			return true
 		}
 		b, err := p.readWhole(ctx, p.cfg.Documents.MaxBytes)
 		if err != nil {
-			code, st := "bad_request", fasthttp.StatusBadRequest
-			if errors.Is(err, errBodyTooLarge) {
-				code, st = "request_too_large", fasthttp.StatusRequestEntityTooLarge
-			}
-			ctx.SetConnectionClose()
-			writeError(ctx, st, "invalid_request_error", code, err.Error())
-			x.firstByte()
-			x.finish(nil)
+			p.fail(ctx, x, readError(err))
 			return true
 		}
-		if st, msg, retry := p.limitSubmission(tenant, b); st != 0 {
-			code := "request_too_large"
-			if st == fasthttp.StatusTooManyRequests {
-				code = "rate_limit_exceeded"
-			}
-			writeError(ctx, st, "invalid_request_error", code, msg)
-			if retry > 0 {
-				ctx.Response.Header.Set("Retry-After", strconv.Itoa(retry))
-			}
-			x.firstByte()
-			x.finish(nil)
+		if err := p.limitSubmission(tenant, b); err != nil {
+			p.fail(ctx, x, err)
 			return true
 		}
 		status, body = p.docs.d.HandleSubmit(tenant, b)
@@ -255,25 +232,24 @@ func (p *Proxy) serveDocuments(ctx *fasthttp.RequestCtx, x *exchange) bool {
 
 // limitSubmission applies the per-tenant quotas to a read submission:
 // documents.tenant_bytes_per_minute (429 with Retry-After) and
-// documents.max_documents (413). It returns 0 or the refusal, with the
-// seconds to wait for a 429.
-func (p *Proxy) limitSubmission(tenant string, body []byte) (int, string, int) {
+// documents.max_documents (413). It returns nil or the refusal.
+func (p *Proxy) limitSubmission(tenant string, body []byte) error {
 	dc := p.cfg.Documents
 	ok, wait := p.docs.take(tenant, int64(len(body)), dc.TenantBytesPerMinute, max(dc.TenantBytesPerMinute, dc.MaxBytes), time.Now())
 	if !ok {
 		secs := max(1, int(math.Ceil(wait.Seconds())))
-		return fasthttp.StatusTooManyRequests, fmt.Sprintf("this tenant's submissions are over documents.tenant_bytes_per_minute (%d); retry in %d s",
-			dc.TenantBytesPerMinute, secs), secs
+		return &refusal{kind: errRateLimited, retryAfter: secs, msg: fmt.Sprintf("this tenant's submissions are over documents.tenant_bytes_per_minute (%d); retry in %d s",
+			dc.TenantBytesPerMinute, secs)}
 	}
 	if dc.MaxDocuments > 0 {
 		// The queue parses the body again; the count is checked here so
 		// that the refusal is the same whatever the queue does.
 		if docs, err := fusion.ParseDocuments(body); err == nil && len(docs) > dc.MaxDocuments {
-			return fasthttp.StatusRequestEntityTooLarge, fmt.Sprintf("%d documents in one submission, over documents.max_documents (%d)",
-				len(docs), dc.MaxDocuments), 0
+			return refuse(errBodyTooLarge, fmt.Sprintf("%d documents in one submission, over documents.max_documents (%d)",
+				len(docs), dc.MaxDocuments))
 		}
 	}
-	return 0, "", 0
+	return nil
 }
 
 // readWhole reads a request body of any size up to MaxRequestBody and
