@@ -40,6 +40,7 @@ import (
 	"time"
 
 	"github.com/fusionrag/fusionrag/model/tokenizer"
+	"github.com/fusionrag/fusionrag/prompt"
 )
 
 // Engine serves one model over HTTP.
@@ -63,7 +64,7 @@ type Engine struct {
 // Option customises New.
 type Option func(*Engine)
 
-// WithChatTemplate sets the chat template (default: TemplateOf(tok)).
+// WithChatTemplate sets the chat template (default: prompt.TemplateOf(tok)).
 func WithChatTemplate(c ChatTemplate) Option { return func(e *Engine) { e.chat = c } }
 
 // WithStopIDs replaces the ids that end generation (default: the
@@ -92,7 +93,7 @@ func New(cfg Config, lm LM, tok tokenizer.Tokenizer, opts ...Option) (*Engine, e
 		o(e)
 	}
 	if e.chat == nil {
-		t, err := TemplateOf(tok)
+		t, err := prompt.TemplateOf(tok)
 		if err != nil {
 			return nil, fmt.Errorf("%w: chat template: %v", ErrConfig, err)
 		}

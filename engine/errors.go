@@ -6,14 +6,17 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+
+	"github.com/fusionrag/fusionrag/prompt"
 )
 
 // Sentinel errors for expected conditions. httpError maps them (and the
 // typed errors below) to an HTTP status and an OpenAI error body; it is the
 // one place where that mapping lives.
 var (
-	// ErrBadRequest is wrapped by request validation errors (400).
-	ErrBadRequest = errors.New("invalid request")
+	// ErrBadRequest is wrapped by request validation errors (400); it is
+	// prompt.ErrBadRequest, which the request parser wraps.
+	ErrBadRequest = prompt.ErrBadRequest
 	// ErrModelNotFound: the request names a model this engine does not serve (404).
 	ErrModelNotFound = errors.New("model not found")
 	// ErrOverloaded: the wait queue is full (503, retry later).
@@ -47,17 +50,10 @@ func (e *ContextLengthError) Error() string {
 		e.Limit, e.Prompt+e.MaxTokens, e.Prompt, e.MaxTokens)
 }
 
-// paramError is a validation error that names the offending parameter.
-type paramError struct {
-	Param string
-	Msg   string
-}
-
-func (e *paramError) Error() string { return e.Msg }
-func (e *paramError) Unwrap() error { return ErrBadRequest }
-
+// badParam is a validation error that names the offending parameter
+// (a *prompt.ParamError, as the request parser returns them).
 func badParam(param, format string, args ...any) error {
-	return &paramError{Param: param, Msg: fmt.Sprintf(format, args...)}
+	return prompt.BadParam(param, format, args...)
 }
 
 // apiError is the OpenAI error body: {"error": {"message", "type", "param", "code"}}.
@@ -83,7 +79,7 @@ func strp(s string) *string {
 func httpError(err error) (int, errorBody) {
 	var (
 		ce *ContextLengthError
-		pe *paramError
+		pe *prompt.ParamError
 	)
 	msg := err.Error()
 	switch {

@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/fusionrag/fusionrag/prompt"
 )
 
 // handleGenerate serves /v1/completions (chat=false) and
@@ -19,7 +21,7 @@ func (e *Engine) handleGenerate(w http.ResponseWriter, r *http.Request, chat boo
 		writeError(w, err)
 		return
 	}
-	req, err := ParseRequest(body, chat)
+	req, err := prompt.ParseRequest(body, chat)
 	if err != nil {
 		writeError(w, err)
 		return
@@ -28,7 +30,7 @@ func (e *Engine) handleGenerate(w http.ResponseWriter, r *http.Request, chat boo
 		writeError(w, fmt.Errorf("%w: The model `%s` does not exist (this engine serves `%s`).", ErrModelNotFound, req.Model, e.cfg.ModelName))
 		return
 	}
-	ids, err := PromptTokens(e.tok, e.chat, req.Prompt)
+	ids, err := prompt.Tokens(e.tok, e.chat, req.Prompt)
 	if err != nil {
 		writeError(w, err)
 		return

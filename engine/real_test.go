@@ -18,6 +18,7 @@ import (
 	"github.com/fusionrag/fusionrag/internal/shareddata"
 	"github.com/fusionrag/fusionrag/kvstore"
 	"github.com/fusionrag/fusionrag/model"
+	"github.com/fusionrag/fusionrag/prompt"
 	"github.com/google/go-cmp/cmp"
 	"github.com/redis/go-redis/v9"
 )
@@ -61,12 +62,12 @@ func completion(tb testing.TB, url, body string) completionResponse {
 func TestGoldenGreedyStories260K(t *testing.T) {
 	m := modeltest.Stories(t)
 	c := shareddata.LoadStoriesGolden(t).Cases[0]
-	ids, err := PromptTokens(m.Tokenizer, nil, Prompt{Text: c.Prompt})
+	ids, err := prompt.Tokens(m.Tokenizer, nil, Prompt{Text: c.Prompt})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if diff := cmp.Diff(c.PromptTokens, ids); diff != "" {
-		t.Fatalf("PromptTokens (-golden +got):\n%s", diff)
+		t.Fatalf("prompt.Tokens (-golden +got):\n%s", diff)
 	}
 	_, url := startModel(t, m, Config{}, nil)
 	r := completion(t, url, fmt.Sprintf(`{"prompt":%q,"max_tokens":%d,"temperature":0}`, c.Prompt, len(c.GreedyTokens)))
@@ -110,7 +111,7 @@ func TestInjectedKVSameGreedyOutput(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, url := startModel(t, m, Config{}, conn)
-	ids := must(PromptTokens(m.Tokenizer, nil, Prompt{Text: storyPrompt}))
+	ids := must(prompt.Tokens(m.Tokenizer, nil, Prompt{Text: storyPrompt}))
 	L := len(ids)
 	req := func(ns string) completionResponse {
 		kvp := ""
@@ -189,7 +190,7 @@ func TestCorruptAndMismatchedKVAreMisses(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, url := startModel(t, m, Config{}, conn)
-	ids := must(PromptTokens(m.Tokenizer, nil, Prompt{Text: storyPrompt}))
+	ids := must(prompt.Tokens(m.Tokenizer, nil, Prompt{Text: storyPrompt}))
 	base := completion(t, url, fmt.Sprintf(`{"prompt":%q,"max_tokens":20,"temperature":0}`, storyPrompt))
 
 	// Publish the exact KV, then flip one payload bit inside Redis.

@@ -1,4 +1,4 @@
-package engine
+package prompt
 
 import (
 	"errors"
@@ -34,7 +34,7 @@ func FuzzParseRequest(f *testing.F) {
 			return
 		}
 		s := r.Sampling
-		if s.Temperature < 0 || s.Temperature > 2 || !(s.TopP > 0 && s.TopP <= 1) || s.TopK < 0 || s.MaxTokens < 0 || len(s.Stop) > maxStops {
+		if s.Temperature < 0 || s.Temperature > 2 || !(s.TopP > 0 && s.TopP <= 1) || s.TopK < 0 || s.MaxTokens < 0 || len(s.Stop) > MaxStops {
 			t.Fatalf("invalid sampling accepted: %+v", s)
 		}
 		if chat && len(r.Prompt.Messages) == 0 {
