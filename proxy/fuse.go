@@ -6,44 +6,14 @@ import (
 	"fmt"
 
 	"github.com/valyala/fasthttp"
-	"go.opentelemetry.io/otel/attribute"
 )
 
 // serveEligible runs the fusion path for a buffered body of an eligible route.
 func (p *Proxy) serveEligible(ctx *fasthttp.RequestCtx, x *exchange, body []byte) {
-	// The Fuser may outlive the handler (a late one is abandoned at the
-	// deadline), while fasthttp reuses the request's buffers at once: give
-	// it a body, and slices into it, of its own.
-	body = append([]byte(nil), body...)
-	req, err := ParseRequest(x.route, body)
-	var oe *OverrideError
-	var ie *InvalidRequestError
-	switch {
-	case errors.Is(err, ErrMalformed):
-		// Forward untouched: the engine answers exactly as it would have.
-		x.skip = SkipMalformed
-		p.forward(ctx, x, body, nil, len(body))
-		return
-	case errors.As(err, &oe), errors.As(err, &ie): // answered 400
-		p.fail(ctx, x, err)
-		return
-	case err != nil: // ErrNotEligible
-		x.skip = SkipNotEligible
-		p.forward(ctx, x, req.Body, nil, len(req.Body))
+	req, ok := p.eligible(ctx, x, body)
+	if !ok {
 		return
 	}
-	h := &ctx.Request.Header
-	if p.cfg.Fusion.IgnoreOverrides {
-		req.Override = Override{}
-	} else if req.Override, err = ParseOverrideHeaders(string(h.Peek(HeaderStrategy)), string(h.Peek(HeaderRatio)), req.Override); err != nil {
-		p.fail(ctx, x, err)
-		return
-	}
-	req.Tenant, req.TenantSource = p.tenantOf(h)
-	if x.span.IsRecording() {
-		x.span.SetAttributes(attribute.String(AttrTenantSource, req.TenantSource))
-	}
-
 	fused, ok := p.fuse(x, req)
 	if !ok {
 		p.forward(ctx, x, req.Body, nil, len(req.Body))

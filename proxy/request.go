@@ -13,50 +13,6 @@ import (
 	"github.com/fusionrag/fusionrag/fingerprint"
 )
 
-// Route is an OpenAI route on which the fusion path may run.
-type Route int
-
-const (
-	RouteOther       Route = iota // any other route: always passed through
-	RouteChat                     // POST /v1/chat/completions
-	RouteCompletions              // POST /v1/completions
-)
-
-func (r Route) String() string {
-	switch r {
-	case RouteChat:
-		return "chat"
-	case RouteCompletions:
-		return "completions"
-	}
-	return "other"
-}
-
-// Path is the route's request path ("" for RouteOther).
-func (r Route) Path() string {
-	switch r {
-	case RouteChat:
-		return "/v1/chat/completions"
-	case RouteCompletions:
-		return "/v1/completions"
-	}
-	return ""
-}
-
-// routeOf returns the route of an HTTP method and path (no query).
-func routeOf(method, path []byte) Route {
-	if string(method) != "POST" {
-		return RouteOther
-	}
-	switch string(path) {
-	case "/v1/chat/completions":
-		return RouteChat
-	case "/v1/completions":
-		return RouteCompletions
-	}
-	return RouteOther
-}
-
 // Request is an eligible request as the fusion path sees it: the parsed
 // OpenAI body, the tenant and the per-request override.
 type Request struct {
