@@ -18,6 +18,7 @@ import (
 	"github.com/fusionrag/fusionrag/kvstore"
 	"github.com/fusionrag/fusionrag/model"
 	"github.com/fusionrag/fusionrag/proxy"
+	"github.com/fusionrag/fusionrag/recompute"
 )
 
 // Corpus choices for DemoConfig.Corpus.
@@ -157,7 +158,7 @@ func (c *DemoConfig) fill() error {
 	case !(c.Ratio > 0 && c.Ratio <= 1):
 		return bad("ratio %v not in (0, 1]", c.Ratio)
 	}
-	known := proxy.Strategies
+	known := recompute.Strategies()
 	strategies := []string{"full"}
 	for _, s := range c.Strategies {
 		s = strings.TrimSpace(s)

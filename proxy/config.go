@@ -18,6 +18,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/fusionrag/fusionrag/adapters"
+	"github.com/fusionrag/fusionrag/recompute"
 )
 
 // Config is the sidecar's configuration. Every leaf field has a YAML key (its
@@ -141,17 +142,13 @@ type Tenant struct {
 	Header string `yaml:"header" doc:"Header whose value names the tenant (e.g. X-Fusionrag-Tenant). Set this only when a trusted gateway sets or strips this header on every request: any client that reaches the sidecar can claim any tenant with it. \"-\" (the default): no header is trusted, and the tenant is an xxh3 hash of the Authorization bearer key (never the key itself), or anonymous (one tenant shared by every request without a key). The header is forwarded to the engine either way." default:"-"`
 }
 
-// Strategies lists the recompute strategies a request may name.
-var Strategies = []string{"full", "reuse", "cacheblend", "epic", "fusionrag"}
+// validStrategy reports whether s names a recompute strategy registered in
+// this binary (recompute.Register); the configuration and the per-request
+// overrides are checked against the registry, never against a list of our own.
+func validStrategy(s string) bool { return slices.Contains(recompute.Strategies(), s) }
 
-func validStrategy(s string) bool {
-	for _, v := range Strategies {
-		if s == v {
-			return true
-		}
-	}
-	return false
-}
+// strategyNames is the registered strategies as error messages list them.
+func strategyNames() string { return strings.Join(recompute.Strategies(), ", ") }
 
 // DefaultConfig returns the configuration with every default filled in except
 // Upstream, which has none.
@@ -209,7 +206,7 @@ func (c *Config) Validate() error {
 		}
 	}
 	if !validStrategy(c.Fusion.Strategy) {
-		bad("fusion.strategy", "%q is not one of %s", c.Fusion.Strategy, strings.Join(Strategies, ", "))
+		bad("fusion.strategy", "%q is not one of the registered strategies %s", c.Fusion.Strategy, strategyNames())
 	}
 	if !(c.Fusion.Ratio > 0 && c.Fusion.Ratio <= 1) {
 		bad("fusion.ratio", "%v is not in (0, 1]", c.Fusion.Ratio)
@@ -228,8 +225,8 @@ func (c *Config) Validate() error {
 	if c.Fusion.Adapter == "llamacpp" && c.Fusion.SlotDir == "" {
 		bad("fusion.slot_dir", "required by the llamacpp adapter (llama-server's --slot-save-path, as the sidecar sees it)")
 	}
-	if c.Fusion.Transport != "push" && c.Fusion.Transport != "store" {
-		bad("fusion.transport", "%q is not push or store", c.Fusion.Transport)
+	if c.Fusion.Transport != adapters.TransportPush && c.Fusion.Transport != adapters.TransportStore {
+		bad("fusion.transport", "%q is not %s or %s", c.Fusion.Transport, adapters.TransportPush, adapters.TransportStore)
 	}
 	if c.Fusion.AdapterURL != "" {
 		if _, err := upstreamAddr(c.Fusion.AdapterURL); err != nil {

@@ -4,6 +4,9 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"reflect"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +14,9 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/fusionrag/fusionrag/adapters"
+	_ "github.com/fusionrag/fusionrag/adapters/llamacpp"
+	_ "github.com/fusionrag/fusionrag/adapters/passthrough"
+	"github.com/fusionrag/fusionrag/recompute"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files (docs/configuration.md)")
@@ -142,5 +148,43 @@ func TestReference(t *testing.T) {
 	}
 	if d := cmp.Diff(string(want), got); d != "" {
 		t.Errorf("docs/configuration.md is stale; run go test ./proxy -run TestReference -update (-file +generated):\n%s", d)
+	}
+}
+
+// TestDocNamesRegistered: the configuration reference lists exactly the
+// strategies and adapters this binary registers (recompute.Register,
+// adapters.Register), since the doc tags are text while validation reads the
+// registries. The proxy's tests import the three adapter packages (and
+// register configTestAdapter, which the doc does not list).
+func TestDocNamesRegistered(t *testing.T) {
+	docOf := func(key string) string {
+		var doc string
+		var c Config
+		_ = walkConfig(reflect.ValueOf(&c).Elem(), "", func(f setting) error {
+			if f.key == key {
+				doc = f.doc
+			}
+			return nil
+		})
+		return doc
+	}
+	// names reads "a (...), b (...) or c (...)." after prefix.
+	names := func(doc, prefix string) []string {
+		_, list, ok := strings.Cut(doc, prefix)
+		if !ok {
+			t.Fatalf("doc %q lacks %q", doc, prefix)
+		}
+		list = regexp.MustCompile(`\s*\([^)]*\)`).ReplaceAllString(list, "")
+		list, _, _ = strings.Cut(list, ".")
+		out := strings.FieldsFunc(strings.ReplaceAll(list, " or ", ","), func(r rune) bool { return r == ',' || r == ' ' })
+		slices.Sort(out)
+		return out
+	}
+	if d := cmp.Diff(recompute.Strategies(), names(docOf("fusion.strategy"), "Default recompute strategy: ")); d != "" {
+		t.Errorf("fusion.strategy's doc against the registered strategies (-registered +doc):\n%s", d)
+	}
+	registered := slices.DeleteFunc(adapters.Names(), func(n string) bool { return n == configTestAdapter })
+	if d := cmp.Diff(registered, names(docOf("fusion.adapter"), "registered in the binary: ")); d != "" {
+		t.Errorf("fusion.adapter's doc against the registered adapters (-registered +doc):\n%s", d)
 	}
 }

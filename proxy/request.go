@@ -383,7 +383,7 @@ func parseBodyOverride(v []byte) (Override, error) {
 				return bad("strategy must be a string")
 			}
 			if !validStrategy(o.Strategy) {
-				return bad("strategy must be one of " + strings.Join(Strategies, ", "))
+				return bad("strategy must be one of " + strategyNames())
 			}
 		case "ratio":
 			if json.Unmarshal(raw, &o.Ratio) != nil {
@@ -407,7 +407,7 @@ func ParseOverrideHeaders(strategy, ratio string, body Override) (Override, erro
 	o := body
 	if s := strings.TrimSpace(strategy); s != "" && o.Strategy == "" {
 		if !validStrategy(s) {
-			return Override{}, &OverrideError{Source: "header " + HeaderStrategy, Value: strategy, Reason: "must be one of " + strings.Join(Strategies, ", ")}
+			return Override{}, &OverrideError{Source: "header " + HeaderStrategy, Value: strategy, Reason: "must be one of " + strategyNames()}
 		}
 		o.Strategy = s
 	}
