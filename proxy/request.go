@@ -11,14 +11,13 @@ import (
 	"unicode/utf8"
 
 	"github.com/fusionrag/fusionrag/fingerprint"
+	"github.com/fusionrag/fusionrag/prompt"
 )
 
 // Request is an eligible request as the fusion path sees it: the parsed
 // OpenAI body, the tenant and the per-request override.
 type Request struct {
-	Route  Route
-	Model  string
-	Stream bool
+	Route Route
 
 	// Tenant is 32 hex digits (xxh3-128) identifying the tenant; it must be
 	// part of every cache key. TenantSource says where it came from:
@@ -39,6 +38,11 @@ type Request struct {
 	// members removed (see isKVParams), every other byte unchanged. The
 	// fusion path must not modify it.
 	Body []byte
+
+	// Parsed is Body as the engine parses it (prompt.ParseRequest): the
+	// fusion path parses it once, on first use, and keeps it here. Nil
+	// until then.
+	Parsed *prompt.Request
 }
 
 // Message is one chat message. Content is set when the message's content is a
@@ -160,12 +164,14 @@ func ParseRequest(route Route, body []byte) (*Request, error) {
 		if skipSpaceByte(body[m.valStart:m.valEnd]) == 'n' {
 			return r, &InvalidRequestError{Reason: "model is null; it must be a string"}
 		}
-		if json.Unmarshal(body[m.valStart:m.valEnd], &r.Model) != nil {
+		var model string // checked, not kept: the fuser reads the body's own
+		if json.Unmarshal(body[m.valStart:m.valEnd], &model) != nil {
 			return r, fmt.Errorf("%w: model is not a string", ErrNotEligible)
 		}
 	}
 	if m, ok := lastMember(ms, "stream"); ok {
-		if json.Unmarshal(body[m.valStart:m.valEnd], &r.Stream) != nil {
+		var stream bool
+		if json.Unmarshal(body[m.valStart:m.valEnd], &stream) != nil {
 			return r, fmt.Errorf("%w: stream is not a boolean", ErrNotEligible)
 		}
 	}

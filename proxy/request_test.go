@@ -24,7 +24,7 @@ func TestParseRequest(t *testing.T) {
 			name: "chat parts", route: RouteChat,
 			body: `{"model":"llama","stream":true,"messages":[{"role":"system","content":"You answer."},` +
 				`{"role":"user","content":[{"type":"text","text":"doc one"},{"type":"image_url","image_url":{"url":"x"}},{"type":"text","text":"question?"}]}]}`,
-			want: &Request{Route: RouteChat, Model: "llama", Stream: true, Messages: []Message{
+			want: &Request{Route: RouteChat, Messages: []Message{
 				{Role: "system", Content: "You answer."},
 				{Role: "user", Parts: []ContentPart{
 					{Type: "text", Text: "doc one"}, {Type: "image_url"}, {Type: "text", Text: "question?"}}},
@@ -33,7 +33,7 @@ func TestParseRequest(t *testing.T) {
 		{
 			name: "chat extra members kept raw", route: RouteChat,
 			body: `{"model":"m","messages":[{"role":"assistant","content":null,"tool_calls":[{"id":"1"}]},{"role":"user","content":"q","name":"bob"}]}`,
-			want: &Request{Route: RouteChat, Model: "m", Messages: []Message{
+			want: &Request{Route: RouteChat, Messages: []Message{
 				{Role: "assistant", Other: map[string]json.RawMessage{"tool_calls": json.RawMessage(`[{"id":"1"}]`)}},
 				{Role: "user", Content: "q", Other: map[string]json.RawMessage{"name": json.RawMessage(`"bob"`)}},
 			}},
@@ -46,17 +46,17 @@ func TestParseRequest(t *testing.T) {
 		{
 			name: "duplicate keys: the last wins", route: RouteCompletions,
 			body: `{"model":"a","prompt":"first","model":"b","prompt":"second"}`,
-			want: &Request{Route: RouteCompletions, Model: "b", Prompt: Prompt{Text: "second"}},
+			want: &Request{Route: RouteCompletions, Prompt: Prompt{Text: "second"}},
 		},
 		{
 			name: "completion tokens", route: RouteCompletions,
 			body: `{"model":"m","prompt":[1, 15, 300]}`,
-			want: &Request{Route: RouteCompletions, Model: "m", Prompt: Prompt{Tokens: []int{1, 15, 300}, IsTokens: true}},
+			want: &Request{Route: RouteCompletions, Prompt: Prompt{Tokens: []int{1, 15, 300}, IsTokens: true}},
 		},
 		{
 			name: "override in body", route: RouteCompletions,
 			body: `{"fusionrag":{"strategy":"reuse","ratio":0},"model":"m","prompt":"p"}`,
-			want: &Request{Route: RouteCompletions, Model: "m", Prompt: Prompt{Text: "p"}, Override: Override{Strategy: "reuse", HasRatio: true}},
+			want: &Request{Route: RouteCompletions, Prompt: Prompt{Text: "p"}, Override: Override{Strategy: "reuse", HasRatio: true}},
 		},
 		{name: "batched prompt", route: RouteCompletions, body: `{"prompt":["a","b"]}`, err: ErrNotEligible},
 		{name: "token batch", route: RouteCompletions, body: `{"prompt":[[1],[2]]}`, err: ErrNotEligible},
