@@ -14,17 +14,17 @@ import (
 
 	"github.com/fusionrag/fusionrag/adapters"
 	"github.com/fusionrag/fusionrag/chunkkv"
-	"github.com/fusionrag/fusionrag/engine"
 	"github.com/fusionrag/fusionrag/fingerprint"
 	"github.com/fusionrag/fusionrag/kvstore"
 	"github.com/fusionrag/fusionrag/model"
 	"github.com/fusionrag/fusionrag/model/tokenizer"
+	"github.com/fusionrag/fusionrag/prompt"
 	"github.com/fusionrag/fusionrag/recompute"
 )
 
 // RAGFuser is the fusion path: it segments a request on the token ids the
 // engine will run (same tokenizer, same chat template, same prompt -> ids
-// function, engine.PromptTokens), looks the chunks' KV up in the store
+// function, package prompt), looks the chunks' KV up in the store
 // (computing and storing the missing ones), recomputes with the request's
 // strategy and ratio (package recompute), publishes the KV of the whole
 // prompt but its last token through the engine adapter, and returns the
@@ -131,7 +131,7 @@ func NewRAGFuser(cfg FuserConfig) (*RAGFuser, error) {
 	}
 	f.index.MaxChunks = maxIndexedChunks
 	var err error
-	if f.chat, err = engine.TemplateOf(f.tok); err != nil {
+	if f.chat, err = prompt.TemplateOf(f.tok); err != nil {
 		return nil, fmt.Errorf("proxy: chat template: %w", err)
 	}
 	if f.modelFP, err = fingerprint.ParseKey(cfg.Model.Fingerprint()); err != nil {
@@ -303,7 +303,6 @@ const (
 	SkipEngineRejects   = "engine_rejects"
 	SkipBadMarkers      = "bad_markers"
 	SkipTemplateSpans   = "template_spans"
-	SkipTokenMismatch   = "token_mismatch"
 	SkipPromptTooLong   = "prompt_too_long"
 	SkipNoPublish       = "no_publish"
 	SkipEngineBusy      = "engine_busy" // adapters.ErrBusy: every slot leased; not a failure

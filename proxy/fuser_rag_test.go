@@ -20,6 +20,7 @@ import (
 	"github.com/fusionrag/fusionrag/internal/shareddata"
 	"github.com/fusionrag/fusionrag/kvstore"
 	"github.com/fusionrag/fusionrag/model"
+	"github.com/fusionrag/fusionrag/prompt"
 )
 
 // The RAGFuser in process over real parts: the stories260K model, an
@@ -372,11 +373,11 @@ func FuzzFuserSegment(f *testing.F) {
 		if sg.body != nil {
 			final = sg.body
 		}
-		er, err := engine.ParseRequest(final, chat)
+		er, err := prompt.ParseRequest(final, chat)
 		if err != nil {
 			t.Fatalf("the rewritten body is not a request: %v\n%s", err, final)
 		}
-		ids, err := engine.PromptTokens(fe.f.tok, fe.f.chat, er.Prompt)
+		ids, err := prompt.Tokens(fe.f.tok, fe.f.chat, er.Prompt)
 		if err != nil || !equalIDs(ids, sg.ids) {
 			t.Fatalf("segment ids differ from the engine's (%v)", err)
 		}

@@ -6,9 +6,9 @@ import (
 	"fmt"
 	"slices"
 
-	"github.com/fusionrag/fusionrag/engine"
 	"github.com/fusionrag/fusionrag/fingerprint"
 	"github.com/fusionrag/fusionrag/model/tokenizer"
+	"github.com/fusionrag/fusionrag/prompt"
 )
 
 // segmented is a request split on the engine's ids.
@@ -20,7 +20,11 @@ type segmented struct {
 }
 
 // segment finds S, the chunks and Q on the ids the engine will run for the
-// (possibly rewritten) body.
+// (possibly rewritten) body. The body is parsed once (prompt.ParseRequest,
+// unless the proxy's own parse already did) and the prompt is tokenized
+// once (prompt.EncodeText on the text rendered once), with byte offsets
+// when a convention needs them: prompt's rules are the engine's, so these
+// are the engine's ids.
 func (f *RAGFuser) segment(req *Request) (*segmented, error) {
 	chat := req.Route == RouteChat
 	// Bounds before work (issue 18): a prompt that cannot fit in the
@@ -30,15 +34,15 @@ func (f *RAGFuser) segment(req *Request) (*segmented, error) {
 	if req.Prompt.IsTokens && len(req.Prompt.Tokens) > f.m.Config.MaxPositions || requestTextBytes(req) > f.maxPromptBytes {
 		return nil, Skip(SkipPromptTooLong)
 	}
-	er, err := engine.ParseRequest(req.Body, chat)
+	pr, err := parsedPrompt(req, chat)
 	if err != nil {
 		return nil, Skip(SkipEngineRejects)
 	}
-	p := er.Prompt
+	p := pr.Prompt
 	sg := &segmented{}
-	var text string
+	var text string // the rendered prompt text; "" with no text yet
+	rendered := false
 	var cuts []int
-	bos := f.tok.AddBOS() && f.tok.BOS() >= 0
 
 	switch {
 	case p.IsTokens:
@@ -65,7 +69,9 @@ func (f *RAGFuser) segment(req *Request) (*segmented, error) {
 			if cuts, ok = fingerprint.PartCuts(r.Text, parts); !ok {
 				return nil, Skip(SkipTemplateSpans)
 			}
-			text, sg.how = r.Text, "parts"
+			// RenderSpans' text is Render's (the template runs on the same
+			// messages), so it is what the engine renders.
+			text, rendered, sg.how = r.Text, true, "parts"
 			break
 		}
 		content := joinedText(msg.Content)
@@ -77,6 +83,9 @@ func (f *RAGFuser) segment(req *Request) (*segmented, error) {
 			break
 		}
 		if lay.Text != content {
+			// The same edit on the body the engine gets and on the parsed
+			// messages: the engine parses the rewritten body into exactly
+			// these messages, so it is not parsed again here.
 			p.Messages = slices.Clone(p.Messages)
 			p.Messages[u].Content = tokenizer.Text(lay.Text)
 			if sg.body, err = replaceMessageContent(req.Body, u, lay.Text); err != nil {
@@ -94,7 +103,7 @@ func (f *RAGFuser) segment(req *Request) (*segmented, error) {
 		for _, c := range lay.Cuts {
 			cuts = append(cuts, base+c)
 		}
-		text, sg.how = r.Text, how
+		text, rendered, sg.how = r.Text, true, how
 	default: // completions text prompt
 		lay, how, err := f.markers(p.Text)
 		if err != nil {
@@ -108,44 +117,38 @@ func (f *RAGFuser) segment(req *Request) (*segmented, error) {
 				return nil, err
 			}
 		}
-		p.Text, text, cuts, sg.how = lay.Text, lay.Text, lay.Cuts, how
+		p.Text, text, rendered, cuts, sg.how = lay.Text, lay.Text, true, lay.Cuts, how
 	}
 
-	// The truth: the ids the engine computes for the body it will receive.
-	body := req.Body
-	if sg.body != nil {
-		body = sg.body
-		er2, err := engine.ParseRequest(body, chat)
-		if err != nil {
-			return nil, Skip(SkipEngineRejects)
+	// The truth: the ids the engine computes for the body it will receive,
+	// from one tokenization. Offsets are needed for the cuts of (a) and (b)
+	// and for passages (d).
+	wantOffsets := sg.how != "" || !f.cfg.Fusion.NoParagraphs
+	var enc prompt.Encoded
+	switch {
+	case p.IsTokens:
+		enc.IDs = p.Tokens
+	case rendered:
+		enc, err = prompt.EncodeText(f.tok, text, wantOffsets)
+	default:
+		if text, _, err = prompt.Render(f.chat, p); err == nil {
+			enc, err = prompt.EncodeText(f.tok, text, wantOffsets)
 		}
-		p = er2.Prompt
 	}
-	ids, err := engine.PromptTokens(f.tok, f.chat, p)
-	if err != nil {
+	if err != nil || len(enc.IDs) == 0 {
 		return nil, Skip(SkipEngineRejects)
 	}
+	ids := enc.IDs
 	sg.ids = ids
 
 	if sg.how != "" {
-		toks, offs := f.tok.EncodeOffsets(text)
-		if bos && (len(toks) == 0 || toks[0] != f.tok.BOS()) {
-			toks = append([]int32{f.tok.BOS()}, toks...)
-			offs = append([]tokenizer.Span{{}}, offs...)
-		}
-		if !slices.Equal(toks, ids) {
-			return nil, Skip(SkipTokenMismatch)
-		}
-		spans := make([]fingerprint.Span, len(offs))
-		for i, o := range offs {
-			spans[i] = fingerprint.Span{Begin: o.Begin, End: o.End}
-		}
-		if sg.seg, err = fingerprint.Cut(spans, cuts); err != nil {
+		var err error
+		if sg.seg, err = fingerprint.Cut(spansOf(enc.Offsets), cuts); err != nil {
 			return nil, Skip(SkipNoChunks)
 		}
 	} else {
 		minPrefix := 0
-		if bos {
+		if prompt.AddsBOS(f.tok) {
 			minPrefix = 1
 		}
 		// The tenant's own chunks and the shared ones together: segmenting
@@ -153,10 +156,10 @@ func (f *RAGFuser) segment(req *Request) (*segmented, error) {
 		// at the first index's chunks only, and miss the rest.
 		seen := f.seenBy(req.Tenant)
 		var ok bool
-		if spans, text := f.paragraphOffsets(p, ids); spans != nil {
+		if enc.Offsets != nil && !f.cfg.Fusion.NoParagraphs {
 			// (c) and (d) together: known chunks where they match,
 			// passages around them.
-			sg.seg, sg.how, ok = fingerprint.SegmentParagraphs(ids, text, spans, minPrefix, f.paragraphs(), seen, &f.index)
+			sg.seg, sg.how, ok = fingerprint.SegmentParagraphs(ids, enc.Text, spansOf(enc.Offsets), minPrefix, f.paragraphs(), seen, &f.index)
 		} else {
 			sg.seg, ok = fingerprint.SegmentAny(ids, minPrefix, seen, &f.index)
 			sg.how = "index"
@@ -171,42 +174,32 @@ func (f *RAGFuser) segment(req *Request) (*segmented, error) {
 	return sg, nil
 }
 
-// paragraphs is convention (d)'s configuration.
-func (f *RAGFuser) paragraphs() fingerprint.Paragraphs {
-	fc := f.cfg.Fusion
-	return fingerprint.Paragraphs{MinTokens: fc.ParagraphMinTokens, MaxTokens: fc.ParagraphMaxTokens}
+// parsedPrompt is the request body parsed by package prompt, the engine's
+// parser, once per request (kept in Request.Parsed).
+func parsedPrompt(req *Request, chat bool) (*prompt.Request, error) {
+	if req.Parsed == nil {
+		pr, err := prompt.ParseRequest(req.Body, chat)
+		if err != nil {
+			return nil, err
+		}
+		req.Parsed = pr
+	}
+	return req.Parsed, nil
 }
 
-// paragraphOffsets returns what convention (d) needs to find passages in an
-// unmarked text or chat prompt: the prompt text the engine tokenizes (a
-// chat prompt rendered with the model's template, every message included)
-// and the byte span of each of ids in it. Nil when (d) is off, for a token
-// prompt, or when encoding the text with offsets does not give exactly ids
-// (then only known chunks, convention c, are looked for).
-func (f *RAGFuser) paragraphOffsets(p engine.Prompt, ids []int32) ([]fingerprint.Span, string) {
-	if f.cfg.Fusion.NoParagraphs || p.IsTokens {
-		return nil, ""
-	}
-	text := p.Text
-	if p.Messages != nil {
-		var err error
-		if text, err = f.chat.Render(p.Messages, true); err != nil {
-			return nil, ""
-		}
-	}
-	toks, offs := f.tok.EncodeOffsets(text)
-	if f.tok.AddBOS() && f.tok.BOS() >= 0 && (len(toks) == 0 || toks[0] != f.tok.BOS()) {
-		toks = append([]int32{f.tok.BOS()}, toks...)
-		offs = append([]tokenizer.Span{{}}, offs...)
-	}
-	if !slices.Equal(toks, ids) {
-		return nil, ""
-	}
+// spansOf converts tokenizer byte spans to fingerprint's.
+func spansOf(offs []tokenizer.Span) []fingerprint.Span {
 	spans := make([]fingerprint.Span, len(offs))
 	for i, o := range offs {
 		spans[i] = fingerprint.Span{Begin: o.Begin, End: o.End}
 	}
-	return spans, text
+	return spans
+}
+
+// paragraphs is convention (d)'s configuration.
+func (f *RAGFuser) paragraphs() fingerprint.Paragraphs {
+	fc := f.cfg.Fusion
+	return fingerprint.Paragraphs{MinTokens: fc.ParagraphMinTokens, MaxTokens: fc.ParagraphMaxTokens}
 }
 
 // promptByteBound is the most bytes of prompt text that positions tokens can
