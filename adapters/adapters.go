@@ -47,8 +47,6 @@ import (
 // Engine is an inference engine as the sidecar uses it. Implementations are
 // safe for concurrent use.
 type Engine interface {
-	// Name is the registered adapter name.
-	Name() string
 	// Publish makes p.KV available to the one request the returned Lease
 	// rewrites, and holds whatever that needs (a slot, a pin) until
 	// Lease.Release. It returns when the engine can find the KV. Errors:

@@ -38,7 +38,6 @@ type slotEngine struct {
 	rewriteIns [][]byte
 }
 
-func (e *slotEngine) Name() string { return "fake-slots" }
 func (e *slotEngine) Close() error { e.closed.Add(1); return nil }
 
 func (e *slotEngine) problem(format string, args ...any) {

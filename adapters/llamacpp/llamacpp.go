@@ -244,9 +244,6 @@ func probeTokens(c model.Config) []int32 {
 	return p
 }
 
-// Name implements adapters.Engine.
-func (a *Adapter) Name() string { return Name }
-
 // Close waits for background erases (bounded by their timeout) and closes
 // idle connections.
 func (a *Adapter) Close() error {

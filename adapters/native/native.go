@@ -86,9 +86,6 @@ func Open(cfg adapters.Config) (*Adapter, error) {
 	return a, nil
 }
 
-// Name implements adapters.Engine.
-func (a *Adapter) Name() string { return Name }
-
 // Info is the engine's KV parameters as read at Open.
 func (a *Adapter) Info() engine.KVInfo { return a.info }
 

@@ -36,9 +36,6 @@ func Open(cfg adapters.Config) (*Adapter, error) {
 	return &Adapter{Forwarder: fw}, nil
 }
 
-// Name implements adapters.Engine.
-func (a *Adapter) Name() string { return Name }
-
 // Publish implements adapters.Engine: always adapters.ErrNoPublish.
 func (a *Adapter) Publish(context.Context, adapters.Publication) (adapters.Lease, error) {
 	return nil, adapters.ErrNoPublish
