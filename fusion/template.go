@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/fusionrag/fusionrag/model/tokenizer"
+	"github.com/fusionrag/fusionrag/prompt"
 )
 
 // Template is how a chunk is presented in a prompt: the exact text the
@@ -129,13 +130,14 @@ func EncodeSegment(tok tokenizer.Tokenizer, text string) []int32 {
 // tokenizer expects it, then the system text encoded as run.c or the HF
 // tokenizer does at the start of a prompt (dummy prefix included: S is always
 // at position 0). Chunk KV depends on S, and S is part of every chunk key.
+//
+// BOS is added by prompt.WithBOS, the engine's rule: once, so a system text
+// that writes the BOS token itself does not get a second one.
 func EncodePrefix(tok tokenizer.Tokenizer, system string) []int32 {
 	var s []int32
-	if tok.AddBOS() && tok.BOS() >= 0 {
-		s = append(s, tok.BOS())
-	}
 	if system != "" {
-		s = append(s, tok.Encode(system)...)
+		s = tok.Encode(system)
 	}
+	s, _ = prompt.WithBOS(tok, s, nil)
 	return s
 }

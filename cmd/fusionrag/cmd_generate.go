@@ -10,6 +10,7 @@ import (
 
 	"github.com/fusionrag/fusionrag/model"
 	"github.com/fusionrag/fusionrag/model/tokenizer"
+	promptpkg "github.com/fusionrag/fusionrag/prompt"
 )
 
 func init() {
@@ -47,9 +48,10 @@ func runGenerate(args []string) error {
 	if tok == nil {
 		return fmt.Errorf("no tokenizer found beside %s: pass --tokenizer", *modelPath)
 	}
-	ids := tok.Encode(*prompt)
-	if tok.AddBOS() && tok.BOS() >= 0 {
-		ids = append([]int32{tok.BOS()}, ids...)
+	// The engine's rule (package prompt): BOS once, when the tokenizer asks for it.
+	ids, err := promptpkg.Tokens(tok, nil, promptpkg.Prompt{Text: *prompt})
+	if err != nil {
+		return err
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
