@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/fusionrag/fusionrag/chunkkv"
+	"github.com/fusionrag/fusionrag/fusion"
 	"github.com/fusionrag/fusionrag/kvstore"
 	"github.com/fusionrag/fusionrag/model"
 	"github.com/fusionrag/fusionrag/recompute"
@@ -290,7 +291,7 @@ func cutWords(s string, n int) string {
 // leave no room for its passages in the model's positions.
 var ErrPromptTooLong = errors.New("bench: prompt does not fit the model")
 
-// layout builds the prompt of e: S = BOS + prefix, the first k passages as
+// layout builds the prompt of e: S = fusion.EncodePrefix(prefix), the first k passages as
 // chunks (each cut to PassageTokens, then to an equal share of the positions
 // left), Q = query + question + answer.
 func (c *QualityConfig) layout(e Example) (qualityPrompt, error) {
@@ -315,11 +316,8 @@ func (c *QualityConfig) layout(e Example) (qualityPrompt, error) {
 		return qualityPrompt{text: b.String()}, nil
 	}
 	cfg := c.Model.Config
-	var prefix []int32
-	if cfg.BOS >= 0 {
-		prefix = append(prefix, cfg.BOS)
-	}
-	prefix = append(prefix, tok.Encode(t.Prefix)...)
+	// S as the ingest and the sidecar build it: BOS by prompt's rule.
+	prefix := fusion.EncodePrefix(c.Model.Tokenizer, t.Prefix)
 	q := tok.Encode(t.QuestionText(e.Question))
 	cap := c.PassageTokens
 	if c.Endpoint == "" {
