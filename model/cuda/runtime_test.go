@@ -298,14 +298,9 @@ func greedyDecode(t testing.TB, steps int, fwd func(b model.Batch) ([]float32, e
 		if err != nil {
 			t.Fatal(err)
 		}
-		best := 0
-		for j, v := range lg {
-			if v > lg[best] {
-				best = j
-			}
-		}
-		out = append(out, int32(best))
-		b = model.Batch{Tokens: []int32{int32(best)}, Pos: []int32{int32(i + 1)}}
+		best := model.Argmax(lg)
+		out = append(out, best)
+		b = model.Batch{Tokens: []int32{best}, Pos: []int32{int32(i + 1)}}
 	}
 	return out
 }
