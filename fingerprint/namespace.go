@@ -63,6 +63,15 @@ func ChunkKeyAfter(ns Namespace, variant Variant, prefix, chunk []int32) Key {
 	return ChunkKey(ns, chunk)
 }
 
+// NeighbourRecordKey is the key of a fused chunk's neighbour record (the
+// offline ingest's note of which neighbours its fused KV was computed
+// with): the chunk's fused key with the parameter "record=neighbours"
+// appended to ns.Params.
+func NeighbourRecordKey(ns Namespace, prefix, chunk []int32) Key {
+	ns.Params += ";record=neighbours"
+	return ChunkKeyAfter(ns, VariantFused, prefix, chunk)
+}
+
 // prefixHash identifies S within a namespace's model, tokenizer and tenant.
 func prefixHash(ns Namespace, prefix []int32) Key {
 	return ChunkKey(Namespace{Model: ns.Model, Tokenizer: ns.Tokenizer, Tenant: ns.Tenant, Variant: VariantPrompt, Params: "s"}, prefix)

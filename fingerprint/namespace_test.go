@@ -21,7 +21,8 @@ const (
 // TestNamespaceGolden pins every namespace and key built in namespace.go.
 // testdata/namespaces.golden was first written by the code these functions
 // replaced (fusion.Namespace/Params, recompute.ChunkKey/PrefixKey, the
-// proxy's publishNamespace, engine.KVNamespace and KVBlockSize), so KV
+// proxy's publishNamespace, engine.KVNamespace and KVBlockSize, fusion's
+// neighbour record key), so KV
 // stored before the move is still found. Run with -update only after an
 // intended key change (and bump the domain tags' version).
 func TestNamespaceGolden(t *testing.T) {
@@ -69,6 +70,13 @@ func TestNamespaceGolden(t *testing.T) {
 		fmt.Fprintf(&b, "kv_ns_nonhex %s seed %s\n", pns, kns.Seed())
 	}
 	fmt.Fprintf(&b, "block_size %d\n", BlockSize)
+	for _, tenant := range []string{"", "0123456789abcdef0123456789abcdef"} {
+		ns, err := ChunkNamespace(goldenModelFP, goldenTokenizerFP, tenant, FusionParams(10, "bm25"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(&b, "record_key tenant=%q n=10 sim=bm25 %s\n", tenant, NeighbourRecordKey(ns, prefix, chunk))
+	}
 	got := b.String()
 	path := filepath.Join("testdata", "namespaces.golden")
 	if *update {

@@ -508,12 +508,10 @@ func (r *run) neighbourCheck(nb []int) fingerprint.Check {
 	return fingerprint.Check{Tokens: uint32(len(nb)), Sum: xxh3.Hash(buf)}
 }
 
-// recordKey is the key of chunk i's neighbour record: the fused key's
-// namespace with a parameter of its own.
+// recordKey is the key of chunk i's neighbour record
+// (fingerprint.NeighbourRecordKey).
 func (r *run) recordKey(i int) fingerprint.Key {
-	ns := r.in.ns
-	ns.Params += ";record=neighbours"
-	return fingerprint.ChunkKeyAfter(ns, fingerprint.VariantFused, r.in.cfg.Prefix, r.chunks[i].Tokens)
+	return fingerprint.NeighbourRecordKey(r.in.ns, r.in.cfg.Prefix, r.chunks[i].Tokens)
 }
 
 // storedWith reports whether chunk i has fused KV stored (had) and whether
