@@ -52,7 +52,7 @@ func loadKV(t *testing.T, in *Ingester, st kvstore.Store, v fingerprint.Variant,
 	if ld.Release != nil {
 		ld.Release()
 	}
-	// StoreSource numbers entries from 0; the builder's convention is
+	// chunkkv.Store numbers entries from 0; the builder's convention is
 	// [s, s+|C|). Position-free storage makes the two equivalent.
 	kv.Shift(int32(len(in.Config().Prefix)))
 	return kv

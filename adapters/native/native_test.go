@@ -20,6 +20,7 @@ import (
 	"github.com/fusionrag/fusionrag/internal/redistest"
 	"github.com/fusionrag/fusionrag/kvstore"
 	"github.com/fusionrag/fusionrag/model"
+	"github.com/fusionrag/fusionrag/prompt"
 	"github.com/valyala/fasthttp"
 )
 
@@ -32,7 +33,7 @@ type fixture struct {
 	kv       *model.Cache
 }
 
-const prompt = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her friends"
+const storyPrompt = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her friends"
 
 // setup serves the real stories260K model with a connector reading a real
 // Redis (shared store) and an in-memory push store.
@@ -51,7 +52,7 @@ func setup(t *testing.T) *fixture {
 	}
 	srv := httptest.NewServer(e.Handler())
 	t.Cleanup(func() { srv.Close(); e.Close() })
-	ids, err := engine.PromptTokens(m.Tokenizer, nil, engine.Prompt{Text: prompt})
+	ids, err := prompt.Tokens(m.Tokenizer, nil, prompt.Prompt{Text: storyPrompt})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,8 +144,8 @@ func send(t *testing.T, e adapters.Engine, body []byte) result {
 // not; the unprepared request never sees it.
 func TestNativePublishAndForward(t *testing.T) {
 	f := setup(t)
-	plain := fmt.Sprintf(`{"prompt":%q,"max_tokens":24,"temperature":0}`, prompt)
-	stream := fmt.Sprintf(`{"prompt":%q,"max_tokens":24,"temperature":0,"stream":true,"stream_options":{"include_usage":true}}`, prompt)
+	plain := fmt.Sprintf(`{"prompt":%q,"max_tokens":24,"temperature":0}`, storyPrompt)
+	stream := fmt.Sprintf(`{"prompt":%q,"max_tokens":24,"temperature":0,"stream":true,"stream_options":{"include_usage":true}}`, storyPrompt)
 	pt, err := adapters.Open(passthrough.Name, adapters.Config{URL: f.url})
 	if err != nil {
 		t.Fatal(err)
