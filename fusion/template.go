@@ -3,6 +3,7 @@ package fusion
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/fusionrag/fusionrag/model/tokenizer"
@@ -47,6 +48,29 @@ var PassageTemplate = Template{Format: "\n\n{text}", Whole: true}
 var DefaultTemplate = Template{
 	Format:   "\n\nDocument: {title}\n{text}",
 	Untitled: "\n\nDocument: {text}",
+}
+
+// Templates are the templates an ingest may be told to use by name
+// (`fusionrag ingest --template`, documents.template): "document" is
+// DefaultTemplate (each chunk under a "Document: title" header, the
+// project's own prompt convention) and "passage" is PassageTemplate (the
+// document's text whole, as RAG frameworks lay retrieved text out).
+var Templates = map[string]Template{"document": DefaultTemplate, "passage": PassageTemplate}
+
+// ErrTemplateName is returned by TemplateNamed for a name not in Templates.
+var ErrTemplateName = errors.New("fusion: unknown chunk template")
+
+// TemplateNamed returns the template registered under name in Templates.
+func TemplateNamed(name string) (Template, error) {
+	if t, ok := Templates[name]; ok {
+		return t, nil
+	}
+	names := make([]string, 0, len(Templates))
+	for n := range Templates {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return Template{}, fmt.Errorf("%w %q: want one of %s", ErrTemplateName, name, strings.Join(names, ", "))
 }
 
 // ErrTemplate is returned by Template.Validate for a template without {text}.

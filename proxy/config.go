@@ -63,6 +63,7 @@ type DocumentsConfig struct {
 	MaxDocuments         int    `yaml:"max_documents" doc:"Most documents in one submission; more: 413." default:"1024"`
 	MaxBytes             int64  `yaml:"max_bytes" doc:"Largest submission body, bytes; larger: 413 (before the body is read when Content-Length says so)." default:"8388608"`
 	TenantBytesPerMinute int64  `yaml:"tenant_bytes_per_minute" doc:"Submission bytes one tenant may send per minute (a token bucket holding max(this, max_bytes)); over it: 429 with Retry-After. 0: no rate limit." default:"33554432"`
+	Template             string `yaml:"template" doc:"How submitted documents are laid out when their KV is computed, which must be how prompts present them: document (each chunk as \"\\n\\nDocument: {title}\\n{text}\", the project's own convention) or passage (the document's text whole after a blank line, cut into chunks of fusion.paragraph_max_tokens on its own ids, as LangChain, LlamaIndex and Haystack lay out retrieved text; see docs/recognition.md)." default:"document"`
 	MaxJobsPerTenant     int    `yaml:"max_jobs_per_tenant" doc:"Most ingest jobs one tenant may have queued or running; more: 429 with Retry-After (about one job's run time). Jobs run one at a time, taken round-robin over the tenants with jobs waiting, so one tenant's backlog never holds another's job behind it." default:"4"`
 }
 

@@ -254,7 +254,17 @@ func (s *Sidecar) newQueue(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	ch, err := fusion.NewChunker(fusion.Chunker{Tokenizer: s.m.Tokenizer, MaxTokens: s.m.Config.MaxPositions - len(prefix)})
+	tmpl, err := fusion.TemplateNamed(s.cfg.Documents.Template)
+	if err != nil {
+		return fmt.Errorf("sidecar: documents.template: %w", err)
+	}
+	chunker := fusion.Chunker{Tokenizer: s.m.Tokenizer, Template: tmpl, MaxTokens: s.m.Config.MaxPositions - len(prefix)}
+	if tmpl.Whole {
+		// Chunks cut on the whole document's ids must be the passages the
+		// fuser finds when the document is presented whole (convention d).
+		chunker.Size = s.cfg.Fusion.ParagraphMaxTokens
+	}
+	ch, err := fusion.NewChunker(chunker)
 	if err != nil {
 		return err
 	}

@@ -38,7 +38,8 @@ func runIngest(args []string) error {
 	corpus := fs.String("corpus", "", "JSONL corpus ({id,text,title?}, {id,chunks}, or RAG {ctxs}); .gz accepted")
 	store := fs.String("store", defaultStoreURL(), "KV store URL(s), comma-separated tiers")
 	neighbours := fs.Int("neighbours", fusion.DefaultNeighbours, "neighbours fused into each chunk")
-	chunkTokens := fs.Int("chunk-tokens", fusion.DefaultChunkTokens, "document tokens per chunk")
+	chunkTokens := fs.Int("chunk-tokens", fusion.DefaultChunkTokens, "document tokens per chunk (with --template passage: the sidecar's fusion.paragraph_max_tokens, 256 by default)")
+	template := fs.String("template", "document", "how prompts present the documents: document (\"Document: title\" header per chunk) or passage (the text whole after a blank line, as LangChain/LlamaIndex do; see docs/recognition.md)")
 	overlap := fs.Int("chunk-overlap", 0, "tokens shared by consecutive chunks")
 	workers := fs.Int("workers", 0, "chunks computed at once (0: GOMAXPROCS)")
 	batch := fs.Int("batch", 8, "chunks a worker takes at a time")
@@ -58,6 +59,10 @@ func runIngest(args []string) error {
 	}
 	if *modelPath == "" || *corpus == "" {
 		return errors.New("--model and --corpus are required")
+	}
+	tmpl, err := fusion.TemplateNamed(*template)
+	if err != nil {
+		return err
 	}
 	dt, err := kvstore.ParseDType(*dtype)
 	if err != nil {
@@ -101,7 +106,7 @@ func runIngest(args []string) error {
 	if err != nil {
 		return err
 	}
-	ch, err := fusion.NewChunker(fusion.Chunker{Tokenizer: m.Tokenizer, Size: *chunkTokens, Overlap: *overlap,
+	ch, err := fusion.NewChunker(fusion.Chunker{Tokenizer: m.Tokenizer, Template: tmpl, Size: *chunkTokens, Overlap: *overlap,
 		MaxTokens: m.Config.MaxPositions - len(cfg.Prefix)})
 	if err != nil {
 		return err
