@@ -86,8 +86,6 @@ var (
 	// re-opens it (a new handshake) no sooner than 30 s later. A request the
 	// engine merely tokenizes otherwise is not ErrMismatch.
 	ErrMismatch = errors.New("adapters: engine model/tokenizer mismatch")
-	// ErrUnhealthy: the engine's health check failed.
-	ErrUnhealthy = errors.New("adapters: engine unhealthy")
 )
 
 // Transports of the native adapter.

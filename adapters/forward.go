@@ -16,8 +16,8 @@ import (
 
 // Forwarder sends requests to one engine over a keep-alive fasthttp
 // connection pool, streaming response bodies (SSE) through. Adapters embed
-// it for their own calls to the engine (KV info, pushes, slot actions,
-// health); the sidecar forwards client requests itself.
+// it for their own calls to the engine (KV info, pushes, slot actions); the
+// sidecar forwards client requests itself.
 type Forwarder struct {
 	base    *url.URL
 	client  *fasthttp.HostClient
@@ -68,26 +68,6 @@ func (f *Forwarder) deadline(ctx context.Context) time.Time {
 	return time.Now().Add(f.timeout)
 }
 
-// Forward sends req to the engine and fills resp; the request URI's path
-// and query are kept, its scheme and host replaced by the engine's. The
-// ctx is checked before sending and
-// its deadline bounds the exchange; fasthttp has no cancellation, so a
-// caller whose client leaves mid-stream closes resp's body stream
-// (resp.CloseBodyStream), which closes the engine connection and so cancels
-// the engine's work.
-func (f *Forwarder) Forward(ctx context.Context, req *fasthttp.Request, resp *fasthttp.Response) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	req.URI().SetScheme(f.base.Scheme)
-	req.URI().SetHost(f.base.Host)
-	req.SetHost(f.base.Host)
-	if err := f.client.DoDeadline(req, resp, f.deadline(ctx)); err != nil {
-		return fmt.Errorf("adapters: forward to %s: %w", f.base.Host, err)
-	}
-	return nil
-}
-
 // Do sends a small request (method, path, body) and returns status and body.
 func (f *Forwarder) Do(ctx context.Context, method, path, contentType string, body []byte) (int, []byte, error) {
 	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
@@ -107,18 +87,6 @@ func (f *Forwarder) Do(ctx context.Context, method, path, contentType string, bo
 		return 0, nil, fmt.Errorf("adapters: %s %s: reading body: %w", method, f.URL(path), err)
 	}
 	return resp.StatusCode(), append([]byte(nil), b...), nil
-}
-
-// Health checks GET /health.
-func (f *Forwarder) Health(ctx context.Context) error {
-	code, body, err := f.Do(ctx, fasthttp.MethodGet, "/health", "", nil)
-	if err != nil {
-		return fmt.Errorf("%w: %v", ErrUnhealthy, err)
-	}
-	if code != fasthttp.StatusOK {
-		return fmt.Errorf("%w: GET /health: %d %s", ErrUnhealthy, code, truncate(body))
-	}
-	return nil
 }
 
 // Close closes idle connections.

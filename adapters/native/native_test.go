@@ -64,18 +64,27 @@ type result struct {
 	cached int
 }
 
-// forwarder is what the adapters embed (adapters.Forwarder): the tests
-// send requests through it as the sidecar sends them to the engine.
-type forwarder interface {
-	Forward(ctx context.Context, req *fasthttp.Request, resp *fasthttp.Response) error
-	Health(ctx context.Context) error
+// engineClient sends requests to the engine at url as the sidecar does
+// (keep-alive, response bodies streamed through).
+func engineClient(url string) (*fasthttp.HostClient, string) {
+	host := strings.TrimPrefix(url, "http://")
+	return &fasthttp.HostClient{Addr: host, StreamResponseBody: true}, host
 }
 
-// send forwards body through a's forwarder and returns the completion text
-// and cached tokens, reading an SSE stream when the engine streams.
-func send(t *testing.T, e adapters.Engine, body []byte) result {
+// forward sends req to the engine at url and fills resp.
+func forward(url string, req *fasthttp.Request, resp *fasthttp.Response) error {
+	c, host := engineClient(url)
+	req.URI().SetScheme("http")
+	req.URI().SetHost(host)
+	req.SetHost(host)
+	return c.DoTimeout(req, resp, time.Minute)
+}
+
+// send posts body to the engine at url as the sidecar forwards it and
+// returns the completion text and cached tokens, reading an SSE stream when
+// the engine streams.
+func send(t *testing.T, url string, body []byte) result {
 	t.Helper()
-	a := e.(forwarder)
 	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
 	defer fasthttp.ReleaseRequest(req)
 	defer fasthttp.ReleaseResponse(resp)
@@ -83,7 +92,7 @@ func send(t *testing.T, e adapters.Engine, body []byte) result {
 	req.SetRequestURI("http://sidecar.invalid/v1/completions")
 	req.Header.SetContentType("application/json")
 	req.SetBody(body)
-	if err := a.Forward(context.Background(), req, resp); err != nil {
+	if err := forward(url, req, resp); err != nil {
 		t.Fatal(err)
 	}
 	var r io.Reader
@@ -151,7 +160,7 @@ func TestNativePublishAndForward(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pt.Close()
-	base := send(t, pt, []byte(plain))
+	base := send(t, f.url, []byte(plain))
 	for i, tc := range []struct {
 		transport string
 		dtype     kvstore.DType
@@ -171,9 +180,6 @@ func TestNativePublishAndForward(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer a.Close()
-			if err := a.(forwarder).Health(context.Background()); err != nil {
-				t.Fatal(err)
-			}
 			ns := fmt.Sprintf("abc%d", i)
 			L := len(f.ids)
 			lease, err := a.Publish(context.Background(), adapters.Publication{Namespace: ns, Prompt: f.ids,
@@ -190,7 +196,7 @@ func TestNativePublishAndForward(t *testing.T) {
 				if want := body[:len(body)-1] + `,"kv_transfer_params":{"namespace":"` + ns + `"}}`; string(prepared) != want {
 					t.Errorf("Rewrite(%s) = %s, want %s", body, prepared, want)
 				}
-				got := send(t, a, prepared)
+				got := send(t, f.url, prepared)
 				if got.cached != len(f.ids)-1 {
 					t.Errorf("cached_tokens %d, want %d", got.cached, len(f.ids)-1)
 				}
@@ -200,7 +206,7 @@ func TestNativePublishAndForward(t *testing.T) {
 					t.Errorf("answer with published KV %q, plain %q", got.text, base.text)
 				}
 			}
-			if got := send(t, a, []byte(plain)); got.cached != 0 || got.text != base.text {
+			if got := send(t, f.url, []byte(plain)); got.cached != 0 || got.text != base.text {
 				t.Errorf("unprepared request: %+v, want plain %q with no cached tokens", got, base.text)
 			}
 		})
@@ -254,17 +260,7 @@ func TestPassthrough(t *testing.T) {
 	if !errors.Is(err, adapters.ErrNoPublish) || lease != nil {
 		t.Errorf("Publish: %v, %v; want ErrNoPublish and no lease", lease, err)
 	}
-	if err := a.(forwarder).Health(context.Background()); err != nil {
-		t.Errorf("Health: %v", err)
-	}
 	a.Close()
-	down, err := adapters.Open(passthrough.Name, adapters.Config{URL: "http://127.0.0.1:1", Timeout: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := down.(forwarder).Health(context.Background()); !errors.Is(err, adapters.ErrUnhealthy) {
-		t.Errorf("Health of a dead engine: %v, want ErrUnhealthy", err)
-	}
 }
 
 // TestForwardStreamCloseCancels: closing the body stream of a forwarded
@@ -272,11 +268,6 @@ func TestPassthrough(t *testing.T) {
 // the engine's slot.
 func TestForwardStreamCloseCancels(t *testing.T) {
 	f := setup(t)
-	a, err := adapters.Open(passthrough.Name, adapters.Config{URL: f.url})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
 	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
 	defer fasthttp.ReleaseRequest(req)
 	defer fasthttp.ReleaseResponse(resp)
@@ -285,7 +276,7 @@ func TestForwardStreamCloseCancels(t *testing.T) {
 	req.Header.SetContentType("application/json")
 	// ignore_eos and the whole context: long enough to be cut mid-stream.
 	req.SetBodyString(`{"prompt":"Once upon a time","stream":true,"ignore_eos":true}`)
-	if err := a.(forwarder).Forward(context.Background(), req, resp); err != nil {
+	if err := forward(f.url, req, resp); err != nil {
 		t.Fatal(err)
 	}
 	br := bufio.NewReader(resp.BodyStream())
