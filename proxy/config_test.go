@@ -15,6 +15,7 @@ import (
 
 	"github.com/fusionrag/fusionrag/adapters"
 	_ "github.com/fusionrag/fusionrag/adapters/llamacpp"
+	_ "github.com/fusionrag/fusionrag/adapters/native"
 	_ "github.com/fusionrag/fusionrag/adapters/passthrough"
 	"github.com/fusionrag/fusionrag/recompute"
 )

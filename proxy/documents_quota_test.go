@@ -5,6 +5,8 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"github.com/fusionrag/fusionrag/fusion"
 )
 
 // busyDocuments answers every submission like a fusion.Queue whose tenant
@@ -37,3 +39,12 @@ func TestDocumentsJobsQuotaRetryAfter(t *testing.T) {
 		t.Errorf("got %d with Retry-After %q, want 429 with 7", resp.StatusCode, resp.Header.Get("Retry-After"))
 	}
 }
+
+// countDocuments is the Count of the test Documents: the queue's own
+// parse, as the sidecar wires it.
+func countDocuments(body []byte) (int, error) {
+	docs, err := fusion.ParseDocuments(body)
+	return len(docs), err
+}
+
+func (busyDocuments) Count(b []byte) (int, error) { return countDocuments(b) }

@@ -198,3 +198,5 @@ func roundTripRaw(t *testing.T, addr, method, uri string, hdr []string, body str
 	out.Write(rb)
 	return out.String()
 }
+
+func (okDocuments) Count(b []byte) (int, error) { return countDocuments(b) }

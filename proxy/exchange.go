@@ -173,7 +173,7 @@ func (x *exchange) lookedUp(s *Stats) {
 		x.stats, x.looked = *s, true
 		if x.span.IsRecording() {
 			x.span.SetAttributes(attribute.Int(AttrChunks, s.Chunks), attribute.Int(AttrHits, s.Hits),
-				attribute.Int(AttrMisses, s.Misses), attribute.Float64(AttrHitRate, s.hitRate()))
+				attribute.Int(AttrMisses, s.Misses), attribute.Float64(AttrHitRate, s.HitRate()))
 		}
 	}
 }

@@ -142,7 +142,7 @@ func (p *Proxy) fuse(x *exchange, req *Request) ([]byte, bool) {
 			r.plan.release()
 			done(err)
 			reason := ReasonBadPlan
-			if ar := adapterReason(err, ""); ar != "" {
+			if ar := AdapterReason(err, ""); ar != "" {
 				reason = ar
 			}
 			x.fallback(reason)

@@ -8,6 +8,7 @@ import (
 	"sync"
 
 	"github.com/fusionrag/fusionrag/adapters"
+	"github.com/fusionrag/fusionrag/internal/jsonobj"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -51,8 +52,8 @@ type Plan struct {
 	// the token ids the KV was published for. The original body is still
 	// what a fallback forwards. Before Rewrite, the proxy removes from it
 	// (or from the original) what only the sidecar may set (see
-	// leaseBody); a Fuser that publishes the body an adapter will see
-	// passes it through leaseBody itself, so that Rewrite receives exactly
+	// LeaseBody); a Fuser that publishes the body an adapter will see
+	// passes it through LeaseBody itself, so that Rewrite receives exactly
 	// the published bytes.
 	Body []byte
 
@@ -90,11 +91,12 @@ func (s Stats) Attributes() []attribute.KeyValue {
 		attribute.Int(AttrRecomputedTokens, s.RecomputedTokens),
 		attribute.Int(AttrContextTokens, s.ContextTokens),
 		attribute.Int64(AttrBytesLoaded, s.BytesLoaded),
-		attribute.Float64(AttrHitRate, s.hitRate()),
+		attribute.Float64(AttrHitRate, s.HitRate()),
 	}
 }
 
-func (s Stats) hitRate() float64 {
+// HitRate is Hits over Hits+Misses, 0 when nothing was looked up.
+func (s Stats) HitRate() float64 {
 	if s.Hits+s.Misses == 0 {
 		return 0
 	}
@@ -130,21 +132,23 @@ const (
 )
 
 // StartPhase starts a child span of the request span in ctx, with the
-// proxy's tracer provider. End it with span.End(). Extra options (a start
-// time, say) follow the attributes.
+// proxy's tracer provider. End it with span.End(). StartSpan takes span
+// options instead (a start time, say).
 func StartPhase(ctx context.Context, name string, attrs ...attribute.KeyValue) (context.Context, trace.Span) {
-	return startPhase(ctx, name, trace.WithAttributes(attrs...))
+	return StartSpan(ctx, name, trace.WithAttributes(attrs...))
 }
 
-func startPhase(ctx context.Context, name string, opts ...trace.SpanStartOption) (context.Context, trace.Span) {
+// StartSpan is StartPhase with span options: a Fuser that times a phase
+// after the fact passes trace.WithTimestamp.
+func StartSpan(ctx context.Context, name string, opts ...trace.SpanStartOption) (context.Context, trace.Span) {
 	tp := trace.SpanFromContext(ctx).TracerProvider()
 	return tp.Tracer(instrumentationName).Start(ctx, name, opts...)
 }
 
-// spanError records err on span as an exception event and sets the span's
+// SpanError records err on span as an exception event and sets the span's
 // status to Error with err's text: an exception event on a span whose
 // status stays Unset is easy to miss in a trace viewer.
-func spanError(span trace.Span, err error) {
+func SpanError(span trace.Span, err error) {
 	if err == nil || !span.IsRecording() {
 		return
 	}
@@ -215,13 +219,13 @@ func statsOf(err error) *Stats {
 }
 
 // applyPlan returns body as the engine receives it on the fused path: the
-// members only the sidecar may set removed (leaseBody), then rewritten by
+// members only the sidecar may set removed (LeaseBody), then rewritten by
 // the plan's lease.
 func applyPlan(body []byte, p *Plan) ([]byte, error) {
 	if p == nil || p.Lease == nil {
 		return nil, errors.New("proxy: plan without a lease")
 	}
-	body, err := leaseBody(body)
+	body, err := LeaseBody(body)
 	if err != nil {
 		return nil, err
 	}
@@ -232,15 +236,15 @@ func applyPlan(body []byte, p *Plan) ([]byte, error) {
 	return out, nil
 }
 
-// leaseBody returns the body a lease rewrites on the fused path: body
+// LeaseBody returns the body a lease rewrites on the fused path: body
 // without any member an engine would read as kv_transfer_params (isKVParams:
 // only the sidecar says where the engine finds KV) or as llama-server's
 // id_slot (isSlotParam: the lease pins its own slot; a client's would run
 // the request in another slot than the one holding its KV), every other
 // byte unchanged. It is idempotent: a body without such members is returned
 // as is.
-func leaseBody(body []byte) ([]byte, error) {
-	out, _, err := removeMembers(body, func(k string) bool { return isKVParams(k) || isSlotParam(k) })
+func LeaseBody(body []byte) ([]byte, error) {
+	out, _, err := jsonobj.RemoveFunc(body, func(k string) bool { return isKVParams(k) || isSlotParam(k) })
 	return out, err
 }
 
@@ -260,7 +264,7 @@ const (
 	// is not re-opened for mismatchReopen.
 	ReasonEngineMismatch = "engine_mismatch"
 	// ReasonAdapterError: an adapter failure that carries no reason (or one
-	// past the bounded set, see adapterReason).
+	// past the bounded set, see AdapterReason).
 	ReasonAdapterError = "adapter_error"
 	// ReasonAdapterOpen: the adapter could not be opened (engine down, slot
 	// directory missing, handshake refused).
@@ -276,12 +280,12 @@ var (
 	adapterReasons   = map[string]bool{}
 )
 
-// adapterReason returns the reason err carries (adapters.ReasonOf) when it
+// AdapterReason returns the reason err carries (adapters.ReasonOf) when it
 // is well formed (1-32 bytes of [a-z0-9_]) and among the first
 // maxAdapterReasons distinct ones this process has seen; otherwise def.
 // Adapters report constants, so the set is their handful of reasons; the
 // bound only keeps a misbehaving adapter from growing the metric's labels.
-func adapterReason(err error, def string) string {
+func AdapterReason(err error, def string) string {
 	r := adapters.ReasonOf(err)
 	if r == "" || len(r) > 32 || strings.TrimLeft(r, "abcdefghijklmnopqrstuvwxyz0123456789_") != "" {
 		return def
@@ -296,3 +300,32 @@ func adapterReason(err error, def string) string {
 	}
 	return r
 }
+
+// Skip reasons of the fusion path (metric labels).
+const (
+	SkipNoChunks        = "no_chunks"
+	SkipTooManyChunks   = "too_many_chunks"
+	SkipTooManyMissing  = "too_many_missing"
+	SkipEngineRejects   = "engine_rejects"
+	SkipBadMarkers      = "bad_markers"
+	SkipTemplateSpans   = "template_spans"
+	SkipPromptTooLong   = "prompt_too_long"
+	SkipNoPublish       = "no_publish"
+	SkipEngineBusy      = "engine_busy" // adapters.ErrBusy: every slot leased; not a failure
+	AttrSkipReason      = "fusionrag.skip_reason"
+	AttrAdapterReason   = "fusionrag.adapter_reason"
+	AttrInexactChunks   = "fusionrag.inexact_chunks"
+	AttrSegmentation    = "fusionrag.segmentation"
+	AttrPrefixTokens    = "fusionrag.prefix_tokens"
+	AttrQuestionTokens  = "fusionrag.question_tokens"
+	AttrLoadSeconds     = "fusionrag.load_seconds"
+	AttrComputeSeconds  = "fusionrag.compute_seconds"
+	AttrSelectSeconds   = "fusionrag.select_seconds"
+	AttrRecomputeSecond = "fusionrag.recompute_seconds"
+)
+
+// SkipOverBudget is the skip reason of a request whose fusion-path memory
+// estimate does not fit in what limits.fusion_memory has left: it is
+// forwarded untouched, and is not a failure (issue 18 finding 2: memory
+// amplification was bounded by a count of runs, not by bytes).
+const SkipOverBudget = "over_budget"

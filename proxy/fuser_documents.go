@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/fusionrag/fusionrag/fingerprint"
-	"github.com/fusionrag/fusionrag/fusion"
 
 	"github.com/valyala/fasthttp"
 	"go.opentelemetry.io/otel/attribute"
@@ -21,8 +20,14 @@ import (
 
 // Documents is the offline ingest as the proxy consumes it: the handlers of
 // POST /v1/fusion/documents and GET /v1/fusion/documents/{id}, answering
-// with an HTTP status and a JSON body. fusion.Queue implements it.
+// with an HTTP status and a JSON body. The sidecar wires fusion.Queue in
+// (package sidecar); the proxy never parses a submission itself.
 type Documents interface {
+	// Count returns how many documents body submits, so that the proxy
+	// refuses a submission over documents.max_documents (413) before
+	// HandleSubmit, the same whatever the queue does; an error (a body
+	// that does not parse) is left to HandleSubmit to answer.
+	Count(body []byte) (int, error)
 	// HandleSubmit ingests the documents of body for tenant: their KV is
 	// stored under the tenant's keys.
 	HandleSubmit(tenant string, body []byte) (int, []byte)
@@ -244,9 +249,9 @@ func (p *Proxy) limitSubmission(tenant string, body []byte) error {
 	if dc.MaxDocuments > 0 {
 		// The queue parses the body again; the count is checked here so
 		// that the refusal is the same whatever the queue does.
-		if docs, err := fusion.ParseDocuments(body); err == nil && len(docs) > dc.MaxDocuments {
+		if n, err := p.docs.d.Count(body); err == nil && n > dc.MaxDocuments {
 			return refuse(errBodyTooLarge, fmt.Sprintf("%d documents in one submission, over documents.max_documents (%d)",
-				len(docs), dc.MaxDocuments))
+				n, dc.MaxDocuments))
 		}
 	}
 	return nil

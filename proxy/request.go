@@ -11,6 +11,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/fusionrag/fusionrag/fingerprint"
+	"github.com/fusionrag/fusionrag/internal/jsonobj"
 	"github.com/fusionrag/fusionrag/prompt"
 )
 
@@ -130,7 +131,7 @@ func ParseRequest(route Route, body []byte) (*Request, error) {
 	if !json.Valid(body) {
 		return nil, ErrMalformed
 	}
-	ms, err := objectMembers(body)
+	ms, err := jsonobj.Members(body)
 	if err != nil {
 		return nil, ErrMalformed
 	}
@@ -139,9 +140,9 @@ func ParseRequest(route Route, body []byte) (*Request, error) {
 	// The override member is removed whatever the rest of the body holds: it
 	// is addressed to the sidecar, not the engine.
 	var ovErr error
-	if m, ok := lastMember(ms, bodyOverride); ok {
-		r.Override, ovErr = parseBodyOverride(body[m.valStart:m.valEnd])
-		nb, _, err := removeMember(body, bodyOverride)
+	if m, ok := jsonobj.Last(ms, bodyOverride); ok {
+		r.Override, ovErr = parseBodyOverride(body[m.ValStart:m.ValEnd])
+		nb, _, err := jsonobj.Remove(body, bodyOverride)
 		if err != nil {
 			return nil, ErrMalformed // unreachable for a valid object
 		}
@@ -149,8 +150,8 @@ func ParseRequest(route Route, body []byte) (*Request, error) {
 	}
 	// kv_transfer_params is the sidecar's to set: a client's would point
 	// the engine at KV published for someone else.
-	if slices.ContainsFunc(ms, func(m member) bool { return isKVParams(m.key) }) {
-		nb, _, err := removeMembers(r.Body, isKVParams)
+	if slices.ContainsFunc(ms, func(m jsonobj.Member) bool { return isKVParams(m.Key) }) {
+		nb, _, err := jsonobj.RemoveFunc(r.Body, isKVParams)
 		if err != nil {
 			return nil, ErrMalformed // unreachable for a valid object
 		}
@@ -160,43 +161,43 @@ func ParseRequest(route Route, body []byte) (*Request, error) {
 		return r, ovErr
 	}
 
-	if m, ok := lastMember(ms, "model"); ok {
-		if skipSpaceByte(body[m.valStart:m.valEnd]) == 'n' {
+	if m, ok := jsonobj.Last(ms, "model"); ok {
+		if skipSpaceByte(body[m.ValStart:m.ValEnd]) == 'n' {
 			return r, &InvalidRequestError{Reason: "model is null; it must be a string"}
 		}
 		var model string // checked, not kept: the fuser reads the body's own
-		if json.Unmarshal(body[m.valStart:m.valEnd], &model) != nil {
+		if json.Unmarshal(body[m.ValStart:m.ValEnd], &model) != nil {
 			return r, fmt.Errorf("%w: model is not a string", ErrNotEligible)
 		}
 	}
-	if m, ok := lastMember(ms, "stream"); ok {
+	if m, ok := jsonobj.Last(ms, "stream"); ok {
 		var stream bool
-		if json.Unmarshal(body[m.valStart:m.valEnd], &stream) != nil {
+		if json.Unmarshal(body[m.ValStart:m.ValEnd], &stream) != nil {
 			return r, fmt.Errorf("%w: stream is not a boolean", ErrNotEligible)
 		}
 	}
-	if m, ok := lastMember(ms, "n"); ok {
+	if m, ok := jsonobj.Last(ms, "n"); ok {
 		var n float64
-		if json.Unmarshal(body[m.valStart:m.valEnd], &n) != nil || n != 1 {
+		if json.Unmarshal(body[m.ValStart:m.ValEnd], &n) != nil || n != 1 {
 			return r, fmt.Errorf("%w: n must be 1", ErrNotEligible)
 		}
 	}
 	switch route {
 	case RouteChat:
-		m, ok := lastMember(ms, "messages")
+		m, ok := jsonobj.Last(ms, "messages")
 		if !ok {
 			return r, fmt.Errorf("%w: no messages", ErrNotEligible)
 		}
-		if r.Messages, err = parseMessages(body[m.valStart:m.valEnd]); err != nil {
+		if r.Messages, err = parseMessages(body[m.ValStart:m.ValEnd]); err != nil {
 			return r, err
 		}
 
 	case RouteCompletions:
-		m, ok := lastMember(ms, "prompt")
+		m, ok := jsonobj.Last(ms, "prompt")
 		if !ok {
 			return r, fmt.Errorf("%w: no prompt", ErrNotEligible)
 		}
-		if r.Prompt, err = parsePrompt(body[m.valStart:m.valEnd]); err != nil {
+		if r.Prompt, err = parsePrompt(body[m.ValStart:m.ValEnd]); err != nil {
 			return r, err
 		}
 	default:
@@ -221,7 +222,7 @@ func stripClientControl(body []byte) []byte {
 	if !json.Valid(body) {
 		return body
 	}
-	nb, _, err := removeMembers(body, func(k string) bool { return k == bodyOverride || isKVParams(k) })
+	nb, _, err := jsonobj.RemoveFunc(body, func(k string) bool { return k == bodyOverride || isKVParams(k) })
 	if err != nil {
 		return body
 	}
@@ -260,7 +261,7 @@ func parseMessages(raw []byte) ([]Message, error) {
 	}
 	out := make([]Message, 0, len(items))
 	for i, it := range items {
-		ms, err := objectMembers(it)
+		ms, err := jsonobj.Members(it)
 		if err != nil {
 			return nil, fmt.Errorf("%w: message %d is not an object", ErrNotEligible, i)
 		}
@@ -269,12 +270,12 @@ func parseMessages(raw []byte) ([]Message, error) {
 		seen := map[string]bool{}
 		for j := len(ms) - 1; j >= 0; j-- { // last duplicate wins
 			m := ms[j]
-			if seen[m.key] {
+			if seen[m.Key] {
 				continue
 			}
-			seen[m.key] = true
-			v := it[m.valStart:m.valEnd]
-			switch m.key {
+			seen[m.Key] = true
+			v := it[m.ValStart:m.ValEnd]
+			switch m.Key {
 			case "role":
 				if json.Unmarshal(v, &msg.Role) != nil {
 					return nil, fmt.Errorf("%w: message %d role is not a string", ErrNotEligible, i)
@@ -289,7 +290,7 @@ func parseMessages(raw []byte) ([]Message, error) {
 				if msg.Other == nil {
 					msg.Other = map[string]json.RawMessage{}
 				}
-				msg.Other[m.key] = json.RawMessage(v)
+				msg.Other[m.Key] = json.RawMessage(v)
 			}
 		}
 		if nullContent && msg.Role != "assistant" {
@@ -313,19 +314,19 @@ func parseContent(v []byte, msg *Message) error {
 		}
 		msg.Parts = make([]ContentPart, 0, len(parts))
 		for k, p := range parts {
-			ms, err := objectMembers(p)
+			ms, err := jsonobj.Members(p)
 			if err != nil {
 				return fmt.Errorf("content part %d is not an object", k)
 			}
 			cp := ContentPart{Raw: json.RawMessage(p)}
-			if m, ok := lastMember(ms, "type"); ok {
-				if json.Unmarshal(p[m.valStart:m.valEnd], &cp.Type) != nil {
+			if m, ok := jsonobj.Last(ms, "type"); ok {
+				if json.Unmarshal(p[m.ValStart:m.ValEnd], &cp.Type) != nil {
 					return fmt.Errorf("content part %d type is not a string", k)
 				}
 			}
 			if cp.Type == "text" {
-				m, ok := lastMember(ms, "text")
-				if !ok || json.Unmarshal(p[m.valStart:m.valEnd], &cp.Text) != nil {
+				m, ok := jsonobj.Last(ms, "text")
+				if !ok || json.Unmarshal(p[m.ValStart:m.ValEnd], &cp.Text) != nil {
 					return fmt.Errorf("content part %d has no text string", k)
 				}
 			}
@@ -365,7 +366,7 @@ func parsePrompt(v []byte) (Prompt, error) {
 }
 
 func skipSpaceByte(v []byte) byte {
-	i := skipSpace(v, 0)
+	i := jsonobj.SkipSpace(v, 0)
 	if i < len(v) {
 		return v[i]
 	}
@@ -376,14 +377,14 @@ func parseBodyOverride(v []byte) (Override, error) {
 	bad := func(reason string) (Override, error) {
 		return Override{}, &OverrideError{Source: "body field fusionrag", Value: string(v), Reason: reason}
 	}
-	ms, err := objectMembers(v)
+	ms, err := jsonobj.Members(v)
 	if err != nil {
 		return bad("must be an object {\"strategy\", \"ratio\"}")
 	}
 	var o Override
 	for _, m := range ms {
-		raw := v[m.valStart:m.valEnd]
-		switch m.key {
+		raw := v[m.ValStart:m.ValEnd]
+		switch m.Key {
 		case "strategy":
 			if json.Unmarshal(raw, &o.Strategy) != nil {
 				return bad("strategy must be a string")
@@ -400,7 +401,7 @@ func parseBodyOverride(v []byte) (Override, error) {
 			}
 			o.HasRatio = true
 		default:
-			return bad("unknown member " + strconv.Quote(m.key))
+			return bad("unknown member " + strconv.Quote(m.Key))
 		}
 	}
 	return o, nil

@@ -10,6 +10,7 @@ import (
 	"github.com/google/go-cmp/cmp/cmpopts"
 
 	"github.com/fusionrag/fusionrag/adapters"
+	"github.com/fusionrag/fusionrag/internal/jsonobj"
 )
 
 func TestParseRequest(t *testing.T) {
@@ -98,12 +99,12 @@ func TestRemoveMember(t *testing.T) {
 		{`{"Fusionrag":1}`, `{"Fusionrag":1}`},
 	}
 	for _, tt := range tests {
-		got, _, err := removeMember([]byte(tt.in), "fusionrag")
+		got, _, err := jsonobj.Remove([]byte(tt.in), "fusionrag")
 		if err != nil || string(got) != tt.want {
-			t.Errorf("removeMember(%s) = %s, %v; want %s", tt.in, got, err, tt.want)
+			t.Errorf("jsonobj.Remove(%s) = %s, %v; want %s", tt.in, got, err, tt.want)
 		}
 		if !json.Valid(got) {
-			t.Errorf("removeMember(%s) = %s is not valid JSON", tt.in, got)
+			t.Errorf("jsonobj.Remove(%s) = %s is not valid JSON", tt.in, got)
 		}
 	}
 }
@@ -207,20 +208,20 @@ func FuzzParseRequest(f *testing.F) {
 		if !json.Valid(r.Body) {
 			t.Fatalf("forwarded body %q is not valid JSON", r.Body)
 		}
-		in, err1 := objectMembers([]byte(body))
-		out, err2 := objectMembers(r.Body)
+		in, err1 := jsonobj.Members([]byte(body))
+		out, err2 := jsonobj.Members(r.Body)
 		if err1 != nil || err2 != nil {
 			t.Fatalf("members: %v, %v", err1, err2)
 		}
 		var want []string
 		for _, m := range in {
-			if m.key != bodyOverride && !isKVParams(m.key) {
-				want = append(want, m.key+"="+body[m.valStart:m.valEnd])
+			if m.Key != bodyOverride && !isKVParams(m.Key) {
+				want = append(want, m.Key+"="+body[m.ValStart:m.ValEnd])
 			}
 		}
 		var got []string
 		for _, m := range out {
-			got = append(got, m.key+"="+string(r.Body[m.valStart:m.valEnd]))
+			got = append(got, m.Key+"="+string(r.Body[m.ValStart:m.ValEnd]))
 		}
 		if d := cmp.Diff(want, got); d != "" {
 			t.Fatalf("members changed (-want +got):\n%s", d)
@@ -256,13 +257,13 @@ func FuzzApplyPlan(f *testing.F) {
 		if !json.Valid(out) || json.Unmarshal(out, &v) != nil || v.KV.Namespace != want {
 			t.Fatalf("applyPlan(%q) = %q", body, out)
 		}
-		ms, _ := objectMembers(out)
+		ms, _ := jsonobj.Members(out)
 		n := 0
 		for _, m := range ms {
-			if isKVParams(m.key) {
+			if isKVParams(m.Key) {
 				n++
 				var params map[string]any
-				if json.Unmarshal(out[m.valStart:m.valEnd], &params) != nil || len(params) != 1 {
+				if json.Unmarshal(out[m.ValStart:m.ValEnd], &params) != nil || len(params) != 1 {
 					t.Fatalf("applyPlan(%q) = %q: kv_transfer_params is not the plan's", body, out)
 				}
 			}

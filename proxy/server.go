@@ -174,6 +174,10 @@ func (p *Proxy) Telemetry() *Telemetry { return p.tel }
 // BreakerState returns the fusion circuit breaker's state.
 func (p *Proxy) BreakerState() gobreaker.State { return p.breaker.State() }
 
+// BreakerCounts returns the fusion circuit breaker's counts of the
+// current generation (failures since it last closed or opened).
+func (p *Proxy) BreakerCounts() gobreaker.Counts { return p.breaker.Counts() }
+
 // serveMetrics serves the Prometheus page through promhttp (content
 // negotiation, compression), as the OpenTelemetry Prometheus exporter
 // gathers it.

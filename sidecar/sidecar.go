@@ -30,6 +30,7 @@ import (
 	"github.com/fusionrag/fusionrag/kvstore"
 	"github.com/fusionrag/fusionrag/model"
 	"github.com/fusionrag/fusionrag/proxy"
+	"github.com/fusionrag/fusionrag/rag"
 	"github.com/fusionrag/fusionrag/recompute"
 )
 
@@ -38,11 +39,11 @@ import (
 type (
 	// Fuser is the RAG fusion path: segmentation, chunk KV lookup,
 	// recompute and publishing to the engine through the adapter.
-	Fuser       = proxy.RAGFuser
-	fuserConfig = proxy.FuserConfig
+	Fuser       = rag.Fuser
+	fuserConfig = rag.Config
 )
 
-var newFuser = proxy.NewRAGFuser
+var newFuser = rag.New
 
 // Config configures New. The zero value of every field but Proxy means
 // "as fusionrag serve has it".
@@ -282,6 +283,13 @@ type indexingQueue struct {
 	*fusion.Queue
 	chunker  *fusion.Chunker
 	remember func(tenant string, chunk []int32)
+}
+
+// Count implements proxy.Documents: the documents the queue would ingest
+// from body (fusion.ParseDocuments).
+func (q indexingQueue) Count(body []byte) (int, error) {
+	docs, err := fusion.ParseDocuments(body)
+	return len(docs), err
 }
 
 func (q indexingQueue) HandleSubmit(tenant string, body []byte) (int, []byte) {

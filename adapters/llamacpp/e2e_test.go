@@ -27,6 +27,7 @@ import (
 	"github.com/fusionrag/fusionrag/kvstore"
 	"github.com/fusionrag/fusionrag/model"
 	"github.com/fusionrag/fusionrag/proxy"
+	"github.com/fusionrag/fusionrag/rag"
 )
 
 const sep = " # # "
@@ -137,7 +138,7 @@ func TestSidecarE2E(t *testing.T) {
 		}
 		acfg := adapters.Config{URL: srvURL, Model: sm, SlotDir: slots}
 		quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-		fuser, err := proxy.NewRAGFuser(proxy.FuserConfig{Proxy: pcfg, Model: sm, Store: store, Logger: quiet,
+		fuser, err := rag.New(rag.Config{Proxy: pcfg, Model: sm, Store: store, Logger: quiet,
 			OpenEngine: func(ctx context.Context) (adapters.Engine, error) { return adapters.Open(pcfg.Fusion.Adapter, acfg) }})
 		if err != nil {
 			t.Fatal(err)

@@ -1,4 +1,4 @@
-package proxy
+package rag
 
 import (
 	"context"
@@ -11,6 +11,7 @@ import (
 	"github.com/fusionrag/fusionrag/adapters"
 	"github.com/fusionrag/fusionrag/adapters/native"
 	"github.com/fusionrag/fusionrag/model"
+	"github.com/fusionrag/fusionrag/proxy"
 )
 
 func TestBudgetReserve(t *testing.T) {
@@ -76,17 +77,17 @@ func TestFusionBudget(t *testing.T) {
 		`},{"type":"text","text":"Once upon a time"}]}],"max_tokens":8,"temperature":0}`
 
 	t.Run("smaller than one request", func(t *testing.T) {
-		fe := newFuserEnv(t, func(c *Config) { c.Limits.FusionMemory = 1 })
+		fe := newFuserEnv(t, func(c *proxy.Config) { c.Limits.FusionMemory = 1 })
 		if l := fe.f.budget.Limit(); l != 1 {
 			t.Fatalf("limits.fusion_memory 1 gave a budget of %d", l)
 		}
-		_, err := fe.f.Fuse(context.Background(), fe.request(t, RouteChat, body, "t"))
-		if got := skipReason(err); got != SkipOverBudget {
-			t.Fatalf("skip reason %q (err %v), want %q", got, err, SkipOverBudget)
+		_, err := fe.f.Fuse(context.Background(), fe.request(t, proxy.RouteChat, body, "t"))
+		if got := skipReason(err); got != proxy.SkipOverBudget {
+			t.Fatalf("skip reason %q (err %v), want %q", got, err, proxy.SkipOverBudget)
 		}
 		cfg := upstreamConfig(fe.engine)
 		cfg.Limits.FusionMemory = 1
-		p, base := startProxy(t, cfg, WithFuser(fe.f))
+		p, base := startProxy(t, cfg, proxy.WithFuser(fe.f))
 		code, got := post(t, base+"/v1/chat/completions", body)
 		want, _, _ := fe.engineAnswer(t, "/v1/chat/completions", []byte(body))
 		if w := jsonString(want); code != 200 || want == "" || !strings.Contains(got, w[1:len(w)-1]) {
@@ -108,7 +109,7 @@ func TestFusionBudget(t *testing.T) {
 
 	t.Run("concurrent", func(t *testing.T) {
 		fe := newFuserEnv(t, nil)
-		req := fe.request(t, RouteChat, body, "t")
+		req := fe.request(t, proxy.RouteChat, body, "t")
 		sg, err := fe.f.segment(req)
 		if err != nil {
 			t.Fatal(err)
@@ -123,13 +124,13 @@ func TestFusionBudget(t *testing.T) {
 		g := &gatedEngine{Engine: ad, entered: make(chan struct{}, runs), gate: make(chan struct{})}
 		cfg := fe.f.cfg
 		cfg.Limits.FusionMemory = fit*need + need/2
-		f, err := NewRAGFuser(FuserConfig{Proxy: cfg, Model: fe.f.m, Store: fe.store, Engine: g})
+		f, err := New(Config{Proxy: cfg, Model: fe.f.m, Store: fe.store, Engine: g})
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { f.Close() })
 		type result struct {
-			p   *Plan
+			p   *proxy.Plan
 			err error
 		}
 		results := make(chan result, runs)
@@ -138,7 +139,7 @@ func TestFusionBudget(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				p, err := f.Fuse(context.Background(), fe.request(t, RouteChat, body, "t"))
+				p, err := f.Fuse(context.Background(), fe.request(t, proxy.RouteChat, body, "t"))
 				results <- result{p, err}
 			}()
 		}
@@ -166,7 +167,7 @@ func TestFusionBudget(t *testing.T) {
 			case r.err == nil:
 				fused++
 				r.p.Lease.Release()
-			case skipReason(r.err) == SkipOverBudget:
+			case skipReason(r.err) == proxy.SkipOverBudget:
 				skipped++
 			default:
 				t.Errorf("a run failed: %v", r.err)
@@ -191,7 +192,7 @@ func TestFusionBytesMeasured(t *testing.T) {
 	body := `{"messages":[{"role":"system","content":"You tell stories."},{"role":"user","content":[{"type":"text","text":` +
 		jsonString("Document: A\n"+storyA) + `},{"type":"text","text":` + jsonString("Document: B\n"+storyB) +
 		`},{"type":"text","text":"Once upon a time"}]}],"max_tokens":2}`
-	req := fe.request(t, RouteChat, body, "t")
+	req := fe.request(t, proxy.RouteChat, body, "t")
 	if p, err := fe.f.Fuse(context.Background(), req); err != nil {
 		t.Fatal(err)
 	} else {

@@ -1,4 +1,4 @@
-package proxy
+package rag
 
 import (
 	"bytes"
@@ -18,6 +18,7 @@ import (
 	"github.com/fusionrag/fusionrag/adapters"
 	"github.com/fusionrag/fusionrag/internal/streamtest"
 	"github.com/fusionrag/fusionrag/kvstore"
+	"github.com/fusionrag/fusionrag/proxy"
 )
 
 // slotEngine is a fake slot-based adapter (the shape of llamacpp's): each
@@ -145,7 +146,7 @@ func (requestCaused) Reason() string { return "token_mismatch" }
 func (requestCaused) Unwrap() error  { return adapters.ErrRequest }
 
 // TestLeaseReleasedOncePerPublish runs the real fusion path (stories260K,
-// RAGFuser) against a fake slot adapter on every way a fused exchange can
+// Fuser) against a fake slot adapter on every way a fused exchange can
 // end, and counts: each successful Publish is released exactly once (after
 // the response ended, streamed or not; on a client hang-up; before the
 // original is re-sent; after a late plan; after a failed Rewrite), the
@@ -170,25 +171,25 @@ func TestLeaseReleasedOncePerPublish(t *testing.T) {
 		skip       string // skip reason
 		failures   uint32 // breaker failures
 	}{
-		{name: "response", published: 1, path: PathFusion},
-		{name: "stream", stream: true, published: 1, path: PathFusion},
-		{name: "client hangs up", stream: true, hangUp: true, published: 1, path: PathFusion},
-		{name: "fused request fails", failPinned: true, published: 1, path: PathFallback, reason: ReasonUpstreamError, failures: 1},
+		{name: "response", published: 1, path: proxy.PathFusion},
+		{name: "stream", stream: true, published: 1, path: proxy.PathFusion},
+		{name: "client hangs up", stream: true, hangUp: true, published: 1, path: proxy.PathFusion},
+		{name: "fused request fails", failPinned: true, published: 1, path: proxy.PathFallback, reason: proxy.ReasonUpstreamError, failures: 1},
 		{name: "late plan", behave: func(context.Context) error { time.Sleep(300 * time.Millisecond); return nil },
-			published: 1, path: PathFallback, reason: ReasonFuserTimeout, failures: 1},
-		{name: "rewrite fails", rewriteErr: errors.New("slot file vanished"), published: 1, path: PathFallback, reason: ReasonBadPlan, failures: 1},
+			published: 1, path: proxy.PathFallback, reason: proxy.ReasonFuserTimeout, failures: 1},
+		{name: "rewrite fails", rewriteErr: errors.New("slot file vanished"), published: 1, path: proxy.PathFallback, reason: proxy.ReasonBadPlan, failures: 1},
 		{name: "busy", behave: func(context.Context) error { return fmt.Errorf("fake: %w", adapters.ErrBusy) },
-			path: PathPassthrough, skip: SkipEngineBusy},
+			path: proxy.PathPassthrough, skip: proxy.SkipEngineBusy},
 		{name: "no publish", behave: func(context.Context) error { return adapters.ErrNoPublish },
-			path: PathPassthrough, skip: SkipNoPublish},
+			path: proxy.PathPassthrough, skip: proxy.SkipNoPublish},
 		{name: "mismatch", behave: func(context.Context) error { return fmt.Errorf("fake: %w", adapters.ErrMismatch) },
-			path: PathFallback, reason: ReasonEngineMismatch, failures: 1},
+			path: proxy.PathFallback, reason: proxy.ReasonEngineMismatch, failures: 1},
 		{name: "reason", behave: func(context.Context) error { return reasoned{errors.New("restore: 400")} },
-			path: PathFallback, reason: "restore_refused", failures: 1},
+			path: proxy.PathFallback, reason: "restore_refused", failures: 1},
 		{name: "request-caused", behave: func(context.Context) error { return requestCaused{errors.New("server tokenizes 1 2 3")} },
-			path: PathPassthrough, skip: "token_mismatch"},
+			path: proxy.PathPassthrough, skip: "token_mismatch"},
 		{name: "no reason", behave: func(context.Context) error { return errors.New("write slot file: disk full") },
-			path: PathFallback, reason: ReasonAdapterError, failures: 1},
+			path: proxy.PathFallback, reason: proxy.ReasonAdapterError, failures: 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			bodies := make(chan string, 4)
@@ -207,13 +208,13 @@ func TestLeaseReleasedOncePerPublish(t *testing.T) {
 			}
 			defer st.Close()
 			eng := &slotEngine{behave: tc.behave, rewriteErr: tc.rewriteErr}
-			f, err := NewRAGFuser(FuserConfig{Proxy: cfg, Model: m, Store: st, Engine: eng})
+			f, err := New(Config{Proxy: cfg, Model: m, Store: st, Engine: eng})
 			if err != nil {
 				t.Fatal(err)
 			}
 			if tc.name == "late plan" { // fill the store first: only the publish may be late
-				r, _ := ParseRequest(RouteCompletions, []byte(body(false)))
-				r.Tenant, r.TenantSource = TenantOf("", "")
+				r, _ := proxy.ParseRequest(proxy.RouteCompletions, []byte(body(false)))
+				r.Tenant, r.TenantSource = proxy.TenantOf("", "")
 				eng.behave = nil
 				p, err := f.Fuse(context.Background(), r)
 				if err != nil {
@@ -224,7 +225,7 @@ func TestLeaseReleasedOncePerPublish(t *testing.T) {
 				eng.published.Store(0)
 				eng.released.Store(0)
 			}
-			p, base := startProxy(t, cfg, WithFuser(f))
+			p, base := startProxy(t, cfg, proxy.WithFuser(f))
 			if tc.hangUp {
 				conn := streamtest.ReadUntil(t, base, streamtest.Request{Method: "POST", Path: "/v1/completions", Body: body(true)}, "data: 2")
 				conn.Close()
@@ -262,7 +263,7 @@ func TestLeaseReleasedOncePerPublish(t *testing.T) {
 			if tc.skip != "" && m[`fusionrag_proxy_skips_total{reason="`+tc.skip+`"}`] != 1 {
 				t.Errorf("skips{reason=%s} != 1\n%s", tc.skip, dumpMetrics(m))
 			}
-			if c := p.breaker.Counts(); c.TotalFailures != tc.failures {
+			if c := p.BreakerCounts(); c.TotalFailures != tc.failures {
 				t.Errorf("breaker failures %d, want %d", c.TotalFailures, tc.failures)
 			}
 			// What the engine received first: pinned to the lease's slot
@@ -290,7 +291,7 @@ func TestLeaseReleasedOncePerPublish(t *testing.T) {
 // not retried within mismatchReopen either.
 func TestMismatchRetiresAdapter(t *testing.T) {
 	m := storiesModel(t)
-	cfg := DefaultConfig()
+	cfg := proxy.DefaultConfig()
 	cfg.Upstream = "http://127.0.0.1:1"
 	cfg.Fusion.Separator = " # # "
 	cfg.Fusion.MaxMissingFraction = 1
@@ -302,7 +303,7 @@ func TestMismatchRetiresAdapter(t *testing.T) {
 		}
 		return nil
 	}}
-	f, err := NewRAGFuser(FuserConfig{Proxy: cfg, Model: m, OpenEngine: func(context.Context) (adapters.Engine, error) {
+	f, err := New(Config{Proxy: cfg, Model: m, OpenEngine: func(context.Context) (adapters.Engine, error) {
 		if opens.Add(1) == 1 {
 			return first, nil
 		}
@@ -313,9 +314,9 @@ func TestMismatchRetiresAdapter(t *testing.T) {
 	}
 	defer f.Close()
 	text := "Once upon a time # # " + storyA + " # # " + storyB + " # # The end"
-	req := func() *Request {
-		r, _ := ParseRequest(RouteCompletions, []byte(`{"prompt":`+jsonString(text)+`}`))
-		r.Tenant, r.TenantSource = TenantOf("", "")
+	req := func() *proxy.Request {
+		r, _ := proxy.ParseRequest(proxy.RouteCompletions, []byte(`{"prompt":`+jsonString(text)+`}`))
+		r.Tenant, r.TenantSource = proxy.TenantOf("", "")
 		return r
 	}
 	held, err := f.Fuse(context.Background(), req())
@@ -324,9 +325,9 @@ func TestMismatchRetiresAdapter(t *testing.T) {
 	}
 	mismatch.Store(true)
 	_, err = f.Fuse(context.Background(), req())
-	var fe *FallbackError
-	if !errors.As(err, &fe) || fe.Reason != ReasonEngineMismatch {
-		t.Fatalf("publish mismatch: %v, want a %s fallback", err, ReasonEngineMismatch)
+	var fe *proxy.FallbackError
+	if !errors.As(err, &fe) || fe.Reason != proxy.ReasonEngineMismatch {
+		t.Fatalf("publish mismatch: %v, want a %s fallback", err, proxy.ReasonEngineMismatch)
 	}
 	if first.closed.Load() != 0 {
 		t.Fatal("retired adapter closed while a lease was still held")
@@ -336,8 +337,8 @@ func TestMismatchRetiresAdapter(t *testing.T) {
 		t.Fatalf("retired adapter closed %d times after its last lease, want 1", first.closed.Load())
 	}
 	for i := 0; i < 3; i++ {
-		if _, err := f.Fuse(context.Background(), req()); !errors.As(err, &fe) || fe.Reason != ReasonEngineMismatch {
-			t.Fatalf("after retirement: %v, want a %s fallback", err, ReasonEngineMismatch)
+		if _, err := f.Fuse(context.Background(), req()); !errors.As(err, &fe) || fe.Reason != proxy.ReasonEngineMismatch {
+			t.Fatalf("after retirement: %v, want a %s fallback", err, proxy.ReasonEngineMismatch)
 		}
 	}
 	if n := opens.Load(); n != 1 {

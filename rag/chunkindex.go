@@ -1,4 +1,4 @@
-package proxy
+package rag
 
 import (
 	"container/heap"
@@ -17,7 +17,7 @@ const maxIndexedChunks = 1 << 16
 // requests this sidecar fuses are indexed apart, per tenant, and only found
 // in that tenant's prompts: a shared index would let a tenant learn whether
 // another had sent a chunk.
-func (f *RAGFuser) Index() *fingerprint.ChunkIndex { return &f.index }
+func (f *Fuser) Index() *fingerprint.ChunkIndex { return &f.index }
 
 // Remember indexes chunk (its exact ids in context) as known to tenant
 // only: found in that tenant's unmarked prompts, never in another's. The
@@ -31,13 +31,13 @@ func (f *RAGFuser) Index() *fingerprint.ChunkIndex { return &f.index }
 // chunks, or those of a tenant holding at least as many, never those of a
 // tenant under its share (issue 18 finding 3: one tenant's 65,536 chunks
 // filled a global index and stopped every other tenant's recognition).
-func (f *RAGFuser) Remember(tenant string, chunk []int32) {
+func (f *Fuser) Remember(tenant string, chunk []int32) {
 	f.seen.remember(tenant, chunk, f.cfg.Limits.IndexPerTenant, f.cfg.Limits.IndexedChunks)
 }
 
 // seenBy returns the index of the chunks met in tenant's requests (nil:
 // none).
-func (f *RAGFuser) seenBy(tenant string) *fingerprint.ChunkIndex {
+func (f *Fuser) seenBy(tenant string) *fingerprint.ChunkIndex {
 	return f.seen.of(tenant)
 }
 
@@ -94,7 +94,7 @@ func (k *knownChunks) remember(tenant string, chunk []int32, perTenant, global i
 	for k.total > global && len(k.heap) > 0 {
 		top := k.heap[0]
 		if !top.x.EvictOldest() {
-			panic("proxy: known-chunk index count out of step with its heap") // broken invariant
+			panic("rag: known-chunk index count out of step with its heap") // broken invariant
 		}
 		top.n--
 		k.total--

@@ -1,4 +1,16 @@
-package proxy
+// Package rag is the fusion path of the sidecar: it finds S, the chunks and
+// Q in a request, looks their KV up, recomputes and publishes through the
+// engine adapter. Its Fuser implements proxy.Fuser, the interface the proxy
+// owns and consumes; the proxy itself imports neither this package nor the
+// model, the store or the recompute strategies it uses (package sidecar
+// wires them together).
+//
+// Files: fuser.go (Fuse: lookup, recompute, publish, the background warm-up
+// and the adapter's lifetime), segment.go (S, chunks and Q on the engine's
+// ids: content parts, markers, known chunks, passages), chunkindex.go (the
+// per-tenant index of known chunks) and budget.go (the memory bound of
+// runs in flight).
+package rag
 
 import (
 	"context"
@@ -19,10 +31,11 @@ import (
 	"github.com/fusionrag/fusionrag/model"
 	"github.com/fusionrag/fusionrag/model/tokenizer"
 	"github.com/fusionrag/fusionrag/prompt"
+	"github.com/fusionrag/fusionrag/proxy"
 	"github.com/fusionrag/fusionrag/recompute"
 )
 
-// RAGFuser is the fusion path: it segments a request on the token ids the
+// Fuser is the fusion path: it segments a request on the token ids the
 // engine will run (same tokenizer, same chat template, same prompt -> ids
 // function, package prompt), looks the chunks' KV up in the store
 // (computing and storing the missing ones), recomputes with the request's
@@ -52,8 +65,8 @@ import (
 // stored under the exact ids of its span, in a namespace that includes the
 // model, the tokenizer and the tenant: the worst a surprising tokenization
 // can cause is a miss, never a wrong or foreign KV.
-type RAGFuser struct {
-	cfg     Config
+type Fuser struct {
+	cfg     proxy.Config
 	m       *model.Model
 	tok     tokenizer.Tokenizer
 	chat    *tokenizer.ChatTemplate
@@ -82,11 +95,11 @@ type RAGFuser struct {
 	warming chan struct{} // one background warm-up at a time
 }
 
-// FuserConfig configures NewRAGFuser.
-type FuserConfig struct {
+// Config configures New.
+type Config struct {
 	// Proxy is the validated proxy configuration: Fusion (strategy, ratio,
 	// missing fraction, separators) and Limits.MaxChunks are used.
-	Proxy Config
+	Proxy proxy.Config
 	// Model computes KV; it must have a tokenizer. Required.
 	Model *model.Model
 	// Store holds chunk and prefix KV (tenant in every key). Nil: nothing is
@@ -101,13 +114,13 @@ type FuserConfig struct {
 	Logger *slog.Logger
 }
 
-// NewRAGFuser validates cfg and builds the fusion path.
-func NewRAGFuser(cfg FuserConfig) (*RAGFuser, error) {
+// New validates cfg and builds the fusion path.
+func New(cfg Config) (*Fuser, error) {
 	if cfg.Model == nil || cfg.Model.Tokenizer == nil {
-		return nil, errors.New("proxy: the fusion path needs a model with its tokenizer")
+		return nil, errors.New("rag: the fusion path needs a model with its tokenizer")
 	}
 	if cfg.Engine == nil && cfg.OpenEngine == nil {
-		return nil, errors.New("proxy: the fusion path needs an engine adapter (Engine or OpenEngine)")
+		return nil, errors.New("rag: the fusion path needs an engine adapter (Engine or OpenEngine)")
 	}
 	if err := cfg.Proxy.Validate(); err != nil {
 		// Upstream is not needed here; every other field must be valid.
@@ -121,7 +134,7 @@ func NewRAGFuser(cfg FuserConfig) (*RAGFuser, error) {
 			return nil, err
 		}
 	}
-	f := &RAGFuser{cfg: cfg.Proxy, m: cfg.Model, tok: cfg.Model.Tokenizer, openEng: cfg.OpenEngine,
+	f := &Fuser{cfg: cfg.Proxy, m: cfg.Model, tok: cfg.Model.Tokenizer, openEng: cfg.OpenEngine,
 		log: cfg.Logger, warming: make(chan struct{}, 1)}
 	if cfg.Engine != nil {
 		f.eng = &liveEngine{Engine: cfg.Engine}
@@ -132,10 +145,10 @@ func NewRAGFuser(cfg FuserConfig) (*RAGFuser, error) {
 	f.index.MaxChunks = maxIndexedChunks
 	var err error
 	if f.chat, err = prompt.TemplateOf(f.tok); err != nil {
-		return nil, fmt.Errorf("proxy: chat template: %w", err)
+		return nil, fmt.Errorf("rag: chat template: %w", err)
 	}
 	if f.modelFP, err = fingerprint.ParseKey(cfg.Model.Fingerprint()); err != nil {
-		return nil, fmt.Errorf("proxy: model fingerprint: %w", err)
+		return nil, fmt.Errorf("rag: model fingerprint: %w", err)
 	}
 	f.tokFP = fingerprint.TokenizerFingerprint([]byte(f.tok.Fingerprint()))
 	f.maxPromptBytes = promptByteBound(f.tok, cfg.Model.Config.MaxPositions)
@@ -165,7 +178,7 @@ func unwrapJoined(err error) []error {
 func startsWith(s, p string) bool { return len(s) >= len(p) && s[:len(p)] == p }
 
 // Close closes the adapter the fuser opened.
-func (f *RAGFuser) Close() error {
+func (f *Fuser) Close() error {
 	f.engMu.Lock()
 	defer f.engMu.Unlock()
 	if f.eng != nil && f.eng.owned {
@@ -186,7 +199,7 @@ const mismatchReopen = 30 * time.Second
 // engine returns the adapter, opening it on first use (and again after a
 // failure or a retirement, at most once per second, once per
 // mismatchReopen after a mismatch).
-func (f *RAGFuser) engine(ctx context.Context) (*liveEngine, error) {
+func (f *Fuser) engine(ctx context.Context) (*liveEngine, error) {
 	f.engMu.Lock()
 	defer f.engMu.Unlock()
 	if f.eng != nil {
@@ -202,7 +215,7 @@ func (f *RAGFuser) engine(ctx context.Context) (*liveEngine, error) {
 	f.lastOpen = time.Now()
 	eng, err := f.openEng(ctx)
 	if err != nil {
-		f.openErr = fmt.Errorf("proxy: opening the engine adapter: %w", err)
+		f.openErr = fmt.Errorf("rag: opening the engine adapter: %w", err)
 		return nil, f.openErr
 	}
 	f.eng, f.openErr = &liveEngine{Engine: eng, owned: true}, nil
@@ -213,15 +226,15 @@ func (f *RAGFuser) engine(ctx context.Context) (*liveEngine, error) {
 // when the fuser opened it: the next fusion re-opens the adapter (a new
 // handshake) after mismatchReopen, so a redeployed engine is found again.
 // e is closed once its last lease is released. An adapter given in
-// FuserConfig.Engine is kept (the breaker bounds the cost).
-func (f *RAGFuser) retire(e *liveEngine, err error) {
+// Config.Engine is kept (the breaker bounds the cost).
+func (f *Fuser) retire(e *liveEngine, err error) {
 	if !e.owned {
 		return
 	}
 	f.engMu.Lock()
 	if f.eng == e {
 		f.eng = nil
-		f.openErr = fmt.Errorf("proxy: engine adapter retired: %w", err)
+		f.openErr = fmt.Errorf("rag: engine adapter retired: %w", err)
 		f.lastOpen = time.Now()
 	}
 	f.engMu.Unlock()
@@ -245,7 +258,7 @@ func (e *liveEngine) publish(ctx context.Context, p adapters.Publication) (adapt
 	e.mu.Unlock()
 	l, err := e.Engine.Publish(ctx, p)
 	if err == nil && l == nil {
-		err = errors.New("proxy: adapter published without a lease")
+		err = errors.New("rag: adapter published without a lease")
 	}
 	if err != nil {
 		e.released()
@@ -295,32 +308,9 @@ func truncateAttr(s string) string {
 	return s
 }
 
-// Skip reasons of the fusion path (metric labels).
-const (
-	SkipNoChunks        = "no_chunks"
-	SkipTooManyChunks   = "too_many_chunks"
-	SkipTooManyMissing  = "too_many_missing"
-	SkipEngineRejects   = "engine_rejects"
-	SkipBadMarkers      = "bad_markers"
-	SkipTemplateSpans   = "template_spans"
-	SkipPromptTooLong   = "prompt_too_long"
-	SkipNoPublish       = "no_publish"
-	SkipEngineBusy      = "engine_busy" // adapters.ErrBusy: every slot leased; not a failure
-	AttrSkipReason      = "fusionrag.skip_reason"
-	AttrAdapterReason   = "fusionrag.adapter_reason"
-	AttrInexactChunks   = "fusionrag.inexact_chunks"
-	AttrSegmentation    = "fusionrag.segmentation"
-	AttrPrefixTokens    = "fusionrag.prefix_tokens"
-	AttrQuestionTokens  = "fusionrag.question_tokens"
-	AttrLoadSeconds     = "fusionrag.load_seconds"
-	AttrComputeSeconds  = "fusionrag.compute_seconds"
-	AttrSelectSeconds   = "fusionrag.select_seconds"
-	AttrRecomputeSecond = "fusionrag.recompute_seconds"
-)
-
 // Fuse implements Fuser.
-func (f *RAGFuser) Fuse(ctx context.Context, req *Request) (*Plan, error) {
-	_, span := StartPhase(ctx, SpanSegment)
+func (f *Fuser) Fuse(ctx context.Context, req *proxy.Request) (*proxy.Plan, error) {
+	_, span := proxy.StartPhase(ctx, proxy.SpanSegment)
 	sg, err := f.segment(req)
 	if err == nil {
 		inexact := 0
@@ -329,22 +319,22 @@ func (f *RAGFuser) Fuse(ctx context.Context, req *Request) (*Plan, error) {
 				inexact++
 			}
 		}
-		span.SetAttributes(attribute.String(AttrSegmentation, sg.how), attribute.Int(AttrChunks, len(sg.seg.Chunks)),
-			attribute.Int(AttrInexactChunks, inexact), attribute.Int(AttrPrefixTokens, sg.seg.Prefix.Len()),
-			attribute.Int(AttrQuestionTokens, sg.seg.Question.Len()))
+		span.SetAttributes(attribute.String(proxy.AttrSegmentation, sg.how), attribute.Int(proxy.AttrChunks, len(sg.seg.Chunks)),
+			attribute.Int(proxy.AttrInexactChunks, inexact), attribute.Int(proxy.AttrPrefixTokens, sg.seg.Prefix.Len()),
+			attribute.Int(proxy.AttrQuestionTokens, sg.seg.Question.Len()))
 	}
 	span.End()
 	if err != nil {
 		return nil, err
 	}
 	if max := f.cfg.Limits.MaxChunks; max > 0 && len(sg.seg.Chunks) > max {
-		return nil, Skip(SkipTooManyChunks)
+		return nil, proxy.Skip(proxy.SkipTooManyChunks)
 	}
 	if sg.seg.Prefix.Len() == 0 {
-		return nil, Skip(SkipNoChunks) // recompute keys chunks by S; BOS-less prompts have none
+		return nil, proxy.Skip(proxy.SkipNoChunks) // recompute keys chunks by S; BOS-less prompts have none
 	}
 	if len(sg.ids) > f.m.Config.MaxPositions {
-		return nil, Skip(SkipPromptTooLong)
+		return nil, proxy.Skip(proxy.SkipPromptTooLong)
 	}
 
 	strategy, ratio := f.cfg.Fusion.Strategy, f.cfg.Fusion.Ratio
@@ -358,11 +348,11 @@ func (f *RAGFuser) Fuse(ctx context.Context, req *Request) (*Plan, error) {
 	// recompute, released once the KV is published (or the run fails).
 	need := fusionBytes(f.m.Config, len(sg.ids), sg.seg.Prefix.End, sg.seg.Question.Len(), strategy, ratio)
 	if !f.budget.Reserve(need) {
-		return nil, Skip(SkipOverBudget)
+		return nil, proxy.Skip(proxy.SkipOverBudget)
 	}
 	defer f.budget.Release(need)
 	k := len(sg.seg.Chunks)
-	known := Stats{Strategy: strategy, Ratio: ratio, Chunks: k} // what a skip below reports; hits and misses once looked up
+	known := proxy.Stats{Strategy: strategy, Ratio: ratio, Chunks: k} // what a skip below reports; hits and misses once looked up
 
 	// Look up and recompute. A source wrapper sees every chunk lookup (all
 	// of them run before any chunk is computed) and stops the run before
@@ -373,7 +363,7 @@ func (f *RAGFuser) Fuse(ctx context.Context, req *Request) (*Plan, error) {
 	ns, err := fingerprint.ChunkNamespace(f.m.Fingerprint(), f.tok.Fingerprint(), req.Tenant,
 		fingerprint.FusionParams(f.cfg.Fusion.Neighbours, f.cfg.Fusion.Similarity))
 	if err != nil {
-		return nil, fmt.Errorf("proxy: %w", err)
+		return nil, fmt.Errorf("rag: %w", err)
 	}
 	var src recompute.KVSource
 	var cs *countingSource
@@ -390,7 +380,7 @@ func (f *RAGFuser) Fuse(ctx context.Context, req *Request) (*Plan, error) {
 	if err != nil {
 		return nil, withStats(requestSkip(err), known)
 	}
-	rctx, rspan := StartPhase(ctx, SpanRecompute, attribute.String(AttrStrategy, strategy), attribute.Float64(AttrRatio, ratio))
+	rctx, rspan := proxy.StartPhase(ctx, proxy.SpanRecompute, attribute.String(proxy.AttrStrategy, strategy), attribute.Float64(proxy.AttrRatio, ratio))
 	res, err := rp.Run(rctx, rreq)
 	if cs != nil {
 		known.Hits, known.Misses = cs.counts()
@@ -398,15 +388,15 @@ func (f *RAGFuser) Fuse(ctx context.Context, req *Request) (*Plan, error) {
 	}
 	if err != nil {
 		if errors.Is(err, errTooManyMissing) {
-			rspan.SetAttributes(attribute.String(AttrSkipReason, SkipTooManyMissing),
-				attribute.Int(AttrHits, known.Hits), attribute.Int(AttrMisses, known.Misses))
+			rspan.SetAttributes(attribute.String(proxy.AttrSkipReason, proxy.SkipTooManyMissing),
+				attribute.Int(proxy.AttrHits, known.Hits), attribute.Int(proxy.AttrMisses, known.Misses))
 			rspan.End()
 			f.warm(ns, rreq)
-			return nil, SkipWith(SkipTooManyMissing, known)
+			return nil, proxy.SkipWith(proxy.SkipTooManyMissing, known)
 		}
 		err = requestSkip(err)
-		if !errors.Is(err, ErrSkip) {
-			spanError(rspan, err)
+		if !errors.Is(err, proxy.ErrSkip) {
+			proxy.SpanError(rspan, err)
 		}
 		rspan.End()
 		return nil, withStats(err, known)
@@ -415,34 +405,34 @@ func (f *RAGFuser) Fuse(ctx context.Context, req *Request) (*Plan, error) {
 	known.Hits, known.Misses = rec.RawHits+rec.FusedHits, rec.Misses
 	known.RecomputedTokens, known.ContextTokens, known.BytesLoaded = rec.Recomputed, rec.PrefixTokens+rec.ContextTokens, rec.BytesLoaded
 	rspan.SetAttributes(
-		attribute.Int(AttrHits, rec.RawHits+rec.FusedHits), attribute.Int(AttrMisses, rec.Misses),
-		attribute.Int("fusionrag.bad_entries", rec.BadEntries), attribute.Int(AttrRecomputedTokens, rec.Recomputed),
-		attribute.Float64(AttrLoadSeconds, rec.Phases.Load.Seconds()), attribute.Float64(AttrComputeSeconds, rec.Phases.Compute.Seconds()),
-		attribute.Float64(AttrSelectSeconds, rec.Phases.Select.Seconds()), attribute.Float64(AttrRecomputeSecond, rec.Phases.Recompute.Seconds()))
+		attribute.Int(proxy.AttrHits, rec.RawHits+rec.FusedHits), attribute.Int(proxy.AttrMisses, rec.Misses),
+		attribute.Int("fusionrag.bad_entries", rec.BadEntries), attribute.Int(proxy.AttrRecomputedTokens, rec.Recomputed),
+		attribute.Float64(proxy.AttrLoadSeconds, rec.Phases.Load.Seconds()), attribute.Float64(proxy.AttrComputeSeconds, rec.Phases.Compute.Seconds()),
+		attribute.Float64(proxy.AttrSelectSeconds, rec.Phases.Select.Seconds()), attribute.Float64(proxy.AttrRecomputeSecond, rec.Phases.Recompute.Seconds()))
 	rspan.End()
 
 	// Publish the KV of every token but the last, which the engine
 	// prefills itself to get the logits. The adapter sees the body exactly
 	// as Lease.Rewrite will receive it (applyPlan passes it through
-	// leaseBody again, which leaves it as it is).
-	pctx, pspan := StartPhase(ctx, SpanPublish)
+	// LeaseBody again, which leaves it as it is).
+	pctx, pspan := proxy.StartPhase(ctx, proxy.SpanPublish)
 	defer pspan.End()
 	eng, err := f.engine(pctx)
 	if err != nil {
-		spanError(pspan, err)
+		proxy.SpanError(pspan, err)
 		switch {
 		case errors.Is(err, adapters.ErrMismatch):
-			return nil, withStats(Fallback(ReasonEngineMismatch, err), known)
+			return nil, withStats(proxy.Fallback(proxy.ReasonEngineMismatch, err), known)
 		case ctx.Err() != nil:
 			return nil, err
 		}
-		return nil, withStats(Fallback(adapterReason(err, ReasonAdapterOpen), err), known)
+		return nil, withStats(proxy.Fallback(proxy.AdapterReason(err, proxy.ReasonAdapterOpen), err), known)
 	}
 	fwd := req.Body
 	if sg.body != nil {
 		fwd = sg.body
 	}
-	if fwd, err = leaseBody(fwd); err != nil {
+	if fwd, err = proxy.LeaseBody(fwd); err != nil {
 		return nil, err
 	}
 	L := len(sg.ids)
@@ -451,31 +441,31 @@ func (f *RAGFuser) Fuse(ctx context.Context, req *Request) (*Plan, error) {
 		Path: req.Route.Path(), Body: fwd})
 	if err != nil {
 		if r := adapters.ReasonOf(err); r != "" {
-			pspan.SetAttributes(attribute.String(AttrAdapterReason, truncateAttr(r)))
+			pspan.SetAttributes(attribute.String(proxy.AttrAdapterReason, truncateAttr(r)))
 		}
 		switch {
 		case errors.Is(err, adapters.ErrNoPublish):
-			pspan.SetAttributes(attribute.String(AttrSkipReason, SkipNoPublish))
-			return nil, SkipWith(SkipNoPublish, known)
+			pspan.SetAttributes(attribute.String(proxy.AttrSkipReason, proxy.SkipNoPublish))
+			return nil, proxy.SkipWith(proxy.SkipNoPublish, known)
 		case errors.Is(err, adapters.ErrBusy):
-			pspan.SetAttributes(attribute.String(AttrSkipReason, SkipEngineBusy))
-			return nil, SkipWith(SkipEngineBusy, known)
+			pspan.SetAttributes(attribute.String(proxy.AttrSkipReason, proxy.SkipEngineBusy))
+			return nil, proxy.SkipWith(proxy.SkipEngineBusy, known)
 		case errors.Is(err, adapters.ErrRequest):
 			// The request's own tokens or shape (adapters.ErrRequest):
 			// forwarded as it is, not a failure of the path.
-			reason := adapterReason(err, SkipEngineRejects)
-			pspan.SetAttributes(attribute.String(AttrSkipReason, reason))
-			return nil, SkipWith(reason, known)
+			reason := proxy.AdapterReason(err, proxy.SkipEngineRejects)
+			pspan.SetAttributes(attribute.String(proxy.AttrSkipReason, reason))
+			return nil, proxy.SkipWith(reason, known)
 		}
-		spanError(pspan, err)
+		proxy.SpanError(pspan, err)
 		switch {
 		case ctx.Err() != nil:
 			return nil, err // the proxy tells a deadline from a cancel
 		case errors.Is(err, adapters.ErrMismatch):
 			f.retire(eng, err)
-			return nil, withStats(Fallback(ReasonEngineMismatch, err), known)
+			return nil, withStats(proxy.Fallback(proxy.ReasonEngineMismatch, err), known)
 		}
-		return nil, withStats(Fallback(adapterReason(err, ReasonAdapterError), err), known)
+		return nil, withStats(proxy.Fallback(proxy.AdapterReason(err, proxy.ReasonAdapterError), err), known)
 	}
 	pspan.SetAttributes(attribute.Int("fusionrag.published_tokens", L-1))
 
@@ -485,15 +475,15 @@ func (f *RAGFuser) Fuse(ctx context.Context, req *Request) (*Plan, error) {
 			f.Remember(req.Tenant, sg.ids[c.Begin:c.End])
 		}
 	}
-	return &Plan{Lease: lease, Body: fwd, Stats: known}, nil
+	return &proxy.Plan{Lease: lease, Body: fwd, Stats: known}, nil
 }
 
 // withStats attaches s to a *SkipError or *FallbackError that carries none,
 // so the proxy counts the request's chunks; other errors are returned as
 // they are.
-func withStats(err error, s Stats) error {
-	var se *SkipError
-	var fe *FallbackError
+func withStats(err error, s proxy.Stats) error {
+	var se *proxy.SkipError
+	var fe *proxy.FallbackError
 	switch {
 	case errors.As(err, &se) && se.Stats == nil:
 		se.Stats = &s
@@ -508,7 +498,7 @@ func withStats(err error, s Stats) error {
 // a time; others are dropped), so that the next request with these chunks
 // finds them. It runs the "reuse" strategy: missing chunks are computed as
 // raw KV and stored, and only the question is prefilled on top.
-func (f *RAGFuser) warm(ns fingerprint.Namespace, req recompute.Request) {
+func (f *Fuser) warm(ns fingerprint.Namespace, req recompute.Request) {
 	select {
 	case f.warming <- struct{}{}:
 	default:
@@ -537,11 +527,11 @@ func (f *RAGFuser) warm(ns fingerprint.Namespace, req recompute.Request) {
 func requestSkip(err error) error {
 	switch {
 	case errors.Is(err, recompute.ErrTooLong):
-		return Skip(SkipPromptTooLong)
+		return proxy.Skip(proxy.SkipPromptTooLong)
 	case errors.Is(err, recompute.ErrToken):
-		return Skip(SkipEngineRejects)
+		return proxy.Skip(proxy.SkipEngineRejects)
 	case errors.Is(err, recompute.ErrEmptySegment), errors.Is(err, recompute.ErrOverlap):
-		return Skip(SkipNoChunks)
+		return proxy.Skip(proxy.SkipNoChunks)
 	}
 	return err
 }
@@ -558,7 +548,7 @@ func toRecompute(sg *segmented, strategy string, ratio float64) (recompute.Reque
 		recompute.Span{Begin: sg.seg.Question.Begin, End: sg.seg.Question.End}, strategy, ratio)
 }
 
-var errTooManyMissing = errors.New("proxy: too many chunks missing from the store")
+var errTooManyMissing = errors.New("rag: too many chunks missing from the store")
 
 // countingSource is the fuser's view of the store during one request: it
 // notes which chunks were found (under their raw or fused key), times the
@@ -632,7 +622,7 @@ func (c *countingSource) counts() (hits, misses int) {
 // [first lookup, last lookup's return) with the chunks' hits and misses.
 // The lookups run inside recompute.Run, so the span is written afterwards
 // with their own timestamps.
-func (c *countingSource) span(ctx context.Context, s Stats) {
+func (c *countingSource) span(ctx context.Context, s proxy.Stats) {
 	if !trace.SpanFromContext(ctx).IsRecording() {
 		return
 	}
@@ -643,10 +633,10 @@ func (c *countingSource) span(ctx context.Context, s Stats) {
 		first = time.Now()
 		last = first
 	}
-	_, sp := startPhase(ctx, SpanLookup, trace.WithTimestamp(first), trace.WithAttributes(
-		attribute.Int(AttrChunks, s.Chunks), attribute.Int(AttrHits, s.Hits), attribute.Int(AttrMisses, s.Misses),
-		attribute.Float64(AttrHitRate, s.hitRate()), attribute.Int("fusionrag.store_lookups", n),
-		attribute.Float64(AttrLoadSeconds, sum.Seconds())))
+	_, sp := proxy.StartSpan(ctx, proxy.SpanLookup, trace.WithTimestamp(first), trace.WithAttributes(
+		attribute.Int(proxy.AttrChunks, s.Chunks), attribute.Int(proxy.AttrHits, s.Hits), attribute.Int(proxy.AttrMisses, s.Misses),
+		attribute.Float64(proxy.AttrHitRate, s.HitRate()), attribute.Int("fusionrag.store_lookups", n),
+		attribute.Float64(proxy.AttrLoadSeconds, sum.Seconds())))
 	sp.End(trace.WithTimestamp(last))
 }
 

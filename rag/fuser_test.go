@@ -1,4 +1,4 @@
-package proxy
+package rag
 
 import (
 	"context"
@@ -21,9 +21,10 @@ import (
 	"github.com/fusionrag/fusionrag/kvstore"
 	"github.com/fusionrag/fusionrag/model"
 	"github.com/fusionrag/fusionrag/prompt"
+	"github.com/fusionrag/fusionrag/proxy"
 )
 
-// The RAGFuser in process over real parts: the stories260K model, an
+// The Fuser in process over real parts: the stories260K model, an
 // in-memory store, the real engine behind httptest, and the native adapter
 // pushing KV to it.
 
@@ -44,12 +45,12 @@ func storiesModel(t testing.TB) *model.Model {
 }
 
 type fuserEnv struct {
-	f      *RAGFuser
+	f      *Fuser
 	engine string // engine base URL
 	store  kvstore.Store
 }
 
-func newFuserEnv(t testing.TB, mod func(*Config)) *fuserEnv {
+func newFuserEnv(t testing.TB, mod func(*proxy.Config)) *fuserEnv {
 	t.Helper()
 	m := storiesModel(t)
 	e, err := engine.NewFromModel(engine.Config{}, m)
@@ -68,26 +69,26 @@ func newFuserEnv(t testing.TB, mod func(*Config)) *fuserEnv {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	cfg := DefaultConfig()
+	cfg := proxy.DefaultConfig()
 	cfg.Upstream = srv.URL
 	cfg.Fusion.MaxMissingFraction = 1
 	if mod != nil {
 		mod(&cfg)
 	}
-	f, err := NewRAGFuser(FuserConfig{Proxy: cfg, Model: m, Store: st, Engine: ad})
+	f, err := New(Config{Proxy: cfg, Model: m, Store: st, Engine: ad})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return &fuserEnv{f: f, engine: srv.URL, store: st}
 }
 
-func (fe *fuserEnv) request(t testing.TB, route Route, body, tenant string) *Request {
+func (fe *fuserEnv) request(t testing.TB, route proxy.Route, body, tenant string) *proxy.Request {
 	t.Helper()
-	r, err := ParseRequest(route, []byte(body))
+	r, err := proxy.ParseRequest(route, []byte(body))
 	if err != nil {
 		t.Fatalf("ParseRequest: %v", err)
 	}
-	r.Tenant, r.TenantSource = TenantOf(tenant, "")
+	r.Tenant, r.TenantSource = proxy.TenantOf(tenant, "")
 	return r
 }
 
@@ -124,7 +125,7 @@ const (
 )
 
 func skipReason(err error) string {
-	var s *SkipError
+	var s *proxy.SkipError
 	if errors.As(err, &s) {
 		return s.Reason
 	}
@@ -135,11 +136,11 @@ func skipReason(err error) string {
 // by tenant B yields exactly the ids and segments of tenant A's completions
 // prompt, yet B never hits A's chunk KV, nor A's published prompt KV.
 func TestFuserSeparatorTenantIsolation(t *testing.T) {
-	fe := newFuserEnv(t, func(c *Config) { c.Fusion.Separator = " # # "; c.Fusion.KeepMarkers = true })
+	fe := newFuserEnv(t, func(c *proxy.Config) { c.Fusion.Separator = " # # "; c.Fusion.KeepMarkers = true })
 	text := "Once upon a time # # " + storyA + " # # " + storyB + " # # The end"
 	ctx := context.Background()
-	a := fe.request(t, RouteCompletions, `{"prompt":`+jsonString(text)+`,"max_tokens":4,"temperature":0}`, "tenant-a")
-	b := fe.request(t, RouteChat, `{"messages":[{"role":"user","content":`+jsonString(text)+`}],"max_tokens":4,"temperature":0}`, "tenant-b")
+	a := fe.request(t, proxy.RouteCompletions, `{"prompt":`+jsonString(text)+`,"max_tokens":4,"temperature":0}`, "tenant-a")
+	b := fe.request(t, proxy.RouteChat, `{"messages":[{"role":"user","content":`+jsonString(text)+`}],"max_tokens":4,"temperature":0}`, "tenant-b")
 	sa, err := fe.f.segment(a)
 	if err != nil {
 		t.Fatal(err)
@@ -174,7 +175,7 @@ func TestFuserSeparatorTenantIsolation(t *testing.T) {
 }
 
 // leaseNamespace is the kv_transfer_params namespace p's lease sets.
-func leaseNamespace(t testing.TB, p *Plan) string {
+func leaseNamespace(t testing.TB, p *proxy.Plan) string {
 	t.Helper()
 	b, err := p.Lease.Rewrite([]byte(`{}`))
 	var v struct {
@@ -207,23 +208,23 @@ func equalIDs(a, b []int32) bool {
 func TestFuserStripsMarkers(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
-		route Route
+		route proxy.Route
 		path  string
 		body  func(text string) string
 	}{
-		{"completions", RouteCompletions, "/v1/completions", func(s string) string {
+		{"completions", proxy.RouteCompletions, "/v1/completions", func(s string) string {
 			return `{"prompt":` + jsonString(s) + `,"max_tokens":8,"temperature":0}`
 		}},
-		{"chat", RouteChat, "/v1/chat/completions", func(s string) string {
+		{"chat", proxy.RouteChat, "/v1/chat/completions", func(s string) string {
 			return `{"messages":[{"role":"system","content":"You tell stories."},{"role":"user","content":` + jsonString(s) + `}],"max_tokens":8,"temperature":0}`
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			fe := newFuserEnv(t, func(c *Config) { c.Fusion.MarkerOpen, c.Fusion.MarkerClose = "<doc>", "</doc>" })
+			fe := newFuserEnv(t, func(c *proxy.Config) { c.Fusion.MarkerOpen, c.Fusion.MarkerClose = "<doc>", "</doc>" })
 			marked := "Read these.<doc>\n" + storyA + "</doc>\n<doc>\n" + storyB + "</doc>\nOnce upon a time"
 			plain := "Read these.\n" + storyA + "\n\n" + storyB + "\nOnce upon a time"
 			r := fe.request(t, tc.route, tc.body(marked), "t")
-			r.Override = Override{Strategy: "fusionrag", Ratio: 1, HasRatio: true}
+			r.Override = proxy.Override{Strategy: "fusionrag", Ratio: 1, HasRatio: true}
 			p, err := fe.f.Fuse(context.Background(), r)
 			if err != nil {
 				t.Fatal(err)
@@ -258,17 +259,17 @@ func TestFuserSkips(t *testing.T) {
 	}
 	for _, tc := range []struct {
 		name  string
-		mod   func(*Config)
-		route Route
+		mod   func(*proxy.Config)
+		route proxy.Route
 		body  string
 		want  string
 	}{
-		{"no chunks", nil, RouteChat, `{"messages":[{"role":"user","content":"Once upon a time"}]}`, SkipNoChunks},
-		{"too many chunks", func(c *Config) { c.Limits.MaxChunks = 1 }, RouteChat, chat("Document: A\n"+storyA, "Document: B\n"+storyB, "Q"), SkipTooManyChunks},
-		{"too many missing", func(c *Config) { c.Fusion.MaxMissingFraction = 0.5 }, RouteChat, chat("Document: A\n"+storyA, "Document: B\n"+storyB, "Q"), SkipTooManyMissing},
-		{"unbalanced markers", func(c *Config) { c.Fusion.MarkerOpen, c.Fusion.MarkerClose = "<doc>", "</doc>" }, RouteCompletions,
-			`{"prompt":"S<doc>A</doc><doc>B"}`, SkipBadMarkers},
-		{"the engine would refuse it", nil, RouteChat, `{"messages":[{"role":"wizard","content":"x"}]}`, SkipEngineRejects},
+		{"no chunks", nil, proxy.RouteChat, `{"messages":[{"role":"user","content":"Once upon a time"}]}`, proxy.SkipNoChunks},
+		{"too many chunks", func(c *proxy.Config) { c.Limits.MaxChunks = 1 }, proxy.RouteChat, chat("Document: A\n"+storyA, "Document: B\n"+storyB, "Q"), proxy.SkipTooManyChunks},
+		{"too many missing", func(c *proxy.Config) { c.Fusion.MaxMissingFraction = 0.5 }, proxy.RouteChat, chat("Document: A\n"+storyA, "Document: B\n"+storyB, "Q"), proxy.SkipTooManyMissing},
+		{"unbalanced markers", func(c *proxy.Config) { c.Fusion.MarkerOpen, c.Fusion.MarkerClose = "<doc>", "</doc>" }, proxy.RouteCompletions,
+			`{"prompt":"S<doc>A</doc><doc>B"}`, proxy.SkipBadMarkers},
+		{"the engine would refuse it", nil, proxy.RouteChat, `{"messages":[{"role":"wizard","content":"x"}]}`, proxy.SkipEngineRejects},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			fe := newFuserEnv(t, tc.mod)
@@ -284,10 +285,10 @@ func TestFuserSkips(t *testing.T) {
 // chunks are missing gets them computed and stored in the background, so
 // the same chunks hit next time.
 func TestFuserWarmsSkippedChunks(t *testing.T) {
-	fe := newFuserEnv(t, func(c *Config) { c.Fusion.MaxMissingFraction = 0 })
+	fe := newFuserEnv(t, func(c *proxy.Config) { c.Fusion.MaxMissingFraction = 0 })
 	body := `{"messages":[{"role":"system","content":"You tell stories."},{"role":"user","content":[{"type":"text","text":` +
 		jsonString("Document: A\n"+storyA) + `},{"type":"text","text":"Once upon a time"}]}],"max_tokens":2}`
-	r := fe.request(t, RouteChat, body, "t")
+	r := fe.request(t, proxy.RouteChat, body, "t")
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		p, err := fe.f.Fuse(context.Background(), r)
@@ -297,7 +298,7 @@ func TestFuserWarmsSkippedChunks(t *testing.T) {
 			}
 			return
 		}
-		if skipReason(err) != SkipTooManyMissing || time.Now().After(deadline) {
+		if skipReason(err) != proxy.SkipTooManyMissing || time.Now().After(deadline) {
 			t.Fatalf("Fuse: %v", err)
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -312,7 +313,7 @@ func TestFuserFindsKnownChunks(t *testing.T) {
 	partsBody := `{"messages":[{"role":"system","content":"You tell stories."},{"role":"user","content":[{"type":"text","text":` +
 		jsonString("Document: A\n"+storyA) + `},{"type":"text","text":` + jsonString("Document: B\n"+storyB) +
 		`},{"type":"text","text":"Once upon a time"}]}],"max_tokens":2}`
-	req := fe.request(t, RouteChat, partsBody, "t")
+	req := fe.request(t, proxy.RouteChat, partsBody, "t")
 	if _, err := fe.f.Fuse(context.Background(), req); err != nil {
 		t.Fatal(err)
 	}
@@ -320,7 +321,7 @@ func TestFuserFindsKnownChunks(t *testing.T) {
 		t.Fatalf("tenant's index holds %v, want 2 chunks", x)
 	}
 	prompt := "You tell stories.\n\nDocument: A\n" + storyA + "\n\nDocument: B\n" + storyB + "\n\nThe end"
-	r := fe.request(t, RouteCompletions, `{"prompt":`+jsonString(prompt)+`,"max_tokens":2}`, "t")
+	r := fe.request(t, proxy.RouteCompletions, `{"prompt":`+jsonString(prompt)+`,"max_tokens":2}`, "t")
 	sg, err := fe.f.segment(r)
 	if err != nil {
 		t.Fatal(err)
@@ -346,7 +347,7 @@ func FuzzFuserSegment(f *testing.F) {
 	f.Add("<doc></doc> # #  # # ", true, true)
 	f.Add("S<doc>é</doc>\n<doc>日本</doc>", false, false)
 	f.Add("a\x00<doc>\n\n</doc>z", true, false)
-	fe := newFuserEnv(f, func(c *Config) {
+	fe := newFuserEnv(f, func(c *proxy.Config) {
 		c.Fusion.Separator, c.Fusion.MarkerOpen, c.Fusion.MarkerClose = " # # ", "<doc>", "</doc>"
 	})
 	f.Fuzz(func(t *testing.T, text string, chat, keep bool) {
@@ -354,11 +355,11 @@ func FuzzFuserSegment(f *testing.F) {
 			return
 		}
 		fe.f.cfg.Fusion.KeepMarkers = keep
-		route, body := RouteCompletions, `{"prompt":`+jsonString(text)+`}`
+		route, body := proxy.RouteCompletions, `{"prompt":`+jsonString(text)+`}`
 		if chat {
-			route, body = RouteChat, `{"messages":[{"role":"user","content":`+jsonString(text)+`}]}`
+			route, body = proxy.RouteChat, `{"messages":[{"role":"user","content":`+jsonString(text)+`}]}`
 		}
-		r, err := ParseRequest(route, []byte(body))
+		r, err := proxy.ParseRequest(route, []byte(body))
 		if err != nil {
 			return
 		}
@@ -399,14 +400,14 @@ func BenchmarkFuse(b *testing.B) {
 	}
 	body := `{"messages":[{"role":"system","content":"You tell stories."},{"role":"user","content":[` +
 		strings.Join(parts, ",") + `,{"type":"text","text":"Once upon a time"}]}],"max_tokens":2}`
-	r := fe.request(b, RouteChat, body, "bench")
+	r := fe.request(b, proxy.RouteChat, body, "bench")
 	if _, err := fe.f.Fuse(context.Background(), r); err != nil { // store the chunks
 		b.Fatal(err)
 	}
 	per := map[string]time.Duration{}
 	for _, s := range []string{"full", "fusionrag", "reuse"} {
 		b.Run(s, func(b *testing.B) {
-			r.Override = Override{Strategy: s, Ratio: 0.15, HasRatio: true}
+			r.Override = proxy.Override{Strategy: s, Ratio: 0.15, HasRatio: true}
 			start := time.Now()
 			for range b.N {
 				if _, err := fe.f.Fuse(context.Background(), r); err != nil {
@@ -428,10 +429,10 @@ func BenchmarkFuse(b *testing.B) {
 // mapped through the offsets, both chunks are found; kept in the prompt,
 // the chunks carry exactly the ids the engine runs.
 func TestFuserSeparatorTokenizedInContext(t *testing.T) {
-	fe := newFuserEnv(t, func(c *Config) { c.Fusion.Separator = " # # "; c.Fusion.KeepMarkers = true })
+	fe := newFuserEnv(t, func(c *proxy.Config) { c.Fusion.Separator = " # # "; c.Fusion.KeepMarkers = true })
 	text := "Once upon a time # # " + storyA + " # # " + storyB + " # # The end"
 	sepIDs := fusion.EncodeSegment(fe.f.tok, " # # ") // no dummy-prefix space
-	sg, err := fe.f.segment(fe.request(t, RouteCompletions, `{"prompt":`+jsonString(text)+`}`, "t"))
+	sg, err := fe.f.segment(fe.request(t, proxy.RouteCompletions, `{"prompt":`+jsonString(text)+`}`, "t"))
 	if err != nil {
 		t.Fatal(err)
 	}

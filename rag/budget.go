@@ -1,4 +1,4 @@
-package proxy
+package rag
 
 import (
 	"bufio"
@@ -10,12 +10,6 @@ import (
 
 	"github.com/fusionrag/fusionrag/model"
 )
-
-// SkipOverBudget is the skip reason of a request whose fusion-path memory
-// estimate does not fit in what limits.fusion_memory has left: it is
-// forwarded untouched, and is not a failure (issue 18 finding 2: memory
-// amplification was bounded by a count of runs, not by bytes).
-const SkipOverBudget = "over_budget"
 
 // Budget bounds the bytes in flight on the fusion path: a run reserves its
 // estimate before it recomputes and releases it when it returns. A
@@ -40,7 +34,7 @@ func NewBudget(limit int64) *Budget {
 // nothing when they do not fit.
 func (b *Budget) Reserve(n int64) bool {
 	if n < 0 {
-		panic("proxy: negative budget reservation") // broken invariant
+		panic("rag: negative budget reservation") // broken invariant
 	}
 	for {
 		u := b.used.Load()
@@ -56,7 +50,7 @@ func (b *Budget) Reserve(n int64) bool {
 // Release returns n bytes that Reserve took.
 func (b *Budget) Release(n int64) {
 	if b.used.Add(-n) < 0 {
-		panic("proxy: budget released more than was reserved") // broken invariant
+		panic("rag: budget released more than was reserved") // broken invariant
 	}
 }
 

@@ -1,4 +1,4 @@
-package proxy
+package rag
 
 import (
 	"context"
@@ -11,11 +11,12 @@ import (
 	"github.com/fusionrag/fusionrag/engine"
 	"github.com/fusionrag/fusionrag/internal/redistest"
 	"github.com/fusionrag/fusionrag/kvstore"
+	"github.com/fusionrag/fusionrag/proxy"
 	"github.com/sony/gobreaker/v2"
 )
 
 // TestRedisDownIsAMiss (issue 18 finding 4): a real redis-server killed
-// under a tiered mem+disk+redis store behind the RAGFuser. Chunks held on
+// under a tiered mem+disk+redis store behind the Fuser. Chunks held on
 // disk still hit; chunks that were only in Redis are misses (computed and
 // fused), never fuser errors; the breaker stays closed with no failure
 // counted; Redis is skipped while down instead of being asked by every
@@ -35,7 +36,7 @@ func TestRedisDownIsAMiss(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ad.Close() })
-	cfg := DefaultConfig()
+	cfg := proxy.DefaultConfig()
 	cfg.Upstream = up.URL
 	cfg.Fusion.MaxMissingFraction = 1 // compute what misses: fusion goes on during the outage
 	redisURL := "redis://" + srv.Addr + "/0?timeout=500ms"
@@ -60,20 +61,20 @@ func TestRedisDownIsAMiss(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer st.Close()
-		f, err := NewRAGFuser(FuserConfig{Proxy: cfg, Model: m, Store: st, Engine: ad})
+		f, err := New(Config{Proxy: cfg, Model: m, Store: st, Engine: ad})
 		if err != nil {
 			t.Fatal(err)
 		}
-		r, err := ParseRequest(RouteChat, []byte(body))
+		r, err := proxy.ParseRequest(proxy.RouteChat, []byte(body))
 		if err != nil {
 			t.Fatal(err)
 		}
-		r.Tenant, r.TenantSource = TenantOf("", "")
+		r.Tenant, r.TenantSource = proxy.TenantOf("", "")
 		p, err := f.Fuse(ctx, r)
 		if err != nil {
 			t.Fatal(err)
 		}
-		p.release()
+		p.Lease.Release()
 	}
 	// A and B on disk (and in Redis); C and D only in Redis.
 	fuseOnce("disk://"+dir+"?max=256MiB,"+redisURL, onDisk)
@@ -86,11 +87,11 @@ func TestRedisDownIsAMiss(t *testing.T) {
 	t.Cleanup(func() { st.Close() })
 	ts := st.(*kvstore.Tiered)
 	ts.SetBackoff(time.Minute, time.Minute) // not retried within the test
-	f, err := NewRAGFuser(FuserConfig{Proxy: cfg, Model: m, Store: st, Engine: ad})
+	f, err := New(Config{Proxy: cfg, Model: m, Store: st, Engine: ad})
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, base := startProxy(t, cfg, WithFuser(f))
+	p, base := startProxy(t, cfg, proxy.WithFuser(f))
 
 	srv.Kill()
 	const rounds = 8 // more than breaker.consecutive_failures
@@ -101,7 +102,7 @@ func TestRedisDownIsAMiss(t *testing.T) {
 			}
 		}
 	}
-	if s, c := p.BreakerState(), p.breaker.Counts(); s != gobreaker.StateClosed || c.TotalFailures != 0 || c.TotalSuccesses != 2*rounds {
+	if s, c := p.BreakerState(), p.BreakerCounts(); s != gobreaker.StateClosed || c.TotalFailures != 0 || c.TotalSuccesses != 2*rounds {
 		t.Errorf("breaker %v, %d failures, %d successes with Redis down; want closed, 0, %d", s, c.TotalFailures, c.TotalSuccesses, 2*rounds)
 	}
 	stats := st.Stats()
@@ -116,20 +117,20 @@ func TestRedisDownIsAMiss(t *testing.T) {
 			rd.Down, rd.Downs, rd.Errors, rd.Skips)
 	}
 	t.Logf("with redis down: mem %d hits, disk %d hits, redis %d errors %d skips; breaker %d successes",
-		mem.Hits, disk.Hits, rd.Errors, rd.Skips, p.breaker.Counts().TotalSuccesses)
+		mem.Hits, disk.Hits, rd.Errors, rd.Skips, p.BreakerCounts().TotalSuccesses)
 
 	// The chunks that were only in Redis were computed and are held by the
 	// faster tiers now: they hit.
-	r, err := ParseRequest(RouteChat, []byte(inRedis))
+	r, err := proxy.ParseRequest(proxy.RouteChat, []byte(inRedis))
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.Tenant, r.TenantSource = TenantOf("", "")
+	r.Tenant, r.TenantSource = proxy.TenantOf("", "")
 	plan, err := f.Fuse(ctx, r)
 	if err != nil {
 		t.Fatalf("Fuse with redis down: %v", err)
 	}
-	defer plan.release()
+	defer plan.Lease.Release()
 	if plan.Stats.Hits != 2 {
 		t.Errorf("chunks computed during the outage: %+v, want 2 hits from mem/disk", plan.Stats)
 	}
@@ -146,10 +147,10 @@ func TestRedisAloneDownIsAMiss(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	cfg := DefaultConfig()
+	cfg := proxy.DefaultConfig()
 	cfg.Upstream = fe.engine
 	cfg.Fusion.MaxMissingFraction = 1
-	f, err := NewRAGFuser(FuserConfig{Proxy: cfg, Model: fe.f.m, Store: st, Engine: fe.f.eng.Engine})
+	f, err := New(Config{Proxy: cfg, Model: fe.f.m, Store: st, Engine: fe.f.eng.Engine})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,10 +158,10 @@ func TestRedisAloneDownIsAMiss(t *testing.T) {
 	body := `{"messages":[{"role":"system","content":"You tell stories."},{"role":"user","content":[{"type":"text","text":` +
 		jsonString("Document: A\n"+storyA) + `},{"type":"text","text":"Once upon a time"}]}],"max_tokens":2}`
 	for i := range 3 {
-		p, err := f.Fuse(context.Background(), fe.request(t, RouteChat, body, "t"))
+		p, err := f.Fuse(context.Background(), fe.request(t, proxy.RouteChat, body, "t"))
 		if err != nil {
 			t.Fatalf("Fuse %d with the only store down: %v, want the chunk computed", i, err)
 		}
-		p.release()
+		p.Lease.Release()
 	}
 }

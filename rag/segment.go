@@ -1,4 +1,4 @@
-package proxy
+package rag
 
 import (
 	"encoding/json"
@@ -7,8 +7,10 @@ import (
 	"slices"
 
 	"github.com/fusionrag/fusionrag/fingerprint"
+	"github.com/fusionrag/fusionrag/internal/jsonobj"
 	"github.com/fusionrag/fusionrag/model/tokenizer"
 	"github.com/fusionrag/fusionrag/prompt"
+	"github.com/fusionrag/fusionrag/proxy"
 )
 
 // segmented is a request split on the engine's ids.
@@ -25,18 +27,18 @@ type segmented struct {
 // once (prompt.EncodeText on the text rendered once), with byte offsets
 // when a convention needs them: prompt's rules are the engine's, so these
 // are the engine's ids.
-func (f *RAGFuser) segment(req *Request) (*segmented, error) {
-	chat := req.Route == RouteChat
+func (f *Fuser) segment(req *proxy.Request) (*segmented, error) {
+	chat := req.Route == proxy.RouteChat
 	// Bounds before work (issue 18): a prompt that cannot fit in the
 	// context is skipped on the sidecar's own parse, before the engine's
 	// parse of the body and before it is tokenized (a 7 MB body raised RSS
 	// by ~160 MB, 98 MB of it in EncodeOffsets).
 	if req.Prompt.IsTokens && len(req.Prompt.Tokens) > f.m.Config.MaxPositions || requestTextBytes(req) > f.maxPromptBytes {
-		return nil, Skip(SkipPromptTooLong)
+		return nil, proxy.Skip(proxy.SkipPromptTooLong)
 	}
 	pr, err := parsedPrompt(req, chat)
 	if err != nil {
-		return nil, Skip(SkipEngineRejects)
+		return nil, proxy.Skip(proxy.SkipEngineRejects)
 	}
 	p := pr.Prompt
 	sg := &segmented{}
@@ -56,10 +58,10 @@ func (f *RAGFuser) segment(req *Request) (*segmented, error) {
 		if !msg.Content.IsString && len(msg.Content.Parts) >= 2 {
 			r, err := f.chat.RenderSpans(p.Messages, true)
 			if err != nil {
-				return nil, Skip(SkipEngineRejects)
+				return nil, proxy.Skip(proxy.SkipEngineRejects)
 			}
 			if r.Parts == nil || u >= len(r.Parts) {
-				return nil, Skip(SkipTemplateSpans)
+				return nil, proxy.Skip(proxy.SkipTemplateSpans)
 			}
 			parts := make([]fingerprint.Span, len(r.Parts[u]))
 			for i, s := range r.Parts[u] {
@@ -67,7 +69,7 @@ func (f *RAGFuser) segment(req *Request) (*segmented, error) {
 			}
 			var ok bool
 			if cuts, ok = fingerprint.PartCuts(r.Text, parts); !ok {
-				return nil, Skip(SkipTemplateSpans)
+				return nil, proxy.Skip(proxy.SkipTemplateSpans)
 			}
 			// RenderSpans' text is Render's (the template runs on the same
 			// messages), so it is what the engine renders.
@@ -94,10 +96,10 @@ func (f *RAGFuser) segment(req *Request) (*segmented, error) {
 		}
 		r, err := f.chat.RenderSpans(p.Messages, true)
 		if err != nil {
-			return nil, Skip(SkipEngineRejects)
+			return nil, proxy.Skip(proxy.SkipEngineRejects)
 		}
 		if r.Parts == nil || u >= len(r.Parts) || len(r.Parts[u]) != 1 || r.Parts[u][0].End-r.Parts[u][0].Begin != len(lay.Text) {
-			return nil, Skip(SkipTemplateSpans) // the template trimmed or rewrote the content
+			return nil, proxy.Skip(proxy.SkipTemplateSpans) // the template trimmed or rewrote the content
 		}
 		base := r.Parts[u][0].Begin
 		for _, c := range lay.Cuts {
@@ -136,7 +138,7 @@ func (f *RAGFuser) segment(req *Request) (*segmented, error) {
 		}
 	}
 	if err != nil || len(enc.IDs) == 0 {
-		return nil, Skip(SkipEngineRejects)
+		return nil, proxy.Skip(proxy.SkipEngineRejects)
 	}
 	ids := enc.IDs
 	sg.ids = ids
@@ -144,7 +146,7 @@ func (f *RAGFuser) segment(req *Request) (*segmented, error) {
 	if sg.how != "" {
 		var err error
 		if sg.seg, err = fingerprint.Cut(spansOf(enc.Offsets), cuts); err != nil {
-			return nil, Skip(SkipNoChunks)
+			return nil, proxy.Skip(proxy.SkipNoChunks)
 		}
 	} else {
 		minPrefix := 0
@@ -165,18 +167,18 @@ func (f *RAGFuser) segment(req *Request) (*segmented, error) {
 			sg.how = "index"
 		}
 		if !ok {
-			return nil, Skip(SkipNoChunks)
+			return nil, proxy.Skip(proxy.SkipNoChunks)
 		}
 	}
 	if len(sg.seg.Chunks) == 0 {
-		return nil, Skip(SkipNoChunks)
+		return nil, proxy.Skip(proxy.SkipNoChunks)
 	}
 	return sg, nil
 }
 
 // parsedPrompt is the request body parsed by package prompt, the engine's
 // parser, once per request (kept in Request.Parsed).
-func parsedPrompt(req *Request, chat bool) (*prompt.Request, error) {
+func parsedPrompt(req *proxy.Request, chat bool) (*prompt.Request, error) {
 	if req.Parsed == nil {
 		pr, err := prompt.ParseRequest(req.Body, chat)
 		if err != nil {
@@ -197,7 +199,7 @@ func spansOf(offs []tokenizer.Span) []fingerprint.Span {
 }
 
 // paragraphs is convention (d)'s configuration.
-func (f *RAGFuser) paragraphs() fingerprint.Paragraphs {
+func (f *Fuser) paragraphs() fingerprint.Paragraphs {
 	fc := f.cfg.Fusion
 	return fingerprint.Paragraphs{MinTokens: fc.ParagraphMinTokens, MaxTokens: fc.ParagraphMaxTokens}
 }
@@ -218,7 +220,7 @@ func promptByteBound(tok tokenizer.Tokenizer, positions int) int {
 
 // requestTextBytes is the byte length of req's prompt text (the messages'
 // contents summed, or the completions prompt).
-func requestTextBytes(req *Request) int {
+func requestTextBytes(req *proxy.Request) int {
 	n := len(req.Prompt.Text)
 	for _, m := range req.Messages {
 		n += len(m.Content)
@@ -230,12 +232,12 @@ func requestTextBytes(req *Request) int {
 }
 
 // markers applies the configured separator or marker pair to text.
-func (f *RAGFuser) markers(text string) (fingerprint.TextLayout, string, error) {
+func (f *Fuser) markers(text string) (fingerprint.TextLayout, string, error) {
 	fc := f.cfg.Fusion
 	if fc.MarkerOpen != "" {
 		lay, ok, err := fingerprint.SplitMarkers(text, fc.MarkerOpen, fc.MarkerClose, fc.KeepMarkers)
 		if err != nil {
-			return lay, "", Skip(SkipBadMarkers)
+			return lay, "", proxy.Skip(proxy.SkipBadMarkers)
 		}
 		if ok {
 			return lay, "markers", nil
@@ -281,11 +283,11 @@ func replaceMember(body []byte, key string, v any) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	nb, _, err := removeMember(body, key)
+	nb, _, err := jsonobj.Remove(body, key)
 	if err != nil {
 		return nil, err
 	}
-	return appendMember(nb, key, raw)
+	return jsonobj.Append(nb, key, raw)
 }
 
 // replaceMessageContent returns body with the content of message u (of the
@@ -294,34 +296,34 @@ func replaceMember(body []byte, key string, v any) ([]byte, error) {
 // the other messages (name, tool_calls, null contents...) are not re-encoded,
 // so the engine gets the original request minus the markers.
 func replaceMessageContent(body []byte, u int, text string) ([]byte, error) {
-	ms, err := objectMembers(body)
+	ms, err := jsonobj.Members(body)
 	if err != nil {
 		return nil, err
 	}
-	m, ok := lastMember(ms, "messages")
+	m, ok := jsonobj.Last(ms, "messages")
 	if !ok {
-		return nil, errors.New("proxy: no messages to rewrite")
+		return nil, errors.New("rag: no messages to rewrite")
 	}
 	var items []json.RawMessage
-	if err := json.Unmarshal(body[m.valStart:m.valEnd], &items); err != nil {
+	if err := json.Unmarshal(body[m.ValStart:m.ValEnd], &items); err != nil {
 		return nil, err
 	}
 	if u < 0 || u >= len(items) {
-		return nil, fmt.Errorf("proxy: message %d of %d", u, len(items))
+		return nil, fmt.Errorf("rag: message %d of %d", u, len(items))
 	}
 	raw, err := json.Marshal(text)
 	if err != nil {
 		return nil, err
 	}
-	msg, _, err := removeMember(items[u], "content")
+	msg, _, err := jsonobj.Remove(items[u], "content")
 	if err != nil {
 		return nil, err
 	}
-	if items[u], err = appendMember(msg, "content", raw); err != nil {
+	if items[u], err = jsonobj.Append(msg, "content", raw); err != nil {
 		return nil, err
 	}
 	out := make([]byte, 0, len(body)+len(raw))
-	out = append(out, body[:m.valStart]...)
+	out = append(out, body[:m.ValStart]...)
 	out = append(out, '[')
 	for i, it := range items {
 		if i > 0 {
@@ -330,5 +332,5 @@ func replaceMessageContent(body []byte, u int, text string) ([]byte, error) {
 		out = append(out, it...)
 	}
 	out = append(out, ']')
-	return append(out, body[m.valEnd:]...), nil
+	return append(out, body[m.ValEnd:]...), nil
 }

@@ -1,8 +1,10 @@
-package proxy
+package rag
 
 import (
 	"context"
 	"testing"
+
+	"github.com/fusionrag/fusionrag/proxy"
 )
 
 // floodChunk is the i-th of distinct 16-id chunks (distinct in their first
@@ -62,7 +64,7 @@ func TestKnownChunksFlood(t *testing.T) {
 	partsBody := `{"messages":[{"role":"system","content":"You tell stories."},{"role":"user","content":[{"type":"text","text":` +
 		jsonString("Document: A\n"+storyA) + `},{"type":"text","text":` + jsonString("Document: B\n"+storyB) +
 		`},{"type":"text","text":"Once upon a time"}]}],"max_tokens":2}`
-	rb := fe.request(t, RouteChat, partsBody, "tenant-b")
+	rb := fe.request(t, proxy.RouteChat, partsBody, "tenant-b")
 	tb := rb.Tenant // the tenant key TenantOf derives
 	if _, err := fe.f.Fuse(context.Background(), rb); err != nil {
 		t.Fatal(err)
@@ -78,7 +80,7 @@ func TestKnownChunksFlood(t *testing.T) {
 	}
 	prompt := "You tell stories.\n\nDocument: A\n" + storyA + "\n\nDocument: B\n" + storyB + "\n\nThe end"
 	body := `{"prompt":` + jsonString(prompt) + `,"max_tokens":2}`
-	sg, err := fe.f.segment(fe.request(t, RouteCompletions, body, "tenant-b"))
+	sg, err := fe.f.segment(fe.request(t, proxy.RouteCompletions, body, "tenant-b"))
 	if err != nil {
 		t.Fatalf("tenant B's prompt: %v", err)
 	}

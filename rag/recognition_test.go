@@ -1,4 +1,4 @@
-package proxy
+package rag
 
 import (
 	"context"
@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/fusionrag/fusionrag/proxy"
 )
 
 // Recognition of chunks in prompts built the way RAG frameworks build them
@@ -51,17 +53,17 @@ func chatBodyOf(system, user string) string {
 	return `{"messages":[` + strings.Join(msgs, ",") + `],"max_tokens":8,"temperature":0}`
 }
 
-// fuseOutcome is what the RAGFuser did for one request through the proxy.
+// fuseOutcome is what the Fuser did for one request through the proxy.
 type fuseOutcome struct {
 	how    string // segmentation convention
 	chunks int
-	stats  Stats
+	stats  proxy.Stats
 	skip   string
 	err    error
 }
 
 // recognitionEnv is the real proxy in front of the real engine, with a
-// real RAGFuser (default max_missing_fraction) whose outcomes are logged.
+// real Fuser (default max_missing_fraction) whose outcomes are logged.
 type recognitionEnv struct {
 	fe   *fuserEnv
 	base string
@@ -69,18 +71,18 @@ type recognitionEnv struct {
 	log  []fuseOutcome
 }
 
-func newRecognitionEnv(t *testing.T, mod func(*Config)) *recognitionEnv {
+func newRecognitionEnv(t *testing.T, mod func(*proxy.Config)) *recognitionEnv {
 	t.Helper()
 	re := &recognitionEnv{}
-	re.fe = newFuserEnv(t, func(c *Config) {
-		c.Fusion.MaxMissingFraction = DefaultConfig().Fusion.MaxMissingFraction
+	re.fe = newFuserEnv(t, func(c *proxy.Config) {
+		c.Fusion.MaxMissingFraction = proxy.DefaultConfig().Fusion.MaxMissingFraction
 		if mod != nil {
 			mod(c)
 		}
 	})
 	cfg := upstreamConfig(re.fe.engine)
 	cfg.Fusion = re.fe.f.cfg.Fusion
-	_, re.base = startProxy(t, cfg, WithFuser(FuserFunc(func(ctx context.Context, req *Request) (*Plan, error) {
+	_, re.base = startProxy(t, cfg, proxy.WithFuser(proxy.FuserFunc(func(ctx context.Context, req *proxy.Request) (*proxy.Plan, error) {
 		var o fuseOutcome
 		if sg, err := re.fe.f.segment(req); err == nil {
 			o.how, o.chunks = sg.how, len(sg.seg.Chunks)
@@ -151,14 +153,14 @@ func answerText(t *testing.T, body string) string {
 func (re *recognitionEnv) missThenHit(t *testing.T, path, body string, minChunks int) fuseOutcome {
 	t.Helper()
 	_, first := re.send(t, path, body)
-	if first.skip != SkipTooManyMissing || first.chunks < minChunks {
-		t.Fatalf("first: %+v, want %s with at least %d chunks", first, SkipTooManyMissing, minChunks)
+	if first.skip != proxy.SkipTooManyMissing || first.chunks < minChunks {
+		t.Fatalf("first: %+v, want %s with at least %d chunks", first, proxy.SkipTooManyMissing, minChunks)
 	}
 	_, second := re.send(t, path, body)
 	if second.err != nil || second.stats.Chunks != first.chunks || second.stats.Hits != second.stats.Chunks || second.stats.Misses != 0 {
 		t.Fatalf("second: %+v, want %d chunks all hits (first %+v)", second, first.chunks, first)
 	}
-	got, third := re.send(t, path, body, HeaderRatio, "1")
+	got, third := re.send(t, path, body, proxy.HeaderRatio, "1")
 	want, _, _ := re.fe.engineAnswer(t, path, []byte(body))
 	if third.err != nil || got != want {
 		t.Errorf("at ratio 1.0: %q (%+v), the engine alone %q", got, third, want)
@@ -207,7 +209,7 @@ func TestRecognitionLlamaIndex(t *testing.T) {
 // whole, is cut into windows on the prompt's own ids; all of them hit the
 // second time.
 func TestRecognitionLongDocument(t *testing.T) {
-	re := newRecognitionEnv(t, func(c *Config) { c.Fusion.ParagraphMaxTokens = 64 })
+	re := newRecognitionEnv(t, func(c *proxy.Config) { c.Fusion.ParagraphMaxTokens = 64 })
 	doc := strings.Join(ragDocs, " ") + " " + strings.Join(ragDocs[:2], " ")
 	body := chatBodyOf("", "Read the story and answer.\n\n"+doc+"\n\nQuestion: who had a dog?\nAnswer:")
 	second := re.missThenHit(t, "/v1/chat/completions", body, 3)
@@ -225,8 +227,8 @@ func TestRecognitionNoPassages(t *testing.T) {
 		chatBodyOf("You tell stories.", "Tell me about a cat.\n\nMake it short."),
 	} {
 		_, o := re.send(t, "/v1/chat/completions", body)
-		if o.skip != SkipNoChunks {
-			t.Errorf("%s: %+v, want %s", body, o, SkipNoChunks)
+		if o.skip != proxy.SkipNoChunks {
+			t.Errorf("%s: %+v, want %s", body, o, proxy.SkipNoChunks)
 		}
 	}
 	if st := re.fe.store.Stats()[0]; st.Puts != 0 || st.Entries != 0 {
@@ -236,10 +238,10 @@ func TestRecognitionNoPassages(t *testing.T) {
 
 // TestRecognitionOff: fusion.no_paragraphs turns convention (d) off.
 func TestRecognitionOff(t *testing.T) {
-	re := newRecognitionEnv(t, func(c *Config) { c.Fusion.NoParagraphs = true })
+	re := newRecognitionEnv(t, func(c *proxy.Config) { c.Fusion.NoParagraphs = true })
 	_, o := re.send(t, "/v1/chat/completions", chatBodyOf("", langchainPrompt("Where did the ball go?", ragDocs)))
-	if o.skip != SkipNoChunks {
-		t.Errorf("%+v, want %s", o, SkipNoChunks)
+	if o.skip != proxy.SkipNoChunks {
+		t.Errorf("%+v, want %s", o, proxy.SkipNoChunks)
 	}
 }
 
@@ -249,7 +251,7 @@ func TestRecognitionOff(t *testing.T) {
 // rendering and encoding the prompt a second time with offsets.
 func BenchmarkSegmentParagraphs(b *testing.B) {
 	fe := newFuserEnv(b, nil)
-	r := fe.request(b, RouteChat, chatBodyOf("", langchainPrompt("Where did the ball go?", ragDocs)), "bench")
+	r := fe.request(b, proxy.RouteChat, chatBodyOf("", langchainPrompt("Where did the ball go?", ragDocs)), "bench")
 	per := map[bool]time.Duration{}
 	for _, off := range []bool{true, false} {
 		name := map[bool]string{true: "off", false: "on"}[off]

@@ -1,41 +1,44 @@
-package proxy
+// Package jsonobj edits JSON objects in place: it finds the members of an
+// object by byte offsets so that a member can be removed, added or replaced
+// while every other byte of the body stays exactly as the client sent it.
+// The sidecar's proxy (which strips what only it may set) and its fusion
+// path (which strips markers from a prompt) both edit bodies with it.
+package jsonobj
 
 import (
 	"encoding/json"
 	"errors"
 )
 
-// This file edits JSON objects in place: it finds the members of an object
-// by byte offsets so that a member can be removed or added while every other
-// byte of the body stays exactly as the client sent it. Keys are matched
-// exactly (case-sensitive, after unescaping), as the engine's JSON parser does,
-// unlike encoding/json's case-insensitive struct decoding.
+// Keys are matched exactly (case-sensitive, after unescaping), as the
+// engine's JSON parser does, unlike encoding/json's case-insensitive struct
+// decoding.
 
-// member is one "key": value pair of an object.
-type member struct {
-	key              string // unescaped
-	start            int    // offset of the key's opening quote
-	valStart, valEnd int    // the value is b[valStart:valEnd]
+// Member is one "key": value pair of an object.
+type Member struct {
+	Key              string // unescaped
+	Start            int    // offset of the key's opening quote
+	ValStart, ValEnd int    // the value is b[ValStart:ValEnd]
 }
 
-var errNotObject = errors.New("proxy: JSON value is not an object")
+var ErrNotObject = errors.New("jsonobj: JSON value is not an object")
 
-// objectMembers returns the members of the object b in order. b must be valid
+// Members returns the members of the object b in order. b must be valid
 // JSON (the caller checks json.Valid once for the whole body); duplicates are
 // kept, and the last one is the one that counts.
-func objectMembers(b []byte) ([]member, error) {
-	i := skipSpace(b, 0)
+func Members(b []byte) ([]Member, error) {
+	i := SkipSpace(b, 0)
 	if i >= len(b) || b[i] != '{' {
-		return nil, errNotObject
+		return nil, ErrNotObject
 	}
-	i = skipSpace(b, i+1)
-	var ms []member
+	i = SkipSpace(b, i+1)
+	var ms []Member
 	if i < len(b) && b[i] == '}' {
 		return ms, nil
 	}
 	for i < len(b) {
 		if b[i] != '"' {
-			return nil, errNotObject
+			return nil, ErrNotObject
 		}
 		ks := i
 		ke := skipString(b, i)
@@ -43,57 +46,57 @@ func objectMembers(b []byte) ([]member, error) {
 		if err := json.Unmarshal(b[ks:ke], &key); err != nil {
 			return nil, err
 		}
-		i = skipSpace(b, ke)
+		i = SkipSpace(b, ke)
 		if i >= len(b) || b[i] != ':' {
-			return nil, errNotObject
+			return nil, ErrNotObject
 		}
-		vs := skipSpace(b, i+1)
+		vs := SkipSpace(b, i+1)
 		ve := skipValue(b, vs)
-		ms = append(ms, member{key: key, start: ks, valStart: vs, valEnd: ve})
-		i = skipSpace(b, ve)
+		ms = append(ms, Member{Key: key, Start: ks, ValStart: vs, ValEnd: ve})
+		i = SkipSpace(b, ve)
 		if i >= len(b) {
-			return nil, errNotObject
+			return nil, ErrNotObject
 		}
 		if b[i] == '}' {
 			return ms, nil
 		}
 		if b[i] != ',' {
-			return nil, errNotObject
+			return nil, ErrNotObject
 		}
-		i = skipSpace(b, i+1)
+		i = SkipSpace(b, i+1)
 	}
-	return nil, errNotObject
+	return nil, ErrNotObject
 }
 
-// lastMember returns the member named key that counts (the last one).
-func lastMember(ms []member, key string) (member, bool) {
+// Last returns the member named key that counts (the last one).
+func Last(ms []Member, key string) (Member, bool) {
 	for i := len(ms) - 1; i >= 0; i-- {
-		if ms[i].key == key {
+		if ms[i].Key == key {
 			return ms[i], true
 		}
 	}
-	return member{}, false
+	return Member{}, false
 }
 
-// removeMember returns a copy of the object b without any member named key,
+// Remove returns a copy of the object b without any member named key,
 // with every other byte unchanged, and whether one was found.
-func removeMember(b []byte, key string) ([]byte, bool, error) {
-	return removeMembers(b, func(k string) bool { return k == key })
+func Remove(b []byte, key string) ([]byte, bool, error) {
+	return RemoveFunc(b, func(k string) bool { return k == key })
 }
 
-// removeMembers returns a copy of the object b without the members whose
+// RemoveFunc returns a copy of the object b without the members whose
 // (unescaped) name match accepts, every other byte unchanged, and whether
 // one was found.
-func removeMembers(b []byte, match func(key string) bool) ([]byte, bool, error) {
+func RemoveFunc(b []byte, match func(key string) bool) ([]byte, bool, error) {
 	found := false
 	for {
-		ms, err := objectMembers(b)
+		ms, err := Members(b)
 		if err != nil {
 			return nil, false, err
 		}
 		idx := -1
 		for i, m := range ms {
-			if match(m.key) {
+			if match(m.Key) {
 				idx = i
 				break
 			}
@@ -104,11 +107,11 @@ func removeMembers(b []byte, match func(key string) bool) ([]byte, bool, error) 
 		var cut0, cut1 int
 		switch {
 		case idx > 0: // drop from the end of the previous value: `, "key": value`
-			cut0, cut1 = ms[idx-1].valEnd, ms[idx].valEnd
+			cut0, cut1 = ms[idx-1].ValEnd, ms[idx].ValEnd
 		case len(ms) > 1: // first of several: drop `"key": value, ` up to the next key
-			cut0, cut1 = ms[0].start, ms[1].start
-		default: // the only member
-			cut0, cut1 = ms[0].start, ms[0].valEnd
+			cut0, cut1 = ms[0].Start, ms[1].Start
+		default: // the only Member
+			cut0, cut1 = ms[0].Start, ms[0].ValEnd
 		}
 		out := make([]byte, 0, len(b)-(cut1-cut0))
 		out = append(out, b[:cut0]...)
@@ -118,10 +121,10 @@ func removeMembers(b []byte, match func(key string) bool) ([]byte, bool, error) 
 	}
 }
 
-// appendMember returns a copy of the object b with `"key": raw` added as its
+// Append returns a copy of the object b with `"key": raw` added as its
 // last member. The caller removes any existing member of that name first.
-func appendMember(b []byte, key string, raw []byte) ([]byte, error) {
-	ms, err := objectMembers(b)
+func Append(b []byte, key string, raw []byte) ([]byte, error) {
+	ms, err := Members(b)
 	if err != nil {
 		return nil, err
 	}
@@ -129,9 +132,9 @@ func appendMember(b []byte, key string, raw []byte) ([]byte, error) {
 	var at int
 	var lead string
 	if len(ms) == 0 {
-		at = skipSpace(b, 0) + 1 // just after '{'
+		at = SkipSpace(b, 0) + 1 // just after '{'
 	} else {
-		at = ms[len(ms)-1].valEnd
+		at = ms[len(ms)-1].ValEnd
 		lead = ","
 	}
 	out := make([]byte, 0, len(b)+len(kb)+len(raw)+2)
@@ -144,7 +147,8 @@ func appendMember(b []byte, key string, raw []byte) ([]byte, error) {
 	return out, nil
 }
 
-func skipSpace(b []byte, i int) int {
+// SkipSpace returns the offset of the first non-space byte of b at or after i.
+func SkipSpace(b []byte, i int) int {
 	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
 		i++
 	}
