@@ -391,7 +391,7 @@ func (f *Fuser) Fuse(ctx context.Context, req *proxy.Request) (*proxy.Plan, erro
 			rspan.SetAttributes(attribute.String(proxy.AttrSkipReason, proxy.SkipTooManyMissing),
 				attribute.Int(proxy.AttrHits, known.Hits), attribute.Int(proxy.AttrMisses, known.Misses))
 			rspan.End()
-			f.warm(ns, rreq)
+			f.warm(ns, rreq, req.Tenant, sg)
 			return nil, proxy.SkipWith(proxy.SkipTooManyMissing, known)
 		}
 		err = requestSkip(err)
@@ -497,8 +497,10 @@ func withStats(err error, s proxy.Stats) error {
 // because too many were missing, in the background (at most one warm-up at
 // a time; others are dropped), so that the next request with these chunks
 // finds them. It runs the "reuse" strategy: missing chunks are computed as
-// raw KV and stored, and only the question is prefilled on top.
-func (f *Fuser) warm(ns fingerprint.Namespace, req recompute.Request) {
+// raw KV and stored, and only the question is prefilled on top. Once
+// stored, the chunks cut exactly are remembered for tenant (Remember), as
+// a fused request's are: a later unmarked prompt of that tenant finds them.
+func (f *Fuser) warm(ns fingerprint.Namespace, req recompute.Request, tenant string, sg *segmented) {
 	select {
 	case f.warming <- struct{}{}:
 	default:
@@ -515,6 +517,12 @@ func (f *Fuser) warm(ns fingerprint.Namespace, req recompute.Request) {
 		}
 		if err != nil {
 			f.log.Debug("fusion warm-up failed", "err", err)
+			return
+		}
+		for i, c := range sg.seg.Chunks {
+			if sg.seg.Exact[i] {
+				f.Remember(tenant, sg.ids[c.Begin:c.End])
+			}
 		}
 	}()
 }

@@ -1,0 +1,74 @@
+package rag
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fusionrag/fusionrag/prompt"
+	"github.com/fusionrag/fusionrag/proxy"
+)
+
+// TestOneParseOneTokenization: one fused chat request through the real
+// proxy and the real fuser parses the OpenAI body with package prompt once
+// and tokenizes the prompt once (issue 17: before, the fuser parsed it
+// twice and the proxy's json.Valid, proxy.ParseRequest and the engine
+// added three more; it tokenized twice, prompt ids then offsets). The
+// proxy's upstream here is a canned answer, not the engine, so that the
+// engine's own parse of the forwarded body (another process in
+// production) is not counted; the adapter still publishes to the real
+// engine. The proxy's eligibility scan (json.Valid and a member scan,
+// proxy.ParseRequest) is not a prompt parse and is not counted: see the
+// issue-17 report.
+func TestOneParseOneTokenization(t *testing.T) {
+	fe := newFuserEnv(t, nil) // max_missing_fraction 1: the cold request computes its chunks and fuses
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}]}`))
+	}))
+	defer up.Close()
+	cfg := upstreamConfig(up.URL)
+	cfg.Timeouts.Fusion = 30 * time.Second
+	_, base := startProxy(t, cfg, proxy.WithFuser(fe.f))
+
+	before := prompt.Counts()
+	code, h, body := postHeader(t, base+"/v1/chat/completions",
+		ragChat(false, "Once upon a time", "Document: A\n"+storyA, "Document: B\n"+storyB))
+	got := prompt.Counts().Sub(before)
+	if code != 200 || !strings.HasPrefix(h, "path=fusion") {
+		t.Fatalf("status %d, cache header %q (%s): want a fused request", code, h, body)
+	}
+	if want := (prompt.Count{Parses: 1, Encodes: 1}); got != want {
+		t.Errorf("one fused request: %+v, want %+v", got, want)
+	}
+}
+
+// TestWarmRemembersChunks: the background warm-up after a too_many_missing
+// skip stores the request's chunks and remembers them for its tenant (as a
+// fused request does), so that the tenant's later unmarked prompts find
+// them; another tenant's index stays empty.
+func TestWarmRemembersChunks(t *testing.T) {
+	fe := newFuserEnv(t, func(c *proxy.Config) { c.Fusion.MaxMissingFraction = 0.5 })
+	body := ragChat(false, "Once upon a time", "Document: A\n"+storyA, "Document: B\n"+storyB)
+	r := fe.request(t, proxy.RouteChat, body, "tenant-a")
+	if _, err := fe.f.Fuse(context.Background(), r); skipReason(err) != proxy.SkipTooManyMissing {
+		t.Fatalf("cold request: %v, want skip %s", err, proxy.SkipTooManyMissing)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for len(fe.f.warming) > 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the warm-up did not finish in 30 s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n, _ := fe.f.seen.len(r.Tenant); n != 2 {
+		t.Errorf("tenant A remembers %d chunks after the warm-up, want 2", n)
+	}
+	other, _ := proxy.TenantOf("tenant-b", "")
+	if n, _ := fe.f.seen.len(other); n != 0 {
+		t.Errorf("tenant B remembers %d chunks, want 0", n)
+	}
+}
