@@ -113,7 +113,7 @@ func TestConfigErrors(t *testing.T) {
 		t.Errorf("flags only: %v", err)
 	}
 	// Any registered adapter is accepted (the test binary registers native
-	// through fuser_rag_test.go's import, and this one), with its slot dir.
+	// through this file's import), with its slot dir.
 	for _, name := range []string{"native", configTestAdapter} {
 		if _, err := LoadConfig("", nil, map[string]string{"upstream": "http://127.0.0.1:8000", "fusion.adapter": name,
 			"fusion.slot_dir": "/slots"}); err != nil {
