@@ -243,7 +243,7 @@ func TestOverrideAndBodyField(t *testing.T) {
 
 	rc.reset()
 	code, _ = post(t, base+"/v1/completions", `{"model":"m","prompt":"p"}`, HeaderRatio, "0.25", HeaderStrategy, "cacheblend")
-	if r := seen.Load(); code != 200 || r.Override != (Override{Strategy: "cacheblend", Ratio: 0.25, HasRatio: true}) || r.Prompt.Text != "p" || r.TenantSource != "anonymous" {
+	if r := seen.Load(); code != 200 || r.Override != (Override{Strategy: "cacheblend", Ratio: 0.25, HasRatio: true}) || r.Parsed == nil || r.Parsed.Prompt.Text != "p" || r.TenantSource != "anonymous" {
 		t.Errorf("headers only: code %d, request %+v", code, r)
 	}
 

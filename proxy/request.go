@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"unicode/utf8"
 
 	"github.com/fusionrag/fusionrag/fingerprint"
@@ -15,8 +16,9 @@ import (
 	"github.com/fusionrag/fusionrag/prompt"
 )
 
-// Request is an eligible request as the fusion path sees it: the parsed
-// OpenAI body, the tenant and the per-request override.
+// Request is an eligible request as the fusion path sees it: the body the
+// engine gets when fusion does not apply, the body as the engine parses it,
+// the tenant and the per-request override.
 type Request struct {
 	Route Route
 
@@ -29,47 +31,19 @@ type Request struct {
 	// Override is the per-request strategy and ratio, already validated.
 	Override Override
 
-	// Messages is the chat conversation (RouteChat).
-	Messages []Message
-	// Prompt is the completion prompt (RouteCompletions).
-	Prompt Prompt
-
 	// Body is the body the engine receives when fusion does not apply: the
 	// client's body with the "fusionrag" and any client "kv_transfer_params"
 	// members removed (see isKVParams), every other byte unchanged. The
 	// fusion path must not modify it.
 	Body []byte
 
-	// Parsed is Body as the engine parses it (prompt.ParseRequest): the
-	// fusion path parses it once, on first use, and keeps it here. Nil
-	// until then.
+	// Parsed is Body as the engine parses it (prompt.ParseRequest), done
+	// once by ParseRequest: the sidecar's one decode of the body. Nil when
+	// the engine's parser refuses Body although it is eligible (a content
+	// part type such as image_url, a parameter out of the engine's range):
+	// the engine would answer it 400, so a Fuser skips it
+	// (SkipEngineRejects) and the body is forwarded for the engine to say so.
 	Parsed *prompt.Request
-}
-
-// Message is one chat message. Content is set when the message's content is a
-// string; Parts when it is an array of content parts.
-type Message struct {
-	Role    string
-	Content string
-	Parts   []ContentPart
-	// Other holds the members other than role and content (name, tool_calls,
-	// ...), raw, for fusion paths that must reproduce the chat template exactly.
-	Other map[string]json.RawMessage
-}
-
-// ContentPart is one part of a message's content array. Text is set for
-// type "text"; other types (image_url, ...) keep their raw JSON.
-type ContentPart struct {
-	Type string
-	Text string
-	Raw  json.RawMessage
-}
-
-// Prompt is a completions prompt: a string or one array of token ids.
-type Prompt struct {
-	Text     string
-	Tokens   []int
-	IsTokens bool
 }
 
 // Override is a per-request choice of strategy and recompute ratio.
@@ -127,6 +101,13 @@ const HeaderTenant = "X-Fusionrag-Tenant"
 // ErrNotEligible, so the caller can forward that body. On ErrMalformed the
 // returned request is nil and the original body must be forwarded untouched.
 // Headers are not consulted here; see ParseOverrideHeaders and TenantOf.
+//
+// The body is decoded once, by prompt.ParseRequest into Parsed, and only
+// when it is eligible. Everything before is a scan of the bytes: json.Valid
+// (jsonobj reads valid JSON only), the member scan, and the eligibility
+// rules over the shapes of the members' values (checkMessages,
+// checkPrompt), which decode nothing but, rarely, a short string holding
+// escapes (a role or a part type; see Decodes).
 func ParseRequest(route Route, body []byte) (*Request, error) {
 	if !json.Valid(body) {
 		return nil, ErrMalformed
@@ -161,24 +142,26 @@ func ParseRequest(route Route, body []byte) (*Request, error) {
 		return r, ovErr
 	}
 
+	// The values below are valid JSON (json.Valid above), so the first
+	// byte names the type: a string always decodes, true/false/null are
+	// what their first byte says.
 	if m, ok := jsonobj.Last(ms, "model"); ok {
-		if skipSpaceByte(body[m.ValStart:m.ValEnd]) == 'n' {
+		switch skipSpaceByte(body[m.ValStart:m.ValEnd]) {
+		case 'n':
 			return r, &InvalidRequestError{Reason: "model is null; it must be a string"}
-		}
-		var model string // checked, not kept: the fuser reads the body's own
-		if json.Unmarshal(body[m.ValStart:m.ValEnd], &model) != nil {
+		case '"': // checked, not kept: the fuser reads the engine's parse
+		default:
 			return r, fmt.Errorf("%w: model is not a string", ErrNotEligible)
 		}
 	}
 	if m, ok := jsonobj.Last(ms, "stream"); ok {
-		var stream bool
-		if json.Unmarshal(body[m.ValStart:m.ValEnd], &stream) != nil {
+		if c := skipSpaceByte(body[m.ValStart:m.ValEnd]); c != 't' && c != 'f' && c != 'n' { // null: the default, false
 			return r, fmt.Errorf("%w: stream is not a boolean", ErrNotEligible)
 		}
 	}
 	if m, ok := jsonobj.Last(ms, "n"); ok {
-		var n float64
-		if json.Unmarshal(body[m.ValStart:m.ValEnd], &n) != nil || n != 1 {
+		// As a float64 reads it (1, 1.0, 1e0 are all one); null is not 1.
+		if n, err := strconv.ParseFloat(string(body[m.ValStart:m.ValEnd]), 64); err != nil || n != 1 {
 			return r, fmt.Errorf("%w: n must be 1", ErrNotEligible)
 		}
 	}
@@ -188,21 +171,23 @@ func ParseRequest(route Route, body []byte) (*Request, error) {
 		if !ok {
 			return r, fmt.Errorf("%w: no messages", ErrNotEligible)
 		}
-		if r.Messages, err = parseMessages(body[m.ValStart:m.ValEnd]); err != nil {
+		if err := checkMessages(body[m.ValStart:m.ValEnd]); err != nil {
 			return r, err
 		}
-
 	case RouteCompletions:
 		m, ok := jsonobj.Last(ms, "prompt")
 		if !ok {
 			return r, fmt.Errorf("%w: no prompt", ErrNotEligible)
 		}
-		if r.Prompt, err = parsePrompt(body[m.ValStart:m.ValEnd]); err != nil {
+		if err := checkPrompt(body[m.ValStart:m.ValEnd]); err != nil {
 			return r, err
 		}
 	default:
 		return r, fmt.Errorf("%w: route %v", ErrNotEligible, route)
 	}
+	// The one decode. A refusal is not the sidecar's to answer: the body
+	// is eligible, the engine answers it (see Parsed).
+	r.Parsed, _ = prompt.ParseRequest(r.Body, route == RouteChat)
 	return r, nil
 }
 
@@ -251,118 +236,177 @@ func mayCarryKVParams(body []byte) bool {
 	return bytes.Contains(bytes.ToLower(dec), []byte(kvParamsMember))
 }
 
-func parseMessages(raw []byte) ([]Message, error) {
-	var items []json.RawMessage
-	if json.Unmarshal(raw, &items) != nil {
-		return nil, fmt.Errorf("%w: messages is not an array", ErrNotEligible)
+// checkMessages applies the fusion path's rules to the chat messages v (a
+// valid JSON value) by scanning it: an array of at least one object, each
+// role a string, each content a string, null or an array of objects whose
+// type is a string and whose text parts have a text string; other part
+// types (image_url, ...) are eligible here, the engine's parser decides.
+// Only an assistant's content may be null (*InvalidRequestError).
+func checkMessages(v []byte) error {
+	switch skipSpaceByte(v) {
+	case 'n':
+		return fmt.Errorf("%w: no messages", ErrNotEligible)
+	case '[':
+	default:
+		return fmt.Errorf("%w: messages is not an array", ErrNotEligible)
+	}
+	items, err := jsonobj.Elements(v)
+	if err != nil {
+		return fmt.Errorf("%w: messages is not an array", ErrNotEligible) // unreachable for valid JSON
 	}
 	if len(items) == 0 {
-		return nil, fmt.Errorf("%w: no messages", ErrNotEligible)
+		return fmt.Errorf("%w: no messages", ErrNotEligible)
 	}
-	out := make([]Message, 0, len(items))
-	for i, it := range items {
+	for i, e := range items {
+		it := v[e[0]:e[1]]
 		ms, err := jsonobj.Members(it)
 		if err != nil {
-			return nil, fmt.Errorf("%w: message %d is not an object", ErrNotEligible, i)
+			return fmt.Errorf("%w: message %d is not an object", ErrNotEligible, i)
 		}
-		var msg Message
+		var role []byte // raw; nil when absent
+		if m, ok := jsonobj.Last(ms, "role"); ok {
+			role = it[m.ValStart:m.ValEnd]
+			if !isStringOrNull(role) {
+				return fmt.Errorf("%w: message %d role is not a string", ErrNotEligible, i)
+			}
+		}
 		nullContent := false
-		seen := map[string]bool{}
-		for j := len(ms) - 1; j >= 0; j-- { // last duplicate wins
-			m := ms[j]
-			if seen[m.Key] {
-				continue
+		if m, ok := jsonobj.Last(ms, "content"); ok {
+			c := it[m.ValStart:m.ValEnd]
+			if err := checkContent(c); err != nil {
+				return fmt.Errorf("%w: message %d: %v", ErrNotEligible, i, err)
 			}
-			seen[m.Key] = true
-			v := it[m.ValStart:m.ValEnd]
-			switch m.Key {
-			case "role":
-				if json.Unmarshal(v, &msg.Role) != nil {
-					return nil, fmt.Errorf("%w: message %d role is not a string", ErrNotEligible, i)
-				}
-			case "content":
-				if err := parseContent(v, &msg); err != nil {
-					return nil, fmt.Errorf("%w: message %d: %v", ErrNotEligible, i, err)
-				}
-				nullContent = skipSpaceByte(v) == 'n'
-
-			default:
-				if msg.Other == nil {
-					msg.Other = map[string]json.RawMessage{}
-				}
-				msg.Other[m.Key] = json.RawMessage(v)
+			nullContent = skipSpaceByte(c) == 'n'
+		}
+		if nullContent {
+			if r := stringValue(role); r != "assistant" {
+				return &InvalidRequestError{Reason: fmt.Sprintf("message %d (role %q) has null content; only an assistant's may be null", i, r)}
 			}
 		}
-		if nullContent && msg.Role != "assistant" {
-			return nil, &InvalidRequestError{Reason: fmt.Sprintf("message %d (role %q) has null content; only an assistant's may be null", i, msg.Role)}
-		}
-		out = append(out, msg)
 	}
-	return out, nil
+	return nil
 }
 
-func parseContent(v []byte, msg *Message) error {
+// checkContent checks a message's content v (a valid JSON value).
+func checkContent(v []byte) error {
 	switch skipSpaceByte(v) {
-	case '"':
-		return json.Unmarshal(v, &msg.Content)
-	case 'n': // null content (assistant tool calls)
+	case '"', 'n': // a string; null (assistant tool calls)
 		return nil
 	case '[':
-		var parts []json.RawMessage
-		if err := json.Unmarshal(v, &parts); err != nil {
-			return err
+		parts, err := jsonobj.Elements(v)
+		if err != nil {
+			return err // unreachable for valid JSON
 		}
-		msg.Parts = make([]ContentPart, 0, len(parts))
-		for k, p := range parts {
+		for k, e := range parts {
+			p := v[e[0]:e[1]]
 			ms, err := jsonobj.Members(p)
 			if err != nil {
 				return fmt.Errorf("content part %d is not an object", k)
 			}
-			cp := ContentPart{Raw: json.RawMessage(p)}
+			var typ []byte
 			if m, ok := jsonobj.Last(ms, "type"); ok {
-				if json.Unmarshal(p[m.ValStart:m.ValEnd], &cp.Type) != nil {
+				if typ = p[m.ValStart:m.ValEnd]; !isStringOrNull(typ) {
 					return fmt.Errorf("content part %d type is not a string", k)
 				}
 			}
-			if cp.Type == "text" {
+			if stringValue(typ) == "text" {
 				m, ok := jsonobj.Last(ms, "text")
-				if !ok || json.Unmarshal(p[m.ValStart:m.ValEnd], &cp.Text) != nil {
+				if !ok || !isStringOrNull(p[m.ValStart:m.ValEnd]) {
 					return fmt.Errorf("content part %d has no text string", k)
 				}
 			}
-			msg.Parts = append(msg.Parts, cp)
 		}
 		return nil
 	}
 	return errors.New("content is not a string, array or null")
 }
 
-func parsePrompt(v []byte) (Prompt, error) {
+// checkPrompt applies the fusion path's rules to a completions prompt v (a
+// valid JSON value) by scanning it: a string, or one array of token ids
+// (integers in [0, 2^31)). An array of strings or of arrays is a batch,
+// which the fusion path does not serve. As encoding/json's Number reads
+// them, a string holding an integer literal ("5") counts as that id.
+func checkPrompt(v []byte) error {
 	switch skipSpaceByte(v) {
 	case '"':
-		var p Prompt
-		err := json.Unmarshal(v, &p.Text)
-		return p, err
+		return nil
 	case '[':
-		// A single array of token ids is one prompt; an array of strings or of
-		// arrays is a batch, which the fusion path does not serve.
-		var toks []json.Number
-		dec := json.NewDecoder(bytes.NewReader(v))
-		dec.UseNumber()
-		if dec.Decode(&toks) != nil {
-			return Prompt{}, fmt.Errorf("%w: batched prompt", ErrNotEligible)
+		toks, err := jsonobj.Elements(v)
+		if err != nil {
+			return fmt.Errorf("%w: batched prompt", ErrNotEligible) // unreachable for valid JSON
 		}
-		p := Prompt{IsTokens: true, Tokens: make([]int, len(toks))}
-		for i, t := range toks {
-			n, err := strconv.ParseInt(string(t), 10, 32)
-			if err != nil || n < 0 {
-				return Prompt{}, fmt.Errorf("%w: token %d (%s) is not a token id", ErrNotEligible, i, t)
+		for i, e := range toks {
+			t := v[e[0]:e[1]]
+			var s string
+			switch c := t[0]; {
+			case c == '-' || c >= '0' && c <= '9':
+				s = string(t)
+			case c == '"':
+				if s = stringValue(t); !isIntLiteral(s) {
+					return fmt.Errorf("%w: batched prompt", ErrNotEligible)
+				}
+			case c == 'n': // a null id
+			default:
+				return fmt.Errorf("%w: batched prompt", ErrNotEligible)
 			}
-			p.Tokens[i] = int(n)
+			if n, err := strconv.ParseInt(s, 10, 32); err != nil || n < 0 {
+				return fmt.Errorf("%w: token %d (%s) is not a token id", ErrNotEligible, i, s)
+			}
 		}
-		return p, nil
+		return nil
 	}
-	return Prompt{}, fmt.Errorf("%w: prompt is not a string or token array", ErrNotEligible)
+	return fmt.Errorf("%w: prompt is not a string or token array", ErrNotEligible)
+}
+
+// isIntLiteral reports whether s is a JSON integer literal: -?(0|[1-9][0-9]*).
+func isIntLiteral(s string) bool {
+	s = strings.TrimPrefix(s, "-")
+	if s == "" || s[0] == '0' && len(s) > 1 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// isStringOrNull reports whether the valid JSON value v is a string or null.
+func isStringOrNull(v []byte) bool {
+	c := skipSpaceByte(v)
+	return c == '"' || c == 'n'
+}
+
+// decodes counts the JSON values request parsing decodes itself; see Decodes.
+var decodes atomic.Int64
+
+// Decodes returns how many JSON values the proxy's request parsing has
+// decoded itself (encoding/json) since the process started: the members
+// of a "fusionrag" override, and a string of the eligibility checks that
+// holds escapes or bytes that are not valid UTF-8 (a role, a part type).
+// Never the messages or the prompt: the body's one decode is
+// prompt.ParseRequest's (prompt.Counts). For tests.
+func Decodes() int64 { return decodes.Load() }
+
+// decode is json.Unmarshal, counted in Decodes.
+func decode(raw []byte, v any) error {
+	decodes.Add(1)
+	return json.Unmarshal(raw, v)
+}
+
+// stringValue returns the string the valid JSON string or null v holds
+// ("" for null or nil), as encoding/json decodes it.
+func stringValue(v []byte) string {
+	if len(v) < 2 || v[0] != '"' {
+		return ""
+	}
+	if in := v[1 : len(v)-1]; bytes.IndexByte(in, '\\') < 0 && utf8.Valid(in) {
+		return string(in)
+	}
+	var s string
+	_ = decode(v, &s) // a valid JSON string: cannot fail
+	return s
 }
 
 func skipSpaceByte(v []byte) byte {
@@ -386,14 +430,14 @@ func parseBodyOverride(v []byte) (Override, error) {
 		raw := v[m.ValStart:m.ValEnd]
 		switch m.Key {
 		case "strategy":
-			if json.Unmarshal(raw, &o.Strategy) != nil {
+			if decode(raw, &o.Strategy) != nil {
 				return bad("strategy must be a string")
 			}
 			if !validStrategy(o.Strategy) {
 				return bad("strategy must be one of " + strategyNames())
 			}
 		case "ratio":
-			if json.Unmarshal(raw, &o.Ratio) != nil {
+			if decode(raw, &o.Ratio) != nil {
 				return bad("ratio must be a number")
 			}
 			if !(o.Ratio >= 0 && o.Ratio <= 1) {

@@ -7,36 +7,54 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
-	"github.com/google/go-cmp/cmp/cmpopts"
 
 	"github.com/fusionrag/fusionrag/adapters"
 	"github.com/fusionrag/fusionrag/internal/jsonobj"
+	"github.com/fusionrag/fusionrag/model/tokenizer"
+	"github.com/fusionrag/fusionrag/prompt"
 )
 
+// TestParseRequest: which bodies are eligible, not eligible, refused or
+// malformed, and, for an eligible one, Parsed: the engine's parse of the
+// forwarded body (nil where the engine's parser refuses it).
 func TestParseRequest(t *testing.T) {
 	tests := []struct {
-		name  string
-		route Route
-		body  string
-		want  *Request
-		err   error
+		name     string
+		route    Route
+		body     string
+		parsed   *prompt.Prompt // Parsed.Prompt of an eligible body; nil: Parsed is nil
+		override Override
+		err      error
 	}{
 		{
 			name: "chat parts", route: RouteChat,
 			body: `{"model":"llama","stream":true,"messages":[{"role":"system","content":"You answer."},` +
-				`{"role":"user","content":[{"type":"text","text":"doc one"},{"type":"image_url","image_url":{"url":"x"}},{"type":"text","text":"question?"}]}]}`,
-			want: &Request{Route: RouteChat, Messages: []Message{
-				{Role: "system", Content: "You answer."},
-				{Role: "user", Parts: []ContentPart{
-					{Type: "text", Text: "doc one"}, {Type: "image_url"}, {Type: "text", Text: "question?"}}},
+				`{"role":"user","content":[{"type":"text","text":"doc one"},{"type":"text","text":"question?"}]}]}`,
+			parsed: &prompt.Prompt{Messages: []tokenizer.Message{
+				{Role: "system", Content: tokenizer.Text("You answer.")},
+				{Role: "user", Content: tokenizer.TextParts("doc one", "question?")},
 			}},
 		},
 		{
-			name: "chat extra members kept raw", route: RouteChat,
+			// Eligible: other engines read image parts; this engine's
+			// parser refuses them, so the fuser skips (engine_rejects).
+			name: "chat image part: eligible, the engine refuses it", route: RouteChat,
+			body: `{"model":"llama","messages":[{"role":"user","content":[{"type":"text","text":"doc one"},{"type":"image_url","image_url":{"url":"x"}}]}]}`,
+		},
+		{
+			name: "chat extra members ignored", route: RouteChat,
 			body: `{"model":"m","messages":[{"role":"assistant","content":null,"tool_calls":[{"id":"1"}]},{"role":"user","content":"q","name":"bob"}]}`,
-			want: &Request{Route: RouteChat, Messages: []Message{
-				{Role: "assistant", Other: map[string]json.RawMessage{"tool_calls": json.RawMessage(`[{"id":"1"}]`)}},
-				{Role: "user", Content: "q", Other: map[string]json.RawMessage{"name": json.RawMessage(`"bob"`)}},
+			parsed: &prompt.Prompt{Messages: []tokenizer.Message{
+				{Role: "assistant", Content: tokenizer.Content{IsString: true}},
+				{Role: "user", Content: tokenizer.Text("q")},
+			}},
+		},
+		{
+			name: "escaped role and part type read as decoded", route: RouteChat,
+			body: `{"messages":[{"role":"assist\u0061nt","content":null},{"role":"user","content":[{"type":"te\u0078t","text":"q"}]}]}`,
+			parsed: &prompt.Prompt{Messages: []tokenizer.Message{
+				{Role: "assistant", Content: tokenizer.Content{IsString: true}},
+				{Role: "user", Content: tokenizer.TextParts("q")},
 			}},
 		},
 		{
@@ -46,25 +64,46 @@ func TestParseRequest(t *testing.T) {
 		},
 		{
 			name: "duplicate keys: the last wins", route: RouteCompletions,
-			body: `{"model":"a","prompt":"first","model":"b","prompt":"second"}`,
-			want: &Request{Route: RouteCompletions, Prompt: Prompt{Text: "second"}},
+			body:   `{"model":"a","prompt":"first","model":"b","prompt":"second"}`,
+			parsed: &prompt.Prompt{Text: "second"},
 		},
 		{
 			name: "completion tokens", route: RouteCompletions,
-			body: `{"model":"m","prompt":[1, 15, 300]}`,
-			want: &Request{Route: RouteCompletions, Prompt: Prompt{Tokens: []int{1, 15, 300}, IsTokens: true}},
+			body:   `{"model":"m","prompt":[1, 15, 300]}`,
+			parsed: &prompt.Prompt{Tokens: []int32{1, 15, 300}, IsTokens: true},
 		},
 		{
 			name: "override in body", route: RouteCompletions,
-			body: `{"fusionrag":{"strategy":"reuse","ratio":0},"model":"m","prompt":"p"}`,
-			want: &Request{Route: RouteCompletions, Prompt: Prompt{Text: "p"}, Override: Override{Strategy: "reuse", HasRatio: true}},
+			body:     `{"fusionrag":{"strategy":"reuse","ratio":0},"model":"m","prompt":"p"}`,
+			parsed:   &prompt.Prompt{Text: "p"},
+			override: Override{Strategy: "reuse", HasRatio: true},
 		},
+		{name: "n is 1 as a float reads it (the engine wants an integer)", route: RouteCompletions, body: `{"n":1.0,"prompt":"p"}`},
+		{name: "n is 1", route: RouteCompletions, body: `{"n":1,"prompt":"p"}`, parsed: &prompt.Prompt{Text: "p"}},
+		{name: "null stream is the default", route: RouteCompletions, body: `{"stream":null,"prompt":"p"}`, parsed: &prompt.Prompt{Text: "p"}},
+		{name: "empty token prompt: eligible, the engine refuses it", route: RouteCompletions, body: `{"prompt":[]}`},
+		{name: "temperature out of the engine's range", route: RouteCompletions, body: `{"prompt":"p","temperature":9}`},
 		{name: "batched prompt", route: RouteCompletions, body: `{"prompt":["a","b"]}`, err: ErrNotEligible},
+		{name: "one-prompt batch", route: RouteCompletions, body: `{"prompt":["a"]}`, err: ErrNotEligible},
 		{name: "token batch", route: RouteCompletions, body: `{"prompt":[[1],[2]]}`, err: ErrNotEligible},
+		{name: "negative token", route: RouteCompletions, body: `{"prompt":[1,-2]}`, err: ErrNotEligible},
+		{name: "token over int32", route: RouteCompletions, body: `{"prompt":[2147483648]}`, err: ErrNotEligible},
+		{name: "null token", route: RouteCompletions, body: `{"prompt":[1,null]}`, err: ErrNotEligible},
+		{name: "null prompt", route: RouteCompletions, body: `{"prompt":null}`, err: ErrNotEligible},
 		{name: "n > 1", route: RouteChat, body: `{"n":2,"messages":[{"role":"user","content":"q"}]}`, err: ErrNotEligible},
+		{name: "null n", route: RouteChat, body: `{"n":null,"messages":[{"role":"user","content":"q"}]}`, err: ErrNotEligible},
+		{name: "model not a string", route: RouteChat, body: `{"model":5,"messages":[{"role":"user","content":"q"}]}`, err: ErrNotEligible},
+		{name: "stream not a boolean", route: RouteChat, body: `{"stream":"yes","messages":[{"role":"user","content":"q"}]}`, err: ErrNotEligible},
 		{name: "no messages", route: RouteChat, body: `{"model":"m","messages":[]}`, err: ErrNotEligible},
+		{name: "null messages", route: RouteChat, body: `{"model":"m","messages":null}`, err: ErrNotEligible},
+		{name: "message not an object", route: RouteChat, body: `{"messages":["q"]}`, err: ErrNotEligible},
+		{name: "role not a string", route: RouteChat, body: `{"messages":[{"role":1,"content":"q"}]}`, err: ErrNotEligible},
 		{name: "content not text", route: RouteChat, body: `{"messages":[{"role":"user","content":5}]}`, err: ErrNotEligible},
 		{name: "text part without text", route: RouteChat, body: `{"messages":[{"role":"user","content":[{"type":"text"}]}]}`, err: ErrNotEligible},
+		{name: "part type not a string", route: RouteChat, body: `{"messages":[{"role":"user","content":[{"type":1}]}]}`, err: ErrNotEligible},
+		{name: "null model", route: RouteChat, body: `{"model":null,"messages":[{"role":"user","content":"q"}]}`, err: &InvalidRequestError{}},
+		{name: "null user content", route: RouteChat, body: `{"messages":[{"role":"user","content":null}]}`, err: &InvalidRequestError{}},
+		{name: "bad override", route: RouteChat, body: `{"fusionrag":{"ratio":2},"messages":[{"role":"user","content":"q"}]}`, err: &OverrideError{}},
 		{name: "not json", route: RouteChat, body: `{"messages":`, err: ErrMalformed},
 		{name: "array", route: RouteChat, body: `[]`, err: ErrMalformed},
 		{name: "empty", route: RouteChat, body: ``, err: ErrMalformed},
@@ -72,16 +111,79 @@ func TestParseRequest(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			got, err := ParseRequest(tt.route, []byte(tt.body))
+			switch want := tt.err.(type) {
+			case *InvalidRequestError:
+				if !errors.As(err, &want) {
+					t.Fatalf("err = %v, want an *InvalidRequestError", err)
+				}
+				return
+			case *OverrideError:
+				if !errors.As(err, &want) {
+					t.Fatalf("err = %v, want an *OverrideError", err)
+				}
+				return
+			}
 			if !errors.Is(err, tt.err) {
 				t.Fatalf("err = %v, want %v", err, tt.err)
 			}
-			if tt.want == nil {
+			if err != nil {
+				if got != nil && got.Parsed != nil {
+					t.Errorf("Parsed is set for a body that is not eligible")
+				}
 				return
 			}
-			if d := cmp.Diff(tt.want, got, cmpopts.IgnoreFields(Request{}, "Body"), cmpopts.IgnoreFields(ContentPart{}, "Raw")); d != "" {
-				t.Errorf("ParseRequest (-want +got):\n%s", d)
+			if got.Override != tt.override {
+				t.Errorf("Override = %+v, want %+v", got.Override, tt.override)
+			}
+			if tt.parsed == nil {
+				if got.Parsed != nil {
+					t.Errorf("Parsed = %+v, want nil (the engine's parser refuses the body)", got.Parsed.Prompt)
+				}
+				return
+			}
+			if got.Parsed == nil {
+				t.Fatal("Parsed is nil, want the engine's parse")
+			}
+			if d := cmp.Diff(*tt.parsed, got.Parsed.Prompt); d != "" {
+				t.Errorf("Parsed.Prompt (-want +got):\n%s", d)
 			}
 		})
+	}
+}
+
+// TestParseRequestDecodesOnce: an eligible body is decoded once, by
+// prompt.ParseRequest; the proxy's own checks decode none of it (issue 17:
+// before, proxy decoded the messages or the prompt itself, then the fuser
+// parsed the body again).
+func TestParseRequestDecodesOnce(t *testing.T) {
+	for _, tt := range []struct {
+		route Route
+		body  string
+	}{
+		{RouteChat, chatBody},
+		{RouteChat, `{"model":"m","messages":[{"role":"assistant","content":null},{"role":"user","content":"` + strings.Repeat("text ", 1000) + `"}]}`},
+		{RouteCompletions, `{"model":"m","prompt":[1,2,3],"n":1,"stream":false}`},
+		{RouteCompletions, `{"model":"m","prompt":"p","kv_transfer_params":{"namespace":"ab"}}`},
+	} {
+		p0, d0 := prompt.Counts(), Decodes()
+		r, err := ParseRequest(tt.route, []byte(tt.body))
+		if err != nil || r.Parsed == nil {
+			t.Fatalf("%s: err %v, Parsed %v", tt.body, err, r.Parsed)
+		}
+		if got := prompt.Counts().Sub(p0); got != (prompt.Count{Parses: 1}) {
+			t.Errorf("%.40s...: prompt %+v, want one parse", tt.body, got)
+		}
+		if got := Decodes() - d0; got != 0 {
+			t.Errorf("%.40s...: the proxy decoded %d values itself, want 0", tt.body, got)
+		}
+	}
+	// Not eligible: not decoded at all.
+	p0 := prompt.Counts()
+	if _, err := ParseRequest(RouteCompletions, []byte(`{"prompt":["a","b"]}`)); !errors.Is(err, ErrNotEligible) {
+		t.Fatal(err)
+	}
+	if got := prompt.Counts().Sub(p0); got != (prompt.Count{}) {
+		t.Errorf("a batched prompt: prompt %+v, want no parse", got)
 	}
 }
 

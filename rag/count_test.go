@@ -13,16 +13,16 @@ import (
 )
 
 // TestOneParseOneTokenization: one fused chat request through the real
-// proxy and the real fuser parses the OpenAI body with package prompt once
-// and tokenizes the prompt once (issue 17: before, the fuser parsed it
-// twice and the proxy's json.Valid, proxy.ParseRequest and the engine
-// added three more; it tokenized twice, prompt ids then offsets). The
-// proxy's upstream here is a canned answer, not the engine, so that the
-// engine's own parse of the forwarded body (another process in
-// production) is not counted; the adapter still publishes to the real
-// engine. The proxy's eligibility scan (json.Valid and a member scan,
-// proxy.ParseRequest) is not a prompt parse and is not counted: see the
-// issue-17 report.
+// proxy and the real fuser decodes the OpenAI body once (prompt.ParseRequest,
+// called by proxy.ParseRequest and kept in Request.Parsed) and tokenizes the
+// prompt once (issue 17: before, the proxy decoded the messages itself, the
+// fuser parsed the body twice and the engine once more; it tokenized twice,
+// prompt ids then offsets). The proxy's own checks are scans (json.Valid,
+// the member scan, the shapes of the messages) and decode no value of this
+// body (proxy.Decodes). The proxy's upstream here is a canned answer, not
+// the engine, so that the engine's own parse of the forwarded body
+// (another process in production) is not counted; the adapter still
+// publishes to the real engine.
 func TestOneParseOneTokenization(t *testing.T) {
 	fe := newFuserEnv(t, nil) // max_missing_fraction 1: the cold request computes its chunks and fuses
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -34,15 +34,18 @@ func TestOneParseOneTokenization(t *testing.T) {
 	cfg.Timeouts.Fusion = 30 * time.Second
 	_, base := startProxy(t, cfg, proxy.WithFuser(fe.f))
 
-	before := prompt.Counts()
+	before, decodes := prompt.Counts(), proxy.Decodes()
 	code, h, body := postHeader(t, base+"/v1/chat/completions",
 		ragChat(false, "Once upon a time", "Document: A\n"+storyA, "Document: B\n"+storyB))
-	got := prompt.Counts().Sub(before)
+	got, gotDecodes := prompt.Counts().Sub(before), proxy.Decodes()-decodes
 	if code != 200 || !strings.HasPrefix(h, "path=fusion") {
 		t.Fatalf("status %d, cache header %q (%s): want a fused request", code, h, body)
 	}
 	if want := (prompt.Count{Parses: 1, Encodes: 1}); got != want {
 		t.Errorf("one fused request: %+v, want %+v", got, want)
+	}
+	if gotDecodes != 0 {
+		t.Errorf("one fused request: the proxy decoded %d values of the body itself, want 0", gotDecodes)
 	}
 }
 

@@ -270,6 +270,10 @@ func TestFuserSkips(t *testing.T) {
 		{"unbalanced markers", func(c *proxy.Config) { c.Fusion.MarkerOpen, c.Fusion.MarkerClose = "<doc>", "</doc>" }, proxy.RouteCompletions,
 			`{"prompt":"S<doc>A</doc><doc>B"}`, proxy.SkipBadMarkers},
 		{"the engine would refuse it", nil, proxy.RouteChat, `{"messages":[{"role":"wizard","content":"x"}]}`, proxy.SkipEngineRejects},
+		// Eligible for the proxy (other engines read image parts), refused by
+		// the engine's parser: Parsed is nil and the fuser skips.
+		{"an image part", nil, proxy.RouteChat, `{"messages":[{"role":"user","content":[{"type":"text","text":"x"},{"type":"image_url","image_url":{"url":"u"}}]}]}`, proxy.SkipEngineRejects},
+		{"a token prompt over the context", nil, proxy.RouteCompletions, `{"prompt":[` + strings.Repeat("1,", 5000) + `1]}`, proxy.SkipPromptTooLong},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			fe := newFuserEnv(t, tc.mod)

@@ -22,23 +22,21 @@ type segmented struct {
 }
 
 // segment finds S, the chunks and Q on the ids the engine will run for the
-// (possibly rewritten) body. The body is parsed once (prompt.ParseRequest,
-// unless the proxy's own parse already did) and the prompt is tokenized
-// once (prompt.EncodeText on the text rendered once), with byte offsets
-// when a convention needs them: prompt's rules are the engine's, so these
-// are the engine's ids.
+// (possibly rewritten) body. The body was parsed once, by the proxy with
+// prompt.ParseRequest (req.Parsed), and the prompt is tokenized once
+// (prompt.EncodeText on the text rendered once), with byte offsets when a
+// convention needs them: prompt's rules are the engine's, so these are the
+// engine's ids.
 func (f *Fuser) segment(req *proxy.Request) (*segmented, error) {
-	chat := req.Route == proxy.RouteChat
-	// Bounds before work (issue 18): a prompt that cannot fit in the
-	// context is skipped on the sidecar's own parse, before the engine's
-	// parse of the body and before it is tokenized (a 7 MB body raised RSS
-	// by ~160 MB, 98 MB of it in EncodeOffsets).
-	if req.Prompt.IsTokens && len(req.Prompt.Tokens) > f.m.Config.MaxPositions || requestTextBytes(req) > f.maxPromptBytes {
-		return nil, proxy.Skip(proxy.SkipPromptTooLong)
-	}
-	pr, err := parsedPrompt(req, chat)
-	if err != nil {
+	pr := req.Parsed
+	if pr == nil { // the engine's parser refuses the body: the engine answers it
 		return nil, proxy.Skip(proxy.SkipEngineRejects)
+	}
+	// Bounds before work (issue 18): a prompt that cannot fit in the
+	// context is skipped on its parse, before it is rendered or tokenized
+	// (a 7 MB body raised RSS by ~160 MB, 98 MB of it in EncodeOffsets).
+	if pr.Prompt.IsTokens && len(pr.Prompt.Tokens) > f.m.Config.MaxPositions || promptTextBytes(pr.Prompt) > f.maxPromptBytes {
+		return nil, proxy.Skip(proxy.SkipPromptTooLong)
 	}
 	p := pr.Prompt
 	sg := &segmented{}
@@ -127,6 +125,7 @@ func (f *Fuser) segment(req *proxy.Request) (*segmented, error) {
 	// and for passages (d).
 	wantOffsets := sg.how != "" || !f.cfg.Fusion.NoParagraphs
 	var enc prompt.Encoded
+	var err error
 	switch {
 	case p.IsTokens:
 		enc.IDs = p.Tokens
@@ -176,19 +175,6 @@ func (f *Fuser) segment(req *proxy.Request) (*segmented, error) {
 	return sg, nil
 }
 
-// parsedPrompt is the request body parsed by package prompt, the engine's
-// parser, once per request (kept in Request.Parsed).
-func parsedPrompt(req *proxy.Request, chat bool) (*prompt.Request, error) {
-	if req.Parsed == nil {
-		pr, err := prompt.ParseRequest(req.Body, chat)
-		if err != nil {
-			return nil, err
-		}
-		req.Parsed = pr
-	}
-	return req.Parsed, nil
-}
-
 // spansOf converts tokenizer byte spans to fingerprint's.
 func spansOf(offs []tokenizer.Span) []fingerprint.Span {
 	spans := make([]fingerprint.Span, len(offs))
@@ -218,13 +204,12 @@ func promptByteBound(tok tokenizer.Tokenizer, positions int) int {
 	return positions * longest * 4
 }
 
-// requestTextBytes is the byte length of req's prompt text (the messages'
-// contents summed, or the completions prompt).
-func requestTextBytes(req *proxy.Request) int {
-	n := len(req.Prompt.Text)
-	for _, m := range req.Messages {
-		n += len(m.Content)
-		for _, part := range m.Parts {
+// promptTextBytes is the byte length of p's text (the messages' text parts
+// summed, or the completions prompt).
+func promptTextBytes(p prompt.Prompt) int {
+	n := len(p.Text)
+	for _, m := range p.Messages {
+		for _, part := range m.Content.Parts {
 			n += len(part.Text)
 		}
 	}

@@ -147,6 +147,40 @@ func Append(b []byte, key string, raw []byte) ([]byte, error) {
 	return out, nil
 }
 
+// ErrNotArray is returned by Elements for a value that is not an array.
+var ErrNotArray = errors.New("jsonobj: JSON value is not an array")
+
+// Elements returns the elements of the array b in order, each as the
+// half-open byte range [begin, end) of its value in b: a scan, nothing is
+// decoded. b must be valid JSON, as for Members.
+func Elements(b []byte) ([][2]int, error) {
+	i := SkipSpace(b, 0)
+	if i >= len(b) || b[i] != '[' {
+		return nil, ErrNotArray
+	}
+	i = SkipSpace(b, i+1)
+	var es [][2]int
+	if i < len(b) && b[i] == ']' {
+		return es, nil
+	}
+	for i < len(b) {
+		end := skipValue(b, i)
+		es = append(es, [2]int{i, end})
+		i = SkipSpace(b, end)
+		if i >= len(b) {
+			return nil, ErrNotArray
+		}
+		if b[i] == ']' {
+			return es, nil
+		}
+		if b[i] != ',' {
+			return nil, ErrNotArray
+		}
+		i = SkipSpace(b, i+1)
+	}
+	return nil, ErrNotArray
+}
+
 // SkipSpace returns the offset of the first non-space byte of b at or after i.
 func SkipSpace(b []byte, i int) int {
 	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
