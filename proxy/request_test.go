@@ -277,7 +277,9 @@ func TestTenantOf(t *testing.T) {
 // FuzzParseRequest: parsing never panics; when it does not report
 // ErrMalformed, the body it would forward is valid JSON, has no "fusionrag"
 // member nor any the engine would read as kv_transfer_params, and keeps
-// every other top-level member byte for byte, in order.
+// every other top-level member byte for byte, in order. Parsed is set only
+// for an eligible body, exactly when the engine's parser accepts the
+// forwarded body.
 func FuzzParseRequest(f *testing.F) {
 	for _, s := range []string{
 		chatBody,
@@ -289,6 +291,8 @@ func FuzzParseRequest(f *testing.F) {
 		`[1]`, `{`, ``,
 		`{"kv_transfer_params":{"namespace":"ab"},"prompt":"p","KV_Transfer_Params":null}`,
 		`{"\u212av_transfer_params":{"namespace":"ab"},"fusionrag":{"ratio":1},"prompt":"p"}`,
+		`{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"x"}}]},{"role":"assistant","content":null}]}`,
+		`{"prompt":[1,"2",-3],"n":1.0,"stream":null}`,
 	} {
 		f.Add(s, true)
 	}
@@ -309,6 +313,15 @@ func FuzzParseRequest(f *testing.F) {
 		}
 		if !json.Valid(r.Body) {
 			t.Fatalf("forwarded body %q is not valid JSON", r.Body)
+		}
+		if err != nil && r.Parsed != nil {
+			t.Fatalf("Parsed set alongside %v", err)
+		}
+		if err == nil {
+			_, perr := prompt.ParseRequest(r.Body, chat)
+			if (perr == nil) != (r.Parsed != nil) {
+				t.Fatalf("Parsed %v, but the engine's parser says %v", r.Parsed != nil, perr)
+			}
 		}
 		in, err1 := jsonobj.Members([]byte(body))
 		out, err2 := jsonobj.Members(r.Body)
