@@ -140,6 +140,12 @@ func (p Plot) build() (*plot.Plot, error) {
 		for _, x := range xs {
 			ticks = append(ticks, plot.Tick{Value: x, Label: strconv.FormatFloat(x, 'g', 6, 64)})
 		}
+		if len(xs) == 1 {
+			// One X value (bench load --concurrency 1): gonum widens an
+			// empty range by 1 on each side, down to 0, which a log axis
+			// cannot draw (it panicked); widen it by a factor instead.
+			pl.X.Min, pl.X.Max = xs[0]/2, xs[0]*2
+		}
 		pl.X.Scale = plot.LogScale{}
 		pl.X.Tick.Marker = plot.ConstantTicks(ticks)
 	}

@@ -18,6 +18,9 @@ func TestPlotPNG(t *testing.T) {
 		{File: "lines.png", Title: "lines", XLabel: "x", YLabel: "y", Series: []Series{
 			{Name: "a", X: []float64{1, 2, 4}, Y: []float64{1, 3, 2}}, {Name: "b", X: []float64{1, 4}, Y: []float64{2, 2}}}},
 		{File: "loglines.png", LogX: true, LogY: true, Series: []Series{{Name: "a", X: []float64{0, 10, 100}, Y: []float64{1, 10, 1000}}}},
+		// One X value on a log axis (bench load --concurrency 1) panicked in
+		// gonum: the range widened to [0, 2].
+		{File: "logonex.png", LogX: true, Series: []Series{{Name: "a", X: []float64{1}, Y: []float64{18}}, {Name: "b", X: []float64{1}, Y: []float64{15}}}},
 		{File: "bars.png", Kind: Bars, Categories: []string{"mem", "disk", "redis"}, LogY: true, Series: []Series{
 			{Name: "big", Y: []float64{20000, 3000, 900}}, {Name: "small", Y: []float64{5000, 0, 300}}}},
 	} {
