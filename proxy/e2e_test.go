@@ -35,10 +35,8 @@ import (
 	"github.com/openai/openai-go"
 	"github.com/openai/openai-go/option"
 	"github.com/redis/go-redis/v9"
-	colmetricpb "go.opentelemetry.io/proto/otlp/collector/metrics/v1"
-	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
-	"google.golang.org/grpc"
 
+	"github.com/fusionrag/fusionrag/internal/otlptest"
 	"github.com/fusionrag/fusionrag/internal/redistest"
 	"github.com/fusionrag/fusionrag/internal/shareddata"
 )
@@ -198,7 +196,7 @@ type stack struct {
 	engineURL  string
 	faults     *kvFaults
 	sidecarURL string
-	traces     *receiver
+	traces     *otlptest.Receiver
 	bin        string
 	otlp       string
 }
@@ -223,17 +221,7 @@ func startStack(t *testing.T, sidecarFlags ...string) *stack {
 	fsrv := httptest.NewServer(s.faults)
 	t.Cleanup(fsrv.Close)
 
-	s.traces = &receiver{}
-	gs := grpc.NewServer()
-	coltracepb.RegisterTraceServiceServer(gs, s.traces)
-	colmetricpb.RegisterMetricsServiceServer(gs, metricsReceiver{r: s.traces}) // the sidecars push metrics to the same endpoint
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = gs.Serve(ln) }()
-	t.Cleanup(gs.Stop)
-	s.otlp = "http://" + ln.Addr().String()
+	s.traces, s.otlp = otlptest.Serve(t) // the sidecars push traces and metrics to it
 
 	s.sidecarURL = s.startSidecar("sidecar", fsrv.URL, sidecarFlags...)
 	return s
@@ -626,7 +614,7 @@ func TestE2EFaultStorm(t *testing.T) {
 	waitFor(t, "spans", 10*time.Second, func() bool {
 		reasons := map[string]bool{}
 		phases := map[string]bool{}
-		for _, sp := range s.traces.snapshot() {
+		for _, sp := range s.traces.Spans() {
 			if r, ok := attrs(sp)[AttrFallbackReason].(string); ok {
 				reasons[r] = true
 			}

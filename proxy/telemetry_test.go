@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/hex"
 	"errors"
-	"net"
 	"net/http/httptest"
 	"strings"
 	"sync"
@@ -13,135 +12,11 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/sony/gobreaker/v2"
-	colmetricpb "go.opentelemetry.io/proto/otlp/collector/metrics/v1"
-	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
-	metricpb "go.opentelemetry.io/proto/otlp/metrics/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
-	"google.golang.org/grpc"
+
+	"github.com/fusionrag/fusionrag/internal/otlptest"
 )
-
-// receiver is a real OTLP/gRPC collector endpoint, in process: traces and
-// metrics.
-type receiver struct {
-	coltracepb.UnimplementedTraceServiceServer
-	mu      sync.Mutex
-	spans   []*tracepb.Span
-	metrics map[string]*metricpb.Metric // latest push of each metric, by name
-}
-
-func (r *receiver) Export(_ context.Context, req *coltracepb.ExportTraceServiceRequest) (*coltracepb.ExportTraceServiceResponse, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for _, rs := range req.ResourceSpans {
-		for _, ss := range rs.ScopeSpans {
-			r.spans = append(r.spans, ss.Spans...)
-		}
-	}
-	return &coltracepb.ExportTraceServiceResponse{}, nil
-}
-
-func (r *receiver) snapshot() []*tracepb.Span {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return append([]*tracepb.Span(nil), r.spans...)
-}
-
-// metricsReceiver is the metrics service of a receiver (its Export has
-// another signature than the trace service's).
-type metricsReceiver struct {
-	colmetricpb.UnimplementedMetricsServiceServer
-	r *receiver
-}
-
-func (m metricsReceiver) Export(_ context.Context, req *colmetricpb.ExportMetricsServiceRequest) (*colmetricpb.ExportMetricsServiceResponse, error) {
-	m.r.mu.Lock()
-	defer m.r.mu.Unlock()
-	if m.r.metrics == nil {
-		m.r.metrics = map[string]*metricpb.Metric{}
-	}
-	for _, rm := range req.ResourceMetrics {
-		for _, sm := range rm.ScopeMetrics {
-			for _, x := range sm.Metrics {
-				m.r.metrics[x.Name] = x
-			}
-		}
-	}
-	return &colmetricpb.ExportMetricsServiceResponse{}, nil
-}
-
-// sumPoints returns a pushed counter's points as attribute value -> value
-// for one attribute key.
-func (r *receiver) sumPoints(name, key string) map[string]int64 {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	out := map[string]int64{}
-	m := r.metrics[name]
-	if m == nil || m.GetSum() == nil {
-		return out
-	}
-	for _, p := range m.GetSum().DataPoints {
-		v := ""
-		for _, kv := range p.Attributes {
-			if kv.Key == key {
-				v = kv.Value.GetStringValue()
-			}
-		}
-		out[v] += p.GetAsInt()
-	}
-	return out
-}
-
-// startReceiver serves a receiver on a loopback port and points the OTLP
-// exporters at it (OTEL_* of the test process, which the exporters read);
-// it returns the receiver and the env function NewTelemetry decides by.
-func startReceiver(t *testing.T) (*receiver, func(string) (string, bool)) {
-	t.Helper()
-	rcv := &receiver{}
-	srv := grpc.NewServer()
-	coltracepb.RegisterTraceServiceServer(srv, rcv)
-	colmetricpb.RegisterMetricsServiceServer(srv, metricsReceiver{r: rcv})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(srv.Stop)
-	endpoint := "http://" + ln.Addr().String()
-	t.Setenv("OTEL_TRACES_EXPORTER", "")
-	t.Setenv("OTEL_METRICS_EXPORTER", "")
-	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
-	t.Setenv("OTEL_EXPORTER_OTLP_INSECURE", "true")
-	t.Setenv("OTEL_SERVICE_NAME", "fusionrag-test")
-	return rcv, func(k string) (string, bool) {
-		if k == "OTEL_EXPORTER_OTLP_ENDPOINT" {
-			return endpoint, true
-		}
-		return "", false
-	}
-}
-
-// waitSpans waits until the receiver holds n spans named name.
-func waitSpans(t *testing.T, rcv *receiver, name string, n int) []*tracepb.Span {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		spans := rcv.snapshot()
-		got := 0
-		for _, s := range spans {
-			if s.Name == name {
-				got++
-			}
-		}
-		if got >= n {
-			return spans
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("receiver got %d spans, %d of %s, want %d", len(spans), got, name, n)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
 
 func attrs(s *tracepb.Span) map[string]any {
 	m := map[string]any{}
@@ -164,7 +39,7 @@ func attrs(s *tracepb.Span) map[string]any {
 // OTEL_* variables arrive at a gRPC collector with the phase structure and
 // the hit-rate attributes.
 func TestTracesReachOTLPReceiver(t *testing.T) {
-	rcv, env := startReceiver(t)
+	rcv, env := otlptest.Start(t)
 	tel, err := NewTelemetry(context.Background(), env)
 	if err != nil {
 		t.Fatal(err)
@@ -199,7 +74,7 @@ func TestTracesReachOTLPReceiver(t *testing.T) {
 	if err := tel.ForceFlush(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	spans := waitSpans(t, rcv, SpanRequest, 2)
+	spans := otlptest.WaitSpans(t, rcv, SpanRequest, 2)
 	var fused, fallback *tracepb.Span
 	for _, s := range spans {
 		if s.Name != SpanRequest {
@@ -236,7 +111,7 @@ func TestTracesReachOTLPReceiver(t *testing.T) {
 		t.Errorf("fused span status = %v, want not ERROR", st)
 	}
 	// Metrics went over OTLP too, the lookups counter among them.
-	if got := rcv.sumPoints("fusionrag.proxy.lookups", "result"); got[LookupPartial] != 1 || got[LookupUnknown] != 1 {
+	if got := rcv.SumPoints("fusionrag.proxy.lookups", "result"); got[LookupPartial] != 1 || got[LookupUnknown] != 1 {
 		t.Errorf("pushed fusionrag.proxy.lookups by result = %v, want partial 1 (the fused 3/4) and unknown 1 (the failure)", got)
 	}
 	// Phase spans are children of their request span; forwards too.

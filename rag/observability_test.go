@@ -12,8 +12,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fusionrag/fusionrag/proxy"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
+
+	"github.com/fusionrag/fusionrag/internal/otlptest"
+	"github.com/fusionrag/fusionrag/proxy"
 )
 
 // What an operator sees (issue 19): the cache header, hit and miss
@@ -144,7 +146,7 @@ func documentedSpans(t *testing.T) []string {
 // phases as children of the request span, fusion.lookup with the chunk
 // counts, and the metrics pushed over OTLP.
 func TestOTLPEveryDocumentedSpan(t *testing.T) {
-	rcv, env := startReceiver(t)
+	rcv, env := otlptest.Start(t)
 	tel, err := proxy.NewTelemetry(context.Background(), env)
 	if err != nil {
 		t.Fatal(err)
@@ -162,7 +164,7 @@ func TestOTLPEveryDocumentedSpan(t *testing.T) {
 	if err := tel.ForceFlush(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	spans := waitSpans(t, rcv, proxy.SpanRequest, 1)
+	spans := otlptest.WaitSpans(t, rcv, proxy.SpanRequest, 1)
 	var req *tracepb.Span
 	byName := map[string]*tracepb.Span{}
 	for _, s := range spans {
@@ -193,10 +195,10 @@ func TestOTLPEveryDocumentedSpan(t *testing.T) {
 			t.Errorf("%s ends before it starts", proxy.SpanLookup)
 		}
 	}
-	if got := rcv.sumPoints("fusionrag.proxy.chunks", "result"); got["miss"] != 2 {
+	if got := rcv.SumPoints("fusionrag.proxy.chunks", "result"); got["miss"] != 2 {
 		t.Errorf("pushed fusionrag.proxy.chunks by result = %v, want miss 2", got)
 	}
-	if got := rcv.sumPoints("fusionrag.proxy.lookups", "result"); got[proxy.LookupMiss] != 1 {
+	if got := rcv.SumPoints("fusionrag.proxy.lookups", "result"); got[proxy.LookupMiss] != 1 {
 		t.Errorf("pushed fusionrag.proxy.lookups by result = %v, want miss 1", got)
 	}
 }

@@ -49,6 +49,7 @@ var allowed = map[string][]string{
 	"internal/layering":    {},
 	"internal/llamaserver": {"internal/skiplog"},
 	"internal/modeltest":   {"internal/shareddata", "model"},
+	"internal/otlptest":    {},
 	"internal/promexport":  {},
 	"internal/redisproc":   {},
 	"internal/redistest":   {"internal/redisproc", "internal/skiplog"},
