@@ -74,4 +74,7 @@ func TestWarmRemembersChunks(t *testing.T) {
 	if n, _ := fe.f.seen.len(other); n != 0 {
 		t.Errorf("tenant B remembers %d chunks, want 0", n)
 	}
+	if n := fe.f.budget.InUse(); n != 0 {
+		t.Errorf("%d bytes of the memory budget still reserved after the warm-up, want 0", n)
+	}
 }

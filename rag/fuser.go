@@ -507,8 +507,19 @@ func (f *Fuser) warm(ns fingerprint.Namespace, req recompute.Request, tenant str
 		return
 	}
 	req.Strategy, req.Ratio = "reuse", 0
+	// The warm-up holds memory like any run: it takes its share of the
+	// budget (limits.fusion_memory) or does not run. It reserves in its own
+	// goroutine, which normally starts after the calling Fuse has released
+	// its reservation; a warm-up that still finds the budget full is
+	// dropped (the next request with these chunks warms them).
+	need := fusionBytes(f.m.Config, len(sg.ids), sg.seg.Prefix.End, sg.seg.Question.Len(), req.Strategy, req.Ratio)
 	go func() {
 		defer func() { <-f.warming }()
+		if !f.budget.Reserve(need) {
+			f.log.Debug("fusion warm-up dropped: over the memory budget", "bytes", need)
+			return
+		}
+		defer f.budget.Release(need)
 		ctx, cancel := context.WithTimeout(context.Background(), warmTimeout)
 		defer cancel()
 		rp, err := recompute.New(recompute.Config{Model: f.m, Source: f.source, Namespace: ns, RecomputeBadKV: true})
