@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -81,33 +80,9 @@ func openClusterURL(u *url.URL) (Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	var c RedisConfig
-	if ttl := q.str("ttl", ""); ttl != "" {
-		if c.TTL, err = time.ParseDuration(ttl); err != nil {
-			return nil, fmt.Errorf("parameter ttl: %v", err)
-		}
-		if c.TTL == 0 {
-			c.TTL = -1
-		}
-	}
-	part, err := q.size("part", 0)
+	c, err := q.redisConfig()
 	if err != nil {
 		return nil, err
-	}
-	c.PartSize = int(part)
-	if t := q.str("timeout", ""); t != "" {
-		if c.Timeout, err = time.ParseDuration(t); err != nil {
-			return nil, fmt.Errorf("parameter timeout: %v", err)
-		}
-	}
-	if c.CallTimeout, err = q.deadline(); err != nil {
-		return nil, err
-	}
-	c.Prefix = q.str("prefix", "")
-	if st := q.str("streams", ""); st != "" {
-		if c.Streams, err = strconv.Atoi(st); err != nil {
-			return nil, fmt.Errorf("parameter streams: %q is not an integer", st)
-		}
 	}
 	spread, err := q.bool("spread", true)
 	if err != nil {
@@ -118,12 +93,7 @@ func openClusterURL(u *url.URL) (Store, error) {
 		return nil, fmt.Errorf("a cluster has no databases: path %q (use redis-cluster://host:port,host:port/)", u.Path)
 	}
 	hosts := strings.Split(u.Host, ",")
-	rest := url.Values{}
-	for k, v := range q.v {
-		if !q.used[k] {
-			rest[k] = v
-		}
-	}
+	rest := q.rest()
 	for _, h := range hosts[1:] {
 		if h = strings.TrimSpace(h); h == "" {
 			return nil, errors.New("empty host in the seed list")

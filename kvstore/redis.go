@@ -27,42 +27,12 @@ func openRedisURL(u *url.URL) (Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	var c RedisConfig
-	ttl := q.str("ttl", "")
-	if ttl != "" {
-		if c.TTL, err = time.ParseDuration(ttl); err != nil {
-			return nil, fmt.Errorf("parameter ttl: %v", err)
-		}
-		if c.TTL == 0 {
-			c.TTL = -1 // explicit ttl=0: no expiry
-		}
-	}
-	part, err := q.size("part", 0)
+	c, err := q.redisConfig()
 	if err != nil {
 		return nil, err
 	}
-	c.PartSize = int(part)
-	if t := q.str("timeout", ""); t != "" {
-		if c.Timeout, err = time.ParseDuration(t); err != nil {
-			return nil, fmt.Errorf("parameter timeout: %v", err)
-		}
-	}
-	if c.CallTimeout, err = q.deadline(); err != nil {
-		return nil, err
-	}
-	c.Prefix = q.str("prefix", "")
-	if st := q.str("streams", ""); st != "" {
-		if c.Streams, err = strconv.Atoi(st); err != nil {
-			return nil, fmt.Errorf("parameter streams: %q is not an integer", st)
-		}
-	}
 	// The remaining parameters are go-redis's own (pool_size, read_timeout...).
-	rest := url.Values{}
-	for k, v := range q.v {
-		if !q.used[k] {
-			rest[k] = v
-		}
-	}
+	rest := q.rest()
 	u2 := *u
 	u2.RawQuery = rest.Encode()
 	opts, err := redis.ParseURL(u2.String())
@@ -211,6 +181,54 @@ func (c *RedisConfig) fillCallTimeout(read time.Duration) {
 		read = 5 * time.Second
 	}
 	c.CallTimeout = 2*read + time.Second
+}
+
+// redisConfig parses the parameters of ours that a redis:// and a
+// redis-cluster:// URL share (ttl, part, timeout, deadline, prefix,
+// streams) into a RedisConfig without client options.
+func (q *query) redisConfig() (RedisConfig, error) {
+	var c RedisConfig
+	var err error
+	if ttl := q.str("ttl", ""); ttl != "" {
+		if c.TTL, err = time.ParseDuration(ttl); err != nil {
+			return c, fmt.Errorf("parameter ttl: %v", err)
+		}
+		if c.TTL == 0 {
+			c.TTL = -1 // explicit ttl=0: no expiry
+		}
+	}
+	part, err := q.size("part", 0)
+	if err != nil {
+		return c, err
+	}
+	c.PartSize = int(part)
+	if t := q.str("timeout", ""); t != "" {
+		if c.Timeout, err = time.ParseDuration(t); err != nil {
+			return c, fmt.Errorf("parameter timeout: %v", err)
+		}
+	}
+	if c.CallTimeout, err = q.deadline(); err != nil {
+		return c, err
+	}
+	c.Prefix = q.str("prefix", "")
+	if st := q.str("streams", ""); st != "" {
+		if c.Streams, err = strconv.Atoi(st); err != nil {
+			return c, fmt.Errorf("parameter streams: %q is not an integer", st)
+		}
+	}
+	return c, nil
+}
+
+// rest returns the parameters not read so far: go-redis's own, passed on
+// to its URL parser.
+func (q *query) rest() url.Values {
+	rest := url.Values{}
+	for k, v := range q.v {
+		if !q.used[k] {
+			rest[k] = v
+		}
+	}
+	return rest
 }
 
 // deadline parses the deadline parameter (CallTimeout): a duration, 0 for
