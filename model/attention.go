@@ -215,22 +215,9 @@ func (m *Model) attention(cache *Cache, l int, pos []int32, q, k, v, out []float
 			}
 		})
 	}
-	forRange(n, 64, func(b, e int) {
-		buf := getFloats(hd)
-		defer putFloats(buf)
-		for i := b; i < e; i++ {
-			m.rope.apply(q[i*nh*hd:(i+1)*nh*hd], nh, pos[i], *buf)
-		}
-	})
-
-	want := opts.Attention || opts.AttentionSum
-	var a *Attention
-	if want {
-		a = &Attention{Heads: nh, Queries: n, Keys: total}
-		if !opts.AttentionSum {
-			a.Weights = make([]float32, nh*n*total)
-		}
-	}
+	m.ropeQueries(forRange, q, pos, nh, hd)
+	a := newAttention(opts.Attention, opts.AttentionSum, nh, n, total)
+	want := a != nil
 	scale := float32(1 / math.Sqrt(float64(hd)))
 	qPer := max(1, attnRows/group) // queries per task
 	nqb := (n + qPer - 1) / qPer
@@ -545,4 +532,31 @@ func putInt32s(p *[]int32) {
 		return
 	}
 	int32Pools[c].Put(p)
+}
+
+// ropeQueries rotates the queries q [n, nh*hd] in place to their positions
+// pos [n] (the keys are placed with theirs as they are gathered), blocks of
+// queries spread by forRange (parallelRange or serialRange).
+func (m *Model) ropeQueries(forRange func(n, grain int, fn func(b, e int)), q []float32, pos []int32, nh, hd int) {
+	forRange(len(pos), 64, func(b, e int) {
+		buf := getFloats(hd)
+		defer putFloats(buf)
+		for i := b; i < e; i++ {
+			m.rope.apply(q[i*nh*hd:(i+1)*nh*hd], nh, pos[i], *buf)
+		}
+	})
+}
+
+// newAttention returns the Attention a pass of n queries over total keys
+// reports when the weights or only their sum (Weights nil) are asked for:
+// Weights [nh, n, total] unless sumOnly; nil when neither is.
+func newAttention(weights, sumOnly bool, nh, n, total int) *Attention {
+	if !weights && !sumOnly {
+		return nil
+	}
+	a := &Attention{Heads: nh, Queries: n, Keys: total}
+	if !sumOnly {
+		a.Weights = make([]float32, nh*n*total)
+	}
+	return a
 }

@@ -347,22 +347,9 @@ func (m *Model) attentionRef(cache *Cache, l int, pos []int32, q, k, v, out []fl
 			}
 		}
 	})
-	forRange(n, 64, func(b, e int) {
-		buf := getFloats(hd)
-		defer putFloats(buf)
-		for i := b; i < e; i++ {
-			m.rope.apply(q[i*nh*hd:(i+1)*nh*hd], nh, pos[i], *buf)
-		}
-	})
-
-	want := opts.Attention || opts.AttentionSum
-	var a *Attention
-	if want {
-		a = &Attention{Heads: nh, Queries: n, Keys: total}
-		if !opts.AttentionSum {
-			a.Weights = make([]float32, nh*n*total)
-		}
-	}
+	m.ropeQueries(forRange, q, pos, nh, hd)
+	a := newAttention(opts.Attention, opts.AttentionSum, nh, n, total)
+	want := a != nil
 	scale := float32(1 / math.Sqrt(float64(hd)))
 	group := nh / kvh
 	mm := m.matMul()
