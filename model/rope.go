@@ -23,29 +23,38 @@ type rope struct {
 const ropeTableMax = 16384
 
 func newRope(c Config) *rope {
+	return &rope{half: c.HeadDim / 2, interleaved: c.RopeInterleaved, freq: c.RopeFreqs()}
+}
+
+// RopeFreqs returns the rotation frequency of each of the HeadDim/2 pairs of
+// a head, in float64, with the config's RoPE scaling (llama3) applied: pair
+// i of a token at position p turns by p * RopeFreqs()[i]. Code that must
+// rotate K exactly as the model does (adapters/llamacpp) takes them from
+// here.
+func (c Config) RopeFreqs() []float64 {
 	half := c.HeadDim / 2
-	r := &rope{half: half, interleaved: c.RopeInterleaved, freq: make([]float64, half)}
+	freq := make([]float64, half)
 	for i := range half {
 		// llama2.c: theta^-(2i/HeadDim) on pair i; HF inv_freq is the same list.
-		r.freq[i] = 1 / math.Pow(c.RopeTheta, float64(2*i)/float64(c.HeadDim))
+		freq[i] = 1 / math.Pow(c.RopeTheta, float64(2*i)/float64(c.HeadDim))
 	}
 	if s := c.RopeScaling; s != nil && s.Type == "llama3" {
 		old := float64(s.OriginalMaxPositions)
 		lowWavelen := old / s.LowFreqFactor
 		highWavelen := old / s.HighFreqFactor
-		for i, f := range r.freq {
+		for i, f := range freq {
 			wavelen := 2 * math.Pi / f
 			switch {
 			case wavelen < highWavelen:
 			case wavelen > lowWavelen:
-				r.freq[i] = f / s.Factor
+				freq[i] = f / s.Factor
 			default:
 				smooth := (old/wavelen - s.LowFreqFactor) / (s.HighFreqFactor - s.LowFreqFactor)
-				r.freq[i] = (1-smooth)*f/s.Factor + smooth*f
+				freq[i] = (1-smooth)*f/s.Factor + smooth*f
 			}
 		}
 	}
-	return r
+	return freq
 }
 
 // cosSin returns the [half, 2] cos/sin row of position p.

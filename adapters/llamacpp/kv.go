@@ -83,10 +83,12 @@ func layoutOf(f *SlotFile, cfg model.Config) (Layout, error) {
 	return lay, nil
 }
 
-// rope rotates K as the model does (model/rope.go: frequencies in float64,
-// cos/sin rounded once to float32, llama3 scaling). It is repeated here
-// because the model package keeps its rotation private; the golden test
-// against a real server's file proves the two agree.
+// rope rotates K as the model does (the model's frequencies,
+// model.Config.RopeFreqs, with llama3 scaling; cos/sin rounded once to
+// float32, as model/rope.go does). The rotation itself is repeated here
+// because the model package keeps its own private (it rotates forward only,
+// through a cos/sin table); the golden test against a real server's file
+// proves the two agree.
 type rope struct {
 	half        int
 	interleaved bool
@@ -94,27 +96,7 @@ type rope struct {
 }
 
 func newRope(c model.Config) *rope {
-	half := c.HeadDim / 2
-	r := &rope{half: half, interleaved: c.RopeInterleaved, freq: make([]float64, half)}
-	for i := range half {
-		r.freq[i] = 1 / math.Pow(c.RopeTheta, float64(2*i)/float64(c.HeadDim))
-	}
-	if s := c.RopeScaling; s != nil && s.Type == "llama3" {
-		old := float64(s.OriginalMaxPositions)
-		lowWavelen, highWavelen := old/s.LowFreqFactor, old/s.HighFreqFactor
-		for i, f := range r.freq {
-			wavelen := 2 * math.Pi / f
-			switch {
-			case wavelen < highWavelen:
-			case wavelen > lowWavelen:
-				r.freq[i] = f / s.Factor
-			default:
-				smooth := (old/wavelen - s.LowFreqFactor) / (s.HighFreqFactor - s.LowFreqFactor)
-				r.freq[i] = (1-smooth)*f/s.Factor + smooth*f
-			}
-		}
-	}
-	return r
+	return &rope{half: c.HeadDim / 2, interleaved: c.RopeInterleaved, freq: c.RopeFreqs()}
 }
 
 // rotate rotates x, one token's [heads, 2*half] keys, in place to position
