@@ -312,16 +312,7 @@ func (t *GGUFSPM) encodeFragment(text string, base int, ids []int32, spans []Spa
 			spans = append(spans, Span{src(a + int(p.begin)), src(a + int(p.end))})
 		}
 	}
-	start := 0
-	if t.cutSpace {
-		for i := 1; i < len(key); i++ {
-			if key[i] == ' ' && key[i-1] != ' ' {
-				emit(start, i)
-				start = i
-			}
-		}
-	}
-	emit(start, len(key))
+	spaceWords(key, t.cutSpace, emit)
 	return ids, spans
 }
 

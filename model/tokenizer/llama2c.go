@@ -145,16 +145,7 @@ func (t *Llama2c) EncodeOffsets(text string) ([]int32, []Span) {
 			spans = append(spans, Span{src(a + int(p.begin)), src(a + int(p.end))})
 		}
 	}
-	start := 0
-	if t.cutSpace {
-		for i := 1; i < len(key); i++ {
-			if key[i] == ' ' && key[i-1] != ' ' {
-				emit(start, i)
-				start = i
-			}
-		}
-	}
-	emit(start, len(key))
+	spaceWords(key, t.cutSpace, emit)
 	return ids, spans
 }
 
@@ -321,4 +312,21 @@ func utf8Pending(b []byte) int {
 		return 0
 	}
 	return 0
+}
+
+// spaceWords calls emit with each word [a, b) of key, the dummy-prefixed
+// text: with cut, key is cut before every space that follows a non-space (a
+// word keeps the spaces in front of it, as sentencepiece's pre-split does);
+// without, key is one word.
+func spaceWords(key string, cut bool, emit func(a, b int)) {
+	start := 0
+	if cut {
+		for i := 1; i < len(key); i++ {
+			if key[i] == ' ' && key[i-1] != ' ' {
+				emit(start, i)
+				start = i
+			}
+		}
+	}
+	emit(start, len(key))
 }
