@@ -480,10 +480,15 @@ func (r *run) fuse(ctx context.Context, i int, nb []int) error {
 	// The fused KV first, its record second: a reader sees the old KV or
 	// the new one whole (Put is atomic per key), and a crash between the
 	// two leaves an old record, which only costs a fusion more next time.
+	// Once the KV is stored its record is written even if the Run is
+	// cancelled meanwhile (an interrupted ingest would otherwise leave KV
+	// without a record, fused again on resume); recordTimeout bounds it.
 	if err := r.put(ctx, r.fused[i], c.Tokens, kv, &r.sum.FusedStored); err != nil {
 		return err
 	}
-	if err := r.putRecord(ctx, i, ver); err != nil {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordTimeout)
+	defer cancel()
+	if err := r.putRecord(rctx, i, ver); err != nil {
 		return err
 	}
 	r.mu.Lock()
@@ -494,6 +499,10 @@ func (r *run) fuse(ctx context.Context, i int, nb []int) error {
 	r.mu.Unlock()
 	return nil
 }
+
+// recordTimeout bounds the Put of a neighbour record that follows its
+// fused KV after the Run's context is cancelled.
+const recordTimeout = 10 * time.Second
 
 // neighbourCheck is the digest of a fused chunk's neighbours as its record
 // holds it: their count, and an xxh3 of the stored dtype and their raw
