@@ -148,16 +148,22 @@ func (s *Store) GetKV(ctx context.Context, key fingerprint.Key, check fingerprin
 // cache's pre-RoPE K, and the positions it was computed at are not needed to
 // place it (the chunk convention fixes them relative to S).
 func (s *Store) PutKV(ctx context.Context, key fingerprint.Key, check fingerprint.Check, kv *model.Cache) error {
-	dt := s.DType
-	if dt == 0 {
-		dt = kvstore.Float32
-	}
-	b, err := kvstore.FromFloat32(kvstore.Meta{
-		DType: dt, Layers: kv.Layers, KVHeads: kv.KVHeads, HeadDim: kv.HeadDim, Tokens: kv.Len(),
-		PositionFree: true, Key: key, Check: check,
-	}, kv.K, kv.V)
+	b, err := s.Blob(key, check, kv)
 	if err != nil {
 		return err
 	}
 	return s.Store.Put(ctx, b)
+}
+
+// Blob encodes kv as PutKV stores it (s.DType, position-free), for a
+// caller that needs the bytes (a digest of the payload) before its Put.
+func (s *Store) Blob(key fingerprint.Key, check fingerprint.Check, kv *model.Cache) (*kvstore.Blob, error) {
+	dt := s.DType
+	if dt == 0 {
+		dt = kvstore.Float32
+	}
+	return kvstore.FromFloat32(kvstore.Meta{
+		DType: dt, Layers: kv.Layers, KVHeads: kv.KVHeads, HeadDim: kv.HeadDim, Tokens: kv.Len(),
+		PositionFree: true, Key: key, Check: check,
+	}, kv.K, kv.V)
 }

@@ -2,6 +2,7 @@ package fusion
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -395,13 +396,23 @@ func (r *run) count(p *int, bytes int64) {
 }
 
 func (r *run) put(ctx context.Context, key fingerprint.Key, tokens []int32, kv *model.Cache, counter *int) error {
-	if err := r.in.src.PutKV(ctx, key, fingerprint.CheckOf(tokens), kv); err != nil {
-		return fmt.Errorf("fusion: store: %w", err)
+	_, err := r.putSum(ctx, key, tokens, kv, counter)
+	return err
+}
+
+// putSum is put that also returns the xxh3 of the stored payload, which a
+// fused chunk's neighbour record holds.
+func (r *run) putSum(ctx context.Context, key fingerprint.Key, tokens []int32, kv *model.Cache, counter *int) (uint64, error) {
+	b, err := r.in.src.Blob(key, fingerprint.CheckOf(tokens), kv)
+	if err != nil {
+		return 0, fmt.Errorf("fusion: store: %w", err)
 	}
-	m := kvstore.Meta{DType: r.in.cfg.DType, Layers: kv.Layers, KVHeads: kv.KVHeads, HeadDim: kv.HeadDim, Tokens: kv.Len()}
-	n, _ := m.PayloadSize()
-	r.count(counter, n+kvstore.HeaderSize)
-	return nil
+	sum := xxh3.Hash(b.Payload())
+	if err := r.in.cfg.Store.Put(ctx, b); err != nil {
+		return 0, fmt.Errorf("fusion: store: %w", err)
+	}
+	r.count(counter, int64(b.Size()))
+	return sum, nil
 }
 
 // fuse computes and stores chunk i's fused KV on top of its neighbours nb.
@@ -432,7 +443,9 @@ func (r *run) fuse(ctx context.Context, i int, nb []int) error {
 	// The neighbour record: skip when the stored fused KV was fused with
 	// these very neighbours. The chunk's key is locked from this check to
 	// the record's Put, so that two Runs of this process fusing it with
-	// different neighbours cannot leave one's KV under the other's record.
+	// different neighbours cannot leave one's KV under the other's record;
+	// two processes can, and the payload digest in the record tells: the
+	// pair is then not "same" and the chunk is fused again.
 	ver := r.neighbourCheck(nb)
 	unlock := in.locks.lock(r.fused[i])
 	defer unlock()
@@ -483,12 +496,13 @@ func (r *run) fuse(ctx context.Context, i int, nb []int) error {
 	// Once the KV is stored its record is written even if the Run is
 	// cancelled meanwhile (an interrupted ingest would otherwise leave KV
 	// without a record, fused again on resume); recordTimeout bounds it.
-	if err := r.put(ctx, r.fused[i], c.Tokens, kv, &r.sum.FusedStored); err != nil {
+	sum, err := r.putSum(ctx, r.fused[i], c.Tokens, kv, &r.sum.FusedStored)
+	if err != nil {
 		return err
 	}
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordTimeout)
 	defer cancel()
-	if err := r.putRecord(rctx, i, ver); err != nil {
+	if err := r.putRecord(rctx, i, ver, sum); err != nil {
 		return err
 	}
 	r.mu.Lock()
@@ -526,30 +540,47 @@ func (r *run) recordKey(i int) fingerprint.Key {
 // storedWith reports whether chunk i has fused KV stored (had) and whether
 // its record says it was fused with the neighbours of digest ver (same).
 // The record is a blob of one element whose Check is the digest, so a
-// record of other neighbours is a Get miss (kvstore.ErrCollision).
+// record of other neighbours is a Get miss (kvstore.ErrCollision); its
+// payload (K and V, 8 bytes) holds the xxh3 of the fused payload it was
+// written after, so that KV another process stored over this one's (each
+// writing its KV, then its record) is not taken for the record's.
 func (r *run) storedWith(ctx context.Context, i int, ver fingerprint.Check) (had, same bool, err error) {
 	st := r.in.cfg.Store
-	if had, err = st.Has(ctx, r.fused[i]); err != nil || !had {
-		return had, false, err
-	}
-	b, err := st.Get(ctx, r.recordKey(i), ver)
+	rec, err := st.Get(ctx, r.recordKey(i), ver)
 	switch {
-	case err == nil:
-		_ = b.Release()
-		return true, true, nil
 	case errors.Is(err, kvstore.ErrNotFound):
-		return true, false, nil
+		if had, err = st.Has(ctx, r.fused[i]); err != nil {
+			return false, false, fmt.Errorf("fusion: store: %w", err)
+		}
+		return had, false, nil
+	case err != nil:
+		return false, false, fmt.Errorf("fusion: store: %w", err)
 	}
-	return true, false, fmt.Errorf("fusion: store: %w", err)
+	want := binary.LittleEndian.Uint64(rec.Payload())
+	_ = rec.Release()
+	b, err := st.Get(ctx, r.fused[i], fingerprint.CheckOf(r.chunks[i].Tokens))
+	switch {
+	case errors.Is(err, kvstore.ErrNotFound):
+		// Evicted, corrupt (a counted miss) or under another chunk's ids:
+		// fused again.
+		return false, false, nil
+	case err != nil:
+		return false, false, fmt.Errorf("fusion: store: %w", err)
+	}
+	got := xxh3.Hash(b.Payload())
+	_ = b.Release()
+	return true, got == want, nil
 }
 
-// putRecord stores chunk i's neighbour record.
-func (r *run) putRecord(ctx context.Context, i int, ver fingerprint.Check) error {
+// putRecord stores chunk i's neighbour record: Check ver, payload the
+// digest sum of the fused payload it describes.
+func (r *run) putRecord(ctx context.Context, i int, ver fingerprint.Check, sum uint64) error {
 	b, err := kvstore.NewBlob(kvstore.Meta{DType: kvstore.Float32, Layers: 1, KVHeads: 1, HeadDim: 1, Tokens: 1,
 		PositionFree: true, Key: r.recordKey(i), Check: ver})
 	if err != nil {
 		return err
 	}
+	binary.LittleEndian.PutUint64(b.Payload(), sum)
 	if err := r.in.cfg.Store.Put(ctx, b); err != nil {
 		return fmt.Errorf("fusion: store: %w", err)
 	}
