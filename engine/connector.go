@@ -80,7 +80,7 @@ func NewConnector(cfg ConnectorConfig) (*Connector, error) {
 	if cfg.Shared == nil && cfg.Pushed == nil {
 		return nil, fmt.Errorf("%w: connector needs a shared or a push store", ErrConfig)
 	}
-	return &Connector{cfg: cfg, met: newMetrics()}, nil
+	return &Connector{cfg: cfg, met: newMetrics(nil)}, nil
 }
 
 // OpenConnector opens the stores by URL (kvstore.Open syntax; an empty URL

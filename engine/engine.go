@@ -39,8 +39,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/fusionrag/fusionrag/internal/otelenv"
 	"github.com/fusionrag/fusionrag/model/tokenizer"
 	"github.com/fusionrag/fusionrag/prompt"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 )
 
 // Engine serves one model over HTTP.
@@ -55,6 +57,7 @@ type Engine struct {
 	kv      kvLoader // e.conn, or nil
 	sched   *scheduler
 	met     *metrics
+	readers []sdkmetric.Reader // WithMetricReader's, besides the page
 	created int64
 
 	srvMu sync.Mutex
@@ -76,6 +79,13 @@ func WithStopIDs(ids []int32) Option { return func(e *Engine) { e.stopIDs = ids 
 // PUT /v1/kv/{key} answers 404.
 func WithConnector(c *Connector) Option { return func(e *Engine) { e.conn = c } }
 
+// WithMetricReader adds an OpenTelemetry metric reader beside the /metrics
+// page, e.g. the OTLP push of otelenv.MetricReader. Shutdown and Close shut
+// it down, which pushes a last time.
+func WithMetricReader(r sdkmetric.Reader) Option {
+	return func(e *Engine) { e.readers = append(e.readers, r) }
+}
+
 // New builds an engine over lm and tok. cfg is normalised (defaults filled,
 // validated); the context limit is clamped to the model's.
 func New(cfg Config, lm LM, tok tokenizer.Tokenizer, opts ...Option) (*Engine, error) {
@@ -88,10 +98,15 @@ func New(cfg Config, lm LM, tok tokenizer.Tokenizer, opts ...Option) (*Engine, e
 	if tok.VocabSize() > lm.VocabSize() {
 		return nil, fmt.Errorf("%w: tokenizer has %d ids but the model only %d", ErrConfig, tok.VocabSize(), lm.VocabSize())
 	}
-	e := &Engine{cfg: cfg, lm: lm, tok: tok, stopIDs: tok.EOS(), met: newMetrics(), created: time.Now().Unix()}
+	e := &Engine{cfg: cfg, lm: lm, tok: tok, stopIDs: tok.EOS(), created: time.Now().Unix()}
 	for _, o := range opts {
 		o(e)
 	}
+	res, err := otelenv.Resource(context.Background(), "fusionrag-engine")
+	if err != nil {
+		return nil, err
+	}
+	e.met = newMetrics(res, e.readers...)
 	if e.chat == nil {
 		t, err := prompt.TemplateOf(tok)
 		if err != nil {
@@ -169,7 +184,7 @@ func (e *Engine) Shutdown(ctx context.Context) error {
 	if e.conn != nil {
 		err = errors.Join(err, e.conn.Close())
 	}
-	return err
+	return errors.Join(err, e.met.shutdown(ctx))
 }
 
 // Close stops everything now: running requests fail with ErrClosed.
@@ -185,8 +200,13 @@ func (e *Engine) Close() error {
 	if e.conn != nil {
 		err = errors.Join(err, e.conn.Close())
 	}
-	return err
+	ctx, cancel := context.WithTimeout(context.Background(), closeFlush)
+	defer cancel()
+	return errors.Join(err, e.met.shutdown(ctx))
 }
+
+// closeFlush bounds the last metrics push of Close.
+const closeFlush = 5 * time.Second
 
 // Handler returns the HTTP API.
 func (e *Engine) Handler() http.Handler {

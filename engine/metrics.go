@@ -11,6 +11,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/resource"
 
 	"github.com/fusionrag/fusionrag/internal/promexport"
 )
@@ -44,6 +45,15 @@ type metrics struct {
 
 	prom *promexport.Exposition
 	mp   *sdkmetric.MeterProvider
+	stop sync.Once
+}
+
+// shutdown shuts the meter provider down once: readers that push (OTLP)
+// push a last time, within ctx.
+func (m *metrics) shutdown(ctx context.Context) error {
+	var err error
+	m.stop.Do(func() { err = m.mp.Shutdown(ctx) })
+	return err
 }
 
 // histogram is the TTFT histogram.
@@ -55,9 +65,12 @@ func (h *histogram) observe(v float64) {
 	}
 }
 
-func newMetrics() *metrics {
+// newMetrics builds the engine's meter provider: the /metrics page and
+// the extra readers (an OTLP push, see WithMetricReader), under res (nil:
+// the SDK's default resource).
+func newMetrics(res *resource.Resource, readers ...sdkmetric.Reader) *metrics {
 	m := &metrics{requests: map[[2]string]int64{}, lookups: map[string]int64{}}
-	if err := m.instruments(); err != nil {
+	if err := m.instruments(res, readers); err != nil {
 		// The instruments' names and options are constants and the
 		// registry is the engine's own: a failure is a broken invariant.
 		panic("engine: metrics: " + err.Error())
@@ -65,12 +78,19 @@ func newMetrics() *metrics {
 	return m
 }
 
-func (m *metrics) instruments() error {
+func (m *metrics) instruments(res *resource.Resource, readers []sdkmetric.Reader) error {
 	var err error
 	if m.prom, err = promexport.New(); err != nil {
 		return err
 	}
-	m.mp = sdkmetric.NewMeterProvider(sdkmetric.WithReader(m.prom.Reader()))
+	opts := []sdkmetric.Option{sdkmetric.WithReader(m.prom.Reader())}
+	for _, r := range readers {
+		opts = append(opts, sdkmetric.WithReader(r))
+	}
+	if res != nil {
+		opts = append(opts, sdkmetric.WithResource(res))
+	}
+	m.mp = sdkmetric.NewMeterProvider(opts...)
 	meter := m.mp.Meter("github.com/fusionrag/fusionrag/engine")
 	var errs []error
 	add := func(err error) { errs = append(errs, err) }

@@ -137,8 +137,9 @@ func (l *ModelLM) StopIDs() []int32 { return l.M.StopIDs() }
 
 // NewFromModel builds an engine serving m (which must have a tokenizer):
 // its stop ids, its chat template, and a KV connector over
-// cfg.StoreURL (shared, may be empty) and cfg.PushStoreURL (pushed KV).
-func NewFromModel(cfg Config, m *model.Model) (*Engine, error) {
+// cfg.StoreURL (shared, may be empty) and cfg.PushStoreURL (pushed KV);
+// opts come after those.
+func NewFromModel(cfg Config, m *model.Model, opts ...Option) (*Engine, error) {
 	if err := cfg.Normalize(); err != nil {
 		return nil, err
 	}
@@ -150,7 +151,7 @@ func NewFromModel(cfg Config, m *model.Model) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	e, err := New(cfg, lm, m.Tokenizer, WithStopIDs(lm.StopIDs()), WithConnector(conn))
+	e, err := New(cfg, lm, m.Tokenizer, append([]Option{WithStopIDs(lm.StopIDs()), WithConnector(conn)}, opts...)...)
 	if err != nil {
 		conn.Close()
 		return nil, err

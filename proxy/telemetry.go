@@ -11,15 +11,14 @@ import (
 	"github.com/sony/gobreaker/v2"
 	"github.com/valyala/fasthttp"
 	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetricgrpc"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
 	"go.opentelemetry.io/otel/metric"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/exemplar"
-	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/fusionrag/fusionrag/internal/otelenv"
 	"github.com/fusionrag/fusionrag/internal/promexport"
 )
 
@@ -142,21 +141,12 @@ func (t *Telemetry) pathRouteOpts(path string, r Route) []metric.AddOption {
 // the /metrics page that is always there. The exporters themselves read the
 // other OTEL_EXPORTER_OTLP_* variables. Only OTLP over gRPC is supported.
 func NewTelemetry(ctx context.Context, env func(string) (string, bool)) (*Telemetry, error) {
-	get := func(k string) string {
-		if env == nil {
-			return ""
-		}
-		v, _ := env(k)
-		return strings.TrimSpace(v)
-	}
-	res, err := resource.New(ctx,
-		resource.WithAttributes(attribute.String("service.name", "fusionrag")),
-		resource.WithFromEnv(), resource.WithTelemetrySDK())
-	if err != nil && res == nil {
-		return nil, fmt.Errorf("telemetry: resource: %w", err)
+	res, err := otelenv.Resource(ctx, "fusionrag")
+	if err != nil {
+		return nil, err
 	}
 	topts := []sdktrace.TracerProviderOption{sdktrace.WithResource(res)}
-	tracing, err := otlpWanted(get, "TRACES")
+	tracing, err := otelenv.Wanted(env, "TRACES")
 	if err != nil {
 		return nil, err
 	}
@@ -171,10 +161,6 @@ func NewTelemetry(ctx context.Context, env func(string) (string, bool)) (*Teleme
 		// and spans others start from this provider are non-recording.
 		topts = append(topts, sdktrace.WithSampler(sdktrace.NeverSample()))
 	}
-	pushMetrics, err := otlpWanted(get, "METRICS")
-	if err != nil {
-		return nil, err
-	}
 	prom, err := promexport.New()
 	if err != nil {
 		return nil, fmt.Errorf("telemetry: %w", err)
@@ -184,12 +170,13 @@ func NewTelemetry(ctx context.Context, env func(string) (string, bool)) (*Teleme
 	// span-context lookup.
 	mopts := []sdkmetric.Option{sdkmetric.WithReader(prom.Reader()), sdkmetric.WithResource(res),
 		sdkmetric.WithExemplarFilter(exemplar.AlwaysOffFilter)}
+	push, err := otelenv.MetricReader(ctx, env)
+	if err != nil {
+		return nil, err
+	}
+	pushMetrics := push != nil
 	if pushMetrics {
-		exp, err := otlpmetricgrpc.New(ctx)
-		if err != nil {
-			return nil, fmt.Errorf("telemetry: OTLP metric exporter: %w", err)
-		}
-		mopts = append(mopts, sdkmetric.WithReader(sdkmetric.NewPeriodicReader(exp)))
+		mopts = append(mopts, sdkmetric.WithReader(push))
 	}
 	t := &Telemetry{tp: sdktrace.NewTracerProvider(topts...), prom: prom, tracing: tracing, metricsOTLP: pushMetrics}
 	t.mp = sdkmetric.NewMeterProvider(mopts...)
@@ -209,29 +196,6 @@ func NewTelemetry(ctx context.Context, env func(string) (string, bool)) (*Teleme
 		return nil, err
 	}
 	return t, nil
-}
-
-// otlpWanted reads OTEL_<signal>_EXPORTER and the endpoint variables: true
-// when the signal is to be exported over OTLP/gRPC.
-func otlpWanted(get func(string) string, signal string) (bool, error) {
-	exporter := strings.ToLower(get("OTEL_" + signal + "_EXPORTER"))
-	if exporter == "" && (get("OTEL_EXPORTER_OTLP_ENDPOINT") != "" || get("OTEL_EXPORTER_OTLP_"+signal+"_ENDPOINT") != "") {
-		exporter = "otlp"
-	}
-	switch exporter {
-	case "", "none":
-		return false, nil
-	case "otlp":
-		proto := get("OTEL_EXPORTER_OTLP_" + signal + "_PROTOCOL")
-		if proto == "" {
-			proto = get("OTEL_EXPORTER_OTLP_PROTOCOL")
-		}
-		if proto != "" && proto != "grpc" {
-			return false, fmt.Errorf("telemetry: OTLP protocol %q not supported (only grpc)", proto)
-		}
-		return true, nil
-	}
-	return false, fmt.Errorf("telemetry: OTEL_%s_EXPORTER=%q not supported (otlp or none)", signal, exporter)
 }
 
 func (t *Telemetry) instruments() error {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/fusionrag/fusionrag/engine"
+	"github.com/fusionrag/fusionrag/internal/otelenv"
 	"github.com/fusionrag/fusionrag/model"
 )
 
@@ -47,12 +48,21 @@ func runEngine(args []string) error {
 		return err
 	}
 	defer m.Close()
-	e, err := engine.NewFromModel(cfg, m)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	var opts []engine.Option
+	pusher, err := otelenv.MetricReader(ctx, os.LookupEnv)
 	if err != nil {
 		return err
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
+	if pusher != nil {
+		opts = append(opts, engine.WithMetricReader(pusher))
+		log.Printf("fusionrag engine: pushing metrics over OTLP (OTEL_EXPORTER_OTLP_* set)")
+	}
+	e, err := engine.NewFromModel(cfg, m, opts...)
+	if err != nil {
+		return err
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- e.ListenAndServe() }()
 	log.Printf("fusionrag engine: serving %s (%s) on http://%s", cfg.ModelName, *modelPath, cfg.Listen)

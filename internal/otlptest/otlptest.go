@@ -26,6 +26,7 @@ type Receiver struct {
 	mu      sync.Mutex
 	spans   []*tracepb.Span
 	metrics map[string]*metricpb.Metric // latest push of each metric, by name
+	service map[string]string           // metric name -> service.name of its resource
 }
 
 // Export implements the trace service.
@@ -60,10 +61,20 @@ func (m metricsService) Export(_ context.Context, req *colmetricpb.ExportMetrics
 	if m.r.metrics == nil {
 		m.r.metrics = map[string]*metricpb.Metric{}
 	}
+	if m.r.service == nil {
+		m.r.service = map[string]string{}
+	}
 	for _, rm := range req.ResourceMetrics {
+		svc := ""
+		for _, kv := range rm.GetResource().GetAttributes() {
+			if kv.Key == "service.name" {
+				svc = kv.Value.GetStringValue()
+			}
+		}
 		for _, sm := range rm.ScopeMetrics {
 			for _, x := range sm.Metrics {
 				m.r.metrics[x.Name] = x
+				m.r.service[x.Name] = svc
 			}
 		}
 	}
@@ -76,6 +87,14 @@ func (r *Receiver) Metric(name string) *metricpb.Metric {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.metrics[name]
+}
+
+// Service returns the service.name of the resource that last pushed the
+// metric named name ("" when none came).
+func (r *Receiver) Service(name string) string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.service[name]
 }
 
 // SumPoints returns a pushed counter's points as attribute value -> value
