@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"testing"
 )
 
@@ -25,10 +27,21 @@ func (f *forwarderBackend) Forward(ctx context.Context, cache *Cache, b Batch, o
 	return &ForwardResult{Logits: [][]float32{{42}}}, nil
 }
 
+// testBackends registers the test's two backends once per process (the
+// registry is global and refuses a name twice; -count=N runs the test N
+// times); the forwarder factory hands out the current run's backend.
+var (
+	testBackends  sync.Once
+	testForwarder atomic.Pointer[forwarderBackend]
+)
+
 func TestBackendHooks(t *testing.T) {
 	fb := &forwarderBackend{}
-	RegisterBackend("test-forwarder", func() (Backend, error) { return fb, nil })
-	RegisterBackend("test-failing", func() (Backend, error) { return nil, errors.New("no device") })
+	testForwarder.Store(fb)
+	testBackends.Do(func() {
+		RegisterBackend("test-forwarder", func() (Backend, error) { return testForwarder.Load(), nil })
+		RegisterBackend("test-failing", func() (Backend, error) { return nil, errors.New("no device") })
+	})
 	if !slices.Contains(Backends(), "cpu") || !slices.Contains(Backends(), "test-forwarder") {
 		t.Fatalf("Backends() = %v", Backends())
 	}
