@@ -19,6 +19,7 @@ import (
 
 	"github.com/fusionrag/fusionrag/engine"
 	"github.com/fusionrag/fusionrag/fingerprint"
+	"github.com/fusionrag/fusionrag/internal/promexport"
 	"github.com/fusionrag/fusionrag/internal/redisproc"
 	"github.com/fusionrag/fusionrag/kvstore"
 	"github.com/fusionrag/fusionrag/model"
@@ -345,23 +346,11 @@ func scrapeMetrics(client *http.Client, base string) (map[string]float64, error)
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("bench: %s/metrics: %s", base, resp.Status)
 	}
-	out := map[string]float64{}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		if i < 0 {
-			continue
-		}
-		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
-			out[line[:i]] += v
-		}
+	m, err := promexport.ParseText(resp.Body)
+	if err != nil {
+		return nil, fmt.Errorf("bench: %s/metrics: %w", base, err)
 	}
-	return out, sc.Err()
+	return m, nil
 }
 
 // metricByLabel sums the series of metric name by the value of label:

@@ -37,6 +37,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/fusionrag/fusionrag/internal/otlptest"
+	"github.com/fusionrag/fusionrag/internal/promexport"
 	"github.com/fusionrag/fusionrag/internal/redistest"
 	"github.com/fusionrag/fusionrag/internal/shareddata"
 )
@@ -244,7 +245,7 @@ func (s *stack) startSidecar(name, adapterURL string, flags ...string) string {
 	return base
 }
 
-func (s *stack) metrics(base string) map[string]float64 {
+func (s *stack) metrics(base string) promexport.Series {
 	s.t.Helper()
 	resp, err := http.Get(base + "/metrics")
 	if err != nil {
@@ -409,7 +410,7 @@ func TestE2ESameAnswersAtRatioOne(t *testing.T) {
 	}
 	m := s.metrics(s.sidecarURL)
 	if hits, misses := m[`fusionrag_proxy_chunks_total{result="hit"}`], m[`fusionrag_proxy_chunks_total{result="miss"}`]; hits == 0 || misses != 0 {
-		t.Errorf("chunks hit %v missed %v, want all hits after the ingest\n%s", hits, misses, dumpMetrics(m))
+		t.Errorf("chunks hit %v missed %v, want all hits after the ingest\n%s", hits, misses, m)
 	}
 }
 
@@ -467,7 +468,7 @@ func TestE2EHitRateAndTTFT(t *testing.T) {
 	t.Logf("hit rate %.3f (%v hits, %v misses), %v of %d requests fused; median TTFT direct %v, through the sidecar (fusionrag 15%%) %v: ratio %.2f",
 		rate, hits, misses, fusions, n, med(dd), med(fd), ratio)
 	if rate < 0.95 || fusions < n {
-		t.Errorf("hit rate %.3f over %v fused requests, want >= 0.95 over %d\n%s", rate, fusions, n, dumpMetrics(m))
+		t.Errorf("hit rate %.3f over %v fused requests, want >= 0.95 over %d\n%s", rate, fusions, n, m)
 	}
 	if ratio >= 1 {
 		t.Errorf("median TTFT through the sidecar %v is not lower than direct %v (ratio %.2f)", med(fd), med(dd), ratio)
@@ -593,17 +594,17 @@ func TestE2EFaultStorm(t *testing.T) {
 		`fusionrag_proxy_requests_total{path="fusion",route="chat"}`,
 	} {
 		if m[want] == 0 {
-			t.Errorf("sidecar metric %s is 0\n%s", want, dumpMetrics(m))
+			t.Errorf("sidecar metric %s is 0\n%s", want, m)
 		}
 	}
 	// Redis killed is a miss of the store (computed or skipped), never a
 	// fuser error that counts against the breaker (issue 18 finding 4): the
 	// breaker opens on the engine's KV endpoint failing only.
 	if n := m[`fusionrag_proxy_fallbacks_total{reason="fuser_error"}`]; n != 0 {
-		t.Errorf("%v fuser errors: a store outage must be a miss\n%s", n, dumpMetrics(m))
+		t.Errorf("%v fuser errors: a store outage must be a miss\n%s", n, m)
 	}
 	if ms[`fusionrag_proxy_fallbacks_total{reason="fuser_timeout"}`] == 0 {
-		t.Errorf("no fusion timeouts on the 1 ms sidecar\n%s", dumpMetrics(ms))
+		t.Errorf("no fusion timeouts on the 1 ms sidecar\n%s", ms)
 	}
 	if s.faults.failed.Load() == 0 {
 		t.Error("the KV endpoint fault was never hit")
@@ -615,7 +616,7 @@ func TestE2EFaultStorm(t *testing.T) {
 		reasons := map[string]bool{}
 		phases := map[string]bool{}
 		for _, sp := range s.traces.Spans() {
-			if r, ok := attrs(sp)[AttrFallbackReason].(string); ok {
+			if r, ok := otlptest.Attrs(sp)[AttrFallbackReason].(string); ok {
 				reasons[r] = true
 			}
 			phases[sp.Name] = true

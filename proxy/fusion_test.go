@@ -19,6 +19,7 @@ import (
 
 	"github.com/fusionrag/fusionrag/adapters"
 	"github.com/fusionrag/fusionrag/fingerprint"
+	"github.com/fusionrag/fusionrag/internal/promexport"
 	"github.com/fusionrag/fusionrag/internal/streamtest"
 )
 
@@ -102,24 +103,8 @@ func okPlan(ns string) *Plan {
 
 const chatBody = `{"model":"m","messages":[{"role":"system","content":"S"},{"role":"user","content":[{"type":"text","text":"c1"},{"type":"text","text":"q"}]}]}`
 
-func post(t *testing.T, url, body string, hdr ...string) (int, string) {
-	t.Helper()
-	req, _ := http.NewRequest("POST", url, strings.NewReader(body))
-	req.Header.Set("Content-Type", "application/json")
-	for i := 0; i+1 < len(hdr); i += 2 {
-		if hdr[i] == "" {
-			continue
-		}
-		req.Header.Set(hdr[i], hdr[i+1])
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
-}
+// post is streamtest.Post.
+var post = streamtest.Post
 
 func TestFusionPathAndFallbacks(t *testing.T) {
 	release := make(chan struct{})
@@ -195,11 +180,11 @@ func TestFusionPathAndFallbacks(t *testing.T) {
 			}
 			m := scrape(t, p)
 			if got := m[`fusionrag_proxy_requests_total{path="`+tt.path+`",route="chat"}`]; got != 1 {
-				t.Errorf("requests{path=%s} = %v, want 1\n%s", tt.path, got, dumpMetrics(m))
+				t.Errorf("requests{path=%s} = %v, want 1\n%s", tt.path, got, m)
 			}
 			if tt.reason != "" {
 				if got := m[`fusionrag_proxy_fallbacks_total{reason="`+tt.reason+`"}`]; got != 1 {
-					t.Errorf("fallbacks{reason=%s} = %v, want 1\n%s", tt.reason, got, dumpMetrics(m))
+					t.Errorf("fallbacks{reason=%s} = %v, want 1\n%s", tt.reason, got, m)
 				}
 			}
 			if got := released.Load(); got != tt.release {
@@ -343,7 +328,7 @@ func TestBreakerOpensAndCloses(t *testing.T) {
 	}
 	m := scrape(t, p)
 	if m["fusionrag_proxy_breaker_state"] != 2 || m[`fusionrag_proxy_fallbacks_total{reason="breaker_open"}`] != 3 {
-		t.Errorf("metrics while open:\n%s", dumpMetrics(m))
+		t.Errorf("metrics while open:\n%s", m)
 	}
 	healthy.Store(true)
 	time.Sleep(250 * time.Millisecond)
@@ -356,7 +341,7 @@ func TestBreakerOpensAndCloses(t *testing.T) {
 	m = scrape(t, p)
 	if m["fusionrag_proxy_breaker_state"] != 0 || m[`fusionrag_proxy_breaker_transitions_total{to="open"}`] != 1 ||
 		m[`fusionrag_proxy_breaker_transitions_total{to="half-open"}`] != 1 || m[`fusionrag_proxy_breaker_transitions_total{to="closed"}`] != 1 {
-		t.Errorf("metrics after recovery:\n%s", dumpMetrics(m))
+		t.Errorf("metrics after recovery:\n%s", m)
 	}
 }
 
@@ -384,7 +369,7 @@ func TestClientCancelIsNotAFailure(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("exchange never finished:\n%s", dumpMetrics(m))
+			t.Fatalf("exchange never finished:\n%s", m)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -394,7 +379,7 @@ func TestClientCancelIsNotAFailure(t *testing.T) {
 }
 
 // scrape reads the proxy's /metrics page into series -> value.
-func scrape(t *testing.T, p *Proxy) map[string]float64 {
+func scrape(t *testing.T, p *Proxy) promexport.Series {
 	t.Helper()
 	var b strings.Builder
 	if err := p.Telemetry().WritePrometheus(context.Background(), &b); err != nil {
@@ -403,34 +388,14 @@ func scrape(t *testing.T, p *Proxy) map[string]float64 {
 	return parseExposition(t, b.String())
 }
 
-func parseExposition(t *testing.T, text string) map[string]float64 {
+// parseExposition is promexport.ParseText, failing the test on an error.
+func parseExposition(t *testing.T, text string) promexport.Series {
 	t.Helper()
-	m := map[string]float64{}
-	for _, line := range strings.Split(text, "\n") {
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		if i < 0 {
-			t.Fatalf("bad exposition line %q", line)
-		}
-		var v float64
-		if _, err := fmt.Sscan(line[i+1:], &v); err != nil {
-			t.Fatalf("bad value in %q: %v", line, err)
-		}
-		m[line[:i]] = v
+	m, err := promexport.ParseText(strings.NewReader(text))
+	if err != nil {
+		t.Fatal(err)
 	}
 	return m
-}
-
-func dumpMetrics(m map[string]float64) string {
-	var b strings.Builder
-	for k, v := range m {
-		if !strings.Contains(k, "_bucket") {
-			fmt.Fprintf(&b, "  %s %v\n", k, v)
-		}
-	}
-	return b.String()
 }
 
 // TestFaultStorm sends 1,200 requests from 8 concurrent clients while the
@@ -512,7 +477,7 @@ func TestFaultStorm(t *testing.T) {
 	}
 	if requests != total || m[`fusionrag_proxy_breaker_transitions_total{to="open"}`] < 1 ||
 		m[`fusionrag_proxy_breaker_transitions_total{to="closed"}`] < 1 || m["fusionrag_proxy_breaker_state"] != 0 {
-		t.Errorf("want %d requests and the breaker opened and closed again:\n%s", total, dumpMetrics(m))
+		t.Errorf("want %d requests and the breaker opened and closed again:\n%s", total, m)
 	}
 	t.Logf("fusion %v, fallback %v (breaker_open %v, fuser_error %v, fuser_timeout %v, fuser_panic %v, upstream_error %v)",
 		m[`fusionrag_proxy_requests_total{path="fusion",route="chat"}`], m[`fusionrag_proxy_requests_total{path="fallback",route="chat"}`],

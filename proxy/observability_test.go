@@ -116,7 +116,7 @@ func TestAccountingOverEveryEligibleRequest(t *testing.T) {
 		`fusionrag_proxy_lookups_total{result="unknown"}`: 1,
 	} {
 		if m[series] != want {
-			t.Errorf("%s = %v, want %v\n%s", series, m[series], want, dumpMetrics(m))
+			t.Errorf("%s = %v, want %v\n%s", series, m[series], want, m)
 		}
 	}
 }

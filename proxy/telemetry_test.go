@@ -12,28 +12,10 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/sony/gobreaker/v2"
-	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 
 	"github.com/fusionrag/fusionrag/internal/otlptest"
 )
-
-func attrs(s *tracepb.Span) map[string]any {
-	m := map[string]any{}
-	for _, kv := range s.Attributes {
-		switch v := kv.Value.Value.(type) {
-		case *commonpb.AnyValue_StringValue:
-			m[kv.Key] = v.StringValue
-		case *commonpb.AnyValue_IntValue:
-			m[kv.Key] = v.IntValue
-		case *commonpb.AnyValue_DoubleValue:
-			m[kv.Key] = v.DoubleValue
-		case *commonpb.AnyValue_BoolValue:
-			m[kv.Key] = v.BoolValue
-		}
-	}
-	return m
-}
 
 // TestTracesReachOTLPReceiver: spans configured purely through the standard
 // OTEL_* variables arrive at a gRPC collector with the phase structure and
@@ -80,7 +62,7 @@ func TestTracesReachOTLPReceiver(t *testing.T) {
 		if s.Name != SpanRequest {
 			continue
 		}
-		switch attrs(s)[AttrPath] {
+		switch otlptest.Attrs(s)[AttrPath] {
 		case PathFusion:
 			fused = s
 		case PathFallback:
@@ -90,7 +72,7 @@ func TestTracesReachOTLPReceiver(t *testing.T) {
 	if fused == nil || fallback == nil {
 		t.Fatalf("request spans by path: fused %v, fallback %v", fused != nil, fallback != nil)
 	}
-	got := attrs(fused)
+	got := otlptest.Attrs(fused)
 	want := map[string]any{
 		AttrHitRate: 0.75, AttrChunks: int64(4), AttrHits: int64(3), AttrMisses: int64(1), AttrRecomputedTokens: int64(42),
 		AttrRatio: 0.15, AttrBytesLoaded: int64(1 << 20), AttrStrategy: "fusionrag", AttrPath: PathFusion,
@@ -100,7 +82,7 @@ func TestTracesReachOTLPReceiver(t *testing.T) {
 			t.Errorf("fused span attribute %s (-want +got):\n%s", k, d)
 		}
 	}
-	if r := attrs(fallback)[AttrFallbackReason]; r != ReasonFuserError {
+	if r := otlptest.Attrs(fallback)[AttrFallbackReason]; r != ReasonFuserError {
 		t.Errorf("fallback span reason = %v, want %s", r, ReasonFuserError)
 	}
 	// The span that carries the exception event says Error, with why.

@@ -7,19 +7,16 @@ package rag
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
-	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
-
+	"github.com/fusionrag/fusionrag/internal/promexport"
+	"github.com/fusionrag/fusionrag/internal/streamtest"
 	"github.com/fusionrag/fusionrag/proxy"
 )
 
@@ -35,63 +32,21 @@ func byName(all func(yield func(k, v []byte) bool)) map[string][]string {
 	return out
 }
 
-func post(t *testing.T, url, body string, hdr ...string) (int, string) {
-	t.Helper()
-	req, _ := http.NewRequest("POST", url, strings.NewReader(body))
-	req.Header.Set("Content-Type", "application/json")
-	for i := 0; i+1 < len(hdr); i += 2 {
-		if hdr[i] == "" {
-			continue
-		}
-		req.Header.Set(hdr[i], hdr[i+1])
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
-}
+// post is streamtest.Post.
+var post = streamtest.Post
 
 // scrape reads the proxy's /metrics page into series -> value.
-func scrape(t *testing.T, p *proxy.Proxy) map[string]float64 {
+func scrape(t *testing.T, p *proxy.Proxy) promexport.Series {
 	t.Helper()
 	var b strings.Builder
 	if err := p.Telemetry().WritePrometheus(context.Background(), &b); err != nil {
 		t.Fatal(err)
 	}
-	return parseExposition(t, b.String())
-}
-
-func parseExposition(t *testing.T, text string) map[string]float64 {
-	t.Helper()
-	m := map[string]float64{}
-	for _, line := range strings.Split(text, "\n") {
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		if i < 0 {
-			t.Fatalf("bad exposition line %q", line)
-		}
-		var v float64
-		if _, err := fmt.Sscan(line[i+1:], &v); err != nil {
-			t.Fatalf("bad value in %q: %v", line, err)
-		}
-		m[line[:i]] = v
+	m, err := promexport.ParseText(strings.NewReader(b.String()))
+	if err != nil {
+		t.Fatal(err)
 	}
 	return m
-}
-
-func dumpMetrics(m map[string]float64) string {
-	var b strings.Builder
-	for k, v := range m {
-		if !strings.Contains(k, "_bucket") {
-			fmt.Fprintf(&b, "  %s %v\n", k, v)
-		}
-	}
-	return b.String()
 }
 
 // testTelemetry builds providers without any exporter, whatever the
@@ -133,23 +88,6 @@ func upstreamConfig(url string) proxy.Config {
 	c := proxy.DefaultConfig()
 	c.Upstream = url
 	return c
-}
-
-func attrs(s *tracepb.Span) map[string]any {
-	m := map[string]any{}
-	for _, kv := range s.Attributes {
-		switch v := kv.Value.Value.(type) {
-		case *commonpb.AnyValue_StringValue:
-			m[kv.Key] = v.StringValue
-		case *commonpb.AnyValue_IntValue:
-			m[kv.Key] = v.IntValue
-		case *commonpb.AnyValue_DoubleValue:
-			m[kv.Key] = v.DoubleValue
-		case *commonpb.AnyValue_BoolValue:
-			m[kv.Key] = v.BoolValue
-		}
-	}
-	return m
 }
 
 // statsFuser runs a real Fuser and records, per request, the tenant the

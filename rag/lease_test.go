@@ -243,7 +243,7 @@ func TestLeaseReleasedOncePerPublish(t *testing.T) {
 					break
 				}
 				if time.Now().After(deadline) {
-					t.Fatalf("published %d, released %d, want %d each\n%s", eng.published.Load(), eng.released.Load(), tc.published, dumpMetrics(m))
+					t.Fatalf("published %d, released %d, want %d each\n%s", eng.published.Load(), eng.released.Load(), tc.published, m)
 				}
 				time.Sleep(10 * time.Millisecond)
 			}
@@ -258,10 +258,10 @@ func TestLeaseReleasedOncePerPublish(t *testing.T) {
 			eng.mu.Unlock()
 			m := scrape(t, p)
 			if tc.reason != "" && m[`fusionrag_proxy_fallbacks_total{reason="`+tc.reason+`"}`] != 1 {
-				t.Errorf("fallbacks{reason=%s} != 1\n%s", tc.reason, dumpMetrics(m))
+				t.Errorf("fallbacks{reason=%s} != 1\n%s", tc.reason, m)
 			}
 			if tc.skip != "" && m[`fusionrag_proxy_skips_total{reason="`+tc.skip+`"}`] != 1 {
-				t.Errorf("skips{reason=%s} != 1\n%s", tc.skip, dumpMetrics(m))
+				t.Errorf("skips{reason=%s} != 1\n%s", tc.skip, m)
 			}
 			if c := p.BreakerCounts(); c.TotalFailures != tc.failures {
 				t.Errorf("breaker failures %d, want %d", c.TotalFailures, tc.failures)

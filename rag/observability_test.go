@@ -187,7 +187,7 @@ func TestOTLPEveryDocumentedSpan(t *testing.T) {
 		}
 	}
 	if lk := byName[proxy.SpanLookup]; lk != nil {
-		a := attrs(lk)
+		a := otlptest.Attrs(lk)
 		if a[proxy.AttrChunks] != int64(2) || a[proxy.AttrHits] != int64(0) || a[proxy.AttrMisses] != int64(2) {
 			t.Errorf("%s attributes %v, want 2 chunks, 0 hits, 2 misses", proxy.SpanLookup, a)
 		}

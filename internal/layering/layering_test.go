@@ -23,7 +23,7 @@ var allowed = map[string][]string{
 	"cmd/fusionrag": {"bench", "sidecar", "proxy", "engine", "fusion", "prompt", "fingerprint", "kvstore", "model", "model/tokenizer",
 		"internal/otelenv", "internal/llamaserver", "internal/redisproc", "internal/shareddata"},
 	"bench": {"sidecar", "proxy", "adapters", "adapters/llamacpp", "engine", "fusion", "recompute", "chunkkv", "fingerprint", "kvstore",
-		"model", "model/tokenizer", "internal/llamaserver", "internal/redisproc", "internal/shareddata"},
+		"model", "model/tokenizer", "internal/promexport", "internal/llamaserver", "internal/redisproc", "internal/shareddata"},
 	"sidecar":              {"rag", "proxy", "adapters", "adapters/llamacpp", "adapters/native", "adapters/passthrough", "fusion", "recompute", "kvstore", "model"},
 	"rag":                  {"proxy", "adapters", "recompute", "chunkkv", "prompt", "fingerprint", "kvstore", "model", "model/tokenizer", "internal/jsonobj"},
 	"proxy":                {"adapters", "recompute", "prompt", "fingerprint", "internal/jsonobj", "internal/otelenv", "internal/promexport"},

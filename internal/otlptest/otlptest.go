@@ -14,6 +14,7 @@ import (
 
 	colmetricpb "go.opentelemetry.io/proto/otlp/collector/metrics/v1"
 	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
+	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
 	metricpb "go.opentelemetry.io/proto/otlp/metrics/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 	"google.golang.org/grpc"
@@ -175,4 +176,23 @@ func WaitSpans(t testing.TB, rcv *Receiver, name string, n int) []*tracepb.Span 
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// Attrs returns a span's attributes as key -> Go value (string, int64,
+// float64 or bool).
+func Attrs(s *tracepb.Span) map[string]any {
+	m := map[string]any{}
+	for _, kv := range s.Attributes {
+		switch v := kv.Value.Value.(type) {
+		case *commonpb.AnyValue_StringValue:
+			m[kv.Key] = v.StringValue
+		case *commonpb.AnyValue_IntValue:
+			m[kv.Key] = v.IntValue
+		case *commonpb.AnyValue_DoubleValue:
+			m[kv.Key] = v.DoubleValue
+		case *commonpb.AnyValue_BoolValue:
+			m[kv.Key] = v.BoolValue
+		}
+	}
+	return m
 }

@@ -17,9 +17,13 @@
 package promexport
 
 import (
+	"bufio"
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
+	"strconv"
+	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -74,3 +78,52 @@ func (e *Exposition) WriteText(w io.Writer) error {
 
 // ContentType is the content type of WriteText's output.
 const ContentType = "text/plain; version=0.0.4; charset=utf-8"
+
+// Series is a page read back: each sample line's series (name and labels,
+// as written) -> value.
+type Series map[string]float64
+
+// ParseText reads a page in the Prometheus text format (as WriteText and
+// Handler write it) into Series. Comment and empty lines are skipped; a
+// sample line without a value that parses as a float is an error naming it.
+func ParseText(r io.Reader) (Series, error) {
+	out := Series{}
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			return nil, fmt.Errorf("promexport: sample line without a value: %q", line)
+		}
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			return nil, fmt.Errorf("promexport: bad value in %q: %w", line, err)
+		}
+		out[line[:i]] = v
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("promexport: reading the page: %w", err)
+	}
+	return out, nil
+}
+
+// String lists the series but histogram buckets, sorted, one per line
+// ("  name{labels} value"), for test failure messages.
+func (s Series) String() string {
+	keys := make([]string, 0, len(s))
+	for k := range s {
+		if !strings.Contains(k, "_bucket") {
+			keys = append(keys, k)
+		}
+	}
+	slices.Sort(keys)
+	var b strings.Builder
+	for _, k := range keys {
+		fmt.Fprintf(&b, "  %s %v\n", k, s[k])
+	}
+	return b.String()
+}

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 )
@@ -55,5 +56,38 @@ func TestExpositionsAreSeparate(t *testing.T) {
 		if strings.Contains(tc.page, "otel_scope") {
 			t.Errorf("scope labels on the page:\n%s", tc.page)
 		}
+	}
+}
+
+// TestParseText reads back a page WriteText wrote, and names what it
+// cannot read.
+func TestParseText(t *testing.T) {
+	ctx := context.Background()
+	e, err := New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(e.Reader()))
+	defer mp.Shutdown(ctx)
+	c, _ := mp.Meter("test").Int64Counter("x.requests", metric.WithUnit("{request}"))
+	c.Add(ctx, 2, metric.WithAttributes(attribute.String("path", "fusion")))
+	var b strings.Builder
+	if err := e.WriteText(&b); err != nil {
+		t.Fatal(err)
+	}
+	s, err := ParseText(strings.NewReader(b.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := s[`x_requests_total{path="fusion"}`]; got != 2 {
+		t.Errorf("x_requests_total{path=\"fusion\"} = %v, want 2; page:\n%s", got, s)
+	}
+	for _, bad := range []string{"novalue\n", "x_total abc\n"} {
+		if _, err := ParseText(strings.NewReader(bad)); err == nil {
+			t.Errorf("ParseText(%q): no error", bad)
+		}
+	}
+	if got := (Series{"a": 1, "b_bucket{le=\"1\"}": 2, "c": 3}).String(); got != "  a 1\n  c 3\n" {
+		t.Errorf("Series.String() = %q", got)
 	}
 }

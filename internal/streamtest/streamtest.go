@@ -82,3 +82,28 @@ func Counter(every time.Duration, gone chan<- struct{}) http.Handler {
 		}
 	})
 }
+
+// Post is the plain counterpart of the raw requests: a JSON POST of body to
+// url through http.DefaultClient with the headers hdr (name, value pairs;
+// an empty name is skipped), read whole. A transport error fails the test.
+func Post(t testing.TB, url, body string, hdr ...string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest("POST", url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	for i := 0; i+1 < len(hdr); i += 2 {
+		if hdr[i] == "" {
+			continue
+		}
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
