@@ -174,20 +174,51 @@ func (c *Config) Normalize() error {
 // Factory opens an adapter from a normalised config.
 type Factory func(cfg Config) (Engine, error)
 
+// Needs says which of Config's optional fields an adapter cannot work
+// without, so that a configuration can be refused when it is read (naming
+// the setting) rather than when the adapter opens. Each non-empty field is
+// the reason, in the words of the engine the adapter talks to.
+type Needs struct {
+	// SlotDir: why Config.SlotDir is required, e.g. "llama-server's
+	// --slot-save-path, as the sidecar sees it".
+	SlotDir string
+}
+
+type registration struct {
+	open  Factory
+	needs Needs
+}
+
 var (
 	regMu    sync.RWMutex
-	registry = map[string]Factory{}
+	registry = map[string]registration{}
 )
 
-// Register makes an adapter available to Open. A duplicate name is a
+// Register makes an adapter available to Open; needs (at most one) says
+// what it requires of the configuration (NeedsOf). A duplicate name is a
 // programming error (panic at init).
-func Register(name string, f Factory) {
+func Register(name string, f Factory, needs ...Needs) {
 	regMu.Lock()
 	defer regMu.Unlock()
 	if _, dup := registry[name]; dup {
 		panic("adapters: registered twice: " + name)
 	}
-	registry[name] = f
+	if len(needs) > 1 {
+		panic("adapters: more than one Needs for " + name)
+	}
+	r := registration{open: f}
+	if len(needs) == 1 {
+		r.needs = needs[0]
+	}
+	registry[name] = r
+}
+
+// NeedsOf returns what the adapter registered as name requires (the zero
+// Needs for an unknown name).
+func NeedsOf(name string) Needs {
+	regMu.RLock()
+	defer regMu.RUnlock()
+	return registry[name].needs
 }
 
 // Names lists the registered adapters, sorted.
@@ -205,8 +236,9 @@ func Names() []string {
 // Open normalises cfg and opens the adapter registered as name.
 func Open(name string, cfg Config) (Engine, error) {
 	regMu.RLock()
-	f, ok := registry[name]
+	r, ok := registry[name]
 	regMu.RUnlock()
+	f := r.open
 	if !ok {
 		return nil, fmt.Errorf("%w %q (registered: %v; import its package)", ErrUnknown, name, Names())
 	}

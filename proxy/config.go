@@ -223,8 +223,8 @@ func (c *Config) Validate() error {
 	if c.Fusion.SlotDir != "" && !filepath.IsAbs(c.Fusion.SlotDir) {
 		bad("fusion.slot_dir", "%q is not an absolute path", c.Fusion.SlotDir)
 	}
-	if c.Fusion.Adapter == "llamacpp" && c.Fusion.SlotDir == "" {
-		bad("fusion.slot_dir", "required by the llamacpp adapter (llama-server's --slot-save-path, as the sidecar sees it)")
+	if why := adapters.NeedsOf(c.Fusion.Adapter).SlotDir; why != "" && c.Fusion.SlotDir == "" && !c.Fusion.Disabled {
+		bad("fusion.slot_dir", "required by the %s adapter (%s)", c.Fusion.Adapter, why)
 	}
 	if c.Fusion.Transport != adapters.TransportPush && c.Fusion.Transport != adapters.TransportStore {
 		bad("fusion.transport", "%q is not %s or %s", c.Fusion.Transport, adapters.TransportPush, adapters.TransportStore)

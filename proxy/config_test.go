@@ -22,12 +22,18 @@ import (
 
 var update = flag.Bool("update", false, "rewrite golden files (docs/configuration.md)")
 
-// configTestAdapter is registered by this file only: fusion.adapter accepts
-// any registered name.
-const configTestAdapter = "config-test"
+// configTestAdapter and configSlotAdapter are registered by this file
+// only: fusion.adapter accepts any registered name, and the second says it
+// needs a slot dir, as llamacpp does.
+const (
+	configTestAdapter = "config-test"
+	configSlotAdapter = "config-test-slots"
+)
 
 func init() {
 	adapters.Register(configTestAdapter, func(adapters.Config) (adapters.Engine, error) { return nil, adapters.ErrConfig })
+	adapters.Register(configSlotAdapter, func(adapters.Config) (adapters.Engine, error) { return nil, adapters.ErrConfig },
+		adapters.Needs{SlotDir: "the test engine's slot directory"})
 }
 
 func TestConfigPrecedence(t *testing.T) {
@@ -97,7 +103,8 @@ func TestConfigErrors(t *testing.T) {
 		{"bad metrics path", "upstream: http://x:1\nmetrics_path: metrics\n", nil, "metrics_path"},
 		{"unregistered adapter", "upstream: http://x:1\nfusion:\n  adapter: vllm\n", nil, `fusion.adapter: "vllm" is not one of the registered adapters [`},
 		{"relative slot dir", "upstream: http://x:1\nfusion:\n  slot_dir: slots\n", nil, "fusion.slot_dir"},
-		{"llamacpp without slot dir", "upstream: http://x:1\nfusion:\n  adapter: llamacpp\n", nil, "fusion.slot_dir: required"},
+		{"slot adapter without slot dir", "upstream: http://x:1\nfusion:\n  adapter: config-test-slots\n", nil,
+			"fusion.slot_dir: required by the config-test-slots adapter (the test engine's slot directory)"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -114,7 +121,7 @@ func TestConfigErrors(t *testing.T) {
 	}
 	// Any registered adapter is accepted (the test binary registers native
 	// through this file's import), with its slot dir.
-	for _, name := range []string{"native", configTestAdapter} {
+	for _, name := range []string{"native", configTestAdapter, configSlotAdapter} {
 		if _, err := LoadConfig("", nil, map[string]string{"upstream": "http://127.0.0.1:8000", "fusion.adapter": name,
 			"fusion.slot_dir": "/slots"}); err != nil {
 			t.Errorf("adapter %s: %v", name, err)

@@ -6,8 +6,10 @@ import (
 	"errors"
 	"math"
 	"slices"
+	"strings"
 	"testing"
 
+	"github.com/fusionrag/fusionrag/adapters"
 	"github.com/google/go-cmp/cmp"
 )
 
@@ -165,5 +167,14 @@ func TestFloatConversions(t *testing.T) {
 		if got := f32ToBF16(c.f); got != c.h {
 			t.Errorf("f32ToBF16(%g) = %#04x, want %#04x", c.f, got, c.h)
 		}
+	}
+}
+
+// TestRegisteredNeedsSlotDir: the registration tells a configuration
+// reader (proxy.LoadConfig) that this adapter cannot work without a slot
+// directory, so a config without one is refused when read.
+func TestRegisteredNeedsSlotDir(t *testing.T) {
+	if why := adapters.NeedsOf(Name).SlotDir; !strings.Contains(why, "--slot-save-path") {
+		t.Errorf("adapters.NeedsOf(%q).SlotDir = %q, want the reason naming --slot-save-path", Name, why)
 	}
 }

@@ -103,7 +103,8 @@ import (
 const Name = "llamacpp"
 
 func init() {
-	adapters.Register(Name, func(cfg adapters.Config) (adapters.Engine, error) { return Open(cfg) })
+	adapters.Register(Name, func(cfg adapters.Config) (adapters.Engine, error) { return Open(cfg) },
+		adapters.Needs{SlotDir: "llama-server's --slot-save-path, as the sidecar sees it"})
 }
 
 // Timing defaults.
