@@ -10,11 +10,14 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/fusionrag/fusionrag/internal/skiplog"
 )
 
 func needRedis(t *testing.T) {
 	t.Helper()
 	if _, err := Binary(); err != nil {
+		skiplog.Record(skiplog.Redis, t.Name())
 		t.Skip("SKIPPING: redis-server not installed (apt-get install redis-server); redisproc is NOT tested")
 	}
 }
