@@ -163,7 +163,7 @@ func TestReference(t *testing.T) {
 // strategies and adapters this binary registers (recompute.Register,
 // adapters.Register), since the doc tags are text while validation reads the
 // registries. The proxy's tests import the three adapter packages (and
-// register configTestAdapter, which the doc does not list).
+// register configTestAdapter and configSlotAdapter, which the doc does not list).
 func TestDocNamesRegistered(t *testing.T) {
 	docOf := func(key string) string {
 		var doc string
@@ -191,7 +191,7 @@ func TestDocNamesRegistered(t *testing.T) {
 	if d := cmp.Diff(recompute.Strategies(), names(docOf("fusion.strategy"), "Default recompute strategy: ")); d != "" {
 		t.Errorf("fusion.strategy's doc against the registered strategies (-registered +doc):\n%s", d)
 	}
-	registered := slices.DeleteFunc(adapters.Names(), func(n string) bool { return n == configTestAdapter })
+	registered := slices.DeleteFunc(adapters.Names(), func(n string) bool { return n == configTestAdapter || n == configSlotAdapter })
 	if d := cmp.Diff(registered, names(docOf("fusion.adapter"), "registered in the binary: ")); d != "" {
 		t.Errorf("fusion.adapter's doc against the registered adapters (-registered +doc):\n%s", d)
 	}
