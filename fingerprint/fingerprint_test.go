@@ -4,11 +4,11 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/fusionrag/fusionrag/internal/golden"
 	"github.com/google/go-cmp/cmp"
 )
 
@@ -56,23 +56,7 @@ func TestGolden(t *testing.T) {
 		fmt.Fprintf(&b, "prefix[%d] %s\n", n, k)
 	}
 	fmt.Fprintf(&b, "check %s\n", CheckOf(toks))
-	got := b.String()
-	path := filepath.Join("testdata", "keys.golden")
-	if *update {
-		if err := os.MkdirAll("testdata", 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run with -update to create)", err)
-	}
-	if diff := cmp.Diff(string(want), got); diff != "" {
-		t.Errorf("keys changed (-golden +got):\n%s", diff)
-	}
+	golden.Text(t, filepath.Join("testdata", "keys.golden"), b.String(), *update, "keys changed")
 }
 
 // TestNamespaceIsolation: changing any namespace field changes every key.

@@ -2,12 +2,11 @@ package fingerprint
 
 import (
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
-	"github.com/google/go-cmp/cmp"
+	"github.com/fusionrag/fusionrag/internal/golden"
 )
 
 // The inputs of TestNamespaceGolden: stories260K's model and tokenizer
@@ -77,20 +76,7 @@ func TestNamespaceGolden(t *testing.T) {
 		}
 		fmt.Fprintf(&b, "record_key tenant=%q n=10 sim=bm25 %s\n", tenant, NeighbourRecordKey(ns, prefix, chunk))
 	}
-	got := b.String()
-	path := filepath.Join("testdata", "namespaces.golden")
-	if *update {
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run with -update to create)", err)
-	}
-	if diff := cmp.Diff(string(want), got); diff != "" {
-		t.Errorf("namespaces or keys changed (-golden +got):\n%s", diff)
-	}
+	golden.Text(t, filepath.Join("testdata", "namespaces.golden"), b.String(), *update, "namespaces or keys changed")
 }
 
 func TestChunkNamespaceErrors(t *testing.T) {

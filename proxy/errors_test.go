@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -16,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-cmp/cmp"
+	"github.com/fusionrag/fusionrag/internal/golden"
 )
 
 // okDocuments accepts every submission.
@@ -135,19 +134,7 @@ func TestErrorPages(t *testing.T) {
 		page = wait.ReplaceAllString(date.ReplaceAllString(normal.Replace(page), "Date: DATE"), "${1}N")
 		fmt.Fprintf(&got, "=== %s: %s %s\n%s\n", tt.name, tt.method, tt.uri, page)
 	}
-	golden := filepath.Join("testdata", "error_pages.golden")
-	if *update {
-		if err := os.WriteFile(golden, []byte(got.String()), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(golden)
-	if err != nil {
-		t.Fatalf("%v (run with -update to write it)", err)
-	}
-	if d := cmp.Diff(string(want), got.String()); d != "" {
-		t.Errorf("error pages (-want +got):\n%s", d)
-	}
+	golden.Text(t, filepath.Join("testdata", "error_pages.golden"), got.String(), *update, "error pages")
 }
 
 // roundTripRaw sends one request on a fresh connection and returns the

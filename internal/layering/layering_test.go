@@ -45,6 +45,7 @@ var allowed = map[string][]string{
 	"model/safetensors":    {},
 	"model/tokenizer":      {},
 	"deploy":               {},
+	"internal/golden":      {},
 	"internal/jsonobj":     {},
 	"internal/layering":    {},
 	"internal/llamaserver": {"internal/skiplog"},
