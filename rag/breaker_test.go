@@ -16,9 +16,7 @@ import (
 // them. A prompt that ends with a known chunk leaves it as the question.
 func TestFuserBadInputIsASkip(t *testing.T) {
 	fe := newFuserEnv(t, nil)
-	partsBody := `{"messages":[{"role":"system","content":"You tell stories."},{"role":"user","content":[{"type":"text","text":` +
-		jsonString("Document: A\n"+storyA) + `},{"type":"text","text":` + jsonString("Document: B\n"+storyB) +
-		`},{"type":"text","text":"Once upon a time"}]}],"max_tokens":2}`
+	partsBody := storiesBody(`"max_tokens":2`)
 	if _, err := fe.f.Fuse(context.Background(), fe.request(t, proxy.RouteChat, partsBody, "t")); err != nil {
 		t.Fatal(err)
 	}

@@ -72,9 +72,7 @@ func (g *gatedEngine) Publish(ctx context.Context, p adapters.Publication) (adap
 // concurrent requests whose estimates sum past the budget: the ones that
 // do not fit skip, none fails, and every reservation is released.
 func TestFusionBudget(t *testing.T) {
-	body := `{"messages":[{"role":"system","content":"You tell stories."},{"role":"user","content":[{"type":"text","text":` +
-		jsonString("Document: A\n"+storyA) + `},{"type":"text","text":` + jsonString("Document: B\n"+storyB) +
-		`},{"type":"text","text":"Once upon a time"}]}],"max_tokens":8,"temperature":0}`
+	body := storiesBody(`"max_tokens":8,"temperature":0`)
 
 	t.Run("smaller than one request", func(t *testing.T) {
 		fe := newFuserEnv(t, func(c *proxy.Config) { c.Limits.FusionMemory = 1 })
@@ -189,9 +187,7 @@ func TestFusionBudget(t *testing.T) {
 // fixed costs weigh more than a real one's).
 func TestFusionBytesMeasured(t *testing.T) {
 	fe := newFuserEnv(t, nil)
-	body := `{"messages":[{"role":"system","content":"You tell stories."},{"role":"user","content":[{"type":"text","text":` +
-		jsonString("Document: A\n"+storyA) + `},{"type":"text","text":` + jsonString("Document: B\n"+storyB) +
-		`},{"type":"text","text":"Once upon a time"}]}],"max_tokens":2}`
+	body := storiesBody(`"max_tokens":2`)
 	req := fe.request(t, proxy.RouteChat, body, "t")
 	if p, err := fe.f.Fuse(context.Background(), req); err != nil {
 		t.Fatal(err)

@@ -61,9 +61,7 @@ func TestKnownChunksBounds(t *testing.T) {
 // its chunks, and B can still add new ones.
 func TestKnownChunksFlood(t *testing.T) {
 	fe := newFuserEnv(t, nil)
-	partsBody := `{"messages":[{"role":"system","content":"You tell stories."},{"role":"user","content":[{"type":"text","text":` +
-		jsonString("Document: A\n"+storyA) + `},{"type":"text","text":` + jsonString("Document: B\n"+storyB) +
-		`},{"type":"text","text":"Once upon a time"}]}],"max_tokens":2}`
+	partsBody := storiesBody(`"max_tokens":2`)
 	rb := fe.request(t, proxy.RouteChat, partsBody, "tenant-b")
 	tb := rb.Tenant // the tenant key TenantOf derives
 	if _, err := fe.f.Fuse(context.Background(), rb); err != nil {

@@ -189,6 +189,16 @@ func leaseNamespace(t testing.TB, p *proxy.Plan) string {
 
 func jsonString(s string) string { b, _ := json.Marshal(s); return string(b) }
 
+// storiesBody is the chat request most fuser tests send: system "You tell
+// stories.", documents A and B as content parts, then the question "Once
+// upon a time"; params are the body's remaining fields
+// (`"max_tokens":2`).
+func storiesBody(params string) string {
+	return `{"messages":[{"role":"system","content":"You tell stories."},{"role":"user","content":[{"type":"text","text":` +
+		jsonString("Document: A\n"+storyA) + `},{"type":"text","text":` + jsonString("Document: B\n"+storyB) +
+		`},{"type":"text","text":"Once upon a time"}]}],` + params + `}`
+}
+
 func equalIDs(a, b []int32) bool {
 	if len(a) != len(b) {
 		return false
@@ -314,9 +324,7 @@ func TestFuserWarmsSkippedChunks(t *testing.T) {
 // that renders to the same ids.
 func TestFuserFindsKnownChunks(t *testing.T) {
 	fe := newFuserEnv(t, nil)
-	partsBody := `{"messages":[{"role":"system","content":"You tell stories."},{"role":"user","content":[{"type":"text","text":` +
-		jsonString("Document: A\n"+storyA) + `},{"type":"text","text":` + jsonString("Document: B\n"+storyB) +
-		`},{"type":"text","text":"Once upon a time"}]}],"max_tokens":2}`
+	partsBody := storiesBody(`"max_tokens":2`)
 	req := fe.request(t, proxy.RouteChat, partsBody, "t")
 	if _, err := fe.f.Fuse(context.Background(), req); err != nil {
 		t.Fatal(err)

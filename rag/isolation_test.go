@@ -110,9 +110,7 @@ func TestCrossTenantReadThroughEngine(t *testing.T) {
 // when some other tenant had sent the chunk: a membership oracle.
 func TestKnownChunksPerTenant(t *testing.T) {
 	fe := newFuserEnv(t, nil)
-	partsBody := `{"messages":[{"role":"system","content":"You tell stories."},{"role":"user","content":[{"type":"text","text":` +
-		jsonString("Document: A\n"+storyA) + `},{"type":"text","text":` + jsonString("Document: B\n"+storyB) +
-		`},{"type":"text","text":"Once upon a time"}]}],"max_tokens":2}`
+	partsBody := storiesBody(`"max_tokens":2`)
 	if _, err := fe.f.Fuse(context.Background(), fe.request(t, proxy.RouteChat, partsBody, "tenant-a")); err != nil {
 		t.Fatal(err)
 	}

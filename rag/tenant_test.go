@@ -17,9 +17,7 @@ import (
 // With the header configured (as behind a gateway) they are two tenants, and
 // the second finds none of the first one's KV.
 func TestTenantHeaderIsolation(t *testing.T) {
-	body := `{"messages":[{"role":"system","content":"You tell stories."},{"role":"user","content":[{"type":"text","text":` +
-		jsonString("Document: A\n"+storyA) + `},{"type":"text","text":` + jsonString("Document: B\n"+storyB) +
-		`},{"type":"text","text":"Once upon a time"}]}],"max_tokens":2,"temperature":0}`
+	body := storiesBody(`"max_tokens":2,"temperature":0`)
 	anon := fingerprint.Tenant(fingerprint.TenantAnonymous, "")
 	tests := []struct {
 		name, header string
