@@ -1,11 +1,8 @@
 package proxy
 
 import (
-	"bufio"
 	"context"
 	"errors"
-	"fmt"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -153,26 +150,28 @@ func TestEngineKVRoutesNotExposed(t *testing.T) {
 		{"PUT", "/v1/x/../kv/" + key},
 		{"GET", "/v1/kv"},
 		{"GET", "/v1/kv/"},
+		// Issue 18 finding 6: spellings that fasthttp's normalised path
+		// hides (it resolves "..", the engine may not).
+		{"PUT", "/v1/kv/" + key + "/../.."},
+		{"PUT", "/v1/kv/" + key + "/.."},
+		{"PUT", "/v1/kv/%2e%2e/"},
+		{"PUT", "/v1/kv/%2E%2E/x"},
+		{"PUT", "/v1/kv/./" + key},
+		{"PUT", "/v1//kv/" + key},
+		{"PUT", "/v1/kv%252F" + key},
+		{"PUT", "http://x/v1/kv/" + key}, // absolute form
 	} {
 		reached.Store(0)
-		c, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		fmt.Fprintf(c, "%s %s HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc", tt.method, tt.uri)
-		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-		if err != nil {
-			t.Fatalf("%s %s: %v", tt.method, tt.uri, err)
-		}
-		resp.Body.Close()
-		c.Close()
-		if resp.StatusCode != http.StatusForbidden || reached.Load() != 0 {
-			t.Errorf("%s %s: status %d, upstream reached %d times; want 403 and never", tt.method, tt.uri, resp.StatusCode, reached.Load())
+		if code := rawRequest(t, base, tt.method, tt.uri, "abc"); code != http.StatusForbidden || reached.Load() != 0 {
+			t.Errorf("%s %s: status %d, upstream reached %d times; want 403 and never", tt.method, tt.uri, code, reached.Load())
 		}
 	}
-	// Neighbouring paths still pass.
-	if code, _ := post(t, base+"/v1/kvx", "{}"); code != 204 {
-		t.Errorf("/v1/kvx: status %d, want the upstream's 204", code)
+	// Neighbouring paths, dot segments elsewhere included, still pass.
+	for _, uri := range []string{"/v1/kvx", "/v1/models", "/v1/x/../models"} {
+		reached.Store(0)
+		if code := rawRequest(t, base, "POST", uri, "{}"); code != 204 || reached.Load() != 1 {
+			t.Errorf("POST %s: status %d, upstream reached %d times; want the upstream's 204", uri, code, reached.Load())
+		}
 	}
 }
 
