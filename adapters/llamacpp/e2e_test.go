@@ -6,7 +6,6 @@ package llamacpp_test
 // the shared data.
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -21,6 +20,7 @@ import (
 	"time"
 
 	"github.com/fusionrag/fusionrag/adapters"
+	"github.com/fusionrag/fusionrag/adapters/llamacpp"
 	_ "github.com/fusionrag/fusionrag/adapters/llamacpp"
 	"github.com/fusionrag/fusionrag/internal/llamaserver"
 	"github.com/fusionrag/fusionrag/internal/shareddata"
@@ -73,26 +73,9 @@ func post(t *testing.T, base string, headers map[string]string, body []byte) rep
 			r.PromptN, r.CacheN = c.Timings.PromptN, c.Timings.CacheN
 		}
 	}
-	if strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
-		sc := bufio.NewScanner(resp.Body)
-		for sc.Scan() {
-			line, ok := strings.CutPrefix(sc.Text(), "data: ")
-			if !ok || line == "[DONE]" {
-				continue
-			}
-			var c chunk
-			if err := json.Unmarshal([]byte(line), &c); err != nil {
-				t.Fatalf("SSE %q: %v", line, err)
-			}
-			add(c)
-		}
-		return r
-	}
-	var c chunk
-	if err := json.NewDecoder(resp.Body).Decode(&c); err != nil {
+	if err := llamacpp.EachAnswer(resp, add); err != nil {
 		t.Fatal(err)
 	}
-	add(c)
 	return r
 }
 

@@ -118,6 +118,14 @@ func tryComplete(url string, body []byte) (answer, error) {
 			a.Timings.CacheN, a.Timings.PromptN = c.Timings.CacheN, c.Timings.PromptN
 		}
 	}
+	return a, EachAnswer(resp, add)
+}
+
+// EachAnswer decodes a completion response of llama-server into T and
+// hands each to add: every `data:` event of a stream, or the one JSON
+// object of a plain answer. Exported (from a test file) for the e2e tests
+// of package llamacpp_test.
+func EachAnswer[T any](resp *http.Response, add func(T)) error {
 	if strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
 		sc := bufio.NewScanner(resp.Body)
 		for sc.Scan() {
@@ -125,20 +133,20 @@ func tryComplete(url string, body []byte) (answer, error) {
 			if !ok || line == "[DONE]" {
 				continue
 			}
-			var c chunk
+			var c T
 			if err := json.Unmarshal([]byte(line), &c); err != nil {
-				return a, fmt.Errorf("SSE line %q: %v", line, err)
+				return fmt.Errorf("SSE line %q: %v", line, err)
 			}
 			add(c)
 		}
-		return a, sc.Err()
+		return sc.Err()
 	}
-	var c chunk
+	var c T
 	if err := json.NewDecoder(resp.Body).Decode(&c); err != nil {
-		return a, err
+		return err
 	}
 	add(c)
-	return a, nil
+	return nil
 }
 
 func ids(m *model.Model, text string) []int32 {
