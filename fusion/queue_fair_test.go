@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"slices"
 	"testing"
 	"time"
 )
@@ -69,7 +70,7 @@ func TestQueueFairAcrossTenants(t *testing.T) {
 	}
 	gate <- struct{}{}
 	want := []string{"A", "A", "B", "A", "A"}
-	if !equalStrings(order, want) {
+	if !slices.Equal(order, want) {
 		t.Errorf("jobs ran in tenant order %v, want %v (round-robin: B before A's backlog)", order, want)
 	}
 }
@@ -122,16 +123,4 @@ func TestQueueTenantQuota(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 	close(gate)
-}
-
-func equalStrings(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }

@@ -193,7 +193,7 @@ func TestGGUFInLlamaServer(t *testing.T) {
 				if ours.Tokenizer.AddBOS() {
 					want = append([]int32{ours.Tokenizer.BOS()}, want...)
 				}
-				if !equalIDs(tr.Tokens, want) {
+				if !slices.Equal(tr.Tokens, want) {
 					t.Errorf("tokenize %q:\n llama-server %v\n ours         %v", text, tr.Tokens, want)
 				}
 			}
@@ -213,7 +213,7 @@ func TestGGUFInLlamaServer(t *testing.T) {
 			srv.post(t, "/completion", req, &c)
 			got := greedyAll(t, ours, prompt, len(c.Tokens), banned)
 			n := min(len(got), len(c.Tokens))
-			if n < min(40, len(c.Tokens)) || !equalIDs(got[:n], c.Tokens[:n]) {
+			if n < min(40, len(c.Tokens)) || !slices.Equal(got[:n], c.Tokens[:n]) {
 				t.Errorf("greedy continuation:\n llama-server %v\n ours         %v", c.Tokens, got)
 			}
 			// Our log-softmax at each step vs the server's top-5.
@@ -382,7 +382,7 @@ func TestGGUFBPEInLlamaServer(t *testing.T) {
 		}
 		srv.post(t, "/tokenize", map[string]any{"content": text, "add_special": true}, &tr)
 		got, want := ours.Tokenizer.Encode(text), src.Tokenizer.Encode(text)
-		if !equalIDs(got, want) || !equalIDs(tr.Tokens, got) {
+		if !slices.Equal(got, want) || !slices.Equal(tr.Tokens, got) {
 			t.Errorf("tokenize %q:\n llama-server %v\n gguf loader  %v\n HF source    %v", text, tr.Tokens, got, want)
 		}
 	}

@@ -78,7 +78,7 @@ func TestGGUFReferenceStories260K(t *testing.T) {
 		t.Run(gc.Prompt, func(t *testing.T) {
 			if gc.Prompt != "" {
 				got := append([]int32{m.Tokenizer.BOS()}, m.Tokenizer.Encode(gc.Prompt)...)
-				if !equalIDs(got, gc.PromptTokens) {
+				if !slices.Equal(got, gc.PromptTokens) {
 					t.Errorf("Encode(%q) = %v, golden %v", gc.Prompt, got, gc.PromptTokens)
 				}
 			}
@@ -97,14 +97,14 @@ func TestGGUFReferenceStories260K(t *testing.T) {
 				t.Errorf("max |logit - golden| = %.3g > 1e-3", worst)
 			}
 			t.Logf("max |logit - golden| = %.2g", worst)
-			if got := greedy(t, m, gc.PromptTokens, len(gc.GreedyTokens)); !equalIDs(got, gc.GreedyTokens) {
+			if got := greedy(t, m, gc.PromptTokens, len(gc.GreedyTokens)); !slices.Equal(got, gc.GreedyTokens) {
 				t.Errorf("greedy:\n got %v\nwant %v", got, gc.GreedyTokens)
 			}
 		})
 	}
 	for _, text := range tokenizerTexts {
 		got, want := m.Tokenizer.Encode(text), ref.Tokenizer.Encode(text)
-		if !equalIDs(got, want) {
+		if !slices.Equal(got, want) {
 			t.Errorf("Encode(%q):\n gguf  %v\n tok512 %v", text, got, want)
 		}
 		if d, w := m.Tokenizer.Decode(append([]int32{1}, got...)), ref.Tokenizer.Decode(append([]int32{1}, want...)); d != w {
@@ -116,7 +116,7 @@ func TestGGUFReferenceStories260K(t *testing.T) {
 	}
 	// Special tokens in text are matched (llama-server tokenizes prompts
 	// with parse_special) and the text after them gets the dummy prefix.
-	if got, want := m.Tokenizer.Encode("</s>Once"), append([]int32{2}, m.Tokenizer.Encode("Once")...); !equalIDs(got, want) {
+	if got, want := m.Tokenizer.Encode("</s>Once"), append([]int32{2}, m.Tokenizer.Encode("Once")...); !slices.Equal(got, want) {
 		t.Errorf("Encode(\"</s>Once\") = %v, want %v", got, want)
 	}
 	// The prompt-too-long error names the override.
@@ -159,7 +159,7 @@ func TestGGUFWriteStories260K(t *testing.T) {
 			}
 			checkTol(t, tc.dtype+" logits vs llama2.c", d, max(tc.tol, 0))
 			for _, text := range tokenizerTexts {
-				if a, b := m.Tokenizer.Encode(text), ref.Tokenizer.Encode(text); !equalIDs(a, b) {
+				if a, b := m.Tokenizer.Encode(text), ref.Tokenizer.Encode(text); !slices.Equal(a, b) {
 					t.Errorf("Encode(%q) = %v, tok512 %v", text, a, b)
 				}
 			}
@@ -272,7 +272,7 @@ func TestGGUFRoundTripHF(t *testing.T) {
 				t.Errorf("tokenizer fingerprint changed over GGUF -> GGUF")
 			}
 			for _, text := range tokenizerTexts {
-				if a, b := m2.Tokenizer.Encode(text), m.Tokenizer.Encode(text); !equalIDs(a, b) {
+				if a, b := m2.Tokenizer.Encode(text), m.Tokenizer.Encode(text); !slices.Equal(a, b) {
 					t.Errorf("Encode(%q) = %v, first GGUF %v", text, a, b)
 				}
 			}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"math"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 
@@ -66,7 +67,7 @@ func TestGoldenStories260K(t *testing.T) {
 		t.Run(c.Prompt, func(t *testing.T) {
 			if m.Tokenizer != nil && c.Prompt != "" {
 				got := append([]int32{m.Tokenizer.BOS()}, m.Tokenizer.Encode(c.Prompt)...)
-				if !equalIDs(got, c.PromptTokens) {
+				if !slices.Equal(got, c.PromptTokens) {
 					t.Errorf("tokenizer: Encode(%q) = %v, golden %v", c.Prompt, got, c.PromptTokens)
 				}
 			}
@@ -94,7 +95,7 @@ func TestGoldenStories260K(t *testing.T) {
 			}
 			t.Logf("max |logit - golden| over %d positions: %.2g", n, worst)
 			got := greedy(t, m, c.PromptTokens, len(c.GreedyTokens))
-			if !equalIDs(got, c.GreedyTokens) {
+			if !slices.Equal(got, c.GreedyTokens) {
 				t.Errorf("greedy continuation:\n got %v\nwant %v", got, c.GreedyTokens)
 			}
 			if m.Tokenizer != nil {
@@ -120,16 +121,4 @@ func TestGoldenStories260K(t *testing.T) {
 			t.Errorf("BOS-only greedy, %d tokens:\n got %q\nwant %q", len(got), text, want)
 		}
 	})
-}
-
-func equalIDs(a, b []int32) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }

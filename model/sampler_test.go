@@ -173,7 +173,7 @@ func TestGenerateMatchesGolden(t *testing.T) {
 	}
 	want := []int32{432, 383, 286, 261, 376, 298, 315, 421, 395, 317, 426, 338, 401, 396, 267, 337, 410, 408, 419, 292,
 		411, 322, 265, 282, 295, 433, 426, 385, 328, 432, 358, 394, 261, 370, 432, 352, 266, 268, 388, 426}
-	if !equalIDs(got, want) || !equalIDs(emitted, want) {
+	if !slices.Equal(got, want) || !slices.Equal(emitted, want) {
 		t.Errorf("Generate:\n got %v\nemit %v\nwant %v", got, emitted, want)
 	}
 	// Stops at the position limit without error.

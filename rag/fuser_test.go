@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -149,7 +150,7 @@ func TestFuserSeparatorTenantIsolation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !equalIDs(sa.ids, sb.ids) || len(sa.seg.Chunks) != 2 || len(sb.seg.Chunks) != 2 || sa.seg.Chunks[1] != sb.seg.Chunks[1] {
+	if !slices.Equal(sa.ids, sb.ids) || len(sa.seg.Chunks) != 2 || len(sb.seg.Chunks) != 2 || sa.seg.Chunks[1] != sb.seg.Chunks[1] {
 		t.Fatalf("the two requests should segment alike: %+v / %+v", sa.seg, sb.seg)
 	}
 	for i, want := range []struct{ hits, misses int }{{0, 2}, {2, 0}} {
@@ -197,18 +198,6 @@ func storiesBody(params string) string {
 	return `{"messages":[{"role":"system","content":"You tell stories."},{"role":"user","content":[{"type":"text","text":` +
 		jsonString("Document: A\n"+storyA) + `},{"type":"text","text":` + jsonString("Document: B\n"+storyB) +
 		`},{"type":"text","text":"Once upon a time"}]}],` + params + `}`
-}
-
-func equalIDs(a, b []int32) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // TestFuserStripsMarkers: markers are removed from what the engine sees, and
@@ -391,7 +380,7 @@ func FuzzFuserSegment(f *testing.F) {
 			t.Fatalf("the rewritten body is not a request: %v\n%s", err, final)
 		}
 		ids, err := prompt.Tokens(fe.f.tok, fe.f.chat, er.Prompt)
-		if err != nil || !equalIDs(ids, sg.ids) {
+		if err != nil || !slices.Equal(ids, sg.ids) {
 			t.Fatalf("segment ids differ from the engine's (%v)", err)
 		}
 		if err := sg.seg.Validate(len(ids)); err != nil {
@@ -464,7 +453,7 @@ func TestFuserSeparatorTokenizedInContext(t *testing.T) {
 
 func containsIDs(ids, sub []int32) bool {
 	for i := 0; i+len(sub) <= len(ids); i++ {
-		if equalIDs(ids[i:i+len(sub)], sub) {
+		if slices.Equal(ids[i:i+len(sub)], sub) {
 			return true
 		}
 	}
