@@ -103,8 +103,9 @@ func blocks(text string) []block {
 	return out
 }
 
-// tokenAt is the index of the first token beginning at or after byte b (the
-// rule of Cut), and whether no token straddles b.
+// tokenAt is the index of the first token beginning at or after byte b
+// (Cut's rule, used by Cut and by the paragraph windows), and whether no
+// token straddles b.
 func tokenAt(offsets []Span, b int) (int, bool) {
 	lo, hi := 0, len(offsets)
 	for lo < hi {

@@ -95,17 +95,7 @@ func Cut(offsets []Span, cuts []int) (Segments, error) {
 		prev = b
 		// First token beginning at or after b; tokens with an empty span at
 		// b (a dummy prefix) belong after the cut.
-		lo, hi := 0, n
-		for lo < hi {
-			m := int(uint(lo+hi) >> 1)
-			if offsets[m].Begin < b {
-				lo = m + 1
-			} else {
-				hi = m
-			}
-		}
-		idx[i] = lo
-		exact[i] = lo == 0 || offsets[lo-1].End <= b
+		idx[i], exact[i] = tokenAt(offsets, b)
 	}
 	if len(cuts) == 0 {
 		return Segments{}, fmt.Errorf("%w: no cut points", ErrSegments)
