@@ -95,13 +95,6 @@ func (f *Forwarder) Close() error {
 	return nil
 }
 
-func truncate(b []byte) string {
-	if len(b) > 200 {
-		return string(b[:200]) + "..."
-	}
-	return string(b)
-}
-
 // WithKVParams returns body with "kv_transfer_params": {"namespace": ns}
 // as its last member, every other byte unchanged (see SetMember). Any member
 // an engine could read as kv_transfer_params (the name in any case, Unicode

@@ -26,7 +26,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"sort"
 )
 
 const ggufMagic = "GGUF"
@@ -563,14 +562,4 @@ func appendGGUFValue(buf []byte, v any, withType bool) ([]byte, error) {
 		return buf, fmt.Errorf("cannot encode %T", v)
 	}
 	return buf, nil
-}
-
-// ggufKeys lists the metadata keys in order (for messages and tests).
-func (f *ggufFile) keys() []string {
-	ks := make([]string, 0, len(f.KV))
-	for _, e := range f.KV {
-		ks = append(ks, e.Key)
-	}
-	sort.Strings(ks)
-	return ks
 }

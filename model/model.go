@@ -21,7 +21,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"os"
 	"strings"
 	"sync"
@@ -272,14 +271,4 @@ func loadTokenizer(modelPath, explicit string, hf bool) (tokenizer.Tokenizer, er
 		return nil, fmt.Errorf("model: tokenizer %s: %w", path, err)
 	}
 	return t, nil
-}
-
-// isFinite reports whether every value is finite (checked on small vectors).
-func isFinite(x []float32) bool {
-	for _, v := range x {
-		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
-			return false
-		}
-	}
-	return true
 }

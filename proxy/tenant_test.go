@@ -154,29 +154,4 @@ func TestTenantHeaderTrust(t *testing.T) {
 	}
 }
 
-// statsFuser runs a real Fuser and records, per request, the tenant the
-// sidecar derived and the chunk hits and misses of its plan.
-type statsFuser struct {
-	f     Fuser
-	mu    sync.Mutex
-	plans []tenantStats
-}
-
-type tenantStats struct {
-	Source       string
-	Tenant       string
-	Hits, Misses int
-}
-
-func (sf *statsFuser) Fuse(ctx context.Context, r *Request) (*Plan, error) {
-	p, err := sf.f.Fuse(ctx, r)
-	if err != nil {
-		return p, err
-	}
-	sf.mu.Lock()
-	sf.plans = append(sf.plans, tenantStats{r.TenantSource, r.Tenant, p.Stats.Hits, p.Stats.Misses})
-	sf.mu.Unlock()
-	return p, nil
-}
-
 func (tr *tenantRecorder) Count(b []byte) (int, error) { return countDocuments(b) }

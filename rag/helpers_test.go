@@ -20,18 +20,6 @@ import (
 	"github.com/fusionrag/fusionrag/proxy"
 )
 
-// byName groups a header's values by lower-cased name, in order: what a
-// recipient may rely on (RFC 9110 §5.3: the order of lines of one name is
-// significant, across names it is not).
-func byName(all func(yield func(k, v []byte) bool)) map[string][]string {
-	out := map[string][]string{}
-	for k, v := range all {
-		n := strings.ToLower(string(k))
-		out[n] = append(out[n], string(v))
-	}
-	return out
-}
-
 // post is streamtest.Post.
 var post = streamtest.Post
 
