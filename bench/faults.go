@@ -102,18 +102,10 @@ type FaultPhase struct {
 	Phase string `json:"phase"`
 	Fault string `json:"fault"`
 	// Note says what the fault did (files corrupted, keys placed...).
-	Note     string  `json:"note,omitempty"`
-	Seconds  float64 `json:"seconds"`
-	Requests int     `json:"requests"`
-	OK       int     `json:"ok"`
-	// FailedEngineDown failed while the engine was down (their request
-	// overlapped a down window); Failed failed outside one.
-	FailedEngineDown int `json:"failed_engine_down"`
-	Failed           int `json:"failed"`
-	Wrong            int `json:"wrong"`
-	// Fused answers came from KV the sidecar published (the engine's usage
-	// cached_tokens above 0); by the prompt's chunk class too.
-	Fused      int `json:"fused"`
+	Note    string  `json:"note,omitempty"`
+	Seconds float64 `json:"seconds"`
+	FaultCounts
+	// FusedLocal and FusedRedis split Fused by the prompt's chunk class.
 	FusedLocal int `json:"fused_local"`
 	FusedRedis int `json:"fused_redis"`
 	// FusedPerS, FusedLocalPerS: fused requests per second of the phase.
@@ -131,6 +123,30 @@ type FaultPhase struct {
 	Store map[string]int64 `json:"store,omitempty"`
 }
 
+// FaultCounts are the outcomes of the requests of a phase, or of the whole
+// run (the sum of its phases).
+type FaultCounts struct {
+	Requests int `json:"requests"`
+	OK       int `json:"ok"`
+	// FailedEngineDown failed while the engine was down (their request
+	// overlapped a down window); Failed failed outside one.
+	FailedEngineDown int `json:"failed_engine_down"`
+	Failed           int `json:"failed"`
+	Wrong            int `json:"wrong"`
+	// Fused answers came from KV the sidecar published (the engine's usage
+	// cached_tokens above 0).
+	Fused int `json:"fused"`
+}
+
+func (c *FaultCounts) add(o FaultCounts) {
+	c.Requests += o.Requests
+	c.OK += o.OK
+	c.FailedEngineDown += o.FailedEngineDown
+	c.Failed += o.Failed
+	c.Wrong += o.Wrong
+	c.Fused += o.Fused
+}
+
 // FaultGoal is one of issue 18's goals, measured.
 type FaultGoal struct {
 	Goal     string `json:"goal"`
@@ -140,12 +156,7 @@ type FaultGoal struct {
 
 // FaultResult is what RunFaults measured.
 type FaultResult struct {
-	Requests         int `json:"requests"`
-	OK               int `json:"ok"`
-	FailedEngineDown int `json:"failed_engine_down"`
-	Failed           int `json:"failed"`
-	Wrong            int `json:"wrong"`
-	Fused            int `json:"fused"`
+	FaultCounts // over every phase
 	// Causes counts failures by cause ("HTTP 502", "transport"...), with
 	// " (engine down)" appended to those in a down window.
 	Causes map[string]int `json:"causes"`
@@ -562,17 +573,14 @@ func (r *faultRun) summarise(res *FaultResult, recs []faultRecord, phases []Faul
 	for _, rec := range recs {
 		ph := &phases[rec.phase]
 		ph.Requests++
-		res.Requests++
 		switch {
 		case rec.err != nil:
 			cause := failureCause(rec.err)
 			if r.inWindow(rec.start, rec.end) {
 				ph.FailedEngineDown++
-				res.FailedEngineDown++
 				cause += " (engine down)"
 			} else {
 				ph.Failed++
-				res.Failed++
 				if len(res.FirstErrors) < 5 {
 					res.FirstErrors = append(res.FirstErrors, fmt.Sprintf("phase %s: %v", ph.Phase, rec.err))
 				}
@@ -580,7 +588,6 @@ func (r *faultRun) summarise(res *FaultResult, recs []faultRecord, phases []Faul
 			res.Causes[cause]++
 		case rec.wrong:
 			ph.Wrong++
-			res.Wrong++
 			if len(res.WrongExamples) < 5 {
 				a := r.refs[rec.prompt]
 				res.WrongExamples = append(res.WrongExamples, fmt.Sprintf("phase %s, prompt %d (fused %v): got %q, want %q (engine) or %q (fused)",
@@ -588,11 +595,9 @@ func (r *faultRun) summarise(res *FaultResult, recs []faultRecord, phases []Faul
 			}
 		default:
 			ph.OK++
-			res.OK++
 		}
 		if rec.err == nil && rec.fused {
 			ph.Fused++
-			res.Fused++
 			if rec.class == ClassLocal {
 				ph.FusedLocal++
 			} else {
@@ -602,6 +607,7 @@ func (r *faultRun) summarise(res *FaultResult, recs []faultRecord, phases []Faul
 	}
 	for i := range phases {
 		ph := &phases[i]
+		res.add(ph.FaultCounts)
 		if ph.Seconds > 0 {
 			ph.FusedPerS = float64(ph.Fused) / ph.Seconds
 			ph.FusedLocalPerS = float64(ph.FusedLocal) / ph.Seconds
