@@ -221,10 +221,18 @@ func (c *Cluster) waitReplicas(timeout time.Duration) error {
 	return nil
 }
 
-// liveSlots counts the slots that live masters serve, as one live node
-// sees the cluster (a killed master keeps its slots in CLUSTER NODES until
-// its replica is promoted).
-func (c *Cluster) liveSlots() (int, error) {
+// liveMaster is a live master of ours as a live node sees the cluster: its
+// index into Nodes and the slot ranges [lo, hi] it serves.
+type liveMaster struct {
+	node  int
+	slots [][2]int
+}
+
+// liveMasters asks the first live node that answers CLUSTER NODES for the
+// masters that serve slots, are not marked failed and are ours and running
+// (a killed master keeps its slots in CLUSTER NODES until its replica is
+// promoted).
+func (c *Cluster) liveMasters() ([]liveMaster, error) {
 	for i, s := range c.Nodes {
 		if !c.alive(i) {
 			continue
@@ -233,12 +241,18 @@ func (c *Cluster) liveSlots() (int, error) {
 		if err != nil {
 			continue
 		}
-		n := 0
+		var ms []liveMaster
 		for _, line := range strings.Split(out, "\n") {
 			f := strings.Fields(line)
-			if len(f) < 9 || !strings.Contains(f[2], "master") || strings.Contains(f[2], "fail") || !c.aliveAddr(f[1]) {
+			// <id> <ip:port@cport> <flags> <master> <ping> <pong> <epoch> <link> <slot>...
+			if len(f) < 9 || !strings.Contains(f[2], "master") || strings.Contains(f[2], "fail") {
 				continue
 			}
+			j := c.nodeAt(f[1])
+			if j < 0 || !c.alive(j) {
+				continue
+			}
+			m := liveMaster{node: j}
 			for _, r := range f[8:] {
 				if strings.HasPrefix(r, "[") {
 					continue // a slot being migrated
@@ -250,57 +264,52 @@ func (c *Cluster) liveSlots() (int, error) {
 				a, err1 := strconv.Atoi(lo)
 				b, err2 := strconv.Atoi(hi)
 				if err1 == nil && err2 == nil {
-					n += b - a + 1
+					m.slots = append(m.slots, [2]int{a, b})
 				}
 			}
+			ms = append(ms, m)
 		}
-		return n, nil
+		return ms, nil
 	}
-	return 0, errors.New("redisproc: no live cluster node answers CLUSTER NODES")
+	return nil, errors.New("redisproc: no live cluster node answers CLUSTER NODES")
 }
 
-// aliveAddr reports whether the node at "ip:port@cport" is one of ours and
-// running.
-func (c *Cluster) aliveAddr(a string) bool {
+// nodeAt is the index into Nodes of the node at "ip:port@cport", -1 when
+// it is not one of ours.
+func (c *Cluster) nodeAt(a string) int {
 	addr, _, _ := strings.Cut(a, "@")
 	for i, s := range c.Nodes {
 		if s.Addr == addr {
-			return c.alive(i)
+			return i
 		}
 	}
-	return false
+	return -1
+}
+
+// liveSlots counts the slots that live masters serve.
+func (c *Cluster) liveSlots() (int, error) {
+	ms, err := c.liveMasters()
+	n := 0
+	for _, m := range ms {
+		for _, r := range m.slots {
+			n += r[1] - r[0] + 1
+		}
+	}
+	return n, err
 }
 
 // Masters returns the indexes (into Nodes) of the live masters serving at
 // least one slot, as one live node sees the cluster.
 func (c *Cluster) Masters() ([]int, error) {
-	byAddr := map[string]int{}
-	for i, s := range c.Nodes {
-		byAddr[s.Addr] = i
+	ms, err := c.liveMasters()
+	if err != nil {
+		return nil, err
 	}
-	for i, s := range c.Nodes {
-		if !c.alive(i) {
-			continue
-		}
-		out, err := Command(s.Addr, "CLUSTER NODES", time.Second)
-		if err != nil {
-			continue
-		}
-		var m []int
-		for _, line := range strings.Split(out, "\n") {
-			f := strings.Fields(line)
-			// <id> <ip:port@cport> <flags> <master> <ping> <pong> <epoch> <link> <slot>...
-			if len(f) < 9 || !strings.Contains(f[2], "master") || strings.Contains(f[2], "fail") {
-				continue
-			}
-			addr, _, _ := strings.Cut(f[1], "@")
-			if j, ok := byAddr[addr]; ok && c.alive(j) {
-				m = append(m, j)
-			}
-		}
-		return m, nil
+	var out []int
+	for _, m := range ms {
+		out = append(out, m.node)
 	}
-	return nil, errors.New("redisproc: no live cluster node answers CLUSTER NODES")
+	return out, nil
 }
 
 // MasterOf returns the index of the live master serving key's slot.
@@ -317,29 +326,14 @@ func (c *Cluster) MasterOf(key string) (int, error) {
 		if err != nil {
 			return 0, fmt.Errorf("redisproc: CLUSTER KEYSLOT: %q", out)
 		}
-		nodes, err := Command(s.Addr, "CLUSTER NODES", time.Second)
+		ms, err := c.liveMasters()
 		if err != nil {
-			continue
+			return 0, err
 		}
-		for _, line := range strings.Split(nodes, "\n") {
-			f := strings.Fields(line)
-			if len(f) < 9 || !strings.Contains(f[2], "master") || strings.Contains(f[2], "fail") || !c.aliveAddr(f[1]) {
-				continue
-			}
-			for _, r := range f[8:] {
-				lo, hi, found := strings.Cut(r, "-")
-				if !found {
-					hi = lo
-				}
-				a, err1 := strconv.Atoi(lo)
-				b, err2 := strconv.Atoi(hi)
-				if err1 == nil && err2 == nil && a <= slot && slot <= b {
-					addr, _, _ := strings.Cut(f[1], "@")
-					for j, n := range c.Nodes {
-						if n.Addr == addr {
-							return j, nil
-						}
-					}
+		for _, m := range ms {
+			for _, r := range m.slots {
+				if r[0] <= slot && slot <= r[1] {
+					return m.node, nil
 				}
 			}
 		}
