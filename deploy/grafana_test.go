@@ -6,8 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -15,9 +13,9 @@ import (
 	"sort"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/fusionrag/fusionrag/adapters"
+	"github.com/fusionrag/fusionrag/internal/proxytest"
 	"github.com/fusionrag/fusionrag/proxy"
 )
 
@@ -50,35 +48,15 @@ func exposedNames(t *testing.T) map[string]bool {
 	cfg.Upstream = up.URL
 	results := []error{nil, proxy.SkipWith(proxy.SkipTooManyMissing, proxy.Stats{Chunks: 2, Misses: 2}), errors.New("boom")}
 	i := 0
-	tel, err := proxy.NewTelemetry(context.Background(), func(string) (string, bool) { return "", false })
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tel.Shutdown(context.Background())
-	p, err := proxy.New(cfg, proxy.WithTelemetry(tel), proxy.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))),
-		proxy.WithFuser(proxy.FuserFunc(func(context.Context, *proxy.Request) (*proxy.Plan, error) {
-			err := results[i%len(results)]
-			i++
-			if err != nil {
-				return nil, err
-			}
-			return &proxy.Plan{Lease: adapters.KVParamsLease{Namespace: "ns"},
-				Stats: proxy.Stats{Chunks: 2, Hits: 1, Misses: 1, RecomputedTokens: 3, BytesLoaded: 10}}, nil
-		})))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = p.Serve(ln) }()
-	defer func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = p.Shutdown(ctx)
-	}()
-	base := "http://" + ln.Addr().String()
+	_, base := proxytest.Start(t, cfg, proxy.WithFuser(proxy.FuserFunc(func(context.Context, *proxy.Request) (*proxy.Plan, error) {
+		err := results[i%len(results)]
+		i++
+		if err != nil {
+			return nil, err
+		}
+		return &proxy.Plan{Lease: adapters.KVParamsLease{Namespace: "ns"},
+			Stats: proxy.Stats{Chunks: 2, Hits: 1, Misses: 1, RecomputedTokens: 3, BytesLoaded: 10}}, nil
+	})))
 	for range results {
 		resp, err := http.Post(base+"/v1/chat/completions", "application/json",
 			strings.NewReader(`{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"c"},{"type":"text","text":"q"}]}]}`))

@@ -10,6 +10,7 @@ import (
 
 	"github.com/fusionrag/fusionrag/adapters"
 	"github.com/fusionrag/fusionrag/adapters/native"
+	"github.com/fusionrag/fusionrag/internal/proxytest"
 	"github.com/fusionrag/fusionrag/model"
 	"github.com/fusionrag/fusionrag/proxy"
 )
@@ -85,7 +86,7 @@ func TestFusionBudget(t *testing.T) {
 		}
 		cfg := upstreamConfig(fe.engine)
 		cfg.Limits.FusionMemory = 1
-		p, base := startProxy(t, cfg, proxy.WithFuser(fe.f))
+		p, base := proxytest.Start(t, cfg, proxy.WithFuser(fe.f))
 		code, got := post(t, base+"/v1/chat/completions", body)
 		want, _, _ := fe.engineAnswer(t, "/v1/chat/completions", []byte(body))
 		if w := jsonString(want); code != 200 || want == "" || !strings.Contains(got, w[1:len(w)-1]) {

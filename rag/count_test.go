@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fusionrag/fusionrag/internal/proxytest"
 	"github.com/fusionrag/fusionrag/prompt"
 	"github.com/fusionrag/fusionrag/proxy"
 )
@@ -32,7 +33,7 @@ func TestOneParseOneTokenization(t *testing.T) {
 	defer up.Close()
 	cfg := upstreamConfig(up.URL)
 	cfg.Timeouts.Fusion = 30 * time.Second
-	_, base := startProxy(t, cfg, proxy.WithFuser(fe.f))
+	_, base := proxytest.Start(t, cfg, proxy.WithFuser(fe.f))
 
 	before, decodes := prompt.Counts(), proxy.Decodes()
 	code, h, body := postHeader(t, base+"/v1/chat/completions",

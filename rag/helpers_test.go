@@ -7,13 +7,9 @@ package rag
 import (
 	"context"
 	"errors"
-	"io"
-	"log/slog"
-	"net"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/fusionrag/fusionrag/internal/promexport"
 	"github.com/fusionrag/fusionrag/internal/streamtest"
@@ -35,41 +31,6 @@ func scrape(t *testing.T, p *proxy.Proxy) promexport.Series {
 		t.Fatal(err)
 	}
 	return m
-}
-
-// testTelemetry builds providers without any exporter, whatever the
-// environment of the test process says.
-func testTelemetry(t testing.TB) *proxy.Telemetry {
-	t.Helper()
-	tel, err := proxy.NewTelemetry(context.Background(), func(string) (string, bool) { return "", false })
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = tel.Shutdown(context.Background()) })
-	return tel
-}
-
-// startProxy serves a proxy for cfg (Upstream must be set) on a loopback
-// port and returns it with its base URL.
-func startProxy(t testing.TB, cfg proxy.Config, opts ...proxy.Option) (*proxy.Proxy, string) {
-	t.Helper()
-	cfg.Listen = "127.0.0.1:0"
-	opts = append([]proxy.Option{proxy.WithTelemetry(testTelemetry(t)), proxy.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil)))}, opts...)
-	p, err := proxy.New(cfg, opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = p.Serve(ln) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = p.Shutdown(ctx)
-	})
-	return p, "http://" + ln.Addr().String()
 }
 
 func upstreamConfig(url string) proxy.Config {

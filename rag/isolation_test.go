@@ -10,6 +10,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/fusionrag/fusionrag/adapters"
+	"github.com/fusionrag/fusionrag/internal/proxytest"
 	"github.com/fusionrag/fusionrag/proxy"
 )
 
@@ -85,7 +86,7 @@ func TestCrossTenantReadThroughEngine(t *testing.T) {
 		}
 		cfg := upstreamConfig(fe.engine)
 		cfg.Tenant.Header = proxy.HeaderTenant // B is a tenant of its own, as a gateway would name it
-		_, base := startProxy(t, cfg, opts...)
+		_, base := proxytest.Start(t, cfg, opts...)
 		code, resp := post(t, base+"/v1/completions", string(attack), proxy.HeaderTenant, "tenant-b")
 		var out struct {
 			Usage struct {

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/fusionrag/fusionrag/adapters"
+	"github.com/fusionrag/fusionrag/internal/proxytest"
 	"github.com/fusionrag/fusionrag/internal/streamtest"
 	"github.com/fusionrag/fusionrag/kvstore"
 	"github.com/fusionrag/fusionrag/proxy"
@@ -225,7 +226,7 @@ func TestLeaseReleasedOncePerPublish(t *testing.T) {
 				eng.published.Store(0)
 				eng.released.Store(0)
 			}
-			p, base := startProxy(t, cfg, proxy.WithFuser(f))
+			p, base := proxytest.Start(t, cfg, proxy.WithFuser(f))
 			if tc.hangUp {
 				conn := streamtest.ReadUntil(t, base, streamtest.Request{Method: "POST", Path: "/v1/completions", Body: body(true)}, "data: 2")
 				conn.Close()

@@ -15,6 +15,7 @@ import (
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 
 	"github.com/fusionrag/fusionrag/internal/otlptest"
+	"github.com/fusionrag/fusionrag/internal/proxytest"
 	"github.com/fusionrag/fusionrag/proxy"
 )
 
@@ -44,7 +45,7 @@ func TestHitRatioDropsOnAllMissTraffic(t *testing.T) {
 	cfg := upstreamConfig(fe.engine)
 	cfg.Fusion.MaxMissingFraction = 0.5
 	cfg.Timeouts.Fusion = 30 * time.Second
-	p, base := startProxy(t, cfg, proxy.WithFuser(fe.f))
+	p, base := proxytest.Start(t, cfg, proxy.WithFuser(fe.f))
 	url := base + "/v1/chat/completions"
 	docA, docB := "Document: A\n"+storyA, "Document: B\n"+storyB
 
@@ -155,7 +156,7 @@ func TestOTLPEveryDocumentedSpan(t *testing.T) {
 	fe := newFuserEnv(t, nil) // max_missing_fraction 1: a cold request computes its chunks and fuses
 	cfg := upstreamConfig(fe.engine)
 	cfg.Timeouts.Fusion = 30 * time.Second
-	_, base := startProxy(t, cfg, proxy.WithTelemetry(tel), proxy.WithFuser(fe.f))
+	_, base := proxytest.Start(t, cfg, proxy.WithTelemetry(tel), proxy.WithFuser(fe.f))
 	code, h, body := postHeader(t, base+"/v1/chat/completions",
 		ragChat(false, "Once upon a time", "Document: A\n"+storyA, "Document: B\n"+storyB))
 	if code != 200 || !strings.HasPrefix(h, "path=fusion hit=0/2 ") {

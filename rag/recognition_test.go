@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fusionrag/fusionrag/internal/proxytest"
 	"github.com/fusionrag/fusionrag/proxy"
 )
 
@@ -82,7 +83,7 @@ func newRecognitionEnv(t *testing.T, mod func(*proxy.Config)) *recognitionEnv {
 	})
 	cfg := upstreamConfig(re.fe.engine)
 	cfg.Fusion = re.fe.f.cfg.Fusion
-	_, re.base = startProxy(t, cfg, proxy.WithFuser(proxy.FuserFunc(func(ctx context.Context, req *proxy.Request) (*proxy.Plan, error) {
+	_, re.base = proxytest.Start(t, cfg, proxy.WithFuser(proxy.FuserFunc(func(ctx context.Context, req *proxy.Request) (*proxy.Plan, error) {
 		var o fuseOutcome
 		if sg, err := re.fe.f.segment(req); err == nil {
 			o.how, o.chunks = sg.how, len(sg.seg.Chunks)

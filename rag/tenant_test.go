@@ -6,6 +6,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/fusionrag/fusionrag/fingerprint"
+	"github.com/fusionrag/fusionrag/internal/proxytest"
 	"github.com/fusionrag/fusionrag/proxy"
 )
 
@@ -37,7 +38,7 @@ func TestTenantHeaderIsolation(t *testing.T) {
 			if tt.header != "" {
 				cfg.Tenant.Header = tt.header
 			}
-			_, base := startProxy(t, cfg, proxy.WithFuser(sf))
+			_, base := proxytest.Start(t, cfg, proxy.WithFuser(sf))
 			for _, claimed := range []string{"tenant-a", "tenant-b"} {
 				if code, resp := post(t, base+"/v1/chat/completions", body, proxy.HeaderTenant, claimed); code != 200 {
 					t.Fatalf("%s: %d %s", claimed, code, resp)

@@ -9,6 +9,7 @@ import (
 	"github.com/fusionrag/fusionrag/adapters"
 	"github.com/fusionrag/fusionrag/adapters/native"
 	"github.com/fusionrag/fusionrag/engine"
+	"github.com/fusionrag/fusionrag/internal/proxytest"
 	"github.com/fusionrag/fusionrag/internal/redistest"
 	"github.com/fusionrag/fusionrag/kvstore"
 	"github.com/fusionrag/fusionrag/proxy"
@@ -91,7 +92,7 @@ func TestRedisDownIsAMiss(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, base := startProxy(t, cfg, proxy.WithFuser(f))
+	p, base := proxytest.Start(t, cfg, proxy.WithFuser(f))
 
 	srv.Kill()
 	const rounds = 8 // more than breaker.consecutive_failures

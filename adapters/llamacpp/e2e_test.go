@@ -11,7 +11,6 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -23,6 +22,7 @@ import (
 	"github.com/fusionrag/fusionrag/adapters/llamacpp"
 	_ "github.com/fusionrag/fusionrag/adapters/llamacpp"
 	"github.com/fusionrag/fusionrag/internal/llamaserver"
+	"github.com/fusionrag/fusionrag/internal/proxytest"
 	"github.com/fusionrag/fusionrag/internal/shareddata"
 	"github.com/fusionrag/fusionrag/kvstore"
 	"github.com/fusionrag/fusionrag/model"
@@ -127,26 +127,8 @@ func TestSidecarE2E(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { fuser.Close() })
-		tel, err := proxy.NewTelemetry(context.Background(), func(string) (string, bool) { return "", false })
-		if err != nil {
-			t.Fatal(err)
-		}
-		px, err := proxy.New(pcfg, proxy.WithFuser(fuser), proxy.WithTelemetry(tel), proxy.WithLogger(quiet))
-		if err != nil {
-			t.Fatal(err)
-		}
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		go px.Serve(ln)
-		t.Cleanup(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			px.Shutdown(ctx)
-			tel.Shutdown(context.Background())
-		})
-		return "http://" + ln.Addr().String()
+		_, base := proxytest.Start(t, pcfg, proxy.WithFuser(fuser))
+		return base
 	}
 	sidecar := func(t *testing.T, sm *model.Model) string { return sidecarOn(t, sm, srv.URL, slots) }
 

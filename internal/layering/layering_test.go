@@ -52,6 +52,7 @@ var allowed = map[string][]string{
 	"internal/modeltest":   {"internal/shareddata", "model"},
 	"internal/otelenv":     {},
 	"internal/otlptest":    {},
+	"internal/proxytest":   {"proxy"},
 	"internal/promexport":  {},
 	"internal/redisproc":   {},
 	"internal/redistest":   {"internal/redisproc", "internal/skiplog"},
